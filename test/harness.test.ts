@@ -1,0 +1,159 @@
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { once } from 'node:events';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import { descendants, stillAlive } from './support/process-tree.js';
+import { startPostgres, startRedis, waitFor, type RedisHandle } from './support/index.js';
+
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+async function redisFor(persistence: 'none' | 'aof-everysec' | 'aof-always') {
+  const server = await startRedis({ persistence });
+  cleanups.push(() => server.stop());
+  return server;
+}
+
+/** A client that fails fast instead of queueing while the server is away. */
+function clientFor(server: RedisHandle, options: { commandTimeout?: number } = {}): Redis {
+  const client = new Redis(server.url, {
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => 50,
+    ...options,
+  });
+  client.on('error', () => undefined);
+  cleanups.push(async () => {
+    client.disconnect();
+    await Promise.resolve();
+  });
+  return client;
+}
+
+async function getAfterReconnect(client: Redis, key: string): Promise<string | null> {
+  return waitFor(`GET ${key} to answer`, async () => ({ value: await client.get(key) })).then(
+    ({ value }) => value,
+  );
+}
+
+describe('startRedis', () => {
+  for (const persistence of ['aof-everysec', 'aof-always'] as const) {
+    it(`keeps acknowledged writes across kill -9 and restart with ${persistence}`, async () => {
+      const server = await redisFor(persistence);
+      const client = clientFor(server);
+      await client.set('k', 'v');
+      await client.incrby('n', 41);
+
+      await server.kill('SIGKILL');
+      await expect(client.get('k')).rejects.toThrow();
+      await server.restart();
+
+      expect(await getAfterReconnect(client, 'k')).toBe('v');
+      expect(await client.get('n')).toBe('41');
+      expect(await client.config('GET', 'appendonly')).toEqual(['appendonly', 'yes']);
+    });
+  }
+
+  it('loses everything on kill -9 without persistence', async () => {
+    const server = await redisFor('none');
+    const client = clientFor(server);
+    await client.set('k', 'v');
+    await server.kill('SIGKILL');
+    await server.restart();
+    expect(await getAfterReconnect(client, 'k')).toBeNull();
+  });
+
+  it('wipe() comes back empty on the same port even with AOF', async () => {
+    const server = await redisFor('aof-always');
+    const client = clientFor(server);
+    await client.set('k', 'v');
+    const port = server.port;
+    await server.wipe();
+    expect(server.port).toBe(port);
+    expect(await getAfterReconnect(client, 'k')).toBeNull();
+  });
+
+  it('restart() of a running server shuts it down cleanly and keeps its data', async () => {
+    const server = await redisFor('aof-everysec');
+    const client = clientFor(server);
+    await client.set('k', 'v');
+    await server.restart();
+    expect(await getAfterReconnect(client, 'k')).toBe('v');
+  });
+
+  it('a SIGSTOPped server times clients out and answers again after SIGCONT', async () => {
+    const server = await redisFor('none');
+    const client = clientFor(server, { commandTimeout: 200 });
+    await client.set('k', 'v');
+
+    await server.kill('SIGSTOP');
+    await expect(client.get('k')).rejects.toThrow(/timed out/i);
+
+    await server.kill('SIGCONT');
+    expect(await getAfterReconnect(client, 'k')).toBe('v');
+  });
+});
+
+describe('startPostgres', () => {
+  it('keeps committed rows across an immediate stop and a start on the same port', async () => {
+    const cluster = await startPostgres();
+    cleanups.push(() => cluster.destroy());
+    const url = await cluster.createDatabase();
+    const pool = new pg.Pool({ connectionString: url });
+    pool.on('error', () => undefined); // the immediate stop ends idle connections
+    cleanups.push(() => pool.end());
+
+    await pool.query('CREATE TABLE t (id int PRIMARY KEY)');
+    await pool.query('INSERT INTO t SELECT generate_series(1, 1000)');
+
+    await cluster.stop('immediate');
+    await expect(pool.query('SELECT 1')).rejects.toThrow();
+    await cluster.start();
+
+    const rows = await waitFor('PostgreSQL to answer again', async () => {
+      const result = await pool.query<{ n: string }>('SELECT count(*) AS n FROM t');
+      return result.rows[0]?.n;
+    });
+    expect(rows).toBe('1000');
+  });
+});
+
+describe('process clean-up', () => {
+  const fixture = new URL('./fixtures/start-servers.ts', import.meta.url).pathname;
+
+  /** Runs the fixture, returns everything it started and the child itself. */
+  async function runFixture(mode: 'wait' | 'exit') {
+    const child = spawn(process.execPath, ['--import', 'tsx', fixture, mode], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const [line] = (await once(createInterface({ input: child.stdout }), 'line')) as [string];
+    const started = JSON.parse(line) as { redisPort: number; postgresPort: number };
+    const tree = descendants(child.pid ?? -1);
+    return { child, started, tree };
+  }
+
+  it('leaves no process behind when the owner is killed, interrupted or exits without stopping', async () => {
+    const killed = await runFixture('wait');
+    killed.child.kill('SIGKILL');
+    const interrupted = await runFixture('wait');
+    interrupted.child.kill('SIGINT');
+    const exited = await runFixture('exit');
+
+    const runs = [killed, interrupted, exited];
+    for (const run of runs) {
+      // Two watchdogs, redis-server, the postmaster and its background processes.
+      expect(run.tree.length).toBeGreaterThanOrEqual(6);
+    }
+    const everything = runs.flatMap((run) => run.tree);
+    const left = await waitFor(
+      'every harness process to end',
+      () => (stillAlive(everything).length === 0 ? [] : undefined),
+      { timeoutMs: 20_000 },
+    );
+    expect(left).toHaveLength(0);
+  });
+});

@@ -1,0 +1,96 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { constants } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+
+const watchdogPath = fileURLToPath(new URL('./watchdog.sh', import.meta.url));
+
+export interface SupervisedOptions {
+  command: string;
+  args: readonly string[];
+  /** The server's stdout and stderr are appended here. */
+  logFile: string;
+  /** Sent to the server when the test process that started it goes away. */
+  orphanSignal: 'KILL' | 'QUIT';
+  /** Removed once the server has exited because its owner went away. */
+  cleanupDir?: string;
+  /** Run as this user (PostgreSQL refuses to run as root). */
+  user?: { uid: number; gid: number };
+}
+
+/** One server process whose lifetime is tied to the test process (see watchdog.sh). */
+export interface SupervisedProcess {
+  readonly pid: number;
+  /** Settles with the exit status (128+N when killed by signal N) once the server has exited. */
+  readonly exited: Promise<number>;
+  isRunning(): boolean;
+  signal(signal: NodeJS.Signals): void;
+  /** Lets the watchdog take the server down with its orphan signal and clean up. */
+  release(): void;
+}
+
+export async function startSupervised(options: SupervisedOptions): Promise<SupervisedProcess> {
+  const watchdog = spawn(
+    'bash',
+    [
+      watchdogPath,
+      options.orphanSignal,
+      options.logFile,
+      options.cleanupDir ?? '',
+      '--',
+      options.command,
+      ...options.args,
+    ],
+    {
+      // A process group of its own: Ctrl-C in a terminal reaches the test runner, whose exit then
+      // closes the watchdog's stdin, instead of racing the watchdog's own clean-up.
+      detached: true,
+      stdio: ['pipe', 'pipe', 'ignore'],
+      ...(options.user === undefined ? {} : { uid: options.user.uid, gid: options.user.gid }),
+    },
+  );
+  let running = true;
+  const exited = once(watchdog, 'exit').then(([code, signal]) => {
+    running = false;
+    if (typeof code === 'number') return code;
+    return 128 + (constants.signals[signal as NodeJS.Signals] ?? 0);
+  });
+  // Keep the promise from counting as unhandled when nobody awaits the exit.
+  exited.catch(() => undefined);
+
+  const lines = createInterface({ input: watchdog.stdout });
+  const [firstLine] = (await Promise.race([
+    once(lines, 'line'),
+    exited.then((status) => {
+      throw new Error(`${options.command} could not be started (watchdog status ${status})`);
+    }),
+  ])) as [string];
+  lines.close();
+  const pid = Number.parseInt(firstLine, 10);
+  if (!Number.isInteger(pid)) throw new Error(`watchdog printed ${firstLine}, not a pid`);
+
+  // A test that forgets to stop its server must not keep the runner alive: the watchdog ends the
+  // server when this process exits.
+  watchdog.unref();
+  for (const stream of [watchdog.stdin, watchdog.stdout]) {
+    (stream as unknown as { unref?: () => void }).unref?.();
+  }
+
+  return {
+    pid,
+    exited,
+    isRunning: () => running,
+    signal(signal) {
+      try {
+        process.kill(pid, signal);
+      } catch (error) {
+        // Already gone: the exit is reported through `exited`.
+        if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
+      }
+    },
+    release() {
+      watchdog.stdin.end();
+    },
+  };
+}
