@@ -1,11 +1,15 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chown, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { chown, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
-import { GenericContainer, getContainerRuntimeClient, type StartedTestContainer } from 'testcontainers';
+import {
+  GenericContainer,
+  getContainerRuntimeClient,
+  type StartedTestContainer,
+} from 'testcontainers';
 import { chooseBackend, findPostgresBinDir, postgresUser } from './binaries.js';
 import { freePort } from './free-port.js';
 import { startSupervised, type SupervisedProcess } from './supervised-process.js';
@@ -126,18 +130,15 @@ class LocalPostgres extends BasePostgres {
         await chown(dir, this.user.uid, this.user.gid);
       }
     }
-    await execFileAsync(
-      join(this.binDir, 'initdb'),
-      ['-D', this.dataDir, '-A', 'trust', '-U', 'postgres', '-E', 'UTF8', '--locale=C', '--no-sync'],
-      { ...this.user },
-    );
+    // prettier-ignore
+    const initdbArgs = ['-D', this.dataDir, '-A', 'trust', '-U', 'postgres', '-E', 'UTF8', '--locale=C', '--no-sync'];
+    await execFileAsync(join(this.binDir, 'initdb'), initdbArgs, { ...this.user });
     await this.start();
   }
 
   async start(): Promise<void> {
     if (this.server?.isRunning() === true) throw new Error('PostgreSQL is already running');
-    const logFile = join(this.rootDir, 'postgres.log');
-    const server = await startSupervised({
+    this.server = await startSupervised({
       command: join(this.binDir, 'postgres'),
       args: [
         '-D', this.dataDir,
@@ -149,18 +150,12 @@ class LocalPostgres extends BasePostgres {
         // it injects, so fsync buys nothing here but slower tests.
         '-c', 'fsync=off',
       ], // prettier-ignore
-      logFile,
+      logFile: join(this.rootDir, 'postgres.log'),
       orphanSignal: 'QUIT',
       cleanupDir: this.rootDir,
       ...(this.user === undefined ? {} : { user: this.user }),
+      waitReady: () => this.waitReady(),
     });
-    this.server = server;
-    const exitedEarly = server.exited.then(async (status) => {
-      const log = await readFile(logFile, 'utf8').catch(() => '');
-      throw new Error(`postgres exited with status ${status} while starting:\n${log}`);
-    });
-    exitedEarly.catch(() => undefined);
-    await Promise.race([this.waitReady(), exitedEarly]);
   }
 
   async stop(mode: PostgresStopMode = 'fast'): Promise<void> {

@@ -13,9 +13,15 @@ export function redisAnswers(host: string, port: number, timeoutMs = 1_000): Pro
       socket.destroy();
       resolve(ready);
     };
-    socket.setTimeout(timeoutMs, () => finish(false));
-    socket.on('error', () => finish(false));
-    socket.on('connect', () => socket.write('PING\r\n'));
+    socket.setTimeout(timeoutMs, () => {
+      finish(false);
+    });
+    socket.on('error', () => {
+      finish(false);
+    });
+    socket.on('connect', () => {
+      socket.write('PING\r\n');
+    });
     socket.on('data', (chunk) => {
       reply += chunk.toString('latin1');
       if (reply.includes('\r\n')) finish(reply.startsWith('+PONG'));

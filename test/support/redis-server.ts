@@ -1,7 +1,11 @@
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { GenericContainer, getContainerRuntimeClient, type StartedTestContainer } from 'testcontainers';
+import {
+  GenericContainer,
+  getContainerRuntimeClient,
+  type StartedTestContainer,
+} from 'testcontainers';
 import { chooseBackend, findRedisServer } from './binaries.js';
 import { freePort } from './free-port.js';
 import { redisAnswers } from './redis-ping.js';
@@ -50,6 +54,14 @@ function serverArgs(port: number, dataDir: string, persistence: RedisPersistence
   ]; // prettier-ignore
 }
 
+function waitForRedis(host: string, port: number): Promise<true> {
+  return waitFor(
+    `Redis on port ${port}`,
+    async () => ((await redisAnswers(host, port)) ? true : undefined),
+    { timeoutMs: readyTimeoutMs },
+  );
+}
+
 export async function startRedis(options: StartRedisOptions = {}): Promise<RedisHandle> {
   const persistence = options.persistence ?? 'none';
   const port = await freePort();
@@ -87,26 +99,14 @@ class LocalRedis implements RedisHandle {
 
   private async launch(): Promise<void> {
     await mkdir(this.dataDir, { recursive: true });
-    const logFile = join(this.rootDir, 'redis.log');
-    const server = await startSupervised({
+    this.server = await startSupervised({
       command: this.binary,
       args: serverArgs(this.port, this.dataDir, this.persistence),
-      logFile,
+      logFile: join(this.rootDir, 'redis.log'),
       orphanSignal: 'KILL',
       cleanupDir: this.rootDir,
+      waitReady: () => waitForRedis(this.host, this.port),
     });
-    this.server = server;
-    const exitedEarly = server.exited.then(async (status) => {
-      const log = await readFile(logFile, 'utf8').catch(() => '');
-      throw new Error(`redis-server exited with status ${status} while starting:\n${log}`);
-    });
-    await Promise.race([
-      waitFor(`redis-server on port ${this.port}`, async () =>
-        (await redisAnswers(this.host, this.port)) ? true : undefined,
-      { timeoutMs: readyTimeoutMs }),
-      exitedEarly,
-    ]);
-    exitedEarly.catch(() => undefined);
   }
 
   async kill(signal: NodeJS.Signals): Promise<void> {
@@ -164,19 +164,13 @@ class ContainerRedis implements RedisHandle {
       .withCommand(['redis-server', ...serverArgs(6379, '/data', this.persistence), '--bind', '*'])
       .withExposedPorts({ container: 6379, host: this.port })
       .start();
-    await this.waitReady();
+    await waitForRedis(this.host, this.port);
   }
 
   private async docker() {
     if (this.container === undefined) throw new Error('the Redis container was stopped');
     const client = await getContainerRuntimeClient();
     return client.container.getById(this.container.getId());
-  }
-
-  private async waitReady(): Promise<void> {
-    await waitFor(`Redis container on port ${this.port}`, async () =>
-      (await redisAnswers(this.host, this.port)) ? true : undefined,
-    { timeoutMs: readyTimeoutMs });
   }
 
   private async waitStopped(): Promise<void> {
@@ -199,7 +193,7 @@ class ContainerRedis implements RedisHandle {
       await container.stop({ t: 10 });
     }
     await container.start();
-    await this.waitReady();
+    await waitForRedis(this.host, this.port);
   }
 
   async wipe(): Promise<void> {

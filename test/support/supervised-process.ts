@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { readFile } from 'node:fs/promises';
 import { constants } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
@@ -17,6 +18,8 @@ export interface SupervisedOptions {
   cleanupDir?: string;
   /** Run as this user (PostgreSQL refuses to run as root). */
   user?: { uid: number; gid: number };
+  /** Resolves once the server accepts work; `startSupervised` returns only then. */
+  waitReady: () => Promise<unknown>;
 }
 
 /** One server process whose lifetime is tied to the test process (see watchdog.sh). */
@@ -54,7 +57,7 @@ export async function startSupervised(options: SupervisedOptions): Promise<Super
   const exited = once(watchdog, 'exit').then(([code, signal]) => {
     running = false;
     if (typeof code === 'number') return code;
-    return 128 + (constants.signals[signal as NodeJS.Signals] ?? 0);
+    return 128 + constants.signals[signal as NodeJS.Signals];
   });
   // Keep the promise from counting as unhandled when nobody awaits the exit.
   exited.catch(() => undefined);
@@ -76,6 +79,13 @@ export async function startSupervised(options: SupervisedOptions): Promise<Super
   for (const stream of [watchdog.stdin, watchdog.stdout]) {
     (stream as unknown as { unref?: () => void }).unref?.();
   }
+
+  const exitedEarly = exited.then(async (status) => {
+    const log = await readFile(options.logFile, 'utf8').catch(() => '');
+    throw new Error(`${options.command} exited with status ${status} while starting:\n${log}`);
+  });
+  exitedEarly.catch(() => undefined);
+  await Promise.race([options.waitReady(), exitedEarly]);
 
   return {
     pid,

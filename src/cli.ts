@@ -1,0 +1,50 @@
+import { Command } from 'commander';
+import { pino } from 'pino';
+import { TallyError } from './errors.js';
+import { migrate } from './migrator.js';
+import { packageVersion } from './package-files.js';
+
+// Logs go to stderr so that stdout carries only what a command reports.
+const logger = pino({ level: process.env.TALLY_LOG_LEVEL ?? 'info' }, pino.destination(2));
+
+function postgresOption(command: Command): Command {
+  return command.option(
+    '--postgres <url>',
+    'PostgreSQL connection URL (default: $TALLY_POSTGRES_URL)',
+    process.env.TALLY_POSTGRES_URL,
+  );
+}
+
+function requirePostgres(url: string | undefined): string {
+  if (url === undefined || url === '') {
+    throw new Error('No PostgreSQL URL: pass --postgres <url> or set TALLY_POSTGRES_URL.');
+  }
+  return url;
+}
+
+const program = new Command('tally')
+  .description('Write-behind counters: Redis for increments, PostgreSQL for the record.')
+  .version(packageVersion)
+  .showHelpAfterError();
+
+postgresOption(
+  program
+    .command('migrate')
+    .description('apply pending SQL migrations (safe to run concurrently and repeatedly)'),
+).action(async (options: { postgres?: string }) => {
+  const result = await migrate(requirePostgres(options.postgres), { logger });
+  const names = result.applied.map((m) => `${String(m.version).padStart(4, '0')}_${m.name}`);
+  console.log(
+    names.length === 0
+      ? `schema is current at version ${result.version}`
+      : `applied ${names.join(', ')}; schema is at version ${result.version}`,
+  );
+});
+
+try {
+  await program.parseAsync();
+} catch (error) {
+  const code = error instanceof TallyError ? ` [${error.code}]` : '';
+  console.error(`tally: ${error instanceof Error ? error.message : String(error)}${code}`);
+  process.exitCode = 1;
+}

@@ -1,0 +1,83 @@
+import { execFile } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm, symlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createDatabase } from './support/index.js';
+
+const run = promisify(execFile);
+const repoRoot = new URL('..', import.meta.url).pathname;
+
+/**
+ * Packs Tally as npm would publish it and unpacks it into a fresh project, its dependencies
+ * linked from this checkout: what a user's `npm install tally` gets, without the network.
+ */
+let project: string;
+let bin: string;
+beforeAll(async () => {
+  project = await mkdtemp(join(tmpdir(), 'tally-package-'));
+  const { stdout } = await run('npm', ['pack', '--json', '--pack-destination', project], {
+    cwd: repoRoot,
+  });
+  const [packed] = JSON.parse(stdout) as [{ filename: string }];
+  const modules = join(project, 'node_modules');
+  await mkdir(join(modules, 'tally'), { recursive: true });
+  await run('tar', [
+    '-xzf',
+    join(project, packed.filename),
+    '-C',
+    join(modules, 'tally'),
+    '--strip-components=1',
+  ]);
+  const manifest = JSON.parse(await readFile(join(repoRoot, 'package.json'), 'utf8')) as {
+    dependencies: Record<string, string>;
+  };
+  for (const dependency of Object.keys(manifest.dependencies)) {
+    await symlink(join(repoRoot, 'node_modules', dependency), join(modules, dependency));
+  }
+  bin = join(modules, 'tally', 'bin', 'tally.js');
+}, 120_000);
+
+afterAll(async () => {
+  await rm(project, { recursive: true, force: true });
+});
+
+describe('the published package', () => {
+  it('imports from plain Node without a TypeScript loader', async () => {
+    const { stdout } = await run(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        "import * as tally from 'tally'; console.log(Object.keys(tally).sort().join(','))",
+      ],
+      { cwd: project },
+    );
+    expect(stdout.trim()).toBe('SchemaError,TallyError,assertSchemaCurrent,loadMigrations,migrate');
+  });
+
+  it('runs `tally --help` and `tally migrate` from its bin', async () => {
+    const help = await run(process.execPath, [bin, '--help']);
+    expect(help.stdout).toMatch(/Usage: tally/);
+    expect(help.stdout).toMatch(/migrate/);
+
+    const url = await createDatabase();
+    const first = await run(process.execPath, [bin, 'migrate', '--postgres', url]);
+    expect(first.stdout).toMatch(/applied 0001_counters; schema is at version \d+/);
+    const second = await run(process.execPath, [bin, 'migrate'], {
+      env: { ...process.env, TALLY_POSTGRES_URL: url },
+    });
+    expect(second.stdout).toMatch(/schema is current at version \d+/);
+  });
+
+  it('exits 1 with a message on stderr when migrate has no database', async () => {
+    const env = { ...process.env };
+    delete env.TALLY_POSTGRES_URL;
+    const failed = run(process.execPath, [bin, 'migrate'], { env });
+    await expect(failed).rejects.toMatchObject({
+      code: 1,
+      stderr: expect.stringMatching(/No PostgreSQL URL: pass --postgres <url>/) as unknown,
+    });
+  });
+});
