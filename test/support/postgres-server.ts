@@ -163,7 +163,7 @@ class LocalPostgres extends BasePostgres {
     if (server === undefined || !server.isRunning()) return;
     server.signal('SIGCONT');
     server.signal(stopSignals[mode]);
-    await server.exited;
+    await server.waitForExit();
   }
 
   async destroy(): Promise<void> {

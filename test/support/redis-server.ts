@@ -113,7 +113,7 @@ class LocalRedis implements RedisHandle {
     const server = this.server;
     if (server === undefined || !server.isRunning()) throw new Error('redis-server is not running');
     server.signal(signal);
-    if (terminatingSignals.has(signal)) await server.exited;
+    if (terminatingSignals.has(signal)) await server.waitForExit();
   }
 
   private async shutDown(signal: NodeJS.Signals): Promise<void> {
@@ -121,7 +121,7 @@ class LocalRedis implements RedisHandle {
     if (server === undefined || !server.isRunning()) return;
     server.signal('SIGCONT'); // a stopped server would not act on the signal below
     server.signal(signal);
-    await server.exited;
+    await server.waitForExit();
   }
 
   async restart(): Promise<void> {

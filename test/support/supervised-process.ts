@@ -25,8 +25,11 @@ export interface SupervisedOptions {
 /** One server process whose lifetime is tied to the test process (see watchdog.sh). */
 export interface SupervisedProcess {
   readonly pid: number;
-  /** Settles with the exit status (128+N when killed by signal N) once the server has exited. */
-  readonly exited: Promise<number>;
+  /**
+   * Resolves with the exit status (128+N when killed by signal N) once the server has exited,
+   * keeping this process alive until then.
+   */
+  waitForExit(): Promise<number>;
   isRunning(): boolean;
   signal(signal: NodeJS.Signals): void;
   /** Lets the watchdog take the server down with its orphan signal and clean up. */
@@ -89,7 +92,11 @@ export async function startSupervised(options: SupervisedOptions): Promise<Super
 
   return {
     pid,
-    exited,
+    waitForExit() {
+      // Unreferenced (above), the watchdog would let this process exit in the middle of the wait.
+      if (running) watchdog.ref();
+      return exited;
+    },
     isRunning: () => running,
     signal(signal) {
       try {
