@@ -173,3 +173,29 @@ describe('process clean-up', () => {
     expect(left).toHaveLength(0);
   });
 });
+
+describe('missing servers', () => {
+  it('fail at once with what to install, instead of skipping', async () => {
+    const redisServerModule = new URL('./support/redis-server.ts', import.meta.url).pathname;
+    // No redis-server on PATH and no Docker engine here: the harness must refuse loudly.
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        '--input-type=module',
+        '-e',
+        `import { startRedis } from ${JSON.stringify(redisServerModule)}; await startRedis();`,
+      ],
+      {
+        env: { ...process.env, PATH: '/nonexistent', DOCKER_HOST: 'tcp://127.0.0.1:1' },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    );
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const [status] = (await once(child, 'exit')) as [number];
+    expect(status).not.toBe(0);
+    expect(stderr).toMatch(/The test suite needs Redis: install redis-server/);
+  });
+});

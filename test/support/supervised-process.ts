@@ -62,8 +62,6 @@ export async function startSupervised(options: SupervisedOptions): Promise<Super
     if (typeof code === 'number') return code;
     return 128 + constants.signals[signal as NodeJS.Signals];
   });
-  // Keep the promise from counting as unhandled when nobody awaits the exit.
-  exited.catch(() => undefined);
 
   const lines = createInterface({ input: watchdog.stdout });
   const [firstLine] = (await Promise.race([
@@ -88,7 +86,12 @@ export async function startSupervised(options: SupervisedOptions): Promise<Super
     throw new Error(`${options.command} exited with status ${status} while starting:\n${log}`);
   });
   exitedEarly.catch(() => undefined);
-  await Promise.race([options.waitReady(), exitedEarly]);
+  try {
+    await Promise.race([options.waitReady(), exitedEarly]);
+  } catch (error) {
+    watchdog.stdin.end(); // a server that never became ready is taken down and cleaned up
+    throw error;
+  }
 
   return {
     pid,
