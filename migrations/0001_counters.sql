@@ -12,19 +12,26 @@ CREATE TABLE tally.settings (
   value jsonb NOT NULL
 );
 
--- The flushed total of each counter.
+-- The flushed total of each counter. `shard` is derived from the name and the store's fixed
+-- shard count; it is kept so that reconciling one shard reads only that shard's rows.
 CREATE TABLE tally.counters (
   name text PRIMARY KEY CHECK (octet_length(name) BETWEEN 1 AND 256),
+  shard integer NOT NULL,
   value bigint NOT NULL CHECK (value BETWEEN -9007199254740991 AND 9007199254740991),
   updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+CREATE INDEX counters_shard_name ON tally.counters (shard, name);
+
 -- The flushed total of each counter per UTC time bucket (granularity such as 'hour', 'day').
+-- No range CHECK here: a bucket sums the increments made inside it, which can reach twice the
+-- counter range when a counter swings from one end to the other; a CHECK would then stop the
+-- whole shard from flushing. Reads refuse a bucket value past ±(2^53−1) instead.
 CREATE TABLE tally.counter_buckets (
   name text NOT NULL,
   granularity text NOT NULL,
   bucket_start timestamptz NOT NULL,
-  value bigint NOT NULL CHECK (value BETWEEN -9007199254740991 AND 9007199254740991),
+  value bigint NOT NULL,
   PRIMARY KEY (name, granularity, bucket_start)
 );
 

@@ -4,7 +4,27 @@
  * error, when there is one, is kept as `cause`.
  */
 export type TallyErrorCode =
-  'SCHEMA_TOO_NEW' | 'SCHEMA_OUT_OF_DATE' | 'MIGRATION_MODIFIED' | 'MIGRATION_FILES_INVALID';
+  // Bad input: nothing was changed.
+  | 'VALIDATION'
+  // The increment would take the counter past ±(2^53−1): nothing was changed.
+  | 'OVERFLOW'
+  // The increment would take the counter past its limit: nothing was changed.
+  | 'OVER_LIMIT'
+  // The request reached Redis but its reply did not come back: it may or may not have been
+  // applied. Retry with the same idempotency key to make sure it counts exactly once.
+  | 'OUTCOME_UNKNOWN'
+  // Redis or PostgreSQL could not be reached: nothing was changed.
+  | 'UNAVAILABLE'
+  // The process is configured differently from the store it connects to.
+  | 'CONFIGURATION'
+  // Redis could lose acknowledged increments and `requireDurableRedis` is set.
+  | 'NOT_DURABLE'
+  | 'SCHEMA_TOO_NEW'
+  | 'SCHEMA_OUT_OF_DATE'
+  | 'MIGRATION_MODIFIED'
+  | 'MIGRATION_FILES_INVALID'
+  // The client was closed.
+  | 'CLOSED';
 
 export class TallyError extends Error {
   override readonly name: string = 'TallyError';
@@ -15,6 +35,14 @@ export class TallyError extends Error {
     options?: { cause?: unknown },
   ) {
     super(message, options);
+  }
+}
+
+/** Input that Tally refuses; nothing was changed. */
+export class ValidationError extends TallyError {
+  override readonly name = 'ValidationError';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('VALIDATION', message, options);
   }
 }
 

@@ -1,0 +1,87 @@
+import { Cluster, Redis, ReplyError } from 'ioredis';
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { TallyError } from './errors.js';
+import type { RedisConnection } from './redis-scripts.js';
+
+/**
+ * Options Tally needs on its Redis connection, whoever created it:
+ * - ioredis re-sends, after a reconnect, commands whose replies were lost, and Redis then applies
+ *   an increment twice. Tally turns that off; a lost reply becomes OUTCOME_UNKNOWN, which
+ *   increments with an idempotency key retry safely.
+ * - A command timeout bounds how long a caller waits on a Redis that stopped answering.
+ */
+function safeRedisOptions(commandTimeoutMs: number) {
+  return {
+    autoResendUnfulfilledCommands: false,
+    commandTimeout: commandTimeoutMs,
+    enableAutoPipelining: true,
+  };
+}
+
+/** Tally's own Redis connection: from a URL, or a duplicate of the caller's instance. */
+export function openRedis(
+  option: string | Redis | Cluster,
+  commandTimeoutMs: number,
+  logger: Logger,
+): RedisConnection {
+  const options = safeRedisOptions(commandTimeoutMs);
+  let redis: RedisConnection;
+  if (typeof option === 'string') redis = new Redis(option, options);
+  else if (option instanceof Cluster) {
+    // The cluster's per-node options with Tally's on top. (The cast works around ioredis'
+    // option types under exactOptionalPropertyTypes.)
+    const overrides = {
+      enableAutoPipelining: true,
+      redisOptions: { ...option.options.redisOptions, ...options },
+    } as Parameters<Cluster['duplicate']>[1];
+    redis = option.duplicate(undefined, overrides);
+  } else redis = option.duplicate(options);
+  // Without a listener ioredis reports connection errors on stderr; the failing calls report
+  // them to their callers.
+  redis.on('error', (error: Error) => {
+    logger.warn({ err: error }, 'redis connection error');
+  });
+  return redis;
+}
+
+/** Tally's pool: the caller's, or one from a URL. Either way it gets an `error` listener. */
+export function openPostgres(option: string | pg.Pool, logger: Logger): pg.Pool {
+  const pool = typeof option === 'string' ? new pg.Pool({ connectionString: option }) : option;
+  // An idle client whose server restarted emits 'error' on the pool; unhandled, it would end
+  // the process.
+  pool.on('error', (error: Error) => {
+    logger.warn({ err: error }, 'postgres idle client error');
+  });
+  return pool;
+}
+
+function isOutOfMemory(error: unknown): boolean {
+  return error instanceof ReplyError && (error as Error).message.startsWith('OOM');
+}
+
+/**
+ * The typed error for a failed Redis call. A reply from Redis itself (such as OOM) means the
+ * command did not run; any other failure after the call was issued (timeout, connection lost)
+ * leaves a write's outcome unknown.
+ */
+export function redisFailure(error: unknown, kind: 'write' | 'read', what: string): TallyError {
+  if (error instanceof TallyError) return error;
+  if (isOutOfMemory(error)) {
+    return new TallyError(
+      'UNAVAILABLE',
+      `Redis is out of memory and refused ${what}; nothing was applied. Raise maxmemory or ` +
+        'flush more often.',
+      { cause: error },
+    );
+  }
+  if (kind === 'read' || error instanceof ReplyError) {
+    return new TallyError('UNAVAILABLE', `Redis could not serve ${what}.`, { cause: error });
+  }
+  return new TallyError(
+    'OUTCOME_UNKNOWN',
+    `Redis did not answer ${what}: it may or may not have been applied. Retry with the same ` +
+      'idempotency key to count it exactly once.',
+    { cause: error },
+  );
+}

@@ -1,0 +1,75 @@
+import { ValidationError } from './errors.js';
+
+/** Labels that refine a counter name: `api_calls` + `{ tenant: 'acme' }`. */
+export type Labels = Readonly<Record<string, string | number | boolean>>;
+
+/** How a counter is named in calls: a plain name, or a name with labels. */
+export type CounterRef = string | { readonly name: string; readonly labels?: Labels };
+
+export const maxNameBytes = 256;
+
+// C0 and C1 control characters and DEL. Names are shown in logs, metrics and terminals, and Tally
+// uses U+001F internally as a separator.
+// eslint-disable-next-line no-control-regex
+const controlCharacters = /[\u0000-\u001f\u007f-\u009f]/u;
+
+/**
+ * Throws unless `name` is 1–256 bytes of UTF-8 without control characters. `what` names the
+ * value in the message ('A counter name', 'An idempotency key').
+ */
+export function validateName(name: unknown, what = 'A counter name'): string {
+  if (typeof name !== 'string') {
+    throw new ValidationError(`${what} must be a string, got ${typeof name}.`);
+  }
+  if (!name.isWellFormed()) {
+    throw new ValidationError(`${what} must be valid Unicode (it has a lone surrogate).`);
+  }
+  const bytes = Buffer.byteLength(name, 'utf8');
+  if (bytes < 1 || bytes > maxNameBytes) {
+    throw new ValidationError(
+      `${what} must be 1 to ${maxNameBytes} bytes of UTF-8; ${JSON.stringify(name.slice(0, 40))} is ${bytes} bytes.`,
+    );
+  }
+  if (controlCharacters.test(name)) {
+    throw new ValidationError(
+      `${what} ${JSON.stringify(name)} contains a control character; remove it.`,
+    );
+  }
+  return name;
+}
+
+const labelKey = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/**
+ * The one canonical name for a counter with labels: `name{k1="v1",k2="v2"}` with keys sorted and
+ * values JSON-escaped, so `{ b: 1, a: 2 }` and `{ a: 2, b: 1 }` are the same counter. A plain
+ * name is returned as is.
+ */
+export function canonicalName(ref: CounterRef): string {
+  if (typeof ref === 'string') return validateName(ref);
+  if (typeof ref !== 'object') {
+    throw new ValidationError(`A counter must be a name or { name, labels }, got ${typeof ref}.`);
+  }
+  const base = validateName(ref.name);
+  const labels = Object.entries(ref.labels ?? {});
+  if (labels.length === 0) return base;
+  if (/[{}]/.test(base)) {
+    throw new ValidationError(
+      `Counter name ${JSON.stringify(base)} has braces, which labelled names reserve.`,
+    );
+  }
+  const parts = labels
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([key, value]) => {
+      if (!labelKey.test(key)) {
+        throw new ValidationError(
+          `Label key ${JSON.stringify(key)} must match ${String(labelKey)}.`,
+        );
+      }
+      if (!['string', 'number', 'boolean'].includes(typeof value)) {
+        throw new ValidationError(`Label ${key} must be a string, number or boolean.`);
+      }
+      return `${key}=${JSON.stringify(String(value))}`;
+    });
+  return validateName(`${base}{${parts.join(',')}}`);
+}

@@ -1,0 +1,21 @@
+--[[
+  Reads the totals of counters of one shard.
+
+  KEYS[1] epoch marker   KEYS[2] totals
+  ARGV    counters
+
+  Returns {NEEDS_REBUILD} when the epoch marker is missing (the totals would lack the
+  PostgreSQL base), else {OK, total1, total2, ...} with 0 for a counter never incremented.
+]]
+local OK, NEEDS_REBUILD = 0, 1
+
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return { NEEDS_REBUILD }
+end
+
+local result = { OK }
+local values = redis.call('HMGET', KEYS[2], unpack(ARGV))
+for i = 1, #ARGV do
+  result[i + 1] = tonumber(values[i] or 0)
+end
+return result

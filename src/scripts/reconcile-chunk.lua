@@ -1,0 +1,42 @@
+--[[
+  Checks, and optionally repairs, the totals of a chunk of counters of one shard against
+  expected = PostgreSQL value + pending delta + in-flight delta (if not yet in the ledger).
+
+  KEYS[1] totals   KEYS[2] pending   KEYS[3] in-flight   KEYS[4] in-flight meta
+  ARGV[1] id of the in-flight batch the PostgreSQL values were read with ('' for none)
+  ARGV[2] '1' if that batch is in the ledger (already in the PostgreSQL values), else '0'
+  ARGV[3] '1' to repair, '0' to check only
+  ARGV[4..] pairs: counter, PostgreSQL value
+
+  Runs atomically, so increments arriving meanwhile cannot skew the comparison. Returns
+  {BATCH_CHANGED} when a different batch is in flight than the caller read with (the caller
+  reads again), else {OK, counter1, redis total1 ('' if missing), expected1, ...} for the
+  counters that drifted.
+]]
+local OK, BATCH_CHANGED = 0, 2
+
+local batch = redis.call('HGET', KEYS[4], 'batch') or ''
+if batch ~= ARGV[1] then
+  return { BATCH_CHANGED }
+end
+local countInflight = ARGV[2] ~= '1'
+local repair = ARGV[3] == '1'
+
+local result = { OK }
+for i = 4, #ARGV, 2 do
+  local counter = ARGV[i]
+  local expected = tonumber(ARGV[i + 1]) + tonumber(redis.call('HGET', KEYS[2], counter) or 0)
+  if countInflight then
+    expected = expected + tonumber(redis.call('HGET', KEYS[3], counter) or 0)
+  end
+  local actual = redis.call('HGET', KEYS[1], counter)
+  if tonumber(actual or 0) ~= expected then
+    result[#result + 1] = counter
+    result[#result + 1] = actual or ''
+    result[#result + 1] = expected
+    if repair then
+      redis.call('HSET', KEYS[1], counter, expected)
+    end
+  end
+end
+return result
