@@ -41,7 +41,7 @@ export function nextBucketStart(granularity: Granularity, startMs: number): numb
 /** Every bucket start from the bucket holding `fromMs` up to, not including, `toMs`. */
 export function bucketStarts(granularity: Granularity, fromMs: number, toMs: number): number[] {
   const starts: number[] = [];
-  for (let start = bucketStart(granularity, fromMs); start < toMs; ) {
+  for (let start = bucketStart(granularity, fromMs); start < toMs;) {
     starts.push(start);
     start = nextBucketStart(granularity, start);
   }

@@ -21,7 +21,7 @@ function infoField(info: string, field: string): string | undefined {
 
 async function configValue(redis: RedisConnection, name: string): Promise<string | undefined> {
   try {
-    const reply = (await redis.config('GET', name)) as string[];
+    const reply = await redis.config('GET', name);
     return reply[1];
   } catch {
     return undefined; // CONFIG is often renamed or disabled on managed Redis

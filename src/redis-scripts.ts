@@ -63,7 +63,9 @@ export function defineScripts(redis: RedisConnection): Scripts {
     });
   }
   const command = (name: ScriptName) =>
-    (redis as unknown as Record<string, Invoke>)[`tally_${scriptVersion}_${name}`]?.bind(redis) as Invoke;
+    (redis as unknown as Record<string, Invoke>)[`tally_${scriptVersion}_${name}`]?.bind(
+      redis,
+    ) as Invoke;
   const commands = Object.fromEntries(
     Object.keys(scripts).map((name) => [name, command(name as ScriptName)]),
   ) as Record<ScriptName, Invoke>;

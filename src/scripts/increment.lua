@@ -13,7 +13,8 @@
   Returns {NEEDS_REBUILD} and applies nothing when the epoch marker is missing: the totals
   would lack the PostgreSQL base. Otherwise {OK, status1, total1, status2, total2, ...} with
   status APPLIED, DUPLICATE, OVER_LIMIT or OVERFLOW and the counter's total after the increment
-  (unchanged unless APPLIED).
+  (unchanged unless APPLIED), as a decimal string: ioredis parses integer replies near 2^53
+  inexactly (it reads 9007199254740991 as 9007199254740992).
 
   Values are Lua doubles: exact for integers within ±(2^53−1), the range Tally keeps. A sum just
   past the range may round, but never back into it, so the range check is exact.
@@ -65,7 +66,7 @@ while i <= #ARGV do
   end
 
   result[#result + 1] = status
-  result[#result + 1] = total
+  result[#result + 1] = string.format('%.0f', total)
   i = i + 4 + bucketCount
 end
 

@@ -6,7 +6,7 @@
   ARGV    bucket fields
 
   Returns {snapshot count, in-flight batch id or '', pending1, in-flight1, pending2, ...}, read
-  atomically. The caller compares the snapshot count after reading PostgreSQL to know that no
+  atomically; deltas as decimal strings (ioredis parses integer replies near 2^53 inexactly). The caller compares the snapshot count after reading PostgreSQL to know that no
   flush moved deltas in between.
 ]]
 local result = {
@@ -16,7 +16,7 @@ local result = {
 local pending = redis.call('HMGET', KEYS[1], unpack(ARGV))
 local inflight = redis.call('HMGET', KEYS[2], unpack(ARGV))
 for i = 1, #ARGV do
-  result[#result + 1] = tonumber(pending[i] or 0)
-  result[#result + 1] = tonumber(inflight[i] or 0)
+  result[#result + 1] = pending[i] or '0'
+  result[#result + 1] = inflight[i] or '0'
 end
 return result

@@ -5,7 +5,8 @@
   ARGV    counters
 
   Returns {NEEDS_REBUILD} when the epoch marker is missing (the totals would lack the
-  PostgreSQL base), else {OK, total1, total2, ...} with 0 for a counter never incremented.
+  PostgreSQL base), else {OK, total1, total2, ...} as decimal strings ('0' for a counter never
+  incremented; strings because ioredis parses integer replies near 2^53 inexactly).
 ]]
 local OK, NEEDS_REBUILD = 0, 1
 
@@ -16,6 +17,6 @@ end
 local result = { OK }
 local values = redis.call('HMGET', KEYS[2], unpack(ARGV))
 for i = 1, #ARGV do
-  result[i + 1] = tonumber(values[i] or 0)
+  result[i + 1] = values[i] or '0'
 end
 return result

@@ -11,7 +11,8 @@
   Runs atomically, so increments arriving meanwhile cannot skew the comparison. Returns
   {BATCH_CHANGED} when a different batch is in flight than the caller read with (the caller
   reads again), else {OK, counter1, redis total1 ('' if missing), expected1, ...} for the
-  counters that drifted.
+  counters that drifted, expected totals as decimal strings (ioredis parses integer replies near
+  2^53 inexactly).
 ]]
 local OK, BATCH_CHANGED = 0, 2
 
@@ -33,9 +34,10 @@ for i = 4, #ARGV, 2 do
   if tonumber(actual or 0) ~= expected then
     result[#result + 1] = counter
     result[#result + 1] = actual or ''
-    result[#result + 1] = expected
+    local expectedText = string.format('%.0f', expected)
+    result[#result + 1] = expectedText
     if repair then
-      redis.call('HSET', KEYS[1], counter, expected)
+      redis.call('HSET', KEYS[1], counter, expectedText)
     end
   end
 end

@@ -1,0 +1,178 @@
+import { randomUUID } from 'node:crypto';
+import type pg from 'pg';
+import type { ResolvedConfig } from './config.js';
+import type { RedisDurability } from './durability.js';
+import { TallyError } from './errors.js';
+import { reachFaultPoint } from './fault-points.js';
+import { acquireFlushLock } from './flush-lock.js';
+import type { RedisConnection, Scripts } from './redis-scripts.js';
+import { parseBucketField, shardKeys, type ShardKeys } from './shard-keys.js';
+
+export interface FlushContext {
+  redis: RedisConnection;
+  scripts: Scripts;
+  pool: pg.Pool;
+  config: ResolvedConfig;
+  durability: RedisDurability;
+}
+
+/** One batch moved from Redis into PostgreSQL. */
+export interface AppliedBatch {
+  shard: number;
+  batchId: string;
+  /** Counters whose totals the batch changed. */
+  counters: number;
+  /** Bucket rows the batch changed. */
+  buckets: number;
+  /** The batch was left in flight by an earlier flush (crashed, or not yet acknowledged). */
+  resumed: boolean;
+  /** The ledger already held it: an earlier flush committed it, this one only acknowledged. */
+  alreadyApplied: boolean;
+}
+
+/** How long a flush waits for WAITAOF before giving up on this attempt. */
+const waitAofTimeoutMs = 5_000;
+
+/**
+ * Flushes one shard: resumes a batch left in flight, then snapshots and applies what is
+ * pending. Returns the batches it applied (none when nothing was pending).
+ */
+export async function flushShard(ctx: FlushContext, shard: number): Promise<AppliedBatch[]> {
+  const keys = shardKeys(ctx.config.keyPrefix, shard);
+  const lock = await acquireFlushLock(
+    ctx.redis,
+    ctx.scripts,
+    keys.lock,
+    ctx.config.flushLockTtlMs,
+    ctx.config.flushLockTtlMs,
+  );
+  try {
+    const applied: AppliedBatch[] = [];
+    // At most two rounds: a resumed batch, then the deltas that were pending behind it.
+    for (let round = 0; round < 2; round++) {
+      const [state, batchId] = (await ctx.scripts.run(
+        'snapshot',
+        [
+          keys.pending,
+          keys.pendingBuckets,
+          keys.pendingSince,
+          keys.inflight,
+          keys.inflightBuckets,
+          keys.inflightMeta,
+          keys.snapshots,
+        ],
+        [randomUUID()],
+      )) as [string, string | undefined];
+      if (state === 'empty' || batchId === undefined) break;
+      reachFaultPoint('after-snapshot');
+      if (ctx.durability.waitaof) await waitForAof(ctx.redis);
+      applied.push(await applyBatch(ctx, shard, keys, batchId, state === 'resumed'));
+      if (state === 'created') break;
+    }
+    return applied;
+  } finally {
+    await lock.release();
+  }
+}
+
+/**
+ * Waits until Redis has fsynced the snapshot. Otherwise a Redis crash could forget a snapshot
+ * that PostgreSQL already applied, and its deltas, back in pending, would be applied twice.
+ */
+async function waitForAof(redis: RedisConnection): Promise<void> {
+  const [local] = (await redis.call('WAITAOF', 1, 0, waitAofTimeoutMs)) as [number, number];
+  if (local < 1) {
+    throw new TallyError(
+      'UNAVAILABLE',
+      `Redis did not fsync the flush snapshot within ${waitAofTimeoutMs} ms; the flush will retry.`,
+    );
+  }
+}
+
+async function applyBatch(
+  ctx: FlushContext,
+  shard: number,
+  keys: ShardKeys,
+  batchId: string,
+  resumed: boolean,
+): Promise<AppliedBatch> {
+  const [totals, buckets] = await Promise.all([
+    ctx.redis.hgetall(keys.inflight),
+    ctx.redis.hgetall(keys.inflightBuckets),
+  ]);
+  // Rows in a stable order, so that transactions touching the same rows lock them in the same
+  // order. Deltas stay strings: exact whatever their size.
+  const counterNames = Object.keys(totals).sort();
+  const bucketRows = Object.keys(buckets)
+    .sort()
+    .map((field) => ({ ...parseBucketField(field), delta: buckets[field] }));
+
+  const client = await ctx.pool.connect();
+  let alreadyApplied: boolean;
+  try {
+    await client.query('BEGIN');
+    const ledger = await client.query({
+      name: 'tally_ledger_insert',
+      text: `INSERT INTO tally.applied_batches (shard, batch_id, counters)
+             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+      values: [shard, batchId, counterNames.length],
+    });
+    alreadyApplied = ledger.rowCount === 0;
+    if (!alreadyApplied) {
+      await client.query({
+        name: 'tally_apply_counters',
+        text: `INSERT INTO tally.counters AS c (name, shard, value)
+               SELECT name, $3, delta FROM unnest($1::text[], $2::bigint[]) AS d (name, delta)
+               ON CONFLICT (name) DO UPDATE
+                 SET value = c.value + EXCLUDED.value, updated_at = now()`,
+        values: [counterNames, counterNames.map((name) => totals[name]), shard],
+      });
+      reachFaultPoint('mid-transaction');
+      await client.query({
+        name: 'tally_apply_buckets',
+        text: `INSERT INTO tally.counter_buckets AS b (name, granularity, bucket_start, value)
+               SELECT name, granularity, to_timestamp(start_ms / 1000.0), delta
+               FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+                 AS d (name, granularity, start_ms, delta)
+               ON CONFLICT (name, granularity, bucket_start) DO UPDATE
+                 SET value = b.value + EXCLUDED.value`,
+        values: [
+          bucketRows.map((row) => row.counter),
+          bucketRows.map((row) => row.granularity),
+          bucketRows.map((row) => row.startMs),
+          bucketRows.map((row) => row.delta),
+        ],
+      });
+    }
+    await client.query('COMMIT');
+  } catch (error) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    client.release(error instanceof Error ? error : true);
+    throw new TallyError(
+      'UNAVAILABLE',
+      `Flush of shard ${shard} batch ${batchId} failed in PostgreSQL; the batch stays in ` +
+        'flight and the next flush retries it (the ledger keeps it from counting twice).',
+      { cause: error },
+    );
+  }
+  client.release();
+  reachFaultPoint('after-commit');
+
+  const acknowledged = ctx.scripts.run(
+    'acknowledge',
+    [keys.inflight, keys.inflightBuckets, keys.inflightMeta],
+    [batchId],
+  );
+  setImmediate(() => {
+    reachFaultPoint('during-acknowledge');
+  });
+  await acknowledged;
+  return {
+    shard,
+    batchId,
+    counters: counterNames.length,
+    buckets: bucketRows.length,
+    resumed,
+    alreadyApplied,
+  };
+}

@@ -1,0 +1,179 @@
+import type pg from 'pg';
+import type { FlushContext } from './flusher.js';
+import { acquireFlushLock } from './flush-lock.js';
+import { ScriptStatus } from './redis-scripts.js';
+import { shardKeys, type ShardKeys } from './shard-keys.js';
+
+export interface Drift {
+  counter: string;
+  /** What Redis held; null when the counter was missing there. */
+  redisValue: number | null;
+  /** PostgreSQL value + pending delta + in-flight delta not yet in the ledger. */
+  expectedValue: number;
+}
+
+export interface ShardReconcileReport {
+  shard: number;
+  countersChecked: number;
+  drift: Drift[];
+  /** Redis was rewritten with the expected totals (repair mode, and there was something to fix). */
+  repaired: boolean;
+  /**
+   * Redis had lost this shard's data (its epoch marker was gone in a store that was set up):
+   * increments acknowledged but not yet flushed before the loss are gone.
+   */
+  redisLostData: boolean;
+}
+
+interface PostgresPage {
+  rows: { name: string; value: string }[];
+  inflightApplied: boolean;
+}
+
+/**
+ * One page of a shard's PostgreSQL totals, read in the same statement (the same snapshot) as
+ * whether the in-flight batch is in the ledger, so the two always agree.
+ */
+async function readPostgresPage(
+  pool: pg.Pool,
+  shard: number,
+  batchId: string,
+  after: string,
+  limit: number,
+): Promise<PostgresPage> {
+  const { rows } = await pool.query<{ applied: boolean; rows: { name: string; value: string }[] }>({
+    name: 'tally_reconcile_page',
+    text: `SELECT EXISTS (SELECT 1 FROM tally.applied_batches WHERE shard = $1 AND batch_id = $2)
+                    AS applied,
+                  COALESCE((SELECT json_agg(json_build_object('name', name, 'value', value::text)
+                                            ORDER BY name)
+                            FROM (SELECT name, value FROM tally.counters
+                                  WHERE shard = $1 AND name > $3
+                                  ORDER BY name LIMIT $4) AS page), '[]') AS rows`,
+    values: [shard, batchId, after, limit],
+  });
+  const row = rows[0];
+  return { rows: row?.rows ?? [], inflightApplied: row?.applied ?? false };
+}
+
+/** Every field name of a Redis hash, read in steps so a large hash does not block Redis. */
+async function hashFields(ctx: FlushContext, key: string): Promise<string[]> {
+  const fields: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, entries] = await ctx.redis.hscan(key, cursor, 'COUNT', 1000);
+    for (let i = 0; i < entries.length; i += 2) fields.push(entries[i] as string);
+    cursor = next;
+  } while (cursor !== '0');
+  return fields;
+}
+
+class BatchChanged extends Error {}
+
+/** Compares one chunk in Redis (and repairs it); returns its drift. */
+async function reconcileChunk(
+  ctx: FlushContext,
+  keys: ShardKeys,
+  batchId: string,
+  inflightApplied: boolean,
+  repair: boolean,
+  pairs: [string, string][],
+): Promise<Drift[]> {
+  const reply = await ctx.scripts.run(
+    'reconcileChunk',
+    [keys.totals, keys.pending, keys.inflight, keys.inflightMeta],
+    [batchId, inflightApplied ? '1' : '0', repair ? '1' : '0', ...pairs.flat()],
+  );
+  if (reply[0] === ScriptStatus.batchChanged) throw new BatchChanged();
+  const drift: Drift[] = [];
+  for (let i = 1; i < reply.length; i += 3) {
+    drift.push({
+      counter: String(reply[i]),
+      redisValue: reply[i + 1] === '' ? null : Number(reply[i + 1]),
+      expectedValue: Number(reply[i + 2]),
+    });
+  }
+  return drift;
+}
+
+/**
+ * Checks (and with `repair`, rewrites) one shard's Redis totals against PostgreSQL, holding the
+ * shard's flush lock so PostgreSQL cannot move underneath. Increments keep flowing: each chunk
+ * is compared and repaired inside one script, atomically with respect to them. After a repair
+ * the epoch marker is written, which lets increments and reads use the totals again.
+ */
+export async function reconcileShard(
+  ctx: FlushContext,
+  shard: number,
+  options: { repair: boolean; storeWasSetUp: boolean },
+): Promise<ShardReconcileReport> {
+  const keys = shardKeys(ctx.config.keyPrefix, shard);
+  const lock = await acquireFlushLock(
+    ctx.redis,
+    ctx.scripts,
+    keys.lock,
+    ctx.config.flushLockTtlMs,
+    ctx.config.flushLockTtlMs,
+  );
+  try {
+    for (;;) {
+      try {
+        return await reconcileOnce(ctx, shard, keys, options);
+      } catch (error) {
+        // A flush that lost the lock (paused past its TTL) moved the in-flight batch: read again.
+        if (!(error instanceof BatchChanged)) throw error;
+      }
+    }
+  } finally {
+    await lock.release();
+  }
+}
+
+async function reconcileOnce(
+  ctx: FlushContext,
+  shard: number,
+  keys: ShardKeys,
+  options: { repair: boolean; storeWasSetUp: boolean },
+): Promise<ShardReconcileReport> {
+  const chunkSize = ctx.config.reconcileChunkSize;
+  const epochMissing = (await ctx.redis.exists(keys.epoch)) === 0;
+  const batchId = (await ctx.redis.hget(keys.inflightMeta, 'batch')) ?? '';
+  const drift: Drift[] = [];
+  const seen = new Set<string>();
+  let inflightApplied: boolean;
+
+  for (let after = ''; ;) {
+    const page = await readPostgresPage(ctx.pool, shard, batchId, after, chunkSize);
+    inflightApplied = page.inflightApplied;
+    if (page.rows.length === 0) break;
+    const pairs = page.rows.map((row): [string, string] => [row.name, row.value]);
+    for (const [name] of pairs) seen.add(name);
+    drift.push(
+      ...(await reconcileChunk(ctx, keys, batchId, inflightApplied, options.repair, pairs)),
+    );
+    after = page.rows[page.rows.length - 1]?.name ?? after;
+  }
+
+  // Counters Redis knows that PostgreSQL does not (never flushed): their base is 0.
+  const redisOnly = new Set<string>();
+  for (const key of [keys.totals, keys.pending, keys.inflight]) {
+    for (const name of await hashFields(ctx, key)) if (!seen.has(name)) redisOnly.add(name);
+  }
+  const names = [...redisOnly];
+  for (let i = 0; i < names.length; i += chunkSize) {
+    const pairs = names.slice(i, i + chunkSize).map((name): [string, string] => [name, '0']);
+    drift.push(
+      ...(await reconcileChunk(ctx, keys, batchId, inflightApplied, options.repair, pairs)),
+    );
+  }
+
+  const repaired = options.repair && (drift.length > 0 || epochMissing);
+  if (options.repair && epochMissing) await ctx.redis.set(keys.epoch, new Date().toISOString());
+  return {
+    shard,
+    countersChecked: seen.size + names.length,
+    drift,
+    repaired,
+    redisLostData: epochMissing && options.storeWasSetUp,
+  };
+}

@@ -1,0 +1,287 @@
+import { once } from 'node:events';
+import type pg from 'pg';
+import { resolveConfig, type ResolvedConfig, type TallyOptions } from './config.js';
+import { openPostgres, openRedis, redisFailure } from './connections.js';
+import { canonicalName, type CounterRef } from './counter-name.js';
+import { inspectRedisDurability, type RedisDurability } from './durability.js';
+import { TallyError, ValidationError } from './errors.js';
+import { flushShard, type AppliedBatch, type FlushContext } from './flusher.js';
+import {
+  IncrementSender,
+  prepareIncrement,
+  type IncrementOptions,
+  type IncrementResult,
+} from './increments.js';
+import { assertSchemaCurrent } from './migrator.js';
+import { reconcileShard, type ShardReconcileReport } from './reconciler.js';
+import { defineScripts, ScriptStatus, type RedisConnection } from './redis-scripts.js';
+import { shardOf } from './sharding.js';
+import { shardKeys } from './shard-keys.js';
+import { ensureShardCount, markStoreSetUp, storeWasSetUp } from './store-settings.js';
+import { readUsage, type UsageBucket, type UsageQuery } from './usage.js';
+
+export interface IncrementItem extends IncrementOptions {
+  counter: CounterRef;
+  by?: number;
+}
+
+export interface ShardStatus {
+  shard: number;
+  /** Counters with a delta waiting for the next flush. */
+  pendingCounters: number;
+  /** The batch being flushed, if any. */
+  inflightBatch: { batchId: string; counters: number } | null;
+  /** Age of the oldest delta not yet in PostgreSQL (0 when there is none). */
+  oldestUnflushedAgeMs: number;
+  /** Redis holds this shard's totals (its epoch marker is present). */
+  totalsValid: boolean;
+}
+
+export interface TallyStatus {
+  shards: ShardStatus[];
+  redis: RedisDurability;
+}
+
+export interface Tally {
+  /** Adds `by` (default 1) to a counter in one round trip and returns its new total. */
+  incr(counter: CounterRef, by?: number, options?: IncrementOptions): Promise<IncrementResult>;
+  /** Validates every item first (bad input changes nothing), then applies each one. */
+  incrMany(items: readonly IncrementItem[]): Promise<IncrementResult[]>;
+  /** The counter's current total (PostgreSQL base + everything not yet flushed). */
+  get(counter: CounterRef): Promise<number>;
+  getMany(counters: readonly CounterRef[]): Promise<number[]>;
+  /** Usage per bucket over flushed and not-yet-flushed deltas. */
+  usage(counter: CounterRef, query: UsageQuery): Promise<UsageBucket[]>;
+  /** Flushes every shard now, resuming batches left in flight; returns what it applied. */
+  flush(): Promise<AppliedBatch[]>;
+  /** Checks every shard's Redis totals against PostgreSQL; with `repair`, rewrites them. */
+  reconcile(options?: { repair?: boolean }): Promise<ShardReconcileReport[]>;
+  status(): Promise<TallyStatus>;
+  /** The Redis durability found at start-up and the loss bound that follows. */
+  readonly durability: RedisDurability;
+  close(): Promise<void>;
+}
+
+class TallyClient implements Tally {
+  private readonly sender: IncrementSender;
+  private readonly rebuilds = new Map<number, Promise<void>>();
+  private closed = false;
+
+  constructor(
+    private readonly ctx: FlushContext,
+    private readonly owns: { redis: boolean; pool: boolean },
+    private readonly setUp: boolean,
+  ) {
+    this.sender = new IncrementSender(ctx.scripts, ctx.config, (shard) => this.rebuildShard(shard));
+  }
+
+  get durability(): RedisDurability {
+    return this.ctx.durability;
+  }
+
+  private get config(): ResolvedConfig {
+    return this.ctx.config;
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new TallyError('CLOSED', 'This Tally client was closed.');
+  }
+
+  /**
+   * Rebuilds a shard whose Redis totals lack the PostgreSQL base (Redis lost its data), once per
+   * process however many callers notice at the same moment.
+   */
+  rebuildShard(shard: number): Promise<void> {
+    let rebuild = this.rebuilds.get(shard);
+    if (rebuild === undefined) {
+      rebuild = reconcileShard(this.ctx, shard, { repair: true, storeWasSetUp: this.setUp })
+        .then((report) => {
+          this.config.logger.warn(
+            { shard, redisLostData: report.redisLostData, drift: report.drift.length },
+            'rebuilt shard totals from PostgreSQL',
+          );
+        })
+        .finally(() => this.rebuilds.delete(shard));
+      this.rebuilds.set(shard, rebuild);
+    }
+    return rebuild;
+  }
+
+  async incr(
+    counter: CounterRef,
+    by = 1,
+    options: IncrementOptions = {},
+  ): Promise<IncrementResult> {
+    this.assertOpen();
+    return this.sender.send(prepareIncrement(counter, by, options, this.config));
+  }
+
+  async incrMany(items: readonly IncrementItem[]): Promise<IncrementResult[]> {
+    this.assertOpen();
+    if (!Array.isArray(items)) throw new ValidationError('incrMany takes an array of increments.');
+    const prepared = items.map((item: IncrementItem) =>
+      prepareIncrement(item.counter, item.by ?? 1, item, this.config),
+    );
+    return Promise.all(prepared.map((increment) => this.sender.send(increment)));
+  }
+
+  async get(counter: CounterRef): Promise<number> {
+    const [value] = await this.getMany([counter]);
+    return value ?? 0;
+  }
+
+  async getMany(counters: readonly CounterRef[]): Promise<number[]> {
+    this.assertOpen();
+    const names = counters.map((counter) => canonicalName(counter));
+    const byShard = new Map<number, number[]>();
+    names.forEach((name, index) => {
+      const shard = shardOf(name, this.config.shards);
+      byShard.set(shard, [...(byShard.get(shard) ?? []), index]);
+    });
+    const values = new Array<number>(names.length).fill(0);
+    await Promise.all(
+      [...byShard].map(async ([shard, indexes]) => {
+        const keys = shardKeys(this.config.keyPrefix, shard);
+        const shardNames = indexes.map((index) => names[index] as string);
+        for (let rebuilt = false; ; rebuilt = true) {
+          let reply: (string | number)[];
+          try {
+            reply = await this.ctx.scripts.run('readTotals', [keys.epoch, keys.totals], shardNames);
+          } catch (error) {
+            throw redisFailure(error, 'read', 'a read of counter totals');
+          }
+          if (reply[0] === ScriptStatus.ok) {
+            indexes.forEach((index, i) => (values[index] = Number(reply[i + 1])));
+            return;
+          }
+          // Never answer with totals that lack the PostgreSQL base: rebuild them first.
+          if (rebuilt) throw new TallyError('UNAVAILABLE', `Shard ${shard} could not be rebuilt.`);
+          await this.rebuildShard(shard);
+        }
+      }),
+    );
+    return values;
+  }
+
+  usage(counter: CounterRef, query: UsageQuery): Promise<UsageBucket[]> {
+    this.assertOpen();
+    return readUsage(this.ctx, counter, query);
+  }
+
+  async flush(): Promise<AppliedBatch[]> {
+    this.assertOpen();
+    const applied: AppliedBatch[] = [];
+    for (let shard = 0; shard < this.config.shards; shard++) {
+      applied.push(...(await flushShard(this.ctx, shard)));
+    }
+    return applied;
+  }
+
+  async reconcile(options: { repair?: boolean } = {}): Promise<ShardReconcileReport[]> {
+    this.assertOpen();
+    const reports: ShardReconcileReport[] = [];
+    for (let shard = 0; shard < this.config.shards; shard++) {
+      reports.push(
+        await reconcileShard(this.ctx, shard, {
+          repair: options.repair ?? false,
+          storeWasSetUp: this.setUp,
+        }),
+      );
+    }
+    return reports;
+  }
+
+  async status(): Promise<TallyStatus> {
+    this.assertOpen();
+    const { redis } = this.ctx;
+    const nowMs = Date.now();
+    const shards = await Promise.all(
+      Array.from({ length: this.config.shards }, async (_, shard): Promise<ShardStatus> => {
+        const keys = shardKeys(this.config.keyPrefix, shard);
+        const [pendingCounters, pendingSince, meta, inflightCounters, epoch] = await Promise.all([
+          redis.hlen(keys.pending),
+          redis.get(keys.pendingSince),
+          redis.hgetall(keys.inflightMeta),
+          redis.hlen(keys.inflight),
+          redis.exists(keys.epoch),
+        ]);
+        const oldest = Math.min(
+          pendingSince === null ? nowMs : Number(pendingSince),
+          meta.since === undefined ? nowMs : Number(meta.since),
+        );
+        return {
+          shard,
+          pendingCounters,
+          inflightBatch:
+            meta.batch === undefined ? null : { batchId: meta.batch, counters: inflightCounters },
+          oldestUnflushedAgeMs: Math.max(0, nowMs - oldest),
+          totalsValid: epoch === 1,
+        };
+      }),
+    );
+    return { shards, redis: this.ctx.durability };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.owns.redis) {
+      await this.ctx.redis.quit().catch(() => {
+        this.ctx.redis.disconnect();
+      });
+    }
+    if (this.owns.pool) await this.ctx.pool.end();
+  }
+}
+
+async function waitUntilReady(redis: RedisConnection): Promise<void> {
+  if (redis.status === 'ready') return;
+  await Promise.race([
+    once(redis, 'ready'),
+    once(redis, 'end').then(() => {
+      throw new TallyError('UNAVAILABLE', 'Could not connect to Redis.');
+    }),
+  ]);
+}
+
+/**
+ * Connects, checks the store and returns a client. Start-up checks: the schema is current, the
+ * shard count matches the store's, Redis' durability is stated (and refused, with
+ * requireDurableRedis, when it could lose acknowledged increments), and every shard whose Redis
+ * totals lack the PostgreSQL base is rebuilt.
+ */
+export async function createTally(options: TallyOptions): Promise<Tally> {
+  const config = resolveConfig(options);
+  const redis = openRedis(options.redis, config.redisCommandTimeoutMs, config.logger);
+  const pool: pg.Pool = openPostgres(options.postgres, config.logger);
+  const owns = { redis: true, pool: typeof options.postgres === 'string' };
+  try {
+    await waitUntilReady(redis);
+    await assertSchemaCurrent(pool);
+    await ensureShardCount(pool, config.shards);
+    const durability = await inspectRedisDurability(redis);
+    config.logger.info({ ...durability }, `redis durability: ${durability.lossBound}`);
+    if (config.requireDurableRedis && !durability.durable) {
+      throw new TallyError(
+        'NOT_DURABLE',
+        `Redis could lose acknowledged increments (${durability.lossBound}). Configure ` +
+          '`appendonly yes`, `appendfsync always` and `maxmemory-policy noeviction`, or drop ' +
+          'requireDurableRedis.',
+      );
+    }
+    const ctx: FlushContext = { redis, scripts: defineScripts(redis), pool, config, durability };
+    const setUp = await storeWasSetUp(pool);
+    const client = new TallyClient(ctx, owns, setUp);
+    for (let shard = 0; shard < config.shards; shard++) {
+      if ((await redis.exists(shardKeys(config.keyPrefix, shard).epoch)) === 0) {
+        await client.rebuildShard(shard);
+      }
+    }
+    if (!setUp) await markStoreSetUp(pool);
+    return client;
+  } catch (error) {
+    redis.disconnect();
+    if (owns.pool) await pool.end().catch(() => undefined);
+    throw error;
+  }
+}

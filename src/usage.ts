@@ -1,0 +1,107 @@
+import { bucketStarts, isGranularity, toEpochMs, type Granularity } from './buckets.js';
+import { redisFailure } from './connections.js';
+import { canonicalName, type CounterRef } from './counter-name.js';
+import { TallyError, ValidationError } from './errors.js';
+import type { FlushContext } from './flusher.js';
+import { shardOf } from './sharding.js';
+import { bucketField, shardKeys } from './shard-keys.js';
+
+export interface UsageQuery {
+  /** Start of the period (inclusive; the bucket holding it is the first one). */
+  from: Date | number;
+  /** End of the period (exclusive). */
+  to: Date | number;
+  granularity: Granularity;
+}
+
+export interface UsageBucket {
+  start: Date;
+  value: number;
+}
+
+/** The most buckets one usage query may return. */
+export const maxUsageBuckets = 10_000;
+/** Reads retried when a flush moved deltas in the middle of one; more means a broken flush. */
+const maxReadAttempts = 10;
+
+/**
+ * Usage of one counter per bucket, exact over flushed and not-yet-flushed deltas: PostgreSQL's
+ * buckets + pending bucket deltas + in-flight bucket deltas not yet in the ledger.
+ */
+export async function readUsage(
+  ctx: FlushContext,
+  ref: CounterRef,
+  query: UsageQuery,
+): Promise<UsageBucket[]> {
+  const counter = canonicalName(ref);
+  if (!isGranularity(query.granularity) || !ctx.config.buckets.includes(query.granularity)) {
+    throw new ValidationError(
+      `Usage is kept in ${ctx.config.buckets.join(', ')} buckets; ` +
+        `${JSON.stringify(query.granularity)} is not one of them (option buckets).`,
+    );
+  }
+  const fromMs = toEpochMs(query.from, 'from');
+  const toMs = toEpochMs(query.to, 'to');
+  if (toMs <= fromMs) throw new ValidationError('Usage needs from < to.');
+  const starts = bucketStarts(query.granularity, fromMs, toMs);
+  if (starts.length > maxUsageBuckets) {
+    throw new ValidationError(
+      `That period has ${starts.length} ${query.granularity} buckets; ask for at most ` +
+        `${maxUsageBuckets} at a time.`,
+    );
+  }
+  const shard = shardOf(counter, ctx.config.shards);
+  const keys = shardKeys(ctx.config.keyPrefix, shard);
+  const fields = starts.map((start) => bucketField(query.granularity, start, counter));
+
+  for (let attempt = 0; attempt < maxReadAttempts; attempt++) {
+    let redisReply: (string | number)[];
+    try {
+      redisReply = await ctx.scripts.run(
+        'readBuckets',
+        [keys.pendingBuckets, keys.inflightBuckets, keys.inflightMeta, keys.snapshots],
+        fields,
+      );
+    } catch (error) {
+      throw redisFailure(error, 'read', 'a usage read');
+    }
+    const [snapshots, batchId] = redisReply as [number, string];
+    const { rows } = await ctx.pool.query<{ applied: boolean; buckets: Record<string, string> }>({
+      name: 'tally_usage',
+      text: `SELECT EXISTS (SELECT 1 FROM tally.applied_batches
+                            WHERE shard = $1 AND batch_id = $2) AS applied,
+                    COALESCE((SELECT json_object_agg(
+                                       (extract(epoch FROM bucket_start) * 1000)::bigint::text,
+                                       value::text)
+                              FROM tally.counter_buckets
+                              WHERE name = $3 AND granularity = $4
+                                AND bucket_start >= to_timestamp($5 / 1000.0)
+                                AND bucket_start < to_timestamp($6 / 1000.0)), '{}') AS buckets`,
+      values: [shard, batchId, counter, query.granularity, starts[0], toMs],
+    });
+    // Deltas moved from pending to in-flight (a snapshot) while PostgreSQL was read would be
+    // counted twice or not at all: read again.
+    const snapshotsAfter = Number((await ctx.redis.get(keys.snapshots)) ?? 0);
+    if (snapshotsAfter !== snapshots) continue;
+
+    const applied = rows[0]?.applied ?? false;
+    const flushed = rows[0]?.buckets ?? {};
+    return starts.map((start, index) => {
+      const pending = Number(redisReply[2 + 2 * index]);
+      const inflight = applied ? 0 : Number(redisReply[3 + 2 * index]);
+      const value = Number(flushed[String(start)] ?? 0) + pending + inflight;
+      if (!Number.isSafeInteger(value)) {
+        throw new TallyError(
+          'OVERFLOW',
+          `Usage of ${counter} in the bucket at ${new Date(start).toISOString()} is past ` +
+            '±(2^53−1) and cannot be returned exactly.',
+        );
+      }
+      return { start: new Date(start), value };
+    });
+  }
+  throw new TallyError(
+    'UNAVAILABLE',
+    `Usage of ${counter} kept changing under ${maxReadAttempts} reads (flushes running back to back).`,
+  );
+}

@@ -1,0 +1,210 @@
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { TallyError } from '../src/index.js';
+import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
+import { tallyOn } from './support/tally-store.js';
+
+let redis: RedisHandle;
+beforeAll(async () => {
+  redis = await startRedis();
+});
+afterAll(async () => {
+  await redis.stop();
+});
+
+const open: { close(): Promise<void> }[] = [];
+afterEach(async () => {
+  for (const item of open.splice(0)) await item.close();
+});
+
+async function fresh(options: Parameters<typeof tallyOn>[2] = {}) {
+  const url = await createDatabase();
+  const tally = await tallyOn(redis.url, url, { shards: 4, ...options });
+  const pool = new pg.Pool({ connectionString: url });
+  open.push(tally, { close: () => pool.end() });
+  return { tally, pool, url };
+}
+
+async function postgresTotals(pool: pg.Pool): Promise<Record<string, number>> {
+  const { rows } = await pool.query<{ name: string; value: string }>(
+    'SELECT name, value FROM tally.counters ORDER BY name',
+  );
+  return Object.fromEntries(rows.map((row) => [row.name, Number(row.value)]));
+}
+
+describe('increments and reads', () => {
+  it('adds, returns the new total, and reads it back', async () => {
+    const { tally } = await fresh();
+    expect(await tally.incr('a')).toEqual({ status: 'applied', value: 1, duplicate: false });
+    expect((await tally.incr('a', 41)).value).toBe(42);
+    expect((await tally.incr('a', -2)).value).toBe(40);
+    expect(await tally.get('a')).toBe(40);
+    expect(await tally.getMany(['a', 'never', 'a'])).toEqual([40, 0, 40]);
+  });
+
+  it('coalesces concurrent increments and gives each a value of one serial order', async () => {
+    const { tally } = await fresh();
+    const results = await Promise.all(
+      Array.from({ length: 500 }, (_, i) => tally.incr(`c${i % 3}`, 1)),
+    );
+    for (const counter of [0, 1, 2]) {
+      const values = results
+        .filter((_, i) => i % 3 === counter)
+        .map((result) => result.value)
+        .sort((a, b) => a - b);
+      // Every caller saw a distinct total, and together they are exactly 1..n.
+      expect(values).toEqual(Array.from({ length: values.length }, (_, i) => i + 1));
+    }
+    expect(await tally.getMany(['c0', 'c1', 'c2'])).toEqual([167, 167, 166]);
+  });
+
+  it('works the same with coalescing off', async () => {
+    const { tally } = await fresh({ coalesce: false });
+    await Promise.all(Array.from({ length: 50 }, () => tally.incr('x', 2)));
+    expect(await tally.get('x')).toBe(100);
+  });
+
+  it('counts a retried idempotency key once', async () => {
+    const { tally } = await fresh();
+    expect(await tally.incr('a', 5, { idempotencyKey: 'req-1' })).toMatchObject({ value: 5 });
+    expect(await tally.incr('a', 5, { idempotencyKey: 'req-1' })).toEqual({
+      status: 'duplicate',
+      value: 5,
+      duplicate: true,
+    });
+    // Keys are per counter: the same key on another counter is another request.
+    expect((await tally.incr('b', 1, { idempotencyKey: 'req-1' })).duplicate).toBe(false);
+    // Twice in one coalesced group: still once.
+    const both = await Promise.all([
+      tally.incr('a', 1, { idempotencyKey: 'req-2' }),
+      tally.incr('a', 1, { idempotencyKey: 'req-2' }),
+    ]);
+    expect(both.map((r) => r.status)).toEqual(['applied', 'duplicate']);
+    expect(await tally.get('a')).toBe(6);
+  });
+
+  it('applies an increment under a limit only while the total stays within it', async () => {
+    const { tally } = await fresh();
+    expect((await tally.incr('q', 8, { limit: 10 })).status).toBe('applied');
+    expect(await tally.incr('q', 3, { limit: 10 })).toEqual({
+      status: 'over-limit',
+      value: 8,
+      duplicate: false,
+      limit: 10,
+    });
+    expect((await tally.incr('q', 2, { limit: 10 })).value).toBe(10);
+    // Concurrent callers racing for the last units: exactly the limit is granted.
+    const racing = await Promise.all(
+      Array.from({ length: 20 }, () => tally.incr('r', 1, { limit: 7 })),
+    );
+    expect(racing.filter((r) => r.status === 'applied')).toHaveLength(7);
+    expect(await tally.get('r')).toBe(7);
+  });
+
+  it('refuses an increment that would leave ±(2^53−1), whole, and keeps flushing others', async () => {
+    const { tally, pool } = await fresh();
+    const max = Number.MAX_SAFE_INTEGER;
+    await tally.incr('big', max - 1);
+    await expect(tally.incr('big', 2)).rejects.toMatchObject({ code: 'OVERFLOW' });
+    expect(await tally.get('big')).toBe(max - 1);
+    expect((await tally.incr('big', 1)).value).toBe(max);
+    await tally.incr('small', -max);
+    await expect(tally.incr('small', -1)).rejects.toMatchObject({ code: 'OVERFLOW' });
+    await tally.incr('other', 3);
+    await tally.flush();
+    expect(await postgresTotals(pool)).toEqual({ big: max, other: 3, small: -max });
+  });
+
+  it('rejects bad input with a typed error and changes nothing', async () => {
+    const { tally } = await fresh();
+    const bad: [unknown, unknown, object?][] = [
+      ['', 1],
+      ['x'.repeat(257), 1],
+      ['tab\there', 1],
+      [42, 1],
+      ['ok', 1.5],
+      ['ok', Number.MAX_SAFE_INTEGER + 1],
+      ['ok', '1'],
+      ['ok', 1, { limit: 0.5 }],
+      ['ok', 1, { idempotencyKey: '' }],
+      ['ok', 1, { at: new Date('nope') }],
+    ];
+    for (const [counter, by, options] of bad) {
+      const call = tally.incr(counter as string, by as number, options);
+      await expect(call).rejects.toBeInstanceOf(TallyError);
+      await expect(call).rejects.toMatchObject({ code: 'VALIDATION' });
+    }
+    // One bad item in a batch: nothing of the batch is applied.
+    await expect(
+      tally.incrMany([
+        { counter: 'ok', by: 1 },
+        { counter: 'ok', by: 0.5 },
+      ]),
+    ).rejects.toMatchObject({ code: 'VALIDATION' });
+    expect(await tally.get('ok')).toBe(0);
+  });
+
+  it('canonicalises labels to one name', async () => {
+    const { tally } = await fresh();
+    await tally.incr({ name: 'api_calls', labels: { tenant: 'acme', region: 'eu' } });
+    await tally.incr({ name: 'api_calls', labels: { region: 'eu', tenant: 'acme' } });
+    expect(await tally.get('api_calls{region="eu",tenant="acme"}')).toBe(2);
+  });
+});
+
+describe('flush', () => {
+  it('moves totals and buckets into PostgreSQL exactly once', async () => {
+    const { tally, pool } = await fresh({ buckets: ['hour', 'day'] });
+    const at = Date.UTC(2026, 10, 21, 10, 30);
+    await tally.incr('a', 3, { at });
+    await tally.incr('a', 4, { at: at + 3_600_000 });
+    await tally.incr('b', -1, { at });
+
+    const applied = await tally.flush();
+    expect(applied.reduce((n, batch) => n + batch.counters, 0)).toBe(2);
+    expect(await postgresTotals(pool)).toEqual({ a: 7, b: -1 });
+    expect(await tally.flush()).toEqual([]);
+    expect(await postgresTotals(pool)).toEqual({ a: 7, b: -1 });
+    expect(await tally.get('a')).toBe(7);
+
+    const { rows } = await pool.query<{ granularity: string; start: Date; value: string }>(
+      `SELECT granularity, bucket_start AS start, value FROM tally.counter_buckets
+       WHERE name = 'a' ORDER BY granularity, bucket_start`,
+    );
+    expect(rows.map((r) => [r.granularity, r.start.toISOString(), Number(r.value)])).toEqual([
+      ['day', '2026-11-21T00:00:00.000Z', 7],
+      ['hour', '2026-11-21T10:00:00.000Z', 3],
+      ['hour', '2026-11-21T11:00:00.000Z', 4],
+    ]);
+  });
+
+  it('answers usage exactly over flushed and pending deltas', async () => {
+    const { tally } = await fresh({ buckets: ['hour'] });
+    const at = Date.UTC(2026, 10, 21, 10, 0);
+    await tally.incr('u', 5, { at });
+    await tally.flush();
+    await tally.incr('u', 2, { at: at + 60_000 });
+    await tally.incr('u', 1, { at: at + 2 * 3_600_000 });
+    const usage = await tally.usage('u', { from: at, to: at + 3 * 3_600_000, granularity: 'hour' });
+    expect(usage.map((b) => b.value)).toEqual([7, 0, 1]);
+    expect(usage[0]?.start.toISOString()).toBe('2026-11-21T10:00:00.000Z');
+    await expect(
+      tally.usage('u', { from: at, to: at + 1, granularity: 'day' }),
+    ).rejects.toMatchObject({ code: 'VALIDATION' });
+  });
+
+  it('reports status: pending counters and the age of the oldest unflushed delta', async () => {
+    const { tally } = await fresh();
+    await tally.incr('s', 1);
+    const before = await tally.status();
+    expect(before.shards.reduce((n, s) => n + s.pendingCounters, 0)).toBe(1);
+    expect(before.shards.every((s) => s.totalsValid)).toBe(true);
+    expect(before.redis.appendonly).toBe(false);
+    await tally.flush();
+    const after = await tally.status();
+    expect(after.shards.every((s) => s.pendingCounters === 0 && s.inflightBatch === null)).toBe(
+      true,
+    );
+    expect(after.shards.every((s) => s.oldestUnflushedAgeMs === 0)).toBe(true);
+  });
+});
