@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createDatabase } from './support/index.js';
+import { createDatabase, startRedis } from './support/index.js';
 
 const run = promisify(execFile);
 const repoRoot = new URL('..', import.meta.url).pathname;
@@ -54,7 +54,36 @@ describe('the published package', () => {
       ],
       { cwd: project },
     );
-    expect(stdout.trim()).toBe('SchemaError,TallyError,assertSchemaCurrent,loadMigrations,migrate');
+    expect(stdout.trim()).toBe(
+      'SchemaError,TallyError,ValidationError,assertSchemaCurrent,canonicalName,createTally,' +
+        'loadMigrations,migrate',
+    );
+  });
+
+  it('counts and flushes from plain Node, with the scripts and migrations it ships', async () => {
+    const redis = await startRedis();
+    try {
+      const url = await createDatabase();
+      const script = `
+        import { createTally, migrate } from 'tally';
+        await migrate(${JSON.stringify(url)});
+        const tally = await createTally({
+          redis: ${JSON.stringify(redis.url)},
+          postgres: ${JSON.stringify(url)},
+        });
+        const { value } = await tally.incr('installed', 3);
+        const [batch] = await tally.flush();
+        const total = await tally.get('installed');
+        console.log(JSON.stringify({ value, counters: batch.counters, total }));
+        await tally.close();
+      `;
+      const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script], {
+        cwd: project,
+      });
+      expect(JSON.parse(stdout)).toEqual({ value: 3, counters: 1, total: 3 });
+    } finally {
+      await redis.stop();
+    }
   });
 
   it('runs `tally --help` and `tally migrate` from its bin', async () => {
