@@ -4,7 +4,7 @@
  * of these names in the environment of a process to arm it; unset, a point costs one comparison.
  */
 export type FaultPoint =
-  'after-snapshot' | 'mid-transaction' | 'after-commit' | 'during-acknowledge';
+  'before-snapshot' | 'after-snapshot' | 'mid-transaction' | 'after-commit' | 'during-acknowledge';
 
 export function reachFaultPoint(point: FaultPoint): void {
   if (process.env.TALLY_FAULT_POINT === point) process.kill(process.pid, 'SIGKILL');

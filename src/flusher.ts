@@ -47,6 +47,7 @@ export async function flushShard(ctx: FlushContext, shard: number): Promise<Appl
     ctx.config.flushLockTtlMs,
   );
   try {
+    reachFaultPoint('before-snapshot');
     const applied: AppliedBatch[] = [];
     // At most two rounds: a resumed batch, then the deltas that were pending behind it.
     for (let round = 0; round < 2; round++) {

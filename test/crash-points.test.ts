@@ -1,0 +1,119 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTally, migrate, type Tally } from '../src/index.js';
+import { runTypeScript } from './support/child-process.js';
+import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
+
+const flushOnce = new URL('./fixtures/flush-once.ts', import.meta.url);
+
+let redis: RedisHandle;
+beforeAll(async () => {
+  redis = await startRedis({ persistence: 'aof-always' });
+});
+afterAll(async () => {
+  await redis.stop();
+});
+
+/** A store, a client in this process, and what was acknowledged to it. */
+async function store() {
+  const postgres = await createDatabase();
+  await migrate(postgres);
+  const options = {
+    redis: redis.url,
+    postgres,
+    keyPrefix: `crash${randomBytes(4).toString('hex')}`,
+    // One shard, so the process dies holding the store's only batch.
+    shards: 1,
+    // The killed process never releases its lock; the next flush takes it once it expires.
+    flushLockTtlMs: 1_000,
+    buckets: ['hour', 'day'] as const,
+  };
+  const tally = await createTally({ ...options, buckets: [...options.buckets] });
+  const pool = new pg.Pool({ connectionString: postgres });
+  const acknowledged = new Map<string, number>();
+  const increment = async (round: number) => {
+    for (let i = 0; i < 40; i++) {
+      const counter = `c${i % 7}`;
+      const by = (i % 5) - 1 + round;
+      await tally.incr(counter, by, { at: Date.UTC(2026, 10, 21, i % 3) });
+      acknowledged.set(counter, (acknowledged.get(counter) ?? 0) + by);
+    }
+  };
+  return { options, tally, pool, acknowledged, increment };
+}
+
+async function totalsIn(pool: pg.Pool) {
+  const counters = await pool.query<{ name: string; value: string }>(
+    'SELECT name, value FROM tally.counters',
+  );
+  const days = await pool.query<{ name: string; value: string }>(
+    `SELECT name, sum(value)::text AS value FROM tally.counter_buckets
+     WHERE granularity = 'day' GROUP BY name`,
+  );
+  const asMap = (rows: { name: string; value: string }[]) =>
+    new Map(rows.map((row) => [row.name, Number(row.value)]));
+  return { counters: asMap(counters.rows), dayBuckets: asMap(days.rows) };
+}
+
+async function ledgerRows(pool: pg.Pool): Promise<number> {
+  const { rows } = await pool.query<{ n: string }>(
+    'SELECT count(*) AS n FROM tally.applied_batches',
+  );
+  return Number(rows[0]?.n);
+}
+
+async function finish(tally: Tally, pool: pg.Pool, acknowledged: Map<string, number>) {
+  await tally.flush();
+  const { counters, dayBuckets } = await totalsIn(pool);
+  expect(counters).toEqual(acknowledged);
+  expect(dayBuckets).toEqual(acknowledged);
+  const names = [...acknowledged.keys()];
+  expect(await tally.getMany(names)).toEqual(names.map((name) => acknowledged.get(name)));
+  const reports = await tally.reconcile();
+  expect(reports.flatMap((report) => report.drift)).toEqual([]);
+  expect((await tally.status()).shards.every((s) => s.inflightBatch === null)).toBe(true);
+}
+
+describe('a flushing process killed with SIGKILL', () => {
+  it.each([
+    // [fault point, what PostgreSQL holds when the process dies]
+    ['before-snapshot', 'nothing'],
+    ['after-snapshot', 'nothing'],
+    ['mid-transaction', 'nothing'],
+    ['after-commit', 'the batch'],
+    ['during-acknowledge', 'the batch'],
+  ] as const)(
+    'at %s leaves PostgreSQL with %s, and the next flush makes it exact',
+    async (point, holds) => {
+      const { options, tally, pool, acknowledged, increment } = await store();
+      try {
+        await increment(0);
+        const child = await runTypeScript(flushOnce, [JSON.stringify(options)], {
+          TALLY_FAULT_POINT: point,
+        });
+        expect(child.signal).toBe('SIGKILL');
+
+        const afterCrash = await totalsIn(pool);
+        if (holds === 'nothing') {
+          expect(afterCrash.counters.size).toBe(0);
+          expect(await ledgerRows(pool)).toBe(0);
+        } else {
+          expect(afterCrash.counters).toEqual(acknowledged);
+          expect(await ledgerRows(pool)).toBeGreaterThan(0);
+        }
+        const inflight = (await tally.status()).shards.filter((s) => s.inflightBatch !== null);
+        const leavesBatchInFlight = point !== 'before-snapshot' && point !== 'during-acknowledge';
+        if (leavesBatchInFlight) expect(inflight.length).toBeGreaterThan(0);
+
+        // Increments keep landing while a batch is stuck in flight.
+        await increment(1);
+        expect(await tally.getMany([...acknowledged.keys()])).toEqual([...acknowledged.values()]);
+        await finish(tally, pool, acknowledged);
+      } finally {
+        await tally.close();
+        await pool.end();
+      }
+    },
+  );
+});
