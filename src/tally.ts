@@ -70,9 +70,18 @@ class TallyClient implements Tally {
   constructor(
     private readonly ctx: FlushContext,
     private readonly owns: { redis: boolean; pool: boolean },
-    private readonly setUp: boolean,
+    /**
+     * The store was set up before (Redis held its totals once), so a missing epoch marker means
+     * Redis lost its data. False only during the very first start-up of a store.
+     */
+    private setUp: boolean,
   ) {
     this.sender = new IncrementSender(ctx.scripts, ctx.config, (shard) => this.rebuildShard(shard));
+  }
+
+  /** Called once the first start-up of a store has built every shard. */
+  markSetUp(): void {
+    this.setUp = true;
   }
 
   get durability(): RedisDurability {
@@ -277,7 +286,10 @@ export async function createTally(options: TallyOptions): Promise<Tally> {
         await client.rebuildShard(shard);
       }
     }
-    if (!setUp) await markStoreSetUp(pool);
+    if (!setUp) {
+      await markStoreSetUp(pool);
+      client.markSetUp();
+    }
     return client;
   } catch (error) {
     redis.disconnect();

@@ -1,0 +1,187 @@
+import pg from 'pg';
+import { Redis } from 'ioredis';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createTally, migrate, type TallyOptions } from '../src/index.js';
+import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
+
+const cleanups: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+async function setUp(persistence: 'none' | 'aof-always' = 'none') {
+  const redis = await startRedis({ persistence });
+  cleanups.push(() => redis.stop());
+  const postgres = await createDatabase();
+  await migrate(postgres);
+  const pool = new pg.Pool({ connectionString: postgres });
+  cleanups.push(() => pool.end());
+  const options: TallyOptions = { redis: redis.url, postgres, shards: 4, keyPrefix: 'loss' };
+  const open = async (extra: Partial<TallyOptions> = {}) => {
+    const tally = await createTally({ ...options, ...extra });
+    cleanups.push(() => tally.close());
+    return tally;
+  };
+  return { redis, pool, open, options };
+}
+
+function rawClient(redis: RedisHandle): Redis {
+  const client = new Redis(redis.url);
+  cleanups.push(async () => client.quit());
+  return client;
+}
+
+describe('Redis comes back empty', () => {
+  it('never answers a read without the PostgreSQL base, and rebuilds in the same call', async () => {
+    const { redis, open } = await setUp();
+    const tally = await open();
+    await tally.incr('a', 10);
+    await tally.flush();
+    await tally.incr('a', 5); // pending, not flushed: lost with Redis' data
+
+    await redis.wipe();
+
+    expect(await tally.get('a')).toBe(10);
+    expect((await tally.incr('a', 1)).value).toBe(11);
+  });
+
+  it('an increment is the first to notice, and its value includes the base', async () => {
+    const { redis, open } = await setUp();
+    const tally = await open();
+    await tally.incr('a', 10);
+    await tally.flush();
+    await redis.wipe();
+    expect((await tally.incr('a', 2)).value).toBe(12);
+    await tally.flush();
+    expect(await tally.get('a')).toBe(12);
+  });
+
+  it('reconcile reports the loss, check mode changes nothing, repair rebuilds', async () => {
+    const { redis, open } = await setUp();
+    const tally = await open();
+    await tally.incr('a', 10);
+    await tally.incr('b', 3);
+    await tally.flush();
+    await redis.wipe();
+
+    const check = await tally.reconcile();
+    expect(check.some((r) => r.redisLostData)).toBe(true);
+    const drift = check.flatMap((r) => r.drift).sort((x, y) => (x.counter < y.counter ? -1 : 1));
+    expect(drift).toEqual([
+      { counter: 'a', redisValue: null, expectedValue: 10 },
+      { counter: 'b', redisValue: null, expectedValue: 3 },
+    ]);
+    expect((await tally.status()).shards.some((s) => !s.totalsValid)).toBe(true);
+
+    const repair = await tally.reconcile({ repair: true });
+    expect(repair.filter((r) => r.redisLostData).map((r) => r.repaired)).not.toContain(false);
+    expect((await tally.status()).shards.every((s) => s.totalsValid)).toBe(true);
+    expect(await tally.reconcile()).toSatisfy((reports: typeof check) =>
+      reports.every((r) => r.drift.length === 0 && !r.redisLostData),
+    );
+    expect(await tally.getMany(['a', 'b'])).toEqual([10, 3]);
+  });
+
+  it('every createTally rebuilds at start-up', async () => {
+    const { redis, open } = await setUp();
+    const first = await open();
+    await first.incr('a', 7);
+    await first.flush();
+    await first.close();
+    await redis.wipe();
+
+    const second = await open();
+    expect((await second.status()).shards.every((s) => s.totalsValid)).toBe(true);
+    // Rebuilt before any call touched it: the totals are back in Redis itself.
+    const raw = rawClient(redis);
+    const totals = await Promise.all(
+      (await raw.keys('loss:*:totals')).map((key) => raw.hget(key, 'a')),
+    );
+    expect(totals.filter((value) => value !== null)).toEqual(['7']);
+    expect(await second.get('a')).toBe(7);
+  });
+});
+
+describe('drift while increments keep flowing', () => {
+  it('repair rewrites drifted totals atomically with concurrent increments', async () => {
+    const { redis, open } = await setUp();
+    const tally = await open();
+    await tally.incr('a', 100);
+    await tally.flush();
+    await tally.incr('a', 1);
+    // Corrupt Redis' total behind Tally's back.
+    const raw = rawClient(redis);
+    const keys = await raw.keys('loss:*:totals');
+    for (const key of keys) if ((await raw.hexists(key, 'a')) === 1) await raw.hset(key, 'a', '5');
+
+    const check = await tally.reconcile();
+    expect(check.flatMap((r) => r.drift)).toEqual([
+      { counter: 'a', redisValue: 5, expectedValue: 101 },
+    ]);
+    expect(await tally.get('a')).toBe(5); // check mode changed nothing
+
+    const stop = new AbortController();
+    let added = 0;
+    const load = (async () => {
+      while (!stop.signal.aborted) {
+        await tally.incr('a', 1);
+        added++;
+      }
+    })();
+    const repair = await tally.reconcile({ repair: true });
+    stop.abort();
+    await load;
+    expect(repair.flatMap((r) => r.drift)).toHaveLength(1);
+    expect(await tally.get('a')).toBe(101 + added);
+    await tally.flush();
+    expect(await tally.get('a')).toBe(101 + added);
+  });
+});
+
+describe('start-up checks', () => {
+  it('refuses a shard count other than the one the store was set up with', async () => {
+    const { open } = await setUp();
+    await (await open()).close();
+    await expect(open({ shards: 8 })).rejects.toMatchObject({
+      code: 'CONFIGURATION',
+      message: expect.stringMatching(/set up with 4 shards/) as unknown,
+    });
+  });
+
+  it('states the loss bound, and requireDurableRedis refuses a Redis that could lose increments', async () => {
+    const plain = await setUp('none');
+    await expect(plain.open({ requireDurableRedis: true })).rejects.toMatchObject({
+      code: 'NOT_DURABLE',
+    });
+    const loose = await plain.open();
+    expect(loose.durability).toMatchObject({ appendonly: false, durable: false });
+    expect(loose.durability.lossBound).toMatch(/no AOF/);
+
+    const durable = await setUp('aof-always');
+    const tally = await durable.open({ requireDurableRedis: true });
+    expect(tally.durability).toMatchObject({
+      appendonly: true,
+      appendfsync: 'always',
+      maxmemoryPolicy: 'noeviction',
+      durable: true,
+      waitaof: false, // Redis 7.0 here has no WAITAOF; detected, not assumed
+    });
+
+    await rawClient(durable.redis).config('SET', 'maxmemory-policy', 'allkeys-lru');
+    await expect(durable.open({ requireDurableRedis: true })).rejects.toMatchObject({
+      code: 'NOT_DURABLE',
+      message: expect.stringMatching(/may evict pending deltas/) as unknown,
+    });
+  });
+
+  it('Redis out of memory: the increment is refused, not acknowledged, nothing applied', async () => {
+    const { redis, open } = await setUp();
+    const tally = await open();
+    await tally.incr('a', 1);
+    const raw = rawClient(redis);
+    await raw.config('SET', 'maxmemory', '1');
+    await expect(tally.incr('a', 1)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    await raw.config('SET', 'maxmemory', '0');
+    expect(await tally.get('a')).toBe(1);
+  });
+});
