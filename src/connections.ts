@@ -56,6 +56,12 @@ export function openPostgres(option: string | pg.Pool, logger: Logger): pg.Pool 
   return pool;
 }
 
+/** The typed error for a PostgreSQL call that failed (server down, connection lost, ...). */
+export function postgresFailure(error: unknown, what: string): TallyError {
+  if (error instanceof TallyError) return error;
+  return new TallyError('UNAVAILABLE', `PostgreSQL could not serve ${what}.`, { cause: error });
+}
+
 function isOutOfMemory(error: unknown): boolean {
   return error instanceof ReplyError && (error as Error).message.startsWith('OOM');
 }

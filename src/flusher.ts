@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
+import { postgresFailure } from './connections.js';
 import type { ResolvedConfig } from './config.js';
 import type { RedisDurability } from './durability.js';
 import { TallyError } from './errors.js';
@@ -108,9 +109,10 @@ async function applyBatch(
     .sort()
     .map((field) => ({ ...parseBucketField(field), delta: buckets[field] }));
 
-  const client = await ctx.pool.connect();
+  let client: pg.PoolClient | undefined;
   let alreadyApplied: boolean;
   try {
+    client = await ctx.pool.connect();
     await client.query('BEGIN');
     const ledger = await client.query({
       name: 'tally_ledger_insert',
@@ -147,13 +149,14 @@ async function applyBatch(
     }
     await client.query('COMMIT');
   } catch (error) {
-    await client.query('ROLLBACK').catch(() => undefined);
-    client.release(error instanceof Error ? error : true);
-    throw new TallyError(
-      'UNAVAILABLE',
-      `Flush of shard ${shard} batch ${batchId} failed in PostgreSQL; the batch stays in ` +
-        'flight and the next flush retries it (the ledger keeps it from counting twice).',
-      { cause: error },
+    if (client !== undefined) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      client.release(error instanceof Error ? error : true);
+    }
+    throw postgresFailure(
+      error,
+      `the flush of shard ${shard} batch ${batchId}; the batch stays in flight and the next ` +
+        'flush retries it (the ledger keeps it from counting twice)',
     );
   }
   client.release();

@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { postgresFailure } from './connections.js';
 import type { FlushContext } from './flusher.js';
 import { acquireFlushLock } from './flush-lock.js';
 import { ScriptStatus } from './redis-scripts.js';
@@ -41,17 +42,21 @@ async function readPostgresPage(
   after: string,
   limit: number,
 ): Promise<PostgresPage> {
-  const { rows } = await pool.query<{ applied: boolean; rows: { name: string; value: string }[] }>({
-    name: 'tally_reconcile_page',
-    text: `SELECT EXISTS (SELECT 1 FROM tally.applied_batches WHERE shard = $1 AND batch_id = $2)
+  const { rows } = await pool
+    .query<{ applied: boolean; rows: { name: string; value: string }[] }>({
+      name: 'tally_reconcile_page',
+      text: `SELECT EXISTS (SELECT 1 FROM tally.applied_batches WHERE shard = $1 AND batch_id = $2)
                     AS applied,
                   COALESCE((SELECT json_agg(json_build_object('name', name, 'value', value::text)
                                             ORDER BY name)
                             FROM (SELECT name, value FROM tally.counters
                                   WHERE shard = $1 AND name > $3
                                   ORDER BY name LIMIT $4) AS page), '[]') AS rows`,
-    values: [shard, batchId, after, limit],
-  });
+      values: [shard, batchId, after, limit],
+    })
+    .catch((error: unknown) => {
+      throw postgresFailure(error, `the reconcile of shard ${shard}`);
+    });
   const row = rows[0];
   return { rows: row?.rows ?? [], inflightApplied: row?.applied ?? false };
 }

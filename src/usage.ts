@@ -1,5 +1,5 @@
 import { bucketStarts, isGranularity, toEpochMs, type Granularity } from './buckets.js';
-import { redisFailure } from './connections.js';
+import { postgresFailure, redisFailure } from './connections.js';
 import { canonicalName, type CounterRef } from './counter-name.js';
 import { TallyError, ValidationError } from './errors.js';
 import type { FlushContext } from './flusher.js';
@@ -66,9 +66,10 @@ export async function readUsage(
       throw redisFailure(error, 'read', 'a usage read');
     }
     const [snapshots, batchId] = redisReply as [number, string];
-    const { rows } = await ctx.pool.query<{ applied: boolean; buckets: Record<string, string> }>({
-      name: 'tally_usage',
-      text: `SELECT EXISTS (SELECT 1 FROM tally.applied_batches
+    const { rows } = await ctx.pool
+      .query<{ applied: boolean; buckets: Record<string, string> }>({
+        name: 'tally_usage',
+        text: `SELECT EXISTS (SELECT 1 FROM tally.applied_batches
                             WHERE shard = $1 AND batch_id = $2) AS applied,
                     COALESCE((SELECT json_object_agg(
                                        (extract(epoch FROM bucket_start) * 1000)::bigint::text,
@@ -77,8 +78,11 @@ export async function readUsage(
                               WHERE name = $3 AND granularity = $4
                                 AND bucket_start >= to_timestamp($5 / 1000.0)
                                 AND bucket_start < to_timestamp($6 / 1000.0)), '{}') AS buckets`,
-      values: [shard, batchId, counter, query.granularity, starts[0], toMs],
-    });
+        values: [shard, batchId, counter, query.granularity, starts[0], toMs],
+      })
+      .catch((error: unknown) => {
+        throw postgresFailure(error, 'a usage read');
+      });
     // Deltas moved from pending to in-flight (a snapshot) while PostgreSQL was read would be
     // counted twice or not at all: read again.
     const snapshotsAfter = Number((await ctx.redis.get(keys.snapshots)) ?? 0);

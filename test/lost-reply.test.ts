@@ -1,0 +1,85 @@
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTally, migrate, type Tally } from '../src/index.js';
+import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
+import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.js';
+
+let redis: RedisHandle;
+let proxy: TcpProxy;
+let direct: Redis;
+beforeAll(async () => {
+  redis = await startRedis();
+  proxy = await startTcpProxy(redis.host, redis.port);
+  direct = new Redis(redis.url);
+});
+afterAll(async () => {
+  await direct.quit();
+  await proxy.close();
+  await redis.stop();
+});
+
+/** What Redis itself holds for a counter, read past the proxy. */
+async function redisTotal(prefix: string, counter: string): Promise<number> {
+  for (const key of await direct.keys(`${prefix}:*:totals`)) {
+    const value = await direct.hget(key, counter);
+    if (value !== null) return Number(value);
+  }
+  return 0;
+}
+
+describe('a reply lost after Redis applied the command', () => {
+  it('makes plain ioredis count twice: the hazard the proxy reproduces', async () => {
+    const client = new Redis(`redis://127.0.0.1:${proxy.port}`, { retryStrategy: () => 10 });
+    client.on('error', () => undefined);
+    try {
+      await client.set('naive', '0');
+      proxy.loseNextReply();
+      await client.incr('naive'); // re-sent after the reconnect, applied a second time
+      expect(Number(await direct.get('naive'))).toBe(2);
+    } finally {
+      client.disconnect();
+    }
+  });
+
+  describe('through Tally', () => {
+    let tally: Tally;
+    const prefix = 'lost';
+    beforeAll(async () => {
+      const postgres = await createDatabase();
+      await migrate(postgres);
+      tally = await createTally({
+        redis: `redis://127.0.0.1:${proxy.port}`,
+        postgres,
+        keyPrefix: prefix,
+        shards: 2,
+        redisCommandTimeoutMs: 500,
+      });
+    });
+    afterAll(async () => {
+      await tally.close();
+    });
+
+    it('without an idempotency key: OUTCOME_UNKNOWN, and applied once, never twice', async () => {
+      await tally.incr('a', 1);
+      const lostBefore = proxy.repliesLost;
+      proxy.loseNextReply();
+      await expect(tally.incr('a', 1)).rejects.toMatchObject({ code: 'OUTCOME_UNKNOWN' });
+      expect(proxy.repliesLost).toBe(lostBefore + 1);
+      // Redis applied the increment whose reply was lost, exactly once.
+      expect(await redisTotal(prefix, 'a')).toBe(2);
+      expect(await tally.get('a')).toBe(2);
+    });
+
+    it('with an idempotency key: retried by Tally, counted exactly once', async () => {
+      const lostBefore = proxy.repliesLost;
+      proxy.loseNextReply();
+      const result = await tally.incr('b', 5, { idempotencyKey: 'order-1' });
+      expect(proxy.repliesLost).toBe(lostBefore + 1);
+      // The first attempt counted; the retry found its key and changed nothing.
+      expect(result).toEqual({ status: 'duplicate', value: 5, duplicate: true });
+      expect(await redisTotal(prefix, 'b')).toBe(5);
+      await tally.flush();
+      expect(await tally.get('b')).toBe(5);
+    });
+  });
+});
