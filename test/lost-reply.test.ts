@@ -1,7 +1,7 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTally, migrate, type Tally } from '../src/index.js';
-import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
+import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.js';
 
 let redis: RedisHandle;
@@ -81,5 +81,44 @@ describe('a reply lost after Redis applied the command', () => {
       await tally.flush();
       expect(await tally.get('b')).toBe(5);
     });
+  });
+});
+
+describe('Redis paused (SIGSTOP) past the client timeout, then resumed', () => {
+  it('late commands still run once; a retry with the same key counts nothing more', async () => {
+    const paused = await startRedis();
+    const postgres = await createDatabase();
+    await migrate(postgres);
+    const tally = await createTally({
+      redis: paused.url,
+      postgres,
+      shards: 2,
+      redisCommandTimeoutMs: 200,
+    });
+    try {
+      await tally.incr('p', 1);
+      await paused.kill('SIGSTOP');
+      const [keyed, plain] = await Promise.allSettled([
+        tally.incr('p', 10, { idempotencyKey: 'retry-me' }),
+        tally.incr('p', 100),
+      ]);
+      // Tally retried the keyed one while Redis was paused, then gave up: both unknown.
+      expect(keyed).toMatchObject({ status: 'rejected', reason: { code: 'OUTCOME_UNKNOWN' } });
+      expect(plain).toMatchObject({ status: 'rejected', reason: { code: 'OUTCOME_UNKNOWN' } });
+      await paused.kill('SIGCONT');
+
+      // Redis ran every late command: the keyed increment once (its retries were duplicates),
+      // the plain one once.
+      expect(await waitFor('Redis to answer', () => tally.get('p'))).toBe(111);
+      expect(await tally.incr('p', 10, { idempotencyKey: 'retry-me' })).toMatchObject({
+        status: 'duplicate',
+        value: 111,
+      });
+      await tally.flush();
+      expect(await tally.get('p')).toBe(111);
+    } finally {
+      await tally.close();
+      await paused.stop();
+    }
   });
 });
