@@ -9,33 +9,37 @@ import type { RedisConnection, Scripts } from './redis-scripts.js';
  * example after a pause past the TTL); it saves duplicate work and gives reconcile a still
  * PostgreSQL to compare against.
  */
-export interface HeldLock {
-  release(): Promise<void>;
+interface LockContext {
+  redis: RedisConnection;
+  scripts: Scripts;
+  config: { flushLockTtlMs: number };
 }
 
-export async function acquireFlushLock(
-  redis: RedisConnection,
-  scripts: Scripts,
-  key: string,
-  ttlMs: number,
-  waitMs: number,
-): Promise<HeldLock> {
+/**
+ * Runs `work` holding the shard's lock (`lockKey`), waiting up to one TTL for a holder to finish
+ * or for a crashed holder's lock to expire.
+ */
+export async function withShardLock<T>(
+  ctx: LockContext,
+  lockKey: string,
+  work: () => Promise<T>,
+): Promise<T> {
+  const ttlMs = ctx.config.flushLockTtlMs;
   const token = randomUUID();
-  const deadline = Date.now() + waitMs;
-  for (let delayMs = 5; ; delayMs = Math.min(delayMs * 2, 200)) {
-    if ((await redis.set(key, token, 'PX', ttlMs, 'NX')) === 'OK') {
-      return {
-        release: async () => {
-          await scripts.run('releaseLock', [key], [token]);
-        },
-      };
-    }
+  const deadline = Date.now() + ttlMs;
+  for (let delayMs = 5; (await ctx.redis.set(lockKey, token, 'PX', ttlMs, 'NX')) !== 'OK';) {
     if (Date.now() >= deadline) {
       throw new TallyError(
         'UNAVAILABLE',
-        `Shard lock ${key} is held by another flush or reconcile; try again later.`,
+        `Shard lock ${lockKey} is held by another flush or reconcile; try again later.`,
       );
     }
     await sleep(delayMs);
+    delayMs = Math.min(delayMs * 2, 200);
+  }
+  try {
+    return await work();
+  } finally {
+    await ctx.scripts.run('releaseLock', [lockKey], [token]);
   }
 }

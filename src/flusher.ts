@@ -5,7 +5,7 @@ import type { ResolvedConfig } from './config.js';
 import type { RedisDurability } from './durability.js';
 import { TallyError } from './errors.js';
 import { reachFaultPoint } from './fault-points.js';
-import { acquireFlushLock } from './flush-lock.js';
+import { withShardLock } from './flush-lock.js';
 import type { RedisConnection, Scripts } from './redis-scripts.js';
 import { parseBucketField, shardKeys, type ShardKeys } from './shard-keys.js';
 
@@ -40,14 +40,7 @@ const waitAofTimeoutMs = 5_000;
  */
 export async function flushShard(ctx: FlushContext, shard: number): Promise<AppliedBatch[]> {
   const keys = shardKeys(ctx.config.keyPrefix, shard);
-  const lock = await acquireFlushLock(
-    ctx.redis,
-    ctx.scripts,
-    keys.lock,
-    ctx.config.flushLockTtlMs,
-    ctx.config.flushLockTtlMs,
-  );
-  try {
+  return withShardLock(ctx, keys.lock, async () => {
     reachFaultPoint('before-snapshot');
     const applied: AppliedBatch[] = [];
     // At most two rounds: a resumed batch, then the deltas that were pending behind it.
@@ -72,9 +65,7 @@ export async function flushShard(ctx: FlushContext, shard: number): Promise<Appl
       if (state === 'created') break;
     }
     return applied;
-  } finally {
-    await lock.release();
-  }
+  });
 }
 
 /**

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { postgresFailure } from './connections.js';
 import type { FlushContext } from './flusher.js';
-import { acquireFlushLock } from './flush-lock.js';
+import { withShardLock } from './flush-lock.js';
 import { ScriptStatus } from './redis-scripts.js';
 import { shardKeys, type ShardKeys } from './shard-keys.js';
 
@@ -113,14 +113,7 @@ export async function reconcileShard(
   options: { repair: boolean; storeWasSetUp: boolean },
 ): Promise<ShardReconcileReport> {
   const keys = shardKeys(ctx.config.keyPrefix, shard);
-  const lock = await acquireFlushLock(
-    ctx.redis,
-    ctx.scripts,
-    keys.lock,
-    ctx.config.flushLockTtlMs,
-    ctx.config.flushLockTtlMs,
-  );
-  try {
+  return withShardLock(ctx, keys.lock, async () => {
     for (;;) {
       try {
         return await reconcileOnce(ctx, shard, keys, options);
@@ -129,9 +122,7 @@ export async function reconcileShard(
         if (!(error instanceof BatchChanged)) throw error;
       }
     }
-  } finally {
-    await lock.release();
-  }
+  });
 }
 
 async function reconcileOnce(

@@ -166,6 +166,40 @@ const faultPoints: FaultPoint[] = [
   'during-acknowledge',
 ];
 
+/** Runs one generated scenario on a fresh store, then flushes everything and checks it. */
+async function runScenario(
+  redis: RedisHandle,
+  postgres: PostgresHandle,
+  commands: Iterable<fc.AsyncCommand<Model, Real>>,
+  check: (totals: Map<string, number>, model: Model, tally: Tally) => Promise<void>,
+): Promise<void> {
+  const url = await postgres.createDatabase();
+  await migrate(url);
+  const options = {
+    redis: redis.url,
+    postgres: url,
+    keyPrefix: `m${randomBytes(4).toString('hex')}`,
+    shards: 2,
+    // Killed flushing processes never release their lock: let it expire quickly.
+    flushLockTtlMs: 500,
+  };
+  const tally = await createTally(options);
+  const pool = new pg.Pool({ connectionString: url });
+  pool.on('error', () => undefined); // PostgreSQL restarts end idle connections
+  const model: Model = { acknowledged: new Map(), lost: new Map() };
+  try {
+    await fc.asyncModelRun(
+      () => ({ model, real: { tally, options, pool, redis, postgres } }),
+      commands,
+    );
+    await flushUntilDone(tally);
+    await check(await postgresTotals(pool), model, tally);
+  } finally {
+    await tally.close();
+    await pool.end();
+  }
+}
+
 describe('model: AOF Redis, crashes and restarts', () => {
   let redis: RedisHandle;
   let postgres: PostgresHandle;
@@ -193,38 +227,15 @@ describe('model: AOF Redis, crashes and restarts', () => {
           ],
           { maxCommands: 14 },
         ),
-        async (commands) => {
-          const url = await postgres.createDatabase();
-          await migrate(url);
-          const options = {
-            redis: redis.url,
-            postgres: url,
-            keyPrefix: `m${randomBytes(4).toString('hex')}`,
-            shards: 2,
-            flushLockTtlMs: 500,
-          };
-          const tally = await createTally(options);
-          const pool = new pg.Pool({ connectionString: url });
-          pool.on('error', () => undefined);
-          const model: Model = { acknowledged: new Map(), lost: new Map() };
-          try {
-            await fc.asyncModelRun(
-              () => ({ model, real: { tally, options, pool, redis, postgres } }),
-              commands,
-            );
-            await flushUntilDone(tally);
-            const totals = await postgresTotals(pool);
+        (commands) =>
+          runScenario(redis, postgres, commands, async (totals, model, tally) => {
             for (const counter of counters) {
               expect(totals.get(counter) ?? 0).toBe(model.acknowledged.get(counter) ?? 0);
             }
             expect(await tally.getMany(counters)).toEqual(
               counters.map((counter) => model.acknowledged.get(counter) ?? 0),
             );
-          } finally {
-            await tally.close();
-            await pool.end();
-          }
-        },
+          }),
       ),
       { numRuns: 8 },
     );
@@ -256,26 +267,8 @@ describe('model: Redis without persistence, wiped', () => {
           ],
           { maxCommands: 14 },
         ),
-        async (commands) => {
-          const url = await postgres.createDatabase();
-          await migrate(url);
-          const options = {
-            redis: redis.url,
-            postgres: url,
-            keyPrefix: `w${randomBytes(4).toString('hex')}`,
-            shards: 2,
-            flushLockTtlMs: 500,
-          };
-          const tally = await createTally(options);
-          const pool = new pg.Pool({ connectionString: url });
-          const model: Model = { acknowledged: new Map(), lost: new Map() };
-          try {
-            await fc.asyncModelRun(
-              () => ({ model, real: { tally, options, pool, redis, postgres } }),
-              commands,
-            );
-            await flushUntilDone(tally);
-            const totals = await postgresTotals(pool);
+        (commands) =>
+          runScenario(redis, postgres, commands, (totals, model) => {
             for (const counter of counters) {
               const acknowledged = model.acknowledged.get(counter) ?? 0;
               const lost = model.lost.get(counter) ?? 0;
@@ -283,11 +276,8 @@ describe('model: Redis without persistence, wiped', () => {
               // counted twice, nothing lost beyond the unflushed deltas.
               expect(totals.get(counter) ?? 0).toBe(acknowledged - lost);
             }
-          } finally {
-            await tally.close();
-            await pool.end();
-          }
-        },
+            return Promise.resolve();
+          }),
       ),
       { numRuns: 8 },
     );
