@@ -82,6 +82,10 @@ async function waitForAof(redis: RedisConnection): Promise<void> {
   }
 }
 
+function ignoreCheckedOutClientError(): void {
+  // Reported by the query that fails; see applyBatch.
+}
+
 async function applyBatch(
   ctx: FlushContext,
   shard: number,
@@ -104,6 +108,9 @@ async function applyBatch(
   let alreadyApplied: boolean;
   try {
     client = await ctx.pool.connect();
+    // A checked-out client has no pool listener: a connection reset would otherwise be an
+    // unhandled 'error' event and end the process. The failing query reports it.
+    client.on('error', ignoreCheckedOutClientError);
     await client.query('BEGIN');
     const ledger = await client.query({
       name: 'tally_ledger_insert',
@@ -142,6 +149,7 @@ async function applyBatch(
   } catch (error) {
     if (client !== undefined) {
       await client.query('ROLLBACK').catch(() => undefined);
+      client.off('error', ignoreCheckedOutClientError);
       client.release(error instanceof Error ? error : true);
     }
     throw postgresFailure(
@@ -150,6 +158,7 @@ async function applyBatch(
         'flush retries it (the ledger keeps it from counting twice)',
     );
   }
+  client.off('error', ignoreCheckedOutClientError);
   client.release();
   reachFaultPoint('after-commit');
 

@@ -99,17 +99,21 @@ async function withClient<T>(
   db: string | pg.Pool,
   use: (client: pg.ClientBase) => Promise<T>,
 ): Promise<T> {
+  // A connection lost mid-run surfaces as the failed query; without a listener the client's
+  // 'error' event would end the process.
+  const ignore = () => undefined;
   if (typeof db !== 'string') {
     const client = await db.connect();
+    client.on('error', ignore);
     try {
       return await use(client);
     } finally {
+      client.off('error', ignore);
       client.release();
     }
   }
   const client = new pg.Client({ connectionString: db });
-  // A connection lost mid-run surfaces as the failed query; the listener keeps the process up.
-  client.on('error', () => undefined);
+  client.on('error', ignore);
   await client.connect();
   try {
     return await use(client);

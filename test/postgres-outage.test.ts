@@ -7,6 +7,7 @@ import {
   type PostgresHandle,
   type RedisHandle,
 } from './support/index.js';
+import { startTcpProxy } from './support/tcp-proxy.js';
 
 let redis: RedisHandle;
 let postgres: PostgresHandle;
@@ -59,5 +60,48 @@ describe('PostgreSQL down', () => {
     expect(after.shards.every((s) => s.inflightBatch === null && s.pendingCounters === 0)).toBe(
       true,
     );
+  });
+});
+
+describe('the connection lost during COMMIT (outcome unknown)', () => {
+  it('the flush fails, the batch stays in flight, and the ledger makes the retry exact', async () => {
+    const proxy = await startTcpProxy(postgres.host, postgres.port);
+    const url = await postgres.createDatabase();
+    await migrate(url);
+    const proxied = new URL(url);
+    proxied.port = String(proxy.port);
+    const viaProxy = await createTally({
+      redis: redis.url,
+      postgres: proxied.toString(),
+      shards: 1,
+      keyPrefix: 'commit',
+    });
+    try {
+      await viaProxy.incr('c', 5);
+      await viaProxy.incr('c', 6);
+      // PostgreSQL commits; its reply to COMMIT never reaches Tally.
+      proxy.loseReplyTo('COMMIT');
+      await expect(viaProxy.flush()).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+      expect(proxy.repliesLost).toBe(1);
+      expect((await viaProxy.status()).shards[0]?.inflightBatch).not.toBeNull();
+
+      const [retry] = await waitFor('the retried flush', () => viaProxy.flush());
+      expect(retry).toMatchObject({ resumed: true, alreadyApplied: true, counters: 1 });
+      expect(await viaProxy.get('c')).toBe(11);
+      const direct = await createTally({
+        redis: redis.url,
+        postgres: url,
+        shards: 1,
+        keyPrefix: 'commit',
+      });
+      try {
+        expect((await direct.reconcile()).flatMap((r) => r.drift)).toEqual([]);
+      } finally {
+        await direct.close();
+      }
+    } finally {
+      await viaProxy.close();
+      await proxy.close();
+    }
   });
 });
