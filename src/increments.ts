@@ -6,7 +6,7 @@ import { canonicalName, validateName, type CounterRef } from './counter-name.js'
 import { TallyError, ValidationError } from './errors.js';
 import { IncrementStatus, ScriptStatus, type Scripts } from './redis-scripts.js';
 import { shardOf } from './sharding.js';
-import { bucketField, shardKeys } from './shard-keys.js';
+import { bucketField, fieldSeparator, shardKeys } from './shard-keys.js';
 
 export const maxSafeValue = Number.MAX_SAFE_INTEGER;
 
@@ -81,11 +81,49 @@ interface Waiting {
 /** Backoff before each retry of increments whose reply was lost (they carry idempotency keys). */
 const lostReplyRetryDelaysMs = [20, 100, 500];
 
+/** One entry of a script call: one increment, or plain increments of one counter merged. */
+interface Operation {
+  increment: PreparedIncrement;
+  members: Waiting[];
+}
+
+/**
+ * Increments that may be merged share this key: same counter, same buckets, same sign, and no
+ * idempotency key or limit (those must be decided one by one). Same sign keeps every
+ * intermediate total between the first and the last, so the merged range check is exact.
+ */
+function mergeKey(increment: PreparedIncrement): string | undefined {
+  if (increment.idempotencyKey !== undefined || increment.limit !== undefined) return undefined;
+  return [increment.counter, Math.sign(increment.delta), ...increment.bucketFields].join(
+    fieldSeparator,
+  );
+}
+
+/** Turns a group into script entries, merging per counter where `merge` allows. */
+function toOperations(group: readonly Waiting[], merge: boolean): Operation[] {
+  const operations: Operation[] = [];
+  const open = new Map<string, Operation>();
+  for (const waiting of group) {
+    const key = merge ? mergeKey(waiting.increment) : undefined;
+    const operation = key === undefined ? undefined : open.get(key);
+    const merged = (operation?.increment.delta ?? 0) + waiting.increment.delta;
+    if (operation !== undefined && Number.isSafeInteger(merged)) {
+      operation.members.push(waiting);
+      operation.increment = { ...operation.increment, delta: merged };
+      continue;
+    }
+    const created = { increment: waiting.increment, members: [waiting] };
+    operations.push(created);
+    if (key !== undefined) open.set(key, created);
+  }
+  return operations;
+}
+
 /**
  * Sends increments to Redis. With coalescing on, the increments issued in one tick are sent as
- * one script call per shard ("group commit"): each caller's promise settles only once Redis has
- * applied the whole call, and the script applies them in order, so every caller's value is the
- * total right after its own increment in that order.
+ * one script call per shard ("group commit"), plain increments of one counter merged into one
+ * entry. Each caller's promise settles only once Redis has applied the call; the script applies
+ * entries in order, and each caller gets the total right after its own increment in that order.
  */
 export class IncrementSender {
   private readonly queues = new Map<number, Waiting[]>();
@@ -101,7 +139,7 @@ export class IncrementSender {
     return new Promise((resolve, reject) => {
       const waiting = { increment, resolve, reject };
       if (!this.config.coalesce) {
-        void this.sendGroup(increment.shard, [waiting]);
+        void this.sendGroup(increment.shard, [waiting], false);
         return;
       }
       const queue = this.queues.get(increment.shard);
@@ -113,21 +151,19 @@ export class IncrementSender {
       process.nextTick(() => {
         const group = this.queues.get(increment.shard) ?? [];
         this.queues.delete(increment.shard);
-        void this.sendGroup(increment.shard, group);
+        void this.sendGroup(increment.shard, group, true);
       });
     });
   }
 
   /** Settles every promise of the group; never rejects itself. */
-  private async sendGroup(shard: number, group: Waiting[]): Promise<void> {
+  private async sendGroup(shard: number, group: Waiting[], merge: boolean): Promise<void> {
     let pending = group;
     for (let attempt = 0; pending.length > 0; attempt++) {
+      const operations = toOperations(pending, merge);
+      let reply: (string | number)[];
       try {
-        const reply = await this.callScript(shard, pending);
-        pending.forEach((waiting, index) => {
-          settle(waiting, reply[2 * index], reply[2 * index + 1]);
-        });
-        return;
+        reply = await this.callScript(shard, operations);
       } catch (error) {
         const failure = redisFailure(error, 'write', 'an increment');
         const retryDelayMs = lostReplyRetryDelaysMs[attempt];
@@ -142,12 +178,28 @@ export class IncrementSender {
         }
         if (retryable.length > 0) await sleep(retryDelayMs);
         pending = retryable;
+        continue;
       }
+      const decideAlone: Waiting[] = [];
+      operations.forEach((operation, index) => {
+        const status = reply[2 * index];
+        const total = Number(reply[2 * index + 1]);
+        const [only] = operation.members;
+        if (operation.members.length === 1 && only !== undefined) settle(only, status, total);
+        else if (status === IncrementStatus.applied) distribute(operation, total);
+        // The merged sum would overflow: which of them fit is decided one by one.
+        else decideAlone.push(...operation.members);
+      });
+      if (decideAlone.length > 0) await this.sendGroup(shard, decideAlone, false);
+      return;
     }
   }
 
   /** One script call; rebuilds the shard once if Redis lost its totals, then calls again. */
-  private async callScript(shard: number, group: Waiting[]): Promise<(string | number)[]> {
+  private async callScript(
+    shard: number,
+    operations: readonly Operation[],
+  ): Promise<(string | number)[]> {
     const keys = shardKeys(this.config.keyPrefix, shard);
     const scriptKeys = [
       keys.epoch,
@@ -157,7 +209,7 @@ export class IncrementSender {
       keys.pendingSince,
     ];
     const args: (string | number)[] = [this.config.idempotencyWindowMs, this.config.buckets.length];
-    for (const { increment } of group) {
+    for (const { increment } of operations) {
       let idempotencyIndex = 0;
       if (increment.idempotencyKey !== undefined) {
         scriptKeys.push(keys.idempotency(increment.counter, increment.idempotencyKey));
@@ -185,8 +237,16 @@ export class IncrementSender {
   }
 }
 
-function settle(waiting: Waiting, status: unknown, total: unknown): void {
-  const value = Number(total);
+/** Gives each member of an applied merged entry the total right after its own increment. */
+function distribute(operation: Operation, totalAfter: number): void {
+  let running = totalAfter - operation.increment.delta;
+  for (const member of operation.members) {
+    running += member.increment.delta;
+    member.resolve({ status: 'applied', value: running, duplicate: false });
+  }
+}
+
+function settle(waiting: Waiting, status: unknown, value: number): void {
   const { increment } = waiting;
   switch (status) {
     case IncrementStatus.applied:

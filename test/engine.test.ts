@@ -1,3 +1,4 @@
+import { Redis } from 'ioredis';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { TallyError } from '../src/index.js';
@@ -56,6 +57,46 @@ describe('increments and reads', () => {
       expect(values).toEqual(Array.from({ length: values.length }, (_, i) => i + 1));
     }
     expect(await tally.getMany(['c0', 'c1', 'c2'])).toEqual([167, 167, 166]);
+  });
+
+  it('merges the plain increments of one tick per counter: one script entry each', async () => {
+    const { tally } = await fresh({ buckets: ['hour'] });
+    const raw = new Redis(redis.url);
+    open.push({
+      close: async () => {
+        await raw.quit();
+      },
+    });
+    const hincrbyCalls = async () =>
+      Number(/cmdstat_hincrby:calls=(\d+)/.exec(await raw.info('commandstats'))?.[1] ?? 0);
+    const evalCalls = async () =>
+      Number(/cmdstat_evalsha:calls=(\d+)/.exec(await raw.info('commandstats'))?.[1] ?? 0);
+    await tally.incr('warm-up'); // script loaded, shard built
+    await raw.config('RESETSTAT');
+
+    const at = Date.UTC(2026, 0, 1, 12);
+    await Promise.all(Array.from({ length: 600 }, (_, i) => tally.incr(`m${i % 3}`, 1, { at })));
+
+    // At most one script call per shard, and per counter one entry: total, pending and one
+    // bucket = 3 HINCRBYs each, not 600 × 3.
+    expect(await evalCalls()).toBeLessThanOrEqual(4);
+    expect(await hincrbyCalls()).toBe(3 * 3);
+    expect(await tally.getMany(['m0', 'm1', 'm2'])).toEqual([200, 200, 200]);
+  });
+
+  it('decides merged increments one by one when their sum would overflow', async () => {
+    const { tally } = await fresh();
+    await tally.incr('edge', Number.MAX_SAFE_INTEGER - 5);
+    const results = await Promise.allSettled(
+      Array.from({ length: 10 }, () => tally.incr('edge', 1)),
+    );
+    const applied = results.filter((r) => r.status === 'fulfilled');
+    const refused = results.filter((r) => r.status === 'rejected');
+    expect(applied).toHaveLength(5);
+    expect(refused.map((r) => (r.reason as { code: string }).code)).toEqual(
+      Array(5).fill('OVERFLOW'),
+    );
+    expect(await tally.get('edge')).toBe(Number.MAX_SAFE_INTEGER);
   });
 
   it('works the same with coalescing off', async () => {
