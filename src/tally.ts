@@ -105,10 +105,14 @@ class TallyClient implements Tally {
     if (rebuild === undefined) {
       rebuild = reconcileShard(this.ctx, shard, { repair: true, storeWasSetUp: this.setUp })
         .then((report) => {
-          this.config.logger.warn(
-            { shard, redisLostData: report.redisLostData, drift: report.drift.length },
-            'rebuilt shard totals from PostgreSQL',
-          );
+          const details = { shard, redisLostData: report.redisLostData };
+          if (report.redisLostData) {
+            this.config.logger.warn(
+              details,
+              'Redis lost this shard: totals rebuilt from PostgreSQL; increments not yet ' +
+                'flushed before the loss are gone',
+            );
+          } else this.config.logger.info(details, 'built shard totals from PostgreSQL');
         })
         .finally(() => this.rebuilds.delete(shard));
       this.rebuilds.set(shard, rebuild);
@@ -145,7 +149,9 @@ class TallyClient implements Tally {
     const byShard = new Map<number, number[]>();
     names.forEach((name, index) => {
       const shard = shardOf(name, this.config.shards);
-      byShard.set(shard, [...(byShard.get(shard) ?? []), index]);
+      const indexes = byShard.get(shard);
+      if (indexes === undefined) byShard.set(shard, [index]);
+      else indexes.push(index);
     });
     const values = new Array<number>(names.length).fill(0);
     await Promise.all(
