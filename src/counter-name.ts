@@ -47,7 +47,8 @@ const labelKey = /^[A-Za-z_][A-Za-z0-9_]*$/;
  */
 export function canonicalName(ref: CounterRef): string {
   if (typeof ref === 'string') return validateName(ref);
-  if (typeof ref !== 'object') {
+  const untyped: unknown = ref; // callers from plain JavaScript can pass anything
+  if (typeof untyped !== 'object' || untyped === null) {
     throw new ValidationError(`A counter must be a name or { name, labels }, got ${typeof ref}.`);
   }
   const base = validateName(ref.name);

@@ -54,6 +54,11 @@ export function prepareIncrement(
 ): PreparedIncrement {
   const counter = canonicalName(ref);
   const delta = safeInteger(by, 'The increment');
+  // Callers from plain JavaScript can pass anything.
+  const untyped: unknown = options;
+  if (typeof untyped !== 'object' || untyped === null) {
+    throw new ValidationError('Increment options must be an object.');
+  }
   const limit = options.limit === undefined ? undefined : safeInteger(options.limit, 'limit');
   const idempotencyKey =
     options.idempotencyKey === undefined

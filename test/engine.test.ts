@@ -169,6 +169,7 @@ describe('increments and reads', () => {
       ['ok', 1, { limit: 0.5 }],
       ['ok', 1, { idempotencyKey: '' }],
       ['ok', 1, { at: new Date('nope') }],
+      ['ok', 1, null as unknown as object],
     ];
     for (const [counter, by, options] of bad) {
       const call = tally.incr(counter as string, by as number, options);
