@@ -23,6 +23,8 @@ export type TallyErrorCode =
   | 'SCHEMA_OUT_OF_DATE'
   | 'MIGRATION_MODIFIED'
   | 'MIGRATION_FILES_INVALID'
+  // Another process holds the shard's flush lock (a flush or reconcile is running there).
+  | 'BUSY'
   // The client was closed.
   | 'CLOSED';
 
@@ -43,6 +45,18 @@ export class ValidationError extends TallyError {
   override readonly name = 'ValidationError';
   constructor(message: string, options?: { cause?: unknown }) {
     super('VALIDATION', message, options);
+  }
+}
+
+/** A flush of one batch failed; the batch stays in flight and the next flush retries it. */
+export class FlushError extends TallyError {
+  override readonly name = 'FlushError';
+  constructor(
+    readonly shard: number,
+    readonly batchId: string,
+    cause: TallyError,
+  ) {
+    super(cause.code, cause.message, { cause: cause.cause });
   }
 }
 

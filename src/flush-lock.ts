@@ -16,21 +16,23 @@ interface LockContext {
 }
 
 /**
- * Runs `work` holding the shard's lock (`lockKey`), waiting up to one TTL for a holder to finish
- * or for a crashed holder's lock to expire.
+ * Runs `work` holding the shard's lock (`lockKey`), waiting up to `waitMs` (default: one TTL,
+ * long enough for a crashed holder's lock to expire) for a holder to finish. Throws BUSY when
+ * the lock stays taken.
  */
 export async function withShardLock<T>(
   ctx: LockContext,
   lockKey: string,
   work: () => Promise<T>,
+  waitMs: number = ctx.config.flushLockTtlMs,
 ): Promise<T> {
   const ttlMs = ctx.config.flushLockTtlMs;
   const token = randomUUID();
-  const deadline = Date.now() + ttlMs;
+  const deadline = Date.now() + waitMs;
   for (let delayMs = 5; (await ctx.redis.set(lockKey, token, 'PX', ttlMs, 'NX')) !== 'OK';) {
     if (Date.now() >= deadline) {
       throw new TallyError(
-        'UNAVAILABLE',
+        'BUSY',
         `Shard lock ${lockKey} is held by another flush or reconcile; try again later.`,
       );
     }

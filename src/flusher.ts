@@ -3,7 +3,7 @@ import type pg from 'pg';
 import { postgresFailure } from './connections.js';
 import type { ResolvedConfig } from './config.js';
 import type { RedisDurability } from './durability.js';
-import { TallyError } from './errors.js';
+import { FlushError, TallyError } from './errors.js';
 import { reachFaultPoint } from './fault-points.js';
 import { withShardLock } from './flush-lock.js';
 import type { RedisConnection, Scripts } from './redis-scripts.js';
@@ -38,34 +38,54 @@ const waitAofTimeoutMs = 5_000;
  * Flushes one shard: resumes a batch left in flight, then snapshots and applies what is
  * pending. Returns the batches it applied (none when nothing was pending).
  */
-export async function flushShard(ctx: FlushContext, shard: number): Promise<AppliedBatch[]> {
+export async function flushShard(
+  ctx: FlushContext,
+  shard: number,
+  lockWaitMs?: number,
+): Promise<AppliedBatch[]> {
   const keys = shardKeys(ctx.config.keyPrefix, shard);
-  return withShardLock(ctx, keys.lock, async () => {
-    reachFaultPoint('before-snapshot');
-    const applied: AppliedBatch[] = [];
-    // At most two rounds: a resumed batch, then the deltas that were pending behind it.
-    for (let round = 0; round < 2; round++) {
-      const [state, batchId] = (await ctx.scripts.run(
-        'snapshot',
-        [
-          keys.pending,
-          keys.pendingBuckets,
-          keys.pendingSince,
-          keys.inflight,
-          keys.inflightBuckets,
-          keys.inflightMeta,
-          keys.snapshots,
-        ],
-        [randomUUID()],
-      )) as [string, string | undefined];
-      if (state === 'empty' || batchId === undefined) break;
-      reachFaultPoint('after-snapshot');
-      if (ctx.durability.waitaof) await waitForAof(ctx.redis);
-      applied.push(await applyBatch(ctx, shard, keys, batchId, state === 'resumed'));
-      if (state === 'created') break;
+  const work = async () => {
+    // Debug lines that bracket the time this process holds the shard: tests check from them
+    // that no two processes ever flush one shard at once.
+    ctx.config.logger.debug({ shard, event: 'flush-start', atMs: Date.now() }, 'flush start');
+    try {
+      return await snapshotAndApply(ctx, shard, keys);
+    } finally {
+      ctx.config.logger.debug({ shard, event: 'flush-end', atMs: Date.now() }, 'flush end');
     }
-    return applied;
-  });
+  };
+  return withShardLock(ctx, keys.lock, work, lockWaitMs);
+}
+
+async function snapshotAndApply(
+  ctx: FlushContext,
+  shard: number,
+  keys: ShardKeys,
+): Promise<AppliedBatch[]> {
+  await reachFaultPoint('before-snapshot');
+  const applied: AppliedBatch[] = [];
+  // At most two rounds: a resumed batch, then the deltas that were pending behind it.
+  for (let round = 0; round < 2; round++) {
+    const [state, batchId] = (await ctx.scripts.run(
+      'snapshot',
+      [
+        keys.pending,
+        keys.pendingBuckets,
+        keys.pendingSince,
+        keys.inflight,
+        keys.inflightBuckets,
+        keys.inflightMeta,
+        keys.snapshots,
+      ],
+      [randomUUID()],
+    )) as [string, string | undefined];
+    if (state === 'empty' || batchId === undefined) break;
+    await reachFaultPoint('after-snapshot');
+    if (ctx.durability.waitaof) await waitForAof(ctx.redis);
+    applied.push(await applyBatch(ctx, shard, keys, batchId, state === 'resumed'));
+    if (state === 'created') break;
+  }
+  return applied;
 }
 
 /**
@@ -128,7 +148,7 @@ async function applyBatch(
                  SET value = c.value + EXCLUDED.value, updated_at = now()`,
         values: [counterNames, counterNames.map((name) => totals[name]), shard],
       });
-      reachFaultPoint('mid-transaction');
+      await reachFaultPoint('mid-transaction');
       await client.query({
         name: 'tally_apply_buckets',
         text: `INSERT INTO tally.counter_buckets AS b (name, granularity, bucket_start, value)
@@ -152,15 +172,19 @@ async function applyBatch(
       client.off('error', ignoreCheckedOutClientError);
       client.release(error instanceof Error ? error : true);
     }
-    throw postgresFailure(
-      error,
-      `the flush of shard ${shard} batch ${batchId}; the batch stays in flight and the next ` +
-        'flush retries it (the ledger keeps it from counting twice)',
+    throw new FlushError(
+      shard,
+      batchId,
+      postgresFailure(
+        error,
+        `the flush of shard ${shard} batch ${batchId}; the batch stays in flight and the next ` +
+          'flush retries it (the ledger keeps it from counting twice)',
+      ),
     );
   }
   client.off('error', ignoreCheckedOutClientError);
   client.release();
-  reachFaultPoint('after-commit');
+  await reachFaultPoint('after-commit');
 
   const acknowledged = ctx.scripts.run(
     'acknowledge',
@@ -168,7 +192,7 @@ async function applyBatch(
     [batchId],
   );
   setImmediate(() => {
-    reachFaultPoint('during-acknowledge');
+    void reachFaultPoint('during-acknowledge');
   });
   await acknowledged;
   return {

@@ -14,7 +14,13 @@ export type { UsageBucket, UsageQuery } from './usage.js';
 export type { RedisDurability } from './durability.js';
 export type { Granularity } from './buckets.js';
 export { canonicalName, type CounterRef, type Labels } from './counter-name.js';
-export { TallyError, ValidationError, SchemaError, type TallyErrorCode } from './errors.js';
+export {
+  TallyError,
+  ValidationError,
+  FlushError,
+  SchemaError,
+  type TallyErrorCode,
+} from './errors.js';
 export {
   migrate,
   assertSchemaCurrent,

@@ -54,6 +54,11 @@ export interface Tally {
   usage(counter: CounterRef, query: UsageQuery): Promise<UsageBucket[]>;
   /** Flushes every shard now, resuming batches left in flight; returns what it applied. */
   flush(): Promise<AppliedBatch[]>;
+  /**
+   * Flushes one shard (what the worker runs per job). Waits up to `lockWaitMs` (default: the
+   * lock TTL) for another flush or reconcile of the shard to finish, then throws BUSY.
+   */
+  flushShard(shard: number, options?: { lockWaitMs?: number }): Promise<AppliedBatch[]>;
   /** Checks every shard's Redis totals against PostgreSQL; with `repair`, rewrites them. */
   reconcile(options?: { repair?: boolean }): Promise<ShardReconcileReport[]>;
   status(): Promise<TallyStatus>;
@@ -190,6 +195,16 @@ class TallyClient implements Tally {
       applied.push(...(await flushShard(this.ctx, shard)));
     }
     return applied;
+  }
+
+  async flushShard(shard: number, options: { lockWaitMs?: number } = {}): Promise<AppliedBatch[]> {
+    this.assertOpen();
+    if (!Number.isInteger(shard) || shard < 0 || shard >= this.config.shards) {
+      throw new ValidationError(
+        `Shard must be a whole number from 0 to ${this.config.shards - 1}.`,
+      );
+    }
+    return flushShard(this.ctx, shard, options.lockWaitMs);
   }
 
   async reconcile(options: { repair?: boolean } = {}): Promise<ShardReconcileReport[]> {

@@ -55,7 +55,7 @@ describe('the published package', () => {
       { cwd: project },
     );
     expect(stdout.trim()).toBe(
-      'SchemaError,TallyError,ValidationError,assertSchemaCurrent,canonicalName,createTally,' +
+      'FlushError,SchemaError,TallyError,ValidationError,assertSchemaCurrent,canonicalName,createTally,' +
         'loadMigrations,migrate',
     );
   });
