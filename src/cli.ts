@@ -41,6 +41,30 @@ postgresOption(
   );
 });
 
+program
+  .command('worker')
+  .description('run a flush worker until SIGTERM/SIGINT (configured from the environment)')
+  .addHelpText(
+    'after',
+    `
+Environment:
+  REDIS_URL                   Redis URL (required)
+  DATABASE_URL                PostgreSQL URL (required)
+  TALLY_SHARDS                shard count of the store (default 16)
+  TALLY_KEY_PREFIX            Redis key prefix of the store (default tally)
+  TALLY_FLUSH_INTERVAL_MS     how often each shard is flushed (default 1000)
+  TALLY_WORKER_CONCURRENCY    flush jobs one replica runs at once (default 4)
+  TALLY_METRICS_PORT          port of /metrics and /healthz (default: none)
+  TALLY_SHUTDOWN_TIMEOUT_MS   longest graceful shutdown before exiting 1 (default 30000)
+  TALLY_JOB_LOCK_MS           BullMQ job lock; a silent replica loses its job after it (default 30000)
+  TALLY_FLUSH_LOCK_TTL_MS     the engine's shard lock TTL (default 30000)
+  TALLY_LOG_LEVEL             pino level (default info)`,
+  )
+  .action(async () => {
+    const { runFlushWorker } = await import('../workers/flush-worker.js');
+    await runFlushWorker();
+  });
+
 try {
   await program.parseAsync();
 } catch (error) {

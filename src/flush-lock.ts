@@ -7,7 +7,7 @@ import type { RedisConnection, Scripts } from './redis-scripts.js';
  * The per-shard lock that keeps a flush and a reconcile of one shard apart. Correctness of the
  * flush does not rest on it (the ledger makes a batch apply once even if two flushes race, for
  * example after a pause past the TTL); it saves duplicate work and gives reconcile a still
- * PostgreSQL to compare against.
+ * PostgreSQL to compare against. The holder renews it every third of the TTL.
  */
 interface LockContext {
   redis: RedisConnection;
@@ -39,9 +39,16 @@ export async function withShardLock<T>(
     await sleep(delayMs);
     delayMs = Math.min(delayMs * 2, 200);
   }
+  // Renewed while the work runs, so a long flush keeps its shard. Only a process that stops
+  // running (paused, partitioned) loses the lock after one TTL.
+  const renew = setInterval(() => {
+    ctx.scripts.run('extendLock', [lockKey], [token, ttlMs]).catch(() => undefined);
+  }, ttlMs / 3);
+  renew.unref();
   try {
     return await work();
   } finally {
+    clearInterval(renew);
     await ctx.scripts.run('releaseLock', [lockKey], [token]);
   }
 }

@@ -34,6 +34,7 @@ const scripts = {
   reconcileChunk: { file: 'reconcile-chunk.lua', keys: 4 },
   readBuckets: { file: 'read-buckets.lua', keys: 4 },
   releaseLock: { file: 'release-lock.lua', keys: 1 },
+  extendLock: { file: 'extend-lock.lua', keys: 1 },
 } as const;
 
 type ScriptName = keyof typeof scripts;

@@ -1,0 +1,215 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createTally, migrate, type Tally } from '../src/index.js';
+import {
+  createDatabase,
+  startPostgres,
+  startRedis,
+  waitFor,
+  type RedisHandle,
+} from './support/index.js';
+import { startWorker, type WorkerProcess } from './support/worker-process.js';
+
+const intervalMs = 200;
+const cleanups: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+interface Store {
+  redis: RedisHandle;
+  databaseUrl: string;
+  tally: Tally;
+  pool: pg.Pool;
+  env: Record<string, string>;
+  acknowledged: Map<string, number>;
+  increment(count: number): Promise<void>;
+  postgresTotals(): Promise<Map<string, number>>;
+}
+
+async function store(
+  options: { persistence?: 'none' | 'aof-always'; databaseUrl?: string } = {},
+): Promise<Store> {
+  const redis = await startRedis({ persistence: options.persistence ?? 'aof-always' });
+  cleanups.push(() => redis.stop());
+  const databaseUrl = options.databaseUrl ?? (await createDatabase());
+  await migrate(databaseUrl);
+  const keyPrefix = `w${randomBytes(4).toString('hex')}`;
+  const tally = await createTally({
+    redis: redis.url,
+    postgres: databaseUrl,
+    shards: 4,
+    keyPrefix,
+  });
+  cleanups.push(() => tally.close());
+  const pool = new pg.Pool({ connectionString: databaseUrl });
+  pool.on('error', () => undefined);
+  cleanups.push(() => pool.end());
+  const acknowledged = new Map<string, number>();
+  let next = 0;
+  return {
+    redis,
+    databaseUrl,
+    tally,
+    pool,
+    acknowledged,
+    env: {
+      REDIS_URL: redis.url,
+      DATABASE_URL: databaseUrl,
+      TALLY_SHARDS: '4',
+      TALLY_KEY_PREFIX: keyPrefix,
+      TALLY_FLUSH_INTERVAL_MS: String(intervalMs),
+    },
+    async increment(count) {
+      for (let i = 0; i < count; i++) {
+        const counter = `c${next++ % 10}`;
+        await tally.incr(counter, 1);
+        acknowledged.set(counter, (acknowledged.get(counter) ?? 0) + 1);
+      }
+    },
+    async postgresTotals() {
+      const { rows } = await pool.query<{ name: string; value: string }>(
+        'SELECT name, value FROM tally.counters',
+      );
+      return new Map(rows.map((row) => [row.name, Number(row.value)]));
+    },
+  };
+}
+
+function worker(env: Record<string, string>): WorkerProcess {
+  const started = startWorker(env);
+  cleanups.push(async () => {
+    started.kill('SIGKILL');
+    await started.exited;
+  });
+  return started;
+}
+
+async function drained(s: Store, timeoutMs = 20_000): Promise<void> {
+  await waitFor(
+    'PostgreSQL to hold every acknowledged increment',
+    async () => {
+      const totals = await s.postgresTotals();
+      for (const [counter, value] of s.acknowledged) if (totals.get(counter) !== value) return;
+      return true;
+    },
+    { timeoutMs },
+  );
+  expect(await s.postgresTotals()).toEqual(s.acknowledged);
+}
+
+describe('tally worker', () => {
+  it('flushes on schedule, serves metrics and health, and on SIGTERM finishes its flush and exits 0', async () => {
+    const s = await store();
+    const w = worker({
+      ...s.env,
+      TALLY_METRICS_PORT: '0',
+      // Every flush with data stalls 1.5 s inside its transaction: SIGTERM lands mid-flush.
+      TALLY_FAULT_DELAY: 'mid-transaction:1500',
+    });
+    const port = await w.metricsPort();
+    const health = await fetch(`http://127.0.0.1:${port}/healthz`);
+    expect(health.status).toBe(200);
+
+    await s.increment(50);
+    await waitFor(
+      'a batch in flight',
+      async () =>
+        (await s.tally.status()).shards.some((shard) => shard.inflightBatch !== null) || undefined,
+    );
+    const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    for (const name of [
+      'tally_flush_duration_seconds',
+      'tally_flush_batches_total',
+      'tally_flush_counters_total',
+      'tally_flush_failures_total',
+      'tally_pending_counters{shard="0"}',
+      'tally_flush_lag_seconds{shard="0"}',
+      'tally_inflight_batches',
+    ]) {
+      expect(metrics).toContain(name);
+    }
+    expect(metrics).toMatch(/^tally_inflight_batches [1-9]/m);
+
+    w.kill('SIGTERM');
+    expect(await w.exited).toEqual({ code: 0, signal: null });
+    expect(w.logs.some((line) => line.msg === 'flush worker stopped')).toBe(true);
+    // The signal arrived mid-flush: a flush ended after it.
+    const signalAt = w.logs.findIndex((line) => line.msg === 'shutting down');
+    expect(signalAt).toBeGreaterThan(-1);
+    expect(w.logs.slice(signalAt).some((line) => line.event === 'flush-end')).toBe(true);
+    // The flush in progress was finished: everything applied, exactly once.
+    const status = await s.tally.status();
+    expect(status.shards.every((shard) => shard.inflightBatch === null)).toBe(true);
+    await drained(s);
+  });
+
+  it('keeps running while PostgreSQL is down for 10 intervals, then drains the lag', async () => {
+    const cluster = await startPostgres();
+    cleanups.push(() => cluster.destroy());
+    const s = await store({ databaseUrl: await cluster.createDatabase() });
+    const w = worker(s.env);
+    await s.increment(20);
+    await drained(s);
+
+    await cluster.stop('immediate');
+    for (let i = 0; i < 10; i++) {
+      await s.increment(5);
+      await new Promise((resolve) => setTimeout(resolve, intervalMs));
+    }
+    const failure = await w.waitForLog(
+      'a flush failure',
+      (l) => l.msg?.startsWith('flush failed') === true,
+    );
+    expect(failure).toMatchObject({ cause: 'UNAVAILABLE', attempt: expect.any(Number) as unknown });
+    expect(typeof failure.shard).toBe('number');
+
+    await cluster.start();
+    await drained(s);
+    const lagMs = Math.max(...(await s.tally.status()).shards.map((x) => x.oldestUnflushedAgeMs));
+    expect(lagMs).toBeLessThan(2 * intervalMs);
+    // Still the same process: it never crashed.
+    expect(w.logs.some((line) => line.msg === 'flush worker stopped')).toBe(false);
+    await expect(Promise.race([w.exited, Promise.resolve('running')])).resolves.toBe('running');
+  });
+
+  it('re-creates its schedules when Redis loses its data, and flushing resumes', async () => {
+    const s = await store({ persistence: 'none' });
+    const w = worker(s.env);
+    await s.increment(10);
+    await drained(s);
+
+    await s.redis.wipe();
+    await w.waitForLog(
+      'the schedulers re-created',
+      (l) => l.msg === 'flush schedulers missing; re-creating',
+    );
+    // What was flushed survives; new increments rebuild their shard and get flushed again.
+    await waitFor('Redis to answer', () => s.tally.get('c0'));
+    await s.increment(10);
+    await drained(s);
+  });
+
+  it('a replica paused past its locks while another takes over: counts stay exact', async () => {
+    const s = await store();
+    const locks = { TALLY_JOB_LOCK_MS: '1000', TALLY_FLUSH_LOCK_TTL_MS: '1000' };
+    const paused = worker({ ...s.env, ...locks, TALLY_FAULT_DELAY: 'mid-transaction:800' });
+    await paused.waitForLog('start-up', (l) => l.msg === 'flush worker started');
+    await s.increment(30);
+    await waitFor(
+      'a batch in flight',
+      async () =>
+        (await s.tally.status()).shards.some((shard) => shard.inflightBatch !== null) || undefined,
+    );
+    paused.kill('SIGSTOP');
+    const other = worker({ ...s.env, ...locks });
+    await other.waitForLog('start-up', (l) => l.msg === 'flush worker started');
+    await s.increment(30);
+    // Well past both locks: the other replica has taken the stalled jobs and the shard.
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    paused.kill('SIGCONT');
+    await drained(s);
+    expect(other.logs.some((line) => line.event === 'flush-start')).toBe(true);
+  });
+});

@@ -1,0 +1,82 @@
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { AppliedBatch, Tally } from '../src/index.js';
+
+/**
+ * The worker's Prometheus metrics. Gauges of pending work are read from Redis at scrape time,
+ * so they hold for the whole store whichever replica is scraped.
+ */
+export class FlushMetrics {
+  readonly registry = new Registry();
+  private readonly duration = new Histogram({
+    name: 'tally_flush_duration_seconds',
+    help: 'Time one shard flush took (snapshot, PostgreSQL transaction, acknowledge).',
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  private readonly batches = new Counter({
+    name: 'tally_flush_batches_total',
+    help: 'Batches applied to PostgreSQL.',
+    registers: [this.registry],
+  });
+  private readonly counters = new Counter({
+    name: 'tally_flush_counters_total',
+    help: 'Counter totals changed in PostgreSQL (one per counter per batch).',
+    registers: [this.registry],
+  });
+  private readonly skipped = new Counter({
+    name: 'tally_flush_skipped_total',
+    help: 'Flush jobs skipped because another process was flushing the shard.',
+    registers: [this.registry],
+  });
+  private readonly failures = new Counter({
+    name: 'tally_flush_failures_total',
+    help: 'Failed flushes, by cause (TallyError code).',
+    labelNames: ['cause'],
+    registers: [this.registry],
+  });
+
+  private readonly pending = new Gauge({
+    name: 'tally_pending_counters',
+    help: 'Counters with a delta waiting for the next flush, per shard.',
+    labelNames: ['shard'],
+    registers: [this.registry],
+  });
+  private readonly lag = new Gauge({
+    name: 'tally_flush_lag_seconds',
+    help: 'Age of the oldest delta not yet in PostgreSQL, per shard.',
+    labelNames: ['shard'],
+    registers: [this.registry],
+  });
+  private readonly inflight = new Gauge({
+    name: 'tally_inflight_batches',
+    help: 'Batches snapshotted but not yet acknowledged (a flush running, or one that died).',
+    registers: [this.registry],
+  });
+
+  constructor(private readonly tally: Tally) {}
+
+  recordFlush(applied: readonly AppliedBatch[], seconds: number): void {
+    this.duration.observe(seconds);
+    this.batches.inc(applied.length);
+    this.counters.inc(applied.reduce((sum, batch) => sum + batch.counters, 0));
+  }
+
+  recordSkipped(): void {
+    this.skipped.inc();
+  }
+
+  recordFailure(cause: string): void {
+    this.failures.inc({ cause });
+  }
+
+  /** Reads the pending work from Redis into the gauges, then renders every metric. */
+  async render(): Promise<{ contentType: string; body: string }> {
+    const status = await this.tally.status();
+    this.inflight.set(status.shards.filter((shard) => shard.inflightBatch !== null).length);
+    for (const shard of status.shards) {
+      this.pending.set({ shard: String(shard.shard) }, shard.pendingCounters);
+      this.lag.set({ shard: String(shard.shard) }, shard.oldestUnflushedAgeMs / 1_000);
+    }
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}
