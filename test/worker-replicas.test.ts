@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { Queue } from 'bullmq';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTally, migrate, type Tally } from '../src/index.js';
@@ -135,6 +136,17 @@ describe('3 worker replicas, one killed with SIGKILL every second for 20 s', () 
         }
       }
       expect(lockSpans(everyReplica).size).toBe(8);
+
+      // 23 replica starts, each upserting every schedule: still exactly one per shard.
+      const queue = new Queue('flush', {
+        connection: { host: redis.host, port: redis.port },
+        prefix: `{${keyPrefix}:bull}`,
+      });
+      try {
+        expect(await queue.getJobSchedulersCount()).toBe(8);
+      } finally {
+        await queue.close();
+      }
     } finally {
       load.abort();
       for (const replica of everyReplica) replica.kill('SIGKILL');
