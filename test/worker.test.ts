@@ -148,6 +148,44 @@ describe('tally worker', () => {
     await drained(s);
   });
 
+  it('a second signal, or the shutdown timeout, exits at once, and nothing is lost', async () => {
+    const s = await store();
+    // Flushes stall 5 s mid-transaction; a dead worker's shard lock expires after 1 s.
+    const stalled = { TALLY_FAULT_DELAY: 'mid-transaction:5000', TALLY_FLUSH_LOCK_TTL_MS: '1000' };
+    const inFlight = () =>
+      waitFor(
+        'a batch in flight',
+        async () =>
+          (await s.tally.status()).shards.some((shard) => shard.inflightBatch !== null) ||
+          undefined,
+      );
+
+    const impatient = worker({ ...s.env, ...stalled });
+    await s.increment(20);
+    await inFlight();
+    impatient.kill('SIGTERM');
+    await impatient.waitForLog('shutdown', (l) => l.msg === 'shutting down');
+    const secondAt = Date.now();
+    impatient.kill('SIGINT');
+    expect((await impatient.exited).code).toBe(1);
+    expect(Date.now() - secondAt).toBeLessThan(4_000); // did not wait for the stalled flush
+    await s.tally.flush(); // finishes the batch it left, so the next wait sees a new one
+
+    const bounded = worker({ ...s.env, ...stalled, TALLY_SHUTDOWN_TIMEOUT_MS: '300' });
+    await bounded.waitForLog('start-up', (l) => l.msg === 'flush worker started');
+    await s.increment(20);
+    await inFlight();
+    const termAt = Date.now();
+    bounded.kill('SIGTERM');
+    expect((await bounded.exited).code).toBe(1);
+    expect(Date.now() - termAt).toBeLessThan(4_000);
+    expect(bounded.logs.some((l) => l.msg === 'shutdown timed out: exiting now')).toBe(true);
+
+    // Both died mid-flush; the batches they left are finished by the next flush.
+    await s.tally.flush();
+    await drained(s);
+  });
+
   it('keeps running while PostgreSQL is down for 10 intervals, then drains the lag', async () => {
     const cluster = await startPostgres();
     cleanups.push(() => cluster.destroy());
