@@ -48,6 +48,22 @@ export class ValidationError extends TallyError {
   }
 }
 
+/** The increment would take the counter past ±(2^53−1); nothing was changed. */
+export class OverflowError extends TallyError {
+  override readonly name = 'OverflowError';
+  constructor(
+    readonly counter: string,
+    readonly delta: number,
+    /** The counter's total, unchanged. */
+    readonly value: number,
+  ) {
+    super(
+      'OVERFLOW',
+      `Adding ${delta} to ${counter} (now ${value}) would leave ±(2^53−1); nothing was changed.`,
+    );
+  }
+}
+
 /** A flush of one batch failed; the batch stays in flight and the next flush retries it. */
 export class FlushError extends TallyError {
   override readonly name = 'FlushError';

@@ -3,7 +3,7 @@ import { bucketStart, toEpochMs } from './buckets.js';
 import type { ResolvedConfig } from './config.js';
 import { redisFailure } from './connections.js';
 import { canonicalName, validateName, type CounterRef } from './counter-name.js';
-import { TallyError, ValidationError } from './errors.js';
+import { OverflowError, TallyError, ValidationError } from './errors.js';
 import { IncrementStatus, ScriptStatus, type Scripts } from './redis-scripts.js';
 import { shardOf } from './sharding.js';
 import { bucketField, fieldSeparator, shardKeys } from './shard-keys.js';
@@ -25,6 +25,13 @@ export type IncrementResult =
   | { status: 'duplicate'; value: number; duplicate: true }
   /** Would have passed the limit; nothing changed. `value` is the current total. */
   | { status: 'over-limit'; value: number; duplicate: false; limit: number };
+
+/**
+ * A result of incrMany: as incr's, or an increment refused because it would leave ±(2^53−1)
+ * (which incr reports by throwing OverflowError). Nothing changed for that item.
+ */
+export type BatchIncrementResult =
+  IncrementResult | { status: 'overflow'; value: number; duplicate: false };
 
 /** One validated increment, ready to send. */
 export interface PreparedIncrement {
@@ -269,13 +276,7 @@ function settle(waiting: Waiting, status: unknown, value: number): void {
       });
       return;
     case IncrementStatus.overflow:
-      waiting.reject(
-        new TallyError(
-          'OVERFLOW',
-          `Adding ${increment.delta} to ${increment.counter} (now ${value}) would leave ` +
-            `±(2^53−1); nothing was changed.`,
-        ),
-      );
+      waiting.reject(new OverflowError(increment.counter, increment.delta, value));
       return;
     default:
       waiting.reject(new Error(`increment.lua returned unknown status ${String(status)}`));

@@ -7,7 +7,7 @@ export {
   type TallyStatus,
 } from './tally.js';
 export type { TallyOptions } from './config.js';
-export type { IncrementOptions, IncrementResult } from './increments.js';
+export type { BatchIncrementResult, IncrementOptions, IncrementResult } from './increments.js';
 export type { AppliedBatch } from './flusher.js';
 export type { Drift, ShardReconcileReport } from './reconciler.js';
 export type { UsageBucket, UsageQuery } from './usage.js';
@@ -18,6 +18,7 @@ export {
   TallyError,
   ValidationError,
   FlushError,
+  OverflowError,
   SchemaError,
   type TallyErrorCode,
 } from './errors.js';

@@ -4,11 +4,12 @@ import { resolveConfig, type ResolvedConfig, type TallyOptions } from './config.
 import { openPostgres, openRedis, redisFailure } from './connections.js';
 import { canonicalName, type CounterRef } from './counter-name.js';
 import { inspectRedisDurability, type RedisDurability } from './durability.js';
-import { TallyError, ValidationError } from './errors.js';
+import { OverflowError, TallyError, ValidationError } from './errors.js';
 import { flushShard, type AppliedBatch, type FlushContext } from './flusher.js';
 import {
   IncrementSender,
   prepareIncrement,
+  type BatchIncrementResult,
   type IncrementOptions,
   type IncrementResult,
 } from './increments.js';
@@ -45,8 +46,13 @@ export interface TallyStatus {
 export interface Tally {
   /** Adds `by` (default 1) to a counter in one round trip and returns its new total. */
   incr(counter: CounterRef, by?: number, options?: IncrementOptions): Promise<IncrementResult>;
-  /** Validates every item first (bad input changes nothing), then applies each one. */
-  incrMany(items: readonly IncrementItem[]): Promise<IncrementResult[]>;
+  /**
+   * Validates every item first (bad input changes nothing), then applies each one and reports
+   * each one's result; an item that would overflow is reported, not thrown. A Redis failure
+   * rejects the whole call, though items on other shards may have been applied: retry with the
+   * same idempotency keys.
+   */
+  incrMany(items: readonly IncrementItem[]): Promise<BatchIncrementResult[]>;
   /** The counter's current total (PostgreSQL base + everything not yet flushed). */
   get(counter: CounterRef): Promise<number>;
   getMany(counters: readonly CounterRef[]): Promise<number[]>;
@@ -134,13 +140,22 @@ class TallyClient implements Tally {
     return this.sender.send(prepareIncrement(counter, by, options, this.config));
   }
 
-  async incrMany(items: readonly IncrementItem[]): Promise<IncrementResult[]> {
+  async incrMany(items: readonly IncrementItem[]): Promise<BatchIncrementResult[]> {
     this.assertOpen();
     if (!Array.isArray(items)) throw new ValidationError('incrMany takes an array of increments.');
     const prepared = items.map((item: IncrementItem) =>
       prepareIncrement(item.counter, item.by ?? 1, item, this.config),
     );
-    return Promise.all(prepared.map((increment) => this.sender.send(increment)));
+    return Promise.all(
+      prepared.map((increment) =>
+        this.sender.send(increment).catch((error: unknown): BatchIncrementResult => {
+          if (error instanceof OverflowError) {
+            return { status: 'overflow', value: error.value, duplicate: false };
+          }
+          throw error;
+        }),
+      ),
+    );
   }
 
   async get(counter: CounterRef): Promise<number> {

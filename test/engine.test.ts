@@ -1,7 +1,7 @@
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { TallyError } from '../src/index.js';
+import { OverflowError, TallyError } from '../src/index.js';
 import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
 import { tallyOn } from './support/tally-store.js';
 
@@ -184,6 +184,26 @@ describe('increments and reads', () => {
       ]),
     ).rejects.toMatchObject({ code: 'VALIDATION' });
     expect(await tally.get('ok')).toBe(0);
+  });
+
+  it('incrMany reports each item, an overflowing one included, and applies the others', async () => {
+    const { tally } = await fresh();
+    await tally.incr('full', Number.MAX_SAFE_INTEGER);
+    const results = await tally.incrMany([
+      { counter: 'x', by: 2 },
+      { counter: 'full', by: 1 },
+      { counter: 'q', by: 5, limit: 3 },
+      { counter: 'x', by: 1, idempotencyKey: 'k' },
+      { counter: 'x', by: 1, idempotencyKey: 'k' },
+    ]);
+    expect(results.map((r) => [r.status, r.value])).toEqual([
+      ['applied', 2],
+      ['overflow', Number.MAX_SAFE_INTEGER],
+      ['over-limit', 0],
+      ['applied', 3],
+      ['duplicate', 3],
+    ]);
+    await expect(tally.incr('full', 1)).rejects.toBeInstanceOf(OverflowError);
   });
 
   it('canonicalises labels to one name', async () => {

@@ -55,7 +55,8 @@ describe('the published package', () => {
       { cwd: project },
     );
     expect(stdout.trim()).toBe(
-      'FlushError,SchemaError,TallyError,ValidationError,assertSchemaCurrent,canonicalName,createTally,' +
+      'FlushError,OverflowError,SchemaError,TallyError,ValidationError,assertSchemaCurrent,' +
+        'canonicalName,createTally,' +
         'loadMigrations,migrate',
     );
   });
