@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDatabase, startRedis } from './support/index.js';
@@ -34,7 +34,9 @@ beforeAll(async () => {
     dependencies: Record<string, string>;
   };
   for (const dependency of Object.keys(manifest.dependencies)) {
-    await symlink(join(repoRoot, 'node_modules', dependency), join(modules, dependency));
+    const link = join(modules, dependency);
+    await mkdir(dirname(link), { recursive: true }); // scoped packages: node_modules/@scope/
+    await symlink(join(repoRoot, 'node_modules', dependency), link);
   }
   bin = join(modules, 'tally', 'bin', 'tally.js');
 }, 120_000);
