@@ -65,6 +65,28 @@ Environment:
     await runFlushWorker();
   });
 
+program
+  .command('serve')
+  .description('run the HTTP API until SIGTERM/SIGINT (configured from the environment)')
+  .addHelpText(
+    'after',
+    `
+Environment:
+  REDIS_URL, DATABASE_URL     the store (required)
+  PORT, HOST                  where to listen (default 8080, 127.0.0.1)
+  TALLY_API_TOKEN             bearer tokens, comma-separated; unset: no authentication
+  TALLY_SHARDS                shard count of the store (default 16)
+  TALLY_KEY_PREFIX            Redis key prefix of the store (default tally)
+  TALLY_BODY_LIMIT_BYTES      largest request body (default 1048576)
+  TALLY_MAX_BATCH             most increments or counters per request (default 1000)
+  TALLY_SHUTDOWN_TIMEOUT_MS   longest graceful shutdown before exiting 1 (default 30000)
+  TALLY_LOG_LEVEL             pino level (default info)`,
+  )
+  .action(async () => {
+    const { runServer } = await import('./server/serve.js');
+    await runServer();
+  });
+
 try {
   await program.parseAsync();
 } catch (error) {

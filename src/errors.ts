@@ -30,20 +30,23 @@ export type TallyErrorCode =
 
 export class TallyError extends Error {
   override readonly name: string = 'TallyError';
+  /** Structured facts for the caller (which item of a batch, which limit), when there are any. */
+  readonly details: unknown;
 
   constructor(
     readonly code: TallyErrorCode,
     message: string,
-    options?: { cause?: unknown },
+    options: { cause?: unknown; details?: unknown } = {},
   ) {
-    super(message, options);
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.details = options.details;
   }
 }
 
 /** Input that Tally refuses; nothing was changed. */
 export class ValidationError extends TallyError {
   override readonly name = 'ValidationError';
-  constructor(message: string, options?: { cause?: unknown }) {
+  constructor(message: string, options?: { cause?: unknown; details?: unknown }) {
     super('VALIDATION', message, options);
   }
 }
@@ -72,7 +75,7 @@ export class FlushError extends TallyError {
     readonly batchId: string,
     cause: TallyError,
   ) {
-    super(cause.code, cause.message, { cause: cause.cause });
+    super(cause.code, cause.message, { cause: cause.cause, details: { shard, batchId } });
   }
 }
 

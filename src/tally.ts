@@ -68,6 +68,8 @@ export interface Tally {
   /** Checks every shard's Redis totals against PostgreSQL; with `repair`, rewrites them. */
   reconcile(options?: { repair?: boolean }): Promise<ShardReconcileReport[]>;
   status(): Promise<TallyStatus>;
+  /** Whether Redis and PostgreSQL answer right now (for readiness probes). */
+  ping(): Promise<{ redis: boolean; postgres: boolean }>;
   /** The Redis durability found at start-up and the loss bound that follows. */
   readonly durability: RedisDurability;
   close(): Promise<void>;
@@ -143,9 +145,17 @@ class TallyClient implements Tally {
   async incrMany(items: readonly IncrementItem[]): Promise<BatchIncrementResult[]> {
     this.assertOpen();
     if (!Array.isArray(items)) throw new ValidationError('incrMany takes an array of increments.');
-    const prepared = items.map((item: IncrementItem) =>
-      prepareIncrement(item.counter, item.by ?? 1, item, this.config),
-    );
+    const prepared = items.map((item: IncrementItem, index) => {
+      try {
+        return prepareIncrement(item.counter, item.by ?? 1, item, this.config);
+      } catch (error) {
+        if (!(error instanceof ValidationError)) throw error;
+        throw new ValidationError(`Item ${index}: ${error.message}`, {
+          cause: error,
+          details: { index },
+        });
+      }
+    });
     return Promise.all(
       prepared.map((increment) =>
         this.sender.send(increment).catch((error: unknown): BatchIncrementResult => {
@@ -265,6 +275,20 @@ class TallyClient implements Tally {
       }),
     );
     return { shards, redis: this.ctx.durability };
+  }
+
+  async ping(): Promise<{ redis: boolean; postgres: boolean }> {
+    const [redis, postgres] = await Promise.all([
+      this.ctx.redis.ping().then(
+        () => true,
+        () => false,
+      ),
+      this.ctx.pool.query('SELECT 1').then(
+        () => true,
+        () => false,
+      ),
+    ]);
+    return { redis, postgres };
   }
 
   async close(): Promise<void> {

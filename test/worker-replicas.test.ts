@@ -4,7 +4,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTally, migrate, type Tally } from '../src/index.js';
 import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
-import { startWorker, type LogLine, type WorkerProcess } from './support/worker-process.js';
+import { startWorker, type LogLine, type TallyProcess } from './support/tally-process.js';
 
 const intervalMs = 250;
 const lockTtlMs = 1_000;
@@ -61,7 +61,7 @@ describe('3 worker replicas, one killed with SIGKILL every second for 20 s', () 
       TALLY_FLUSH_LOCK_TTL_MS: String(lockTtlMs),
       TALLY_JOB_LOCK_MS: '2000',
     };
-    const everyReplica: WorkerProcess[] = [];
+    const everyReplica: TallyProcess[] = [];
     const start = () => {
       const replica = startWorker(env);
       everyReplica.push(replica);

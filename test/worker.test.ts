@@ -9,7 +9,7 @@ import {
   waitFor,
   type RedisHandle,
 } from './support/index.js';
-import { startWorker, type WorkerProcess } from './support/worker-process.js';
+import { startWorker, type TallyProcess } from './support/tally-process.js';
 
 const intervalMs = 200;
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -77,7 +77,7 @@ async function store(
   };
 }
 
-function worker(env: Record<string, string>): WorkerProcess {
+function worker(env: Record<string, string>): TallyProcess {
   const started = startWorker(env);
   cleanups.push(async () => {
     started.kill('SIGKILL');
