@@ -15,6 +15,12 @@ export type { RedisDurability } from './durability.js';
 export type { Granularity } from './buckets.js';
 export { canonicalName, type CounterRef, type Labels } from './counter-name.js';
 export {
+  tallyMetering,
+  expressMetering,
+  type MeteringOptions,
+  type IncomingLike,
+} from './metering.js';
+export {
   TallyError,
   ValidationError,
   FlushError,

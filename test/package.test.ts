@@ -58,8 +58,8 @@ describe('the published package', () => {
     );
     expect(stdout.trim()).toBe(
       'FlushError,OverflowError,SchemaError,TallyError,ValidationError,assertSchemaCurrent,' +
-        'canonicalName,createTally,' +
-        'loadMigrations,migrate',
+        'canonicalName,createTally,expressMetering,' +
+        'loadMigrations,migrate,tallyMetering',
     );
   });
 
