@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import swagger from '@fastify/swagger';
-import Fastify from 'fastify';
+import Fastify, { LogController } from 'fastify';
 import type { Logger } from 'pino';
 import { TallyError } from '../errors.js';
 import type { BatchIncrementResult } from '../increments.js';
@@ -45,7 +45,7 @@ export async function buildApi(options: ApiOptions) {
     loggerInstance: options.logger,
     bodyLimit: options.bodyLimitBytes ?? 1_048_576,
     // Metrics count the traffic; the log keeps failures.
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     // Requests are taken as they come: no type coercion, no silently dropped fields.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
     // A counter name may hold '/', sent percent-encoded; route on the raw path, decode params.
@@ -91,6 +91,17 @@ export async function buildApi(options: ApiOptions) {
     const accepted = tokens.map((token) => sameSecret(given, token)).includes(true);
     done(accepted ? undefined : Object.assign(new Error('unauthorized'), { statusCode: 401 }));
   });
+  // Closing: answers in flight tell their clients to close the connection, so that a keep-alive
+  // client cannot hold the server open after its last answer.
+  let closing = false;
+  app.addHook('preClose', (done) => {
+    closing = true;
+    done();
+  });
+  app.addHook('onSend', (_request, reply, payload, done) => {
+    if (closing) void reply.header('connection', 'close');
+    done(null, payload);
+  });
   app.addHook('onResponse', (request, reply, done) => {
     const route = request.routeOptions.url ?? 'unmatched';
     metrics.requests.inc({ method: request.method, route, status: reply.statusCode });
@@ -126,31 +137,42 @@ export async function buildApi(options: ApiOptions) {
   app.post<{
     Params: { counter: string };
     Body: { by?: number; idempotencyKey?: string; limit?: number } | undefined;
-  }>('/v1/counters/:counter/increment', { schema: incrementOneSchema }, async (request) => {
-    const { counter } = request.params;
-    const body = request.body ?? {};
-    const [result] = await tally.incrMany([
-      {
-        counter,
-        by: body.by ?? 1,
-        ...(body.idempotencyKey === undefined ? {} : { idempotencyKey: body.idempotencyKey }),
-        ...(body.limit === undefined ? {} : { limit: body.limit }),
+  }>(
+    '/v1/counters/:counter/increment',
+    {
+      schema: incrementOneSchema,
+      // A POST without a body increments by 1.
+      preValidation: (request, _reply, done) => {
+        request.body ??= {};
+        done();
       },
-    ]);
-    if (result === undefined) throw new Error('incrMany returned no result');
-    metrics.increments.inc({ status: result.status });
-    if (result.status === 'over-limit') {
-      throw new TallyError('OVER_LIMIT', `${counter} would pass its limit of ${result.limit}.`, {
-        details: { counter, value: result.value, limit: result.limit },
-      });
-    }
-    if (result.status === 'overflow') {
-      throw new TallyError('OVERFLOW', `${counter} would leave ±(2^53−1); nothing changed.`, {
-        details: { counter, value: result.value },
-      });
-    }
-    return resultBody(counter, result);
-  });
+    },
+    async (request) => {
+      const { counter } = request.params;
+      const body = request.body ?? {};
+      const [result] = await tally.incrMany([
+        {
+          counter,
+          by: body.by ?? 1,
+          ...(body.idempotencyKey === undefined ? {} : { idempotencyKey: body.idempotencyKey }),
+          ...(body.limit === undefined ? {} : { limit: body.limit }),
+        },
+      ]);
+      if (result === undefined) throw new Error('incrMany returned no result');
+      metrics.increments.inc({ status: result.status });
+      if (result.status === 'over-limit') {
+        throw new TallyError('OVER_LIMIT', `${counter} would pass its limit of ${result.limit}.`, {
+          details: { counter, value: result.value, limit: result.limit },
+        });
+      }
+      if (result.status === 'overflow') {
+        throw new TallyError('OVERFLOW', `${counter} would leave ±(2^53−1); nothing changed.`, {
+          details: { counter, value: result.value },
+        });
+      }
+      return resultBody(counter, result);
+    },
+  );
 
   app.get<{ Params: { counter: string } }>(
     '/v1/counters/:counter',

@@ -1,0 +1,351 @@
+import { randomBytes } from 'node:crypto';
+import { validate } from '@readme/openapi-parser';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTally, migrate, type Tally } from '../src/index.js';
+import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
+import { startTallyProcess, type TallyProcess } from './support/tally-process.js';
+
+let redis: RedisHandle;
+let databaseUrl: string;
+let tally: Tally;
+let open: TallyProcess;
+let guarded: TallyProcess;
+let openUrl: string;
+let guardedUrl: string;
+const keyPrefix = `api${randomBytes(3).toString('hex')}`;
+
+function serverEnv(extra: Record<string, string> = {}) {
+  return {
+    REDIS_URL: redis.url,
+    DATABASE_URL: databaseUrl,
+    PORT: '0',
+    TALLY_SHARDS: '4',
+    TALLY_KEY_PREFIX: keyPrefix,
+    TALLY_LOG_LEVEL: 'info',
+    ...extra,
+  };
+}
+
+beforeAll(async () => {
+  redis = await startRedis({ persistence: 'aof-always' });
+  databaseUrl = await createDatabase();
+  await migrate(databaseUrl);
+  tally = await createTally({ redis: redis.url, postgres: databaseUrl, shards: 4, keyPrefix });
+  open = startTallyProcess('serve', serverEnv());
+  guarded = startTallyProcess(
+    'serve',
+    serverEnv({ TALLY_API_TOKEN: 'first-token, second-token' }),
+  );
+  openUrl = `http://127.0.0.1:${await open.apiPort()}`;
+  guardedUrl = `http://127.0.0.1:${await guarded.apiPort()}`;
+});
+afterAll(async () => {
+  for (const server of [open, guarded]) {
+    server.kill('SIGTERM');
+    await server.exited;
+  }
+  await tally.close();
+  await redis.stop();
+});
+
+async function call(
+  method: string,
+  path: string,
+  body?: unknown,
+  headers: Record<string, string> = {},
+  base = openUrl,
+): Promise<{ status: number; json: any }> {
+  const response = await fetch(`${base}${path}`, {
+    method,
+    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
+    ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }),
+  });
+  const text = await response.text();
+  return { status: response.status, json: text === '' ? undefined : JSON.parse(text) };
+}
+
+const name = (base: string) => `${base}-${randomBytes(4).toString('hex')}`;
+
+describe('routes', () => {
+  it('increments in a batch and one at a time, and reads back', async () => {
+    const a = name('a/b c');
+    const b = name('b');
+    const batch = await call('POST', '/v1/increments', {
+      increments: [
+        { counter: a, by: 3 },
+        { counter: b },
+        { counter: a, by: 2, idempotencyKey: 'k1' },
+        { counter: a, by: 2, idempotencyKey: 'k1' },
+        { counter: b, by: 5, limit: 3 },
+      ],
+    });
+    expect(batch.status).toBe(200);
+    expect(batch.json.results).toEqual([
+      { counter: a, value: 3, duplicate: false, status: 'applied' },
+      { counter: b, value: 1, duplicate: false, status: 'applied' },
+      { counter: a, value: 5, duplicate: false, status: 'applied' },
+      { counter: a, value: 5, duplicate: true, status: 'duplicate' },
+      { counter: b, value: 1, duplicate: false, status: 'over-limit' },
+    ]);
+
+    const one = await call('POST', `/v1/counters/${encodeURIComponent(a)}/increment`, { by: 10 });
+    expect(one).toEqual({
+      status: 200,
+      json: { counter: a, value: 15, duplicate: false, status: 'applied' },
+    });
+    const bare = await call('POST', `/v1/counters/${encodeURIComponent(b)}/increment`);
+    expect(bare.json.value).toBe(2);
+
+    expect(await call('GET', `/v1/counters/${encodeURIComponent(a)}`)).toEqual({
+      status: 200,
+      json: { counter: a, value: 15 },
+    });
+    const never = name('never');
+    expect((await call('GET', `/v1/counters/${encodeURIComponent(never)}`)).json.value).toBe(0);
+    expect(await call('POST', '/v1/counters:read', { counters: [a, b, never] })).toEqual({
+      status: 200,
+      json: { values: { [a]: 15, [b]: 2, [never]: 0 } },
+    });
+  });
+
+  it('answers usage over flushed and not-yet-flushed hours exactly', async () => {
+    const u = name('usage');
+    const hour = (h: number) => new Date(Date.UTC(2026, 10, 20, h, 15)).toISOString();
+    await call('POST', '/v1/increments', {
+      increments: [
+        { counter: u, by: 1, at: hour(0) },
+        { counter: u, by: 2, at: hour(1) },
+        { counter: u, by: 3, at: hour(2) },
+      ],
+    });
+    await tally.flush();
+    await call('POST', '/v1/increments', {
+      increments: [
+        { counter: u, by: 4, at: hour(2) },
+        { counter: u, by: 5, at: hour(3) },
+      ],
+    });
+    const from = new Date(Date.UTC(2026, 10, 20, 0)).toISOString();
+    const to = new Date(Date.UTC(2026, 10, 20, 5)).toISOString();
+    const usage = await call(
+      'GET',
+      `/v1/counters/${encodeURIComponent(u)}/usage?from=${from}&to=${to}&granularity=hour`,
+    );
+    expect(usage.status).toBe(200);
+    expect(usage.json.buckets.map((bucket: { value: number }) => bucket.value)).toEqual([
+      1, 2, 7, 5, 0,
+    ]);
+    expect(usage.json.buckets[2].start).toBe('2026-11-20T02:00:00.000Z');
+  });
+
+  it('serves health, readiness with durability, metrics and the OpenAPI document', async () => {
+    expect((await call('GET', '/healthz')).status).toBe(200);
+    const ready = await call('GET', '/readyz');
+    expect(ready.status).toBe(200);
+    expect(ready.json).toMatchObject({
+      ready: true,
+      redis: true,
+      postgres: true,
+      shardsReconciled: '4/4',
+      durability: { appendonly: true, appendfsync: 'always', durable: true },
+    });
+    const metrics = await (await fetch(`${openUrl}/metrics`)).text();
+    expect(metrics).toMatch(
+      /tally_http_requests_total\{method="POST",route="\/v1\/increments",status="200"\} \d+/,
+    );
+    expect(metrics).toContain('tally_http_request_duration_seconds_bucket');
+    expect(metrics).toMatch(/tally_increments_total\{status="applied"\} \d+/);
+  });
+
+  it('publishes a valid OpenAPI 3 document that lists every route', async () => {
+    const { json: document } = await call('GET', '/openapi.json');
+    await expect(validate(structuredClone(document))).resolves.toMatchObject({ valid: true });
+    expect(Object.keys(document.paths).sort()).toEqual([
+      '/v1/counters/{counter}',
+      '/v1/counters/{counter}/increment',
+      '/v1/counters/{counter}/usage',
+      '/v1/counters:read',
+      '/v1/increments',
+    ]);
+    expect(document.paths['/v1/increments'].post.responses['200']).toBeDefined();
+  });
+});
+
+describe('errors', () => {
+  it('400: the batch is validated whole, names the item and field, and applies nothing', async () => {
+    const c = name('whole');
+    const schemaError = await call('POST', '/v1/increments', {
+      increments: [
+        { counter: c, by: 1 },
+        { counter: c, by: 'two' },
+      ],
+    });
+    expect(schemaError.status).toBe(400);
+    expect(schemaError.json.error).toMatchObject({
+      code: 'VALIDATION',
+      details: [{ path: '/increments/1/by' }],
+    });
+    // Within the schema's 256 characters but 512 bytes of UTF-8: refused by the engine.
+    const engineError = await call('POST', '/v1/increments', {
+      increments: [{ counter: c, by: 1 }, { counter: 'é'.repeat(256) }],
+    });
+    expect(engineError.status).toBe(400);
+    expect(engineError.json.error).toMatchObject({ code: 'VALIDATION', details: { index: 1 } });
+    expect((await call('GET', `/v1/counters/${encodeURIComponent(c)}`)).json.value).toBe(0);
+
+    for (const body of [
+      '{bad json',
+      '[]',
+      '{"increments":[]}',
+      '{"increments":[{"counter":"x","by":1.5}]}',
+      '{"increments":[{"counter":"x","extra":1}]}',
+      '{"increments":[{"counter":"x","by":1e400}]}',
+      '{"increments":[{"counter":"x","by":12345678901234567890}]}',
+      '{"increments":[{"counter":"x","at":"yesterday"}]}',
+    ]) {
+      const answer = await call('POST', '/v1/increments', body);
+      expect(answer.status, body).toBe(400);
+      expect(answer.json.error.code, body).toBe('VALIDATION');
+    }
+    const badUsage = await call(
+      'GET',
+      `/v1/counters/x/usage?from=nope&to=2026-01-01T00:00:00Z&granularity=hour`,
+    );
+    expect(badUsage.status).toBe(400);
+    const tooMany = await call('POST', '/v1/increments', {
+      increments: Array.from({ length: 1001 }, () => ({ counter: 'x' })),
+    });
+    expect(tooMany.status).toBe(400);
+  });
+
+  it('401 without a valid token when tokens are set; every listed token works', async () => {
+    const c = name('auth');
+    const path = `/v1/counters/${encodeURIComponent(c)}`;
+    for (const headers of [
+      {},
+      { authorization: 'Bearer wrong' },
+      { authorization: 'first-token' },
+    ]) {
+      const answer = await call('GET', path, undefined, headers, guardedUrl);
+      expect(answer.status).toBe(401);
+      expect(answer.json.error.code).toBe('UNAUTHORIZED');
+    }
+    for (const token of ['first-token', 'second-token']) {
+      const answer = await call(
+        'GET',
+        path,
+        undefined,
+        { authorization: `Bearer ${token}` },
+        guardedUrl,
+      );
+      expect(answer.status).toBe(200);
+    }
+    // Health and metrics stay open for probes.
+    expect((await call('GET', '/healthz', undefined, {}, guardedUrl)).status).toBe(200);
+  });
+
+  it('409 over the limit or past the value range, changing nothing', async () => {
+    const c = name('limited');
+    const path = `/v1/counters/${encodeURIComponent(c)}/increment`;
+    expect((await call('POST', path, { by: 5, limit: 5 })).status).toBe(200);
+    const over = await call('POST', path, { by: 1, limit: 5 });
+    expect(over.status).toBe(409);
+    expect(over.json.error).toMatchObject({ code: 'OVER_LIMIT', details: { value: 5, limit: 5 } });
+    const big = await call('POST', path, { by: Number.MAX_SAFE_INTEGER });
+    expect(big.status).toBe(409);
+    expect(big.json.error.code).toBe('OVERFLOW');
+    expect((await call('GET', `/v1/counters/${encodeURIComponent(c)}`)).json.value).toBe(5);
+  });
+
+  it('413 for a body over the limit, 415 for a body that is not JSON, 404 elsewhere', async () => {
+    const huge = await call(
+      'POST',
+      '/v1/increments',
+      JSON.stringify({ increments: [{ counter: 'x'.repeat(2_000_000) }] }),
+    );
+    expect(huge.status).toBe(413);
+    expect(huge.json.error.code).toBe('PAYLOAD_TOO_LARGE');
+    const response = await fetch(`${openUrl}/v1/increments`, {
+      method: 'POST',
+      headers: { 'content-type': 'text/plain' },
+      body: 'counter=x',
+    });
+    expect(response.status).toBe(415);
+    expect(((await response.json()) as { error: { code: string } }).error.code).toBe(
+      'UNSUPPORTED_MEDIA_TYPE',
+    );
+    expect((await call('GET', '/v1/nothing-here')).json.error.code).toBe('NOT_FOUND');
+  });
+
+  it('503 when Redis is unavailable; the same request succeeds once it is back', async () => {
+    const ownRedis = await startRedis({ persistence: 'aof-always' });
+    const server = startTallyProcess(
+      'serve',
+      serverEnv({ REDIS_URL: ownRedis.url, TALLY_KEY_PREFIX: 'down' }),
+    );
+    try {
+      const base = `http://127.0.0.1:${await server.apiPort()}`;
+      const path = '/v1/counters/c/increment';
+      expect((await call('POST', path, { by: 1, idempotencyKey: 'r1' }, {}, base)).status).toBe(
+        200,
+      );
+      await ownRedis.kill('SIGSTOP');
+      const down = await call('POST', path, { by: 1, idempotencyKey: 'r2' }, {}, base);
+      expect(down.status).toBe(503);
+      expect(['OUTCOME_UNKNOWN', 'UNAVAILABLE']).toContain(down.json.error.code);
+      expect((await call('GET', '/readyz', undefined, {}, base)).status).toBe(503);
+      await ownRedis.kill('SIGCONT');
+      // The retry with the same key counts once, whether or not the first attempt had counted.
+      const retried = await waitFor('the retry to succeed', async () => {
+        const answer = await call('POST', path, { by: 1, idempotencyKey: 'r2' }, {}, base);
+        return answer.status === 200 ? answer : undefined;
+      });
+      expect(retried.json.value).toBe(2);
+    } finally {
+      server.kill('SIGTERM');
+      await server.exited;
+      await ownRedis.stop();
+    }
+  });
+});
+
+describe('retries and shutdown', () => {
+  it('20 clients retrying every request once with the same idempotency keys: totals exact', async () => {
+    const counters = Array.from({ length: 5 }, (_, i) => name(`retry${i}`));
+    const expected = new Map(counters.map((c) => [c, 0]));
+    await Promise.all(
+      Array.from({ length: 20 }, async (_, client) => {
+        for (let request = 0; request < 25; request++) {
+          const counter = counters[(client + request) % counters.length] as string;
+          const by = (request % 3) + 1;
+          const body = { increments: [{ counter, by, idempotencyKey: `c${client}-r${request}` }] };
+          const first = await call('POST', '/v1/increments', body);
+          const retry = await call('POST', '/v1/increments', body);
+          expect(first.status).toBe(200);
+          expect(retry.json.results[0].status).toBe('duplicate');
+          expected.set(counter, (expected.get(counter) ?? 0) + by);
+        }
+      }),
+    );
+    const read = await call('POST', '/v1/counters:read', { counters });
+    expect(read.json.values).toEqual(Object.fromEntries(expected));
+  });
+
+  it('SIGTERM: finishes the requests in flight and exits 0', async () => {
+    const server = startTallyProcess('serve', serverEnv());
+    const base = `http://127.0.0.1:${await server.apiPort()}`;
+    const c = name('drain');
+    const inFlight = Array.from({ length: 50 }, () =>
+      call('POST', `/v1/counters/${encodeURIComponent(c)}/increment`, { by: 1 }, {}, base),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    server.kill('SIGTERM');
+    const answers = await Promise.allSettled(inFlight);
+    expect((await server.exited).code).toBe(0);
+    const accepted = answers.filter(
+      (a) => a.status === 'fulfilled' && a.value.status === 200,
+    ).length;
+    // Every request that got an answer was counted, and nothing else.
+    expect(await tally.get(c)).toBe(accepted);
+  });
+});
