@@ -32,10 +32,7 @@ beforeAll(async () => {
   await migrate(databaseUrl);
   tally = await createTally({ redis: redis.url, postgres: databaseUrl, shards: 4, keyPrefix });
   open = startTallyProcess('serve', serverEnv());
-  guarded = startTallyProcess(
-    'serve',
-    serverEnv({ TALLY_API_TOKEN: 'first-token, second-token' }),
-  );
+  guarded = startTallyProcess('serve', serverEnv({ TALLY_API_TOKEN: 'first-token, second-token' }));
   openUrl = `http://127.0.0.1:${await open.apiPort()}`;
   guardedUrl = `http://127.0.0.1:${await guarded.apiPort()}`;
 });
