@@ -1,45 +1,61 @@
-import { Command } from 'commander';
-import { pino } from 'pino';
-import { TallyError } from './errors.js';
-import { migrate } from './migrator.js';
+import { Command, CommanderError, Option } from 'commander';
 import { packageVersion } from './package-files.js';
+import { flushCommand, migrateCommand, reconcileCommand, statusCommand } from './cli/commands.js';
+import { ExitCode, exitCodeFor } from './cli/exit-codes.js';
+import { withStoreOptions } from './cli/store-options.js';
 
-// Logs go to stderr so that stdout carries only what a command reports.
-const logger = pino({ level: process.env.TALLY_LOG_LEVEL ?? 'info' }, pino.destination(2));
+// `tally status | head` closes stdout early: that is the reader's choice, not an error.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw error;
+});
 
-function postgresOption(command: Command): Command {
-  return command.option(
-    '--postgres <url>',
-    'PostgreSQL connection URL (default: $TALLY_POSTGRES_URL)',
-    process.env.TALLY_POSTGRES_URL,
-  );
-}
+const exitCodesHelp = `
+Exit codes: 0 ok, 1 check failed (drift found, something left to flush), 2 usage or
+configuration error, 3 Redis or PostgreSQL unavailable.`;
 
-function requirePostgres(url: string | undefined): string {
-  if (url === undefined || url === '') {
-    throw new Error('No PostgreSQL URL: pass --postgres <url> or set TALLY_POSTGRES_URL.');
-  }
-  return url;
+/** Runs a command's action and turns its answer (or failure) into the exit code. */
+function action<A extends unknown[]>(run: (...args: A) => Promise<number | undefined>) {
+  return async (...args: A) => {
+    process.exitCode = (await run(...args)) ?? ExitCode.ok;
+  };
 }
 
 const program = new Command('tally')
   .description('Write-behind counters: Redis for increments, PostgreSQL for the record.')
   .version(packageVersion)
-  .showHelpAfterError();
+  .showHelpAfterError()
+  .addHelpText('after', exitCodesHelp)
+  .exitOverride();
 
-postgresOption(
+program
+  .command('migrate')
+  .description('apply pending SQL migrations (safe to run concurrently and repeatedly)')
+  .addOption(new Option('--postgres <url>', 'PostgreSQL URL').env('DATABASE_URL'))
+  .option('--status', 'list the migrations and whether each is applied; change nothing')
+  .action(action(migrateCommand));
+
+withStoreOptions(
   program
-    .command('migrate')
-    .description('apply pending SQL migrations (safe to run concurrently and repeatedly)'),
-).action(async (options: { postgres?: string }) => {
-  const result = await migrate(requirePostgres(options.postgres), { logger });
-  const names = result.applied.map((m) => `${String(m.version).padStart(4, '0')}_${m.name}`);
-  console.log(
-    names.length === 0
-      ? `schema is current at version ${result.version}`
-      : `applied ${names.join(', ')}; schema is at version ${result.version}`,
-  );
-});
+    .command('flush')
+    .description('flush every shard now (pending and in flight); exit 0 once nothing is left'),
+).action(action(flushCommand));
+
+withStoreOptions(
+  program
+    .command('reconcile')
+    .description('check Redis totals against PostgreSQL (exit 1 on drift); --repair rewrites Redis')
+    .option('--repair', 'rewrite drifted totals (safe under load)')
+    .option('--json', 'print the report as JSON')
+    .option('--shard <n>', 'only this shard'),
+).action(action(reconcileCommand));
+
+withStoreOptions(
+  program
+    .command('status')
+    .description('per shard: pending, flush lag, in-flight batch, last flush; Redis durability')
+    .option('--json', 'print the status as JSON'),
+).action(action(statusCommand));
 
 program
   .command('worker')
@@ -90,7 +106,13 @@ Environment:
 try {
   await program.parseAsync();
 } catch (error) {
-  const code = error instanceof TallyError ? ` [${error.code}]` : '';
-  console.error(`tally: ${error instanceof Error ? error.message : String(error)}${code}`);
-  process.exitCode = 1;
+  if (error instanceof CommanderError) {
+    // --help and --version end here too, with exit code 0; usage errors were already printed.
+    process.exitCode = error.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
+  } else {
+    const code = (error as { code?: unknown }).code;
+    const suffix = typeof code === 'string' ? ` [${code}]` : '';
+    console.error(`tally: ${error instanceof Error ? error.message : String(error)}${suffix}`);
+    process.exitCode = exitCodeFor(error);
+  }
 }

@@ -28,6 +28,11 @@ export interface TallyOptions {
   flushLockTtlMs?: number;
   /** Counters per script call when reconcile compares or rebuilds. */
   reconcileChunkSize?: number;
+  /**
+   * Rebuild, at start-up, every shard whose Redis totals lack the PostgreSQL base. Off for
+   * tools that report on the store as they find it (`tally reconcile`, `tally status`).
+   */
+  rebuildAtStart?: boolean;
 }
 
 export interface ResolvedConfig {
@@ -41,6 +46,7 @@ export interface ResolvedConfig {
   redisCommandTimeoutMs: number;
   flushLockTtlMs: number;
   reconcileChunkSize: number;
+  rebuildAtStart: boolean;
 }
 
 function integerIn(name: string, value: number, min: number, max: number): number {
@@ -84,6 +90,7 @@ export function resolveConfig(options: TallyOptions): ResolvedConfig {
       3_600_000,
     ),
     flushLockTtlMs: integerIn('flushLockTtlMs', options.flushLockTtlMs ?? 30_000, 100, 3_600_000),
+    rebuildAtStart: options.rebuildAtStart ?? true,
     reconcileChunkSize: integerIn(
       'reconcileChunkSize',
       options.reconcileChunkSize ?? 1_000,

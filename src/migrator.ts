@@ -165,6 +165,35 @@ export async function migrate(
   });
 }
 
+export interface MigrationState {
+  version: number;
+  name: string;
+  appliedAt: Date | null;
+}
+
+/** Every migration this code ships, and when (if ever) the database applied it. */
+export async function migrationStatus(
+  db: string | pg.Pool,
+  migrations?: readonly Migration[],
+): Promise<MigrationState[]> {
+  const known = migrations ?? (await loadMigrations());
+  const applied = await withClient(db, async (client) => {
+    const exists = await client.query<{ found: boolean }>(
+      `SELECT to_regclass('tally.schema_migrations') IS NOT NULL AS found`,
+    );
+    if (exists.rows[0]?.found !== true) return new Map<number, Date>();
+    const result = await client.query<{ version: number; applied_at: Date }>(
+      'SELECT version, applied_at FROM tally.schema_migrations',
+    );
+    return new Map(result.rows.map((row) => [row.version, row.applied_at]));
+  });
+  return known.map((migration) => ({
+    version: migration.version,
+    name: migration.name,
+    appliedAt: applied.get(migration.version) ?? null,
+  }));
+}
+
 /**
  * Start-up check for processes that use the schema: throws unless the database is migrated to
  * exactly the version this code knows.

@@ -36,11 +36,15 @@ export interface ShardStatus {
   oldestUnflushedAgeMs: number;
   /** Redis holds this shard's totals (its epoch marker is present). */
   totalsValid: boolean;
+  /** When PostgreSQL last applied a batch of this shard (null: never). */
+  lastFlushAt: Date | null;
 }
 
 export interface TallyStatus {
   shards: ShardStatus[];
   redis: RedisDurability;
+  /** The schema version PostgreSQL is migrated to; null while PostgreSQL cannot be read. */
+  schemaVersion: number | null;
 }
 
 export interface Tally {
@@ -65,8 +69,15 @@ export interface Tally {
    * lock TTL) for another flush or reconcile of the shard to finish, then throws BUSY.
    */
   flushShard(shard: number, options?: { lockWaitMs?: number }): Promise<AppliedBatch[]>;
-  /** Checks every shard's Redis totals against PostgreSQL; with `repair`, rewrites them. */
-  reconcile(options?: { repair?: boolean }): Promise<ShardReconcileReport[]>;
+  /**
+   * Checks every shard's (or one shard's) Redis totals against PostgreSQL; with `repair`,
+   * rewrites them. `onShard` hears of each shard as it is done (progress).
+   */
+  reconcile(options?: {
+    repair?: boolean;
+    shard?: number;
+    onShard?: (report: ShardReconcileReport) => void;
+  }): Promise<ShardReconcileReport[]>;
   status(): Promise<TallyStatus>;
   /** Whether Redis and PostgreSQL answer right now (for readiness probes). */
   ping(): Promise<{ redis: boolean; postgres: boolean }>;
@@ -224,32 +235,56 @@ class TallyClient implements Tally {
 
   async flushShard(shard: number, options: { lockWaitMs?: number } = {}): Promise<AppliedBatch[]> {
     this.assertOpen();
-    if (!Number.isInteger(shard) || shard < 0 || shard >= this.config.shards) {
-      throw new ValidationError(
-        `Shard must be a whole number from 0 to ${this.config.shards - 1}.`,
-      );
-    }
-    return flushShard(this.ctx, shard, options.lockWaitMs);
+    return flushShard(this.ctx, this.validShard(shard), options.lockWaitMs);
   }
 
-  async reconcile(options: { repair?: boolean } = {}): Promise<ShardReconcileReport[]> {
+  async reconcile(
+    options: {
+      repair?: boolean;
+      shard?: number;
+      onShard?: (report: ShardReconcileReport) => void;
+    } = {},
+  ): Promise<ShardReconcileReport[]> {
     this.assertOpen();
+    const shards =
+      options.shard === undefined
+        ? Array.from({ length: this.config.shards }, (_, shard) => shard)
+        : [this.validShard(options.shard)];
     const reports: ShardReconcileReport[] = [];
-    for (let shard = 0; shard < this.config.shards; shard++) {
-      reports.push(
-        await reconcileShard(this.ctx, shard, {
-          repair: options.repair ?? false,
-          storeWasSetUp: this.setUp,
-        }),
-      );
+    for (const shard of shards) {
+      const report = await reconcileShard(this.ctx, shard, {
+        repair: options.repair ?? false,
+        storeWasSetUp: this.setUp,
+      });
+      options.onShard?.(report);
+      reports.push(report);
     }
     return reports;
   }
 
+  private validShard(shard: number): number {
+    if (!Number.isInteger(shard) || shard < 0 || shard >= this.config.shards) {
+      throw new ValidationError(
+        `Shard must be a whole number from 0 to ${this.config.shards - 1}, got ${shard}.`,
+      );
+    }
+    return shard;
+  }
+
   async status(): Promise<TallyStatus> {
     this.assertOpen();
-    const { redis } = this.ctx;
+    const { redis, pool } = this.ctx;
     const nowMs = Date.now();
+    // The status must still show the lag when PostgreSQL is down: its part is then unknown.
+    const postgresPart = await Promise.all([
+      pool.query<{ shard: number; at: Date }>(
+        'SELECT shard, max(applied_at) AS at FROM tally.applied_batches GROUP BY shard',
+      ),
+      pool.query<{ version: number }>(
+        'SELECT coalesce(max(version), 0) AS version FROM tally.schema_migrations',
+      ),
+    ]).catch(() => undefined);
+    const lastFlush = new Map(postgresPart?.[0].rows.map((row) => [row.shard, row.at]));
     const shards = await Promise.all(
       Array.from({ length: this.config.shards }, async (_, shard): Promise<ShardStatus> => {
         const keys = shardKeys(this.config.keyPrefix, shard);
@@ -271,10 +306,15 @@ class TallyClient implements Tally {
             meta.batch === undefined ? null : { batchId: meta.batch, counters: inflightCounters },
           oldestUnflushedAgeMs: Math.max(0, nowMs - oldest),
           totalsValid: epoch === 1,
+          lastFlushAt: lastFlush.get(shard) ?? null,
         };
       }),
     );
-    return { shards, redis: this.ctx.durability };
+    return {
+      shards,
+      redis: this.ctx.durability,
+      schemaVersion: postgresPart?.[1].rows[0]?.version ?? null,
+    };
   }
 
   async ping(): Promise<{ redis: boolean; postgres: boolean }> {
@@ -341,12 +381,12 @@ export async function createTally(options: TallyOptions): Promise<Tally> {
     const ctx: FlushContext = { redis, scripts: defineScripts(redis), pool, config, durability };
     const setUp = await storeWasSetUp(pool);
     const client = new TallyClient(ctx, owns, setUp);
-    for (let shard = 0; shard < config.shards; shard++) {
+    for (let shard = 0; config.rebuildAtStart && shard < config.shards; shard++) {
       if ((await redis.exists(shardKeys(config.keyPrefix, shard).epoch)) === 0) {
         await client.rebuildShard(shard);
       }
     }
-    if (!setUp) {
+    if (!setUp && config.rebuildAtStart) {
       await markStoreSetUp(pool);
       client.markSetUp();
     }

@@ -98,18 +98,20 @@ describe('the published package', () => {
     const first = await run(process.execPath, [bin, 'migrate', '--postgres', url]);
     expect(first.stdout).toMatch(/applied 0001_counters; schema is at version \d+/);
     const second = await run(process.execPath, [bin, 'migrate'], {
-      env: { ...process.env, TALLY_POSTGRES_URL: url },
+      env: { ...process.env, DATABASE_URL: url },
     });
     expect(second.stdout).toMatch(/schema is current at version \d+/);
   });
 
-  it('exits 1 with a message on stderr when migrate has no database', async () => {
+  it('exits 2 with a message on stderr when migrate has no database', async () => {
     const env = { ...process.env };
-    delete env.TALLY_POSTGRES_URL;
+    delete env.DATABASE_URL;
     const failed = run(process.execPath, [bin, 'migrate'], { env });
     await expect(failed).rejects.toMatchObject({
-      code: 1,
-      stderr: expect.stringMatching(/No PostgreSQL URL: pass --postgres <url>/) as unknown,
+      code: 2,
+      stderr: expect.stringMatching(
+        /No --postgres: pass --postgres <url> or set DATABASE_URL/,
+      ) as unknown,
     });
   });
 });

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
-import { delimiter, join } from 'node:path';
+import { existsSync, readdirSync, realpathSync } from 'node:fs';
+import { delimiter, dirname, join } from 'node:path';
 import { getContainerRuntimeClient } from 'testcontainers';
 
 /** Where the harness gets its servers: binaries on this machine, or a Docker engine. */
@@ -21,7 +21,10 @@ export function findRedisServer(): string | undefined {
 /** The directory holding `initdb` and `postgres`: PATH first, then the newest Debian install. */
 export function findPostgresBinDir(): string | undefined {
   const initdb = onPath('initdb');
-  if (initdb !== undefined && onPath('postgres') !== undefined) return join(initdb, '..');
+  // Through symlinks (Debian links initdb into /usr/local/bin): the real directory also holds
+  // pg_dump, psql and the rest.
+  if (initdb !== undefined && onPath('postgres') !== undefined)
+    return dirname(realpathSync(initdb));
   const root = '/usr/lib/postgresql';
   if (!existsSync(root)) return undefined;
   const versions = readdirSync(root)

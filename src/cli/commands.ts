@@ -1,0 +1,184 @@
+import { SingleBar } from 'cli-progress';
+import { migrate, migrationStatus } from '../migrator.js';
+import type { ShardReconcileReport } from '../reconciler.js';
+import type { Tally, TallyStatus } from '../tally.js';
+import { ExitCode } from './exit-codes.js';
+import { cliLogger, openStore, requireOption, type StoreOptions } from './store-options.js';
+
+type Print = (line: string) => void;
+const print: Print = (line) => {
+  process.stdout.write(`${line}\n`);
+};
+
+async function withStore<T>(options: StoreOptions, use: (tally: Tally) => Promise<T>): Promise<T> {
+  const tally = await openStore(options);
+  try {
+    return await use(tally);
+  } finally {
+    await tally.close();
+  }
+}
+
+export async function migrateCommand(options: { postgres?: string; status?: boolean }) {
+  const url = requireOption(options.postgres, '--postgres', 'DATABASE_URL');
+  if (options.status === true) {
+    for (const migration of await migrationStatus(url)) {
+      const id = `${String(migration.version).padStart(4, '0')}_${migration.name}`;
+      print(
+        `${id}  ${migration.appliedAt === null ? 'pending' : `applied ${migration.appliedAt.toISOString()}`}`,
+      );
+    }
+    return ExitCode.ok;
+  }
+  const result = await migrate(url, { logger: cliLogger() });
+  const names = result.applied.map((m) => `${String(m.version).padStart(4, '0')}_${m.name}`);
+  print(
+    names.length === 0
+      ? `schema is current at version ${result.version}`
+      : `applied ${names.join(', ')}; schema is at version ${result.version}`,
+  );
+  return ExitCode.ok;
+}
+
+/** Rounds of flushing before `tally flush` gives up on a store that keeps receiving increments. */
+const flushRounds = 5;
+
+export async function flushCommand(options: StoreOptions) {
+  return withStore(options, async (tally) => {
+    let batches = 0;
+    let counters = 0;
+    for (let round = 0; round < flushRounds; round++) {
+      for (const batch of await tally.flush()) {
+        batches++;
+        counters += batch.counters;
+        print(
+          `shard ${batch.shard}: batch ${batch.batchId} ${batch.counters} counters` +
+            (batch.resumed
+              ? ' (resumed' + (batch.alreadyApplied ? ', already applied)' : ')')
+              : ''),
+        );
+      }
+      const status = await tally.status();
+      if (status.shards.every((s) => s.pendingCounters === 0 && s.inflightBatch === null)) {
+        print(`flushed ${batches} batches, ${counters} counter totals; nothing left to flush`);
+        return ExitCode.ok;
+      }
+    }
+    print(`flushed ${batches} batches, but increments keep arriving: something is still pending`);
+    return ExitCode.checkFailed;
+  });
+}
+
+interface ReconcileOptions extends StoreOptions {
+  repair?: boolean;
+  json?: boolean;
+  shard?: string;
+}
+
+export async function reconcileCommand(options: ReconcileOptions) {
+  return withStore(options, async (tally) => {
+    const started = Date.now();
+    const shardCount = options.shard === undefined ? Number(options.shards) : 1;
+    const bar = process.stderr.isTTY
+      ? new SingleBar({
+          format:
+            'reconcile [{bar}] {value}/{total} shards | {counters} counters | {drift} drifted',
+          stream: process.stderr,
+        })
+      : undefined;
+    let counters = 0;
+    let drifted = 0;
+    bar?.start(shardCount, 0, { counters, drift: drifted });
+    const reports = await tally.reconcile({
+      repair: options.repair === true,
+      ...(options.shard === undefined ? {} : { shard: Number(options.shard) }),
+      onShard: (report: ShardReconcileReport) => {
+        counters += report.countersChecked;
+        drifted += report.drift.length;
+        if (bar === undefined) {
+          process.stderr.write(
+            `shard ${report.shard}: ${report.countersChecked} counters, ${report.drift.length} drifted\n`,
+          );
+        } else bar.increment({ counters, drift: drifted });
+      },
+    });
+    bar?.stop();
+    const drift = reports.flatMap((report) => report.drift);
+    // Redis ahead of PostgreSQL + deltas: what PostgreSQL lost (a restore from an older backup).
+    const redisAheadBy = drift.reduce(
+      (sum, d) => sum + Math.max(0, (d.redisValue ?? 0) - d.expectedValue),
+      0,
+    );
+    const report = {
+      mode: options.repair === true ? 'repair' : 'check',
+      shards: reports.length,
+      countersChecked: counters,
+      drift,
+      redisAheadBy,
+      repaired: reports.some((r) => r.repaired),
+      redisLostData: reports.filter((r) => r.redisLostData).map((r) => r.shard),
+      durationMs: Date.now() - started,
+    };
+    if (options.json === true) print(JSON.stringify(report, null, 2));
+    else {
+      print(
+        `${report.mode}: ${report.shards} shards, ${counters} counters checked in ${report.durationMs} ms`,
+      );
+      if (report.redisLostData.length > 0) {
+        print(
+          `Redis had lost its data on shards ${report.redisLostData.join(', ')}: increments not ` +
+            'flushed before the loss are gone; totals are rebuilt from PostgreSQL by --repair',
+        );
+      }
+      for (const d of drift.slice(0, 50)) {
+        print(`  ${d.counter}: redis ${d.redisValue ?? 'missing'}, expected ${d.expectedValue}`);
+      }
+      if (drift.length > 50) print(`  … and ${drift.length - 50} more (--json lists them all)`);
+      if (redisAheadBy > 0) {
+        print(
+          `Redis is ahead of PostgreSQL + pending deltas by ${redisAheadBy}: PostgreSQL lost ` +
+            'applied increments (restored from an older backup?); --repair realigns Redis to it',
+        );
+      }
+      print(
+        drift.length === 0
+          ? 'no drift: Redis and PostgreSQL agree'
+          : `${drift.length} counters drifted${report.repaired ? ', repaired' : ''}`,
+      );
+    }
+    const failed = options.repair !== true && (drift.length > 0 || report.redisLostData.length > 0);
+    return failed ? ExitCode.checkFailed : ExitCode.ok;
+  });
+}
+
+function describeStatus(status: TallyStatus): string[] {
+  const lines = [
+    `schema version ${status.schemaVersion ?? 'unknown (PostgreSQL unreachable)'}`,
+    `redis ${status.redis.redisVersion}: appendonly ${status.redis.appendonly ? 'yes' : 'no'}, ` +
+      `appendfsync ${status.redis.appendfsync}, maxmemory-policy ${status.redis.maxmemoryPolicy}`,
+    `loss bound: ${status.redis.lossBound}`,
+    'shard  pending  oldest-unflushed  in-flight  totals   last-flush',
+  ];
+  for (const s of status.shards) {
+    lines.push(
+      [
+        String(s.shard).padEnd(5),
+        String(s.pendingCounters).padEnd(8),
+        `${(s.oldestUnflushedAgeMs / 1000).toFixed(1)} s`.padEnd(17),
+        (s.inflightBatch === null ? '-' : `${s.inflightBatch.counters} counters`).padEnd(10),
+        (s.totalsValid ? 'built' : 'MISSING').padEnd(8),
+        s.lastFlushAt?.toISOString() ?? 'never',
+      ].join(' '),
+    );
+  }
+  return lines;
+}
+
+export async function statusCommand(options: StoreOptions & { json?: boolean }) {
+  return withStore(options, async (tally) => {
+    const status = await tally.status();
+    if (options.json === true) print(JSON.stringify(status, null, 2));
+    else for (const line of describeStatus(status)) print(line);
+    return ExitCode.ok;
+  });
+}
