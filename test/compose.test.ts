@@ -1,0 +1,77 @@
+/**
+ * There is no Docker engine on the machines this project is developed on, so the compose file
+ * is checked by reading it: its services, commands and environment must match what the `tally`
+ * command actually offers.
+ */
+import { readFile } from 'node:fs/promises';
+import { describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import { runTypeScript } from './support/child-process.js';
+
+const cli = new URL('../src/cli.ts', import.meta.url);
+const root = new URL('..', import.meta.url);
+
+interface Service {
+  image?: string;
+  build?: string;
+  command?: string | string[];
+  environment?: Record<string, string>;
+  healthcheck?: { test: string[] };
+  depends_on?: Record<string, { condition: string }>;
+  deploy?: { replicas?: number };
+  volumes?: string[];
+}
+
+async function compose(): Promise<{
+  services: Record<string, Service>;
+  volumes: Record<string, unknown>;
+}> {
+  return parse(await readFile(new URL('docker-compose.yml', root), 'utf8'), { merge: true }) as {
+    services: Record<string, Service>;
+    volumes: Record<string, unknown>;
+  };
+}
+
+/** The environment variables `tally <command> --help` documents. */
+async function documentedVariables(command: string): Promise<Set<string>> {
+  const help = await runTypeScript(cli, [command, '--help']);
+  return new Set(help.stdout.match(/\b[A-Z][A-Z0-9_]{2,}\b/g) ?? []);
+}
+
+describe('docker-compose.yml', () => {
+  it('has redis (AOF everysec, noeviction), postgres, a one-shot migrate, the api and 2 workers', async () => {
+    const { services, volumes } = await compose();
+    expect(Object.keys(services).sort()).toEqual(['api', 'migrate', 'postgres', 'redis', 'worker']);
+    const redisCommand = String(services.redis?.command);
+    expect(redisCommand).toContain('--appendonly yes');
+    expect(redisCommand).toContain('--appendfsync everysec');
+    expect(redisCommand).toContain('--maxmemory-policy noeviction');
+    expect(services.worker?.deploy?.replicas).toBe(2);
+    expect(services.api?.depends_on?.migrate?.condition).toBe('service_completed_successfully');
+    for (const name of ['redis', 'postgres', 'api', 'worker']) {
+      expect(services[name]?.healthcheck?.test.length, name).toBeGreaterThan(0);
+    }
+    expect(Object.keys(volumes).sort()).toEqual(['postgres-data', 'redis-data']);
+    expect(services.redis?.volumes).toEqual(['redis-data:/data']);
+  });
+
+  it('runs commands the CLI has, with the variables each one documents', async () => {
+    const { services } = await compose();
+    const dockerfile = await readFile(new URL('Dockerfile', root), 'utf8');
+    expect(dockerfile).toMatch(/ENTRYPOINT \["node", "bin\/tally\.js"\]/);
+    const topHelp = (await runTypeScript(cli, ['--help'])).stdout;
+    for (const name of ['migrate', 'api', 'worker']) {
+      const service = services[name];
+      expect(service?.build, name).toBe('.');
+      const [command] = service?.command as string[];
+      expect(topHelp, `${name} runs tally ${command}`).toMatch(new RegExp(`^  ${command} `, 'm'));
+      const documented = await documentedVariables(command ?? '');
+      for (const variable of Object.keys(service?.environment ?? {})) {
+        expect(
+          documented.has(variable),
+          `${name}: tally ${command} --help documents ${variable}`,
+        ).toBe(true);
+      }
+    }
+  });
+});
