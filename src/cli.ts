@@ -1,4 +1,5 @@
 import { Command, CommanderError, Option } from 'commander';
+import { resolve } from 'node:path';
 import { packageVersion } from './package-files.js';
 import { flushCommand, migrateCommand, reconcileCommand, statusCommand } from './cli/commands.js';
 import { ExitCode, exitCodeFor } from './cli/exit-codes.js';
@@ -101,6 +102,24 @@ Environment:
   .action(async () => {
     const { runServer } = await import('./server/serve.js');
     await runServer();
+  });
+
+program
+  .command('dev')
+  .description(
+    'run the whole stack locally: Redis and PostgreSQL (private ones unless REDIS_URL / ' +
+      'DATABASE_URL are set), migrations, the API and a worker',
+  )
+  .option('--load <rate>', 'demo increments per second', '0')
+  .addOption(new Option('--port <port>', 'API port').env('PORT').default('8080'))
+  .option('--data-dir <dir>', 'where the private servers keep their data', '.tally-dev')
+  .action(async (options: { load: string; port: string; dataDir: string }) => {
+    const { runDev } = await import('./dev/dev-command.js');
+    await runDev({
+      load: Number(options.load),
+      port: Number(options.port),
+      dataDir: resolve(options.dataDir),
+    });
   });
 
 try {

@@ -50,8 +50,9 @@ export function openPostgres(option: string | pg.Pool, logger: Logger): pg.Pool 
   const pool = typeof option === 'string' ? new pg.Pool({ connectionString: option }) : option;
   // An idle client whose server restarted emits 'error' on the pool; unhandled, it would end
   // the process.
-  pool.on('error', (error: Error) => {
-    logger.warn({ err: error }, 'postgres idle client error');
+  pool.on('error', (error: Error & { code?: string }) => {
+    // Not the error itself: node-postgres hangs the whole client (and its queries) on it.
+    logger.warn({ message: error.message, code: error.code }, 'postgres idle client error');
   });
   return pool;
 }

@@ -1,0 +1,141 @@
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { startFlushWorker } from '../../workers/flush-worker.js';
+import { migrate } from '../migrator.js';
+import { buildApi } from '../server/api.js';
+import { createTally } from '../tally.js';
+import { startLocalPostgres, startLocalRedis, type LocalServer } from './local-servers.js';
+
+export interface DevOptions {
+  /** Demo increments per second (0: none). */
+  load: number;
+  port: number;
+  /** Where the private servers keep their data (reused by the next run). */
+  dataDir: string;
+}
+
+const flushIntervalMs = 1_000;
+const keyPrefix = 'tally';
+const shards = 16;
+
+/**
+ * `tally dev`: the whole stack in one process tree — Redis and PostgreSQL (private ones when
+ * REDIS_URL / DATABASE_URL are unset), migrations, the HTTP API and one flush worker — with a
+ * live status line. Ctrl-C stops it all after a last flush.
+ */
+export async function runDev(options: DevOptions): Promise<void> {
+  const logger = pino({ level: process.env.TALLY_LOG_LEVEL ?? 'warn' }, pino.destination(2));
+  const started: LocalServer[] = [];
+  const given = (name: string) => {
+    const value = process.env[name];
+    return value === undefined || value === '' ? undefined : value;
+  };
+  const own = async (start: () => Promise<LocalServer>) => {
+    const server = await start();
+    started.push(server);
+    return server.url;
+  };
+  const redisUrl =
+    given('REDIS_URL') ?? (await own(() => startLocalRedis(join(options.dataDir, 'redis'))));
+  const databaseUrl =
+    given('DATABASE_URL') ??
+    (await own(() => startLocalPostgres(join(options.dataDir, 'postgres'))));
+  await migrate(databaseUrl);
+
+  const tally = await createTally({
+    redis: redisUrl,
+    postgres: databaseUrl,
+    shards,
+    keyPrefix,
+    logger,
+  });
+  const api = await buildApi({ tally, tokens: [], logger });
+  await api.listen({ port: options.port, host: '127.0.0.1' });
+  const address = api.server.address();
+  const apiUrl = `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : options.port}`;
+  const worker = await startFlushWorker(
+    {
+      redisUrl,
+      databaseUrl,
+      shards,
+      keyPrefix,
+      flushIntervalMs,
+      concurrency: 4,
+      metricsPort: undefined,
+      shutdownTimeoutMs: 30_000,
+      jobLockMs: 30_000,
+      flushLockTtlMs: 30_000,
+      logLevel: 'warn',
+    },
+    logger,
+  );
+
+  const say = (line: string) => process.stdout.write(`${line}\n`);
+  say(`tally dev is running (Ctrl-C stops it; data in ${options.dataDir})`);
+  say(`  API:         ${apiUrl}`);
+  say(`  REDIS_URL:    ${redisUrl}`);
+  say(`  DATABASE_URL: ${databaseUrl}`);
+  say(
+    `  try: curl -X POST ${apiUrl}/v1/counters/hello/increment && curl ${apiUrl}/v1/counters/hello`,
+  );
+
+  let demoSent = 0;
+  const load =
+    options.load > 0
+      ? setInterval(() => {
+          for (let i = 0; i < options.load / 10; i++) {
+            tally.incr({ name: 'demo_requests', labels: { tenant: `t${i % 5}` } }).then(
+              () => demoSent++,
+              (error: unknown) => {
+                logger.warn({ err: error }, 'demo increment failed');
+              },
+            );
+          }
+        }, 100)
+      : undefined;
+
+  // The live line: increments per second (API and demo load), pending counters, flush lag.
+  let lastCount = 0;
+  const statusLine = setInterval(() => {
+    void (async () => {
+      const metrics = await (await fetch(`${apiUrl}/metrics`)).text();
+      const viaApi = [...metrics.matchAll(/^tally_increments_total\{[^}]*\} (\d+)/gm)].reduce(
+        (sum, match) => sum + Number(match[1]),
+        0,
+      );
+      const count = viaApi + demoSent;
+      const status = await tally.status();
+      const pending = status.shards.reduce((sum, s) => sum + s.pendingCounters, 0);
+      const lagMs = Math.max(...status.shards.map((s) => s.oldestUnflushedAgeMs));
+      const line = `${count - lastCount} increments/s | ${pending} counters pending | flush lag ${(lagMs / 1000).toFixed(1)} s`;
+      lastCount = count;
+      if (process.stdout.isTTY) process.stdout.write(`\r${line.padEnd(70)}`);
+      else say(line);
+    })().catch((error: unknown) => {
+      logger.warn({ err: error }, 'status line failed');
+    });
+  }, 1_000);
+
+  let stopping = false;
+  const stop = () => {
+    if (stopping) process.exit(1);
+    stopping = true;
+    clearInterval(statusLine);
+    if (load !== undefined) clearInterval(load);
+    say('\nstopping: finishing requests and flushes, then the servers');
+    void (async () => {
+      await api.close();
+      await worker.close();
+      await tally.flush(); // nothing left in Redis only
+      await tally.close();
+      for (const server of started.reverse()) await server.stop();
+      say('stopped');
+      process.exit(0);
+    })().catch((error: unknown) => {
+      logger.error({ err: error }, 'tally dev could not stop cleanly');
+      process.exit(1);
+    });
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+}

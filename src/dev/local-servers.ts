@@ -1,0 +1,174 @@
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, readdirSync, realpathSync } from 'node:fs';
+import { chown, mkdir } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { delimiter, dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { TallyError } from '../errors.js';
+
+/** A server `tally dev` started; `stop()` shuts it down cleanly and waits for it. */
+export interface LocalServer {
+  readonly url: string;
+  stop(): Promise<void>;
+}
+
+function onPath(name: string): string | undefined {
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    if (dir !== '' && existsSync(join(dir, name))) return join(dir, name);
+  }
+  return undefined;
+}
+
+function postgresBinDir(): string | undefined {
+  const initdb = onPath('initdb');
+  if (initdb !== undefined) return dirname(realpathSync(initdb));
+  const root = '/usr/lib/postgresql';
+  if (!existsSync(root)) return undefined;
+  const newest = readdirSync(root)
+    .filter((name) => /^\d+$/.test(name))
+    .sort((a, b) => Number(b) - Number(a))[0];
+  return newest === undefined ? undefined : join(root, newest, 'bin');
+}
+
+function missing(what: string, install: string): TallyError {
+  return new TallyError(
+    'CONFIGURATION',
+    `tally dev needs ${what} to start its own (${install}), or set the URL of one that runs.`,
+  );
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const address = server.address();
+  server.close();
+  if (address === null || typeof address === 'string') throw new Error('no free port');
+  return address.port;
+}
+
+/**
+ * Its own process group: Ctrl-C in the terminal reaches `tally dev` only, which then stops the
+ * servers in order (after its last flush) instead of racing them.
+ */
+function startProcess(command: string, args: string[], user?: { uid: number; gid: number }) {
+  const child = spawn(command, args, { detached: true, stdio: 'ignore', ...user });
+  const exited = once(child, 'exit');
+  exited.catch(() => undefined);
+  // If `tally dev` itself ends without stopping them, they go with it.
+  process.on('exit', () => child.kill('SIGKILL'));
+  return { child, exited };
+}
+
+async function stopProcess(child: ChildProcess, exited: Promise<unknown>, signal: NodeJS.Signals) {
+  if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+  await exited;
+}
+
+async function poll(what: string, probe: () => Promise<boolean>, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await probe().catch(() => false))) {
+    if (Date.now() > deadline) throw new TallyError('UNAVAILABLE', `${what} did not start.`);
+    await sleep(100);
+  }
+}
+
+/** redis-server with AOF, its data in `dir` (reused by the next run). */
+export async function startLocalRedis(dir: string): Promise<LocalServer> {
+  const binary = onPath('redis-server');
+  if (binary === undefined) throw missing('redis-server', 'apt-get install redis-server');
+  await mkdir(dir, { recursive: true });
+  const port = await freePort();
+  const { child, exited } = startProcess(binary, [
+    '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '',
+    '--appendonly', 'yes', '--appendfsync', 'always', '--maxmemory-policy', 'noeviction',
+  ]); // prettier-ignore
+  const url = `redis://127.0.0.1:${port}`;
+  await poll('redis-server', async () => {
+    const client = new Redis(url, { lazyConnect: true, retryStrategy: () => null });
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      await client.ping();
+      return true;
+    } finally {
+      client.disconnect();
+    }
+  });
+  // SIGTERM: Redis fsyncs its AOF and exits.
+  return { url, stop: () => stopProcess(child, exited, 'SIGTERM') };
+}
+
+/** A PostgreSQL cluster in `dir` (initdb on first use), with a `tally` database. */
+export async function startLocalPostgres(dir: string): Promise<LocalServer> {
+  const bin = postgresBinDir();
+  if (bin === undefined) throw missing('PostgreSQL', 'apt-get install postgresql');
+  // PostgreSQL refuses to run as root: run it as the postgres user then.
+  const user =
+    process.getuid?.() === 0
+      ? {
+          uid: Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' })),
+          gid: Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' })),
+        }
+      : undefined;
+  const data = join(dir, 'data');
+  const socket = join(dir, 'socket');
+  await mkdir(socket, { recursive: true });
+  if (user !== undefined) for (const d of [dir, socket]) await chown(d, user.uid, user.gid);
+  if (!existsSync(join(data, 'PG_VERSION'))) {
+    try {
+      execFileSync(
+        join(bin, 'initdb'),
+        ['-D', data, '-A', 'trust', '-U', 'postgres', '-E', 'UTF8'],
+        {
+          stdio: 'pipe',
+          ...user,
+        },
+      );
+    } catch (error) {
+      const stderr = (error as { stderr?: Buffer }).stderr;
+      const output = stderr === undefined ? '' : stderr.toString();
+      throw new TallyError(
+        'CONFIGURATION',
+        `initdb could not create ${data}${user === undefined ? '' : ' as the postgres user (it must be able to reach that directory)'}: ${output.trim()}`,
+        { cause: error },
+      );
+    }
+  }
+  const port = await freePort();
+  const { child, exited } = startProcess(
+    join(bin, 'postgres'),
+    [
+      '-D',
+      data,
+      '-p',
+      String(port),
+      '-c',
+      'listen_addresses=127.0.0.1',
+      '-c',
+      `unix_socket_directories=${socket}`,
+    ],
+    user,
+  );
+  const admin = `postgres://postgres@127.0.0.1:${port}/postgres`;
+  await poll('PostgreSQL', async () => {
+    const client = new pg.Client({ connectionString: admin });
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      const { rowCount } = await client.query(`SELECT 1 FROM pg_database WHERE datname = 'tally'`);
+      if (rowCount === 0) await client.query('CREATE DATABASE tally');
+      return true;
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  });
+  // SIGINT: PostgreSQL's fast shutdown (a clean checkpoint).
+  return {
+    url: `postgres://postgres@127.0.0.1:${port}/tally`,
+    stop: () => stopProcess(child, exited, 'SIGINT'),
+  };
+}
