@@ -4,7 +4,13 @@ import { startFlushWorker } from '../../workers/flush-worker.js';
 import { migrate } from '../migrator.js';
 import { buildApi } from '../server/api.js';
 import { createTally } from '../tally.js';
-import { startLocalPostgres, startLocalRedis, type LocalServer } from './local-servers.js';
+import {
+  hasLocalBinaries,
+  startContainerServers,
+  startLocalPostgres,
+  startLocalRedis,
+  type LocalServer,
+} from './local-servers.js';
 
 export interface DevOptions {
   /** Demo increments per second (0: none). */
@@ -35,11 +41,24 @@ export async function runDev(options: DevOptions): Promise<void> {
     started.push(server);
     return server.url;
   };
+  // Local binaries first; containers when they are missing and Docker answers.
+  const local = hasLocalBinaries();
+  const containers =
+    (given('REDIS_URL') === undefined && !local.redis) ||
+    (given('DATABASE_URL') === undefined && !local.postgres)
+      ? await startContainerServers(options.dataDir, {
+          redis: given('REDIS_URL') === undefined && !local.redis,
+          postgres: given('DATABASE_URL') === undefined && !local.postgres,
+        })
+      : {};
   const redisUrl =
-    given('REDIS_URL') ?? (await own(() => startLocalRedis(join(options.dataDir, 'redis'))));
+    given('REDIS_URL') ??
+    (await own(async () => containers.redis ?? startLocalRedis(join(options.dataDir, 'redis'))));
   const databaseUrl =
     given('DATABASE_URL') ??
-    (await own(() => startLocalPostgres(join(options.dataDir, 'postgres'))));
+    (await own(
+      async () => containers.postgres ?? startLocalPostgres(join(options.dataDir, 'postgres')),
+    ));
   await migrate(databaseUrl);
 
   const tally = await createTally({

@@ -172,3 +172,76 @@ export async function startLocalPostgres(dir: string): Promise<LocalServer> {
     stop: () => stopProcess(child, exited, 'SIGINT'),
   };
 }
+
+/**
+ * The same servers as containers, for machines with Docker and without the binaries. Uses
+ * testcontainers, a development dependency: `tally dev` runs from a clone.
+ */
+export async function startContainerServers(
+  dataDir: string,
+  want: { redis: boolean; postgres: boolean },
+): Promise<{ redis?: LocalServer; postgres?: LocalServer }> {
+  const noServers = (cause: unknown) =>
+    new TallyError(
+      'CONFIGURATION',
+      'tally dev needs redis-server and PostgreSQL installed, a Docker engine (with the ' +
+        'testcontainers development dependency), or REDIS_URL and DATABASE_URL of servers that run.',
+      { cause },
+    );
+  const { GenericContainer, getContainerRuntimeClient } = await import('testcontainers').catch(
+    (cause: unknown) => {
+      throw noServers(cause);
+    },
+  );
+  await getContainerRuntimeClient().catch((cause: unknown) => {
+    throw noServers(cause);
+  });
+  const servers: { redis?: LocalServer; postgres?: LocalServer } = {};
+  if (want.redis) {
+    await mkdir(join(dataDir, 'redis'), { recursive: true });
+    const container = await new GenericContainer('redis:7.2')
+      .withCommand(['redis-server', '--appendonly', 'yes', '--appendfsync', 'always'])
+      .withBindMounts([{ source: join(dataDir, 'redis'), target: '/data' }])
+      .withExposedPorts(6379)
+      .start();
+    servers.redis = {
+      url: `redis://${container.getHost()}:${container.getMappedPort(6379)}`,
+      stop: async () => {
+        await container.stop({ timeout: 10_000 });
+      },
+    };
+  }
+  if (want.postgres) {
+    await mkdir(join(dataDir, 'postgres-container'), { recursive: true });
+    const container = await new GenericContainer('postgres:16')
+      .withEnvironment({ POSTGRES_HOST_AUTH_METHOD: 'trust', POSTGRES_DB: 'tally' })
+      .withBindMounts([
+        { source: join(dataDir, 'postgres-container'), target: '/var/lib/postgresql/data' },
+      ])
+      .withExposedPorts(5432)
+      .start();
+    const url = `postgres://postgres@${container.getHost()}:${container.getMappedPort(5432)}/tally`;
+    await poll('PostgreSQL container', async () => {
+      const client = new pg.Client({ connectionString: url });
+      client.on('error', () => undefined);
+      try {
+        await client.connect();
+        return true;
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    });
+    servers.postgres = {
+      url,
+      stop: async () => {
+        await container.stop({ timeout: 10_000 });
+      },
+    };
+  }
+  return servers;
+}
+
+/** Whether this machine has the binaries to run the servers itself. */
+export function hasLocalBinaries(): { redis: boolean; postgres: boolean } {
+  return { redis: onPath('redis-server') !== undefined, postgres: postgresBinDir() !== undefined };
+}
