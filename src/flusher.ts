@@ -139,6 +139,15 @@ async function applyBatch(
       values: [shard, batchId, counterNames.length],
     });
     alreadyApplied = ledger.rowCount === 0;
+    if (process.env.TALLY_TEST_BREAK_FLUSH === 'acknowledge-before-commit') {
+      // A deliberately broken flush, for tests only: it forgets the batch in Redis before
+      // PostgreSQL holds it, so a crash now loses it. The fault checker must catch this.
+      await ctx.scripts.run(
+        'acknowledge',
+        [keys.inflight, keys.inflightBuckets, keys.inflightMeta],
+        [batchId],
+      );
+    }
     if (!alreadyApplied) {
       await client.query({
         name: 'tally_apply_counters',

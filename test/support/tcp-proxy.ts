@@ -16,6 +16,10 @@ export interface TcpProxy {
    * simple-query message of a PostgreSQL `COMMIT`).
    */
   loseReplyTo(marker: string): void;
+  /** Resets every open connection at once, replies in flight included. */
+  resetAll(): void;
+  /** Holds all traffic for `ms` (both ways), then lets it through. */
+  stall(ms: number): void;
   /** Replies lost so far. */
   readonly repliesLost: number;
   close(): Promise<void>;
@@ -24,11 +28,33 @@ export interface TcpProxy {
 export async function startTcpProxy(targetHost: string, targetPort: number): Promise<TcpProxy> {
   let armed = false;
   let armOnRequest: string | undefined;
+  let stalledUntil = 0;
+  /** Forwards chunks in order; while stalled, holds them until the stall ends. */
+  const forwarder = (target: Socket) => {
+    const held: Buffer[] = [];
+    const release = () => {
+      const wait = stalledUntil - Date.now();
+      if (wait > 0) {
+        setTimeout(release, wait);
+        return;
+      }
+      for (const chunk of held.splice(0)) target.write(chunk);
+    };
+    return (chunk: Buffer) => {
+      if (held.length > 0 || stalledUntil > Date.now()) {
+        if (held.push(chunk) === 1) release();
+        return;
+      }
+      target.write(chunk);
+    };
+  };
   let repliesLost = 0;
   const sockets = new Set<Socket>();
   const server = createServer((client) => {
     const upstream = connect({ host: targetHost, port: targetPort });
     sockets.add(client).add(upstream);
+    const toServer = forwarder(upstream);
+    const toClient = forwarder(client);
     const forget = () => {
       client.destroy();
       upstream.destroy();
@@ -42,7 +68,7 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
         armOnRequest = undefined;
         armed = true;
       }
-      upstream.write(chunk);
+      toServer(chunk);
     });
     upstream.on('data', (chunk) => {
       if (armed) {
@@ -52,7 +78,7 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
         upstream.destroy();
         return;
       }
-      client.write(chunk);
+      toClient(chunk);
     });
   });
   server.listen(0, '127.0.0.1');
@@ -66,6 +92,12 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
     },
     loseReplyTo: (marker) => {
       armOnRequest = marker;
+    },
+    resetAll: () => {
+      for (const socket of sockets) socket.resetAndDestroy();
+    },
+    stall: (ms) => {
+      stalledUntil = Date.now() + ms;
     },
     get repliesLost() {
       return repliesLost;

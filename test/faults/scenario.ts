@@ -1,0 +1,364 @@
+/**
+ * One fault-injection run: load with idempotency keys over HTTP and the library, a seeded
+ * schedule of faults, then heal, drain and check the history.
+ */
+import { writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { createTally, TallyError, type Tally } from '../../src/index.js';
+import { runTypeScript } from '../support/child-process.js';
+import { waitFor } from '../support/wait-for.js';
+import { checkReads, checkTotals, History, seededRandom, type IncrementOp } from './history.js';
+import { FaultySystem, jobLockMs, shards } from './system.js';
+
+const cli = new URL('../../src/cli.ts', import.meta.url);
+
+export interface ScenarioOptions {
+  seed: number;
+  durationMs: number;
+  faultEveryMs: number;
+  persistence: 'aof-always' | 'none';
+  /** HTTP clients (one library client runs besides them). */
+  clients: number;
+  /** For the no-persistence scenario: wipe Redis once, half-way. */
+  wipeMidRun?: boolean;
+  workerEnv?: Record<string, string>;
+  log?: (line: string) => void;
+}
+
+export interface ScenarioResult {
+  seed: number;
+  operations: { ok: number; fail: number; info: number; attempts: number };
+  reads: number;
+  faults: Record<string, number>;
+  lost: number;
+  duplicated: number;
+  /** With a wipe: the most that may be lost (ok increments not yet flushed at the wipe). */
+  lossBound: number | undefined;
+  redisLostDataReported: boolean | undefined;
+  worstReadViolation: string | undefined;
+  /** Everything that went wrong; empty when the run passes. */
+  violations: string[];
+  historyFile: string | undefined;
+}
+
+const counters = Array.from({ length: 8 }, (_, i) => `faulty-${i}`);
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function postgresTotals(databaseUrl: string): Promise<Map<string, number>> {
+  const client = new pg.Client({ connectionString: databaseUrl });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ name: string; value: string }>(
+      'SELECT name, value FROM tally.counters',
+    );
+    return new Map(rows.map((row) => [row.name, Number(row.value)]));
+  } finally {
+    await client.end();
+  }
+}
+
+export async function runScenario(options: ScenarioOptions): Promise<ScenarioResult> {
+  const log = options.log ?? (() => undefined);
+  const random = seededRandom(options.seed);
+  const system = await FaultySystem.start({
+    persistence: options.persistence,
+    ...(options.workerEnv === undefined ? {} : { workerEnv: options.workerEnv }),
+  });
+  const history = new History();
+  const faults: Record<string, number> = {};
+  const violations: string[] = [];
+  let lossBound: number | undefined;
+  let redisLostDataReported: boolean | undefined;
+  const library: Tally = await createTally({
+    redis: system.env.REDIS_URL ?? '',
+    postgres: system.proxiedDatabaseUrl,
+    shards,
+    keyPrefix: system.keyPrefix,
+    redisCommandTimeoutMs: 1_000,
+  });
+  let loadRunning = true;
+  let nextKey = 0;
+
+  /** Retries one increment with its key until its outcome is known. */
+  async function settle(op: IncrementOp, attempt: () => Promise<'ok' | 'fail' | 'unknown'>) {
+    for (;;) {
+      op.attempts++;
+      const outcome = await attempt().catch(() => 'unknown' as const);
+      if (outcome !== 'unknown') {
+        history.complete(op, outcome);
+        return;
+      }
+      await sleep(50);
+    }
+  }
+
+  async function httpClient(name: string) {
+    const clientRandom = seededRandom(options.seed + name.length * 7919 + Number(name.slice(4)));
+    for (let i = 0; loadRunning; i++) {
+      const urls = await system.apiUrls();
+      const pick = () => urls[Math.floor(clientRandom() * urls.length)] ?? urls[0];
+      const counter = counters[Math.floor(clientRandom() * counters.length)] ?? 'faulty-0';
+      if (i % 10 === 9) {
+        const invokedAt = Date.now();
+        const response = await fetch(`${pick()}/v1/counters/${counter}`, {
+          signal: AbortSignal.timeout(2_000),
+        }).catch(() => undefined);
+        if (response?.status === 200)
+          history.read(counter, invokedAt, ((await response.json()) as { value: number }).value);
+        continue;
+      }
+      const by = 1 + Math.floor(clientRandom() * 3);
+      const op = history.invoke(name, counter, by, `${name}-${nextKey++}`);
+      await settle(op, async () => {
+        const base = (await system.apiUrls())[0] === undefined ? undefined : pick();
+        if (base === undefined) return 'unknown';
+        const response = await fetch(`${base}/v1/counters/${counter}/increment`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ by, idempotencyKey: op.idempotencyKey }),
+          signal: AbortSignal.timeout(3_000),
+        });
+        if (response.status === 200) return 'ok';
+        if (response.status >= 400 && response.status < 500) return 'fail';
+        return 'unknown';
+      });
+    }
+  }
+
+  async function libraryClient() {
+    const clientRandom = seededRandom(options.seed ^ 0x5bd1e995);
+    while (loadRunning) {
+      const counter = counters[Math.floor(clientRandom() * counters.length)] ?? 'faulty-0';
+      const by = 1 + Math.floor(clientRandom() * 3);
+      const op = history.invoke('library', counter, by, `library-${nextKey++}`);
+      await settle(op, async () => {
+        try {
+          await library.incr(counter, by, { idempotencyKey: op.idempotencyKey });
+          return 'ok';
+        } catch (error) {
+          return error instanceof TallyError && error.code === 'VALIDATION' ? 'fail' : 'unknown';
+        }
+      });
+    }
+  }
+
+  const load = [
+    ...Array.from({ length: options.clients }, (_, i) => httpClient(`http${i}`)),
+    libraryClient(),
+  ];
+
+  const kinds =
+    options.persistence === 'aof-always'
+      ? [
+          'kill-api',
+          'kill-worker',
+          'pause-worker',
+          'crash-redis',
+          'shutdown-redis',
+          'stop-postgres',
+          'reset-redis',
+          'reset-postgres',
+          'stall-redis',
+        ]
+      : ['kill-api', 'kill-worker', 'pause-worker', 'stop-postgres'];
+  const started = Date.now();
+  let wiped = false;
+  while (Date.now() - started < options.durationMs) {
+    await sleep(options.faultEveryMs);
+    if (options.wipeMidRun === true && !wiped && Date.now() - started > options.durationMs / 2) {
+      wiped = true;
+      await sleep(3_000); // no other fault near the wipe: unknown outcomes would cross it
+      const flushed = [...(await postgresTotals(system.databaseUrl)).values()].reduce(
+        (a, b) => a + b,
+        0,
+      );
+      await system.redis.wipe();
+      const okBefore = history.increments
+        .filter((op) => op.outcome === 'ok')
+        .reduce((sum, op) => sum + op.by, 0);
+      lossBound = okBefore - flushed;
+      faults.wipe = 1;
+      log(`fault: wipe redis (at most ${lossBound} may be lost)`);
+      const check = await runTypeScript(cli, ['reconcile', '--json'], system.directEnv);
+      redisLostDataReported =
+        (JSON.parse(check.stdout) as { redisLostData: number[] }).redisLostData.length > 0;
+      await sleep(3_000);
+      continue;
+    }
+    const kind = kinds[Math.floor(random() * kinds.length)] ?? 'kill-api';
+    const which = Math.floor(random() * 2);
+    faults[kind] = (faults[kind] ?? 0) + 1;
+    log(`fault: ${kind}${kind.includes('api') || kind.includes('worker') ? ` #${which}` : ''}`);
+    switch (kind) {
+      case 'kill-api':
+        await system.killApi(which);
+        break;
+      case 'kill-worker':
+        await system.killWorker(which);
+        break;
+      case 'pause-worker':
+        await system.pauseWorker(which, jobLockMs * 2.5);
+        break;
+      case 'crash-redis':
+        await system.crashRedis();
+        break;
+      case 'shutdown-redis':
+        await system.shutdownRedis();
+        break;
+      case 'stop-postgres':
+        await system.stopPostgres(1_500);
+        break;
+      case 'reset-redis':
+        system.redisProxy.resetAll();
+        break;
+      case 'reset-postgres':
+        system.postgresProxy.resetAll();
+        break;
+      case 'stall-redis':
+        system.redisProxy.stall(1_500);
+        break;
+    }
+  }
+
+  // Heal and drain: every fault is over; let the clients settle what they started.
+  loadRunning = false;
+  await Promise.race([Promise.all(load), sleep(90_000)]);
+  await library.close();
+  const flush = await waitFor(
+    'tally flush to drain the store',
+    async () => {
+      const result = await runTypeScript(cli, ['flush'], system.directEnv);
+      return result.code === 0 ? result : undefined;
+    },
+    { timeoutMs: 60_000, intervalMs: 500 },
+  );
+  log(flush.stdout.trim().split('\n').at(-1) ?? '');
+
+  const totals = await postgresTotals(system.databaseUrl);
+  const verdict = checkTotals(history, totals);
+  const lost = [...verdict.lost.values()].reduce((a, b) => a + b, 0);
+  const duplicated = [...verdict.duplicated.values()].reduce((a, b) => a + b, 0);
+  if (verdict.unknown > 0)
+    violations.push(`${verdict.unknown} increments never got a known outcome`);
+  if (duplicated > 0)
+    violations.push(`duplicated ${duplicated}: ${JSON.stringify([...verdict.duplicated])}`);
+  if (lossBound === undefined && lost > 0)
+    violations.push(`lost ${lost}: ${JSON.stringify([...verdict.lost])}`);
+  if (lossBound !== undefined && lost > lossBound)
+    violations.push(`lost ${lost}, more than the ${lossBound} unflushed at the wipe`);
+  if (redisLostDataReported === false)
+    violations.push('reconcile did not report the Redis data loss');
+
+  // Redis agrees, nothing is left in flight, and the day buckets add up to the totals.
+  const direct = await createTally({
+    redis: system.redis.url,
+    postgres: system.databaseUrl,
+    shards,
+    keyPrefix: system.keyPrefix,
+    rebuildAtStart: false,
+  });
+  const client = new pg.Client({ connectionString: system.databaseUrl });
+  await client.connect();
+  try {
+    const redisTotals = await direct.getMany(counters);
+    counters.forEach((counter, i) => {
+      if (redisTotals[i] !== (totals.get(counter) ?? 0))
+        violations.push(
+          `Redis holds ${redisTotals[i]} for ${counter}, PostgreSQL ${totals.get(counter) ?? 0}`,
+        );
+    });
+    const status = await direct.status();
+    if (status.shards.some((s) => s.inflightBatch !== null || s.pendingCounters > 0))
+      violations.push('a batch is left in flight after the drain');
+    const { rows } = await client.query<{ name: string; value: string }>(
+      `SELECT name, sum(value)::text AS value FROM tally.counter_buckets WHERE granularity = 'day' GROUP BY name`,
+    );
+    for (const row of rows) {
+      if (Number(row.value) !== (totals.get(row.name) ?? 0))
+        violations.push(
+          `day buckets of ${row.name} add up to ${row.value}, not ${totals.get(row.name)}`,
+        );
+    }
+  } finally {
+    await direct.close();
+    await client.end();
+  }
+
+  // Redis wiped, rebuilt by reconcile --repair: the totals come back the same.
+  await system.redis.wipe();
+  const repair = await runTypeScript(cli, ['reconcile', '--repair'], system.directEnv);
+  if (repair.code !== 0)
+    violations.push(`reconcile --repair exited ${repair.code}: ${repair.stderr}`);
+  const rebuilt = await createTally({
+    redis: system.redis.url,
+    postgres: system.databaseUrl,
+    shards,
+    keyPrefix: system.keyPrefix,
+    rebuildAtStart: false,
+  });
+  try {
+    const values = await rebuilt.getMany(counters);
+    counters.forEach((counter, i) => {
+      if (values[i] !== (totals.get(counter) ?? 0))
+        violations.push(
+          `after a wipe and repair, ${counter} is ${values[i]}, not ${totals.get(counter) ?? 0}`,
+        );
+    });
+  } finally {
+    await rebuilt.close();
+  }
+
+  const readViolations = options.wipeMidRun === true ? [] : checkReads(history);
+  const worst = readViolations[0];
+  if (worst !== undefined) violations.push(`${readViolations.length} reads out of bounds`);
+
+  let historyFile: string | undefined;
+  if (violations.length > 0) {
+    const offending = [
+      ...verdict.lost.keys(),
+      ...verdict.duplicated.keys(),
+      ...(worst === undefined ? [] : [worst.read.counter]),
+    ];
+    historyFile = join(tmpdir(), `tally-faults-${options.seed}.json`);
+    await writeFile(
+      historyFile,
+      JSON.stringify(
+        {
+          seed: options.seed,
+          violations,
+          increments: history.increments.filter((op) => offending.includes(op.counter)),
+          reads: history.reads.filter((r) => offending.includes(r.counter)),
+        },
+        null,
+        1,
+      ),
+    );
+  }
+  await system.stop();
+
+  const count = (outcome: string) =>
+    history.increments.filter((op) => op.outcome === outcome).length;
+  return {
+    seed: options.seed,
+    operations: {
+      ok: count('ok'),
+      fail: count('fail'),
+      info: count('info'),
+      attempts: history.increments.reduce((sum, op) => sum + op.attempts, 0),
+    },
+    reads: history.reads.length,
+    faults,
+    lost,
+    duplicated,
+    lossBound,
+    redisLostDataReported,
+    worstReadViolation:
+      worst === undefined
+        ? undefined
+        : `${worst.read.counter} read ${worst.read.value}, bounds [${worst.lowerBound}, ${worst.upperBound}]`,
+    violations,
+    historyFile,
+  };
+}
