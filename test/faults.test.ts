@@ -15,8 +15,9 @@ describe('fault injection', () => {
   it(`AOF Redis, every kind of fault: nothing lost, nothing duplicated, reads in bounds (seed ${seed})`, async () => {
     const result = await runScenario({
       seed,
-      durationMs: 50_000,
+      durationMs: 45_000,
       faultEveryMs: 2_000,
+      minFaults: 20,
       persistence: 'aof-always',
       clients: 5,
     });

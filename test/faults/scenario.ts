@@ -21,6 +21,8 @@ export interface ScenarioOptions {
   persistence: 'aof-always' | 'none';
   /** HTTP clients (one library client runs besides them). */
   clients: number;
+  /** Keep injecting past `durationMs` until this many faults have struck. */
+  minFaults?: number;
   /** For the no-persistence scenario: wipe Redis once, half-way. */
   wipeMidRun?: boolean;
   workerEnv?: Record<string, string>;
@@ -165,7 +167,8 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       : ['kill-api', 'kill-worker', 'pause-worker', 'stop-postgres'];
   const started = Date.now();
   let wiped = false;
-  while (Date.now() - started < options.durationMs) {
+  const struck = () => Object.values(faults).reduce((a, b) => a + b, 0);
+  while (Date.now() - started < options.durationMs || struck() < (options.minFaults ?? 0)) {
     await sleep(options.faultEveryMs);
     if (options.wipeMidRun === true && !wiped && Date.now() - started > options.durationMs / 2) {
       wiped = true;
