@@ -12,6 +12,7 @@ import { Redis } from 'ioredis';
 import { pino, type Logger } from 'pino';
 import { createTally, FlushError, TallyError, type Tally } from '../src/index.js';
 import { FlushMetrics } from './flush-metrics.js';
+import { exitOnSignals, integerFromEnv, requiredEnv } from '../src/process-lifecycle.js';
 
 export interface FlushWorkerConfig {
   redisUrl: string;
@@ -33,41 +34,23 @@ export interface FlushWorkerConfig {
   logLevel: string;
 }
 
-function integerFrom(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 1): number {
-  const raw = env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isSafeInteger(value) || value < min) {
-    throw new TallyError('VALIDATION', `${name} must be a whole number ≥ ${min}, got ${raw}.`);
-  }
-  return value;
-}
-
-function required(env: NodeJS.ProcessEnv, name: string): string {
-  const value = env[name];
-  if (value === undefined || value === '') {
-    throw new TallyError('VALIDATION', `${name} is not set: the worker needs it to start.`);
-  }
-  return value;
-}
-
 /** The worker's configuration, from the environment; every default is set here. */
 export function configFromEnv(env: NodeJS.ProcessEnv = process.env): FlushWorkerConfig {
-  const flushIntervalMs = integerFrom(env, 'TALLY_FLUSH_INTERVAL_MS', 1_000);
+  const flushIntervalMs = integerFromEnv(env, 'TALLY_FLUSH_INTERVAL_MS', 1_000);
   return {
-    redisUrl: required(env, 'REDIS_URL'),
-    databaseUrl: required(env, 'DATABASE_URL'),
-    shards: integerFrom(env, 'TALLY_SHARDS', 16),
+    redisUrl: requiredEnv(env, 'REDIS_URL'),
+    databaseUrl: requiredEnv(env, 'DATABASE_URL'),
+    shards: integerFromEnv(env, 'TALLY_SHARDS', 16),
     keyPrefix: env.TALLY_KEY_PREFIX ?? 'tally',
     flushIntervalMs,
-    concurrency: integerFrom(env, 'TALLY_WORKER_CONCURRENCY', 4),
+    concurrency: integerFromEnv(env, 'TALLY_WORKER_CONCURRENCY', 4),
     metricsPort:
       env.TALLY_METRICS_PORT === undefined || env.TALLY_METRICS_PORT === ''
         ? undefined
-        : integerFrom(env, 'TALLY_METRICS_PORT', 0, 0),
-    shutdownTimeoutMs: integerFrom(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 30_000),
-    jobLockMs: integerFrom(env, 'TALLY_JOB_LOCK_MS', 30_000),
-    flushLockTtlMs: integerFrom(env, 'TALLY_FLUSH_LOCK_TTL_MS', 30_000, 100),
+        : integerFromEnv(env, 'TALLY_METRICS_PORT', 0, 0),
+    shutdownTimeoutMs: integerFromEnv(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 30_000),
+    jobLockMs: integerFromEnv(env, 'TALLY_JOB_LOCK_MS', 30_000),
+    flushLockTtlMs: integerFromEnv(env, 'TALLY_FLUSH_LOCK_TTL_MS', 30_000, 100),
     logLevel: env.TALLY_LOG_LEVEL ?? 'info',
   };
 }
@@ -262,26 +245,5 @@ export async function runFlushWorker(env: NodeJS.ProcessEnv = process.env): Prom
   const config = configFromEnv(env);
   const logger = pino({ level: config.logLevel });
   const running = await startFlushWorker(config, logger);
-  let stopping = false;
-  const stop = (signal: NodeJS.Signals) => {
-    if (stopping) {
-      logger.warn({ signal }, 'second signal: exiting now');
-      process.exit(1);
-    }
-    stopping = true;
-    logger.info({ signal, timeoutMs: config.shutdownTimeoutMs }, 'shutting down');
-    setTimeout(() => {
-      logger.error({ timeoutMs: config.shutdownTimeoutMs }, 'shutdown timed out: exiting now');
-      process.exit(1);
-    }, config.shutdownTimeoutMs).unref();
-    running.close().then(
-      () => process.exit(0),
-      (error: unknown) => {
-        logger.error({ err: error }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
+  exitOnSignals(() => running.close(), { logger, timeoutMs: config.shutdownTimeoutMs });
 }

@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { startFlushWorker } from '../../workers/flush-worker.js';
 import { migrate } from '../migrator.js';
+import { exitOnSignals } from '../process-lifecycle.js';
 import { buildApi } from '../server/api.js';
 import { createTally } from '../tally.js';
 import {
@@ -135,26 +136,18 @@ export async function runDev(options: DevOptions): Promise<void> {
     });
   }, 1_000);
 
-  let stopping = false;
-  const stop = () => {
-    if (stopping) process.exit(1);
-    stopping = true;
-    clearInterval(statusLine);
-    if (load !== undefined) clearInterval(load);
-    say('\nstopping: finishing requests and flushes, then the servers');
-    void (async () => {
+  exitOnSignals(
+    async () => {
+      clearInterval(statusLine);
+      if (load !== undefined) clearInterval(load);
+      say('\nstopping: finishing requests and flushes, then the servers');
       await api.close();
       await worker.close();
       await tally.flush(); // nothing left in Redis only
       await tally.close();
       for (const server of started.reverse()) await server.stop();
       say('stopped');
-      process.exit(0);
-    })().catch((error: unknown) => {
-      logger.error({ err: error }, 'tally dev could not stop cleanly');
-      process.exit(1);
-    });
-  };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
+    },
+    { logger, timeoutMs: 60_000 },
+  );
 }

@@ -1,6 +1,6 @@
 import { pino } from 'pino';
 import { createTally } from '../tally.js';
-import { ValidationError } from '../errors.js';
+import { exitOnSignals, integerFromEnv, requiredEnv } from '../process-lifecycle.js';
 import { buildApi } from './api.js';
 import { maxBatchDefault } from './schemas.js';
 
@@ -18,40 +18,22 @@ export interface ServeConfig {
   logLevel: string;
 }
 
-function integerFrom(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number): number {
-  const raw = env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isSafeInteger(value) || value < min) {
-    throw new ValidationError(`${name} must be a whole number ≥ ${min}, got ${raw}.`);
-  }
-  return value;
-}
-
-function required(env: NodeJS.ProcessEnv, name: string): string {
-  const value = env[name];
-  if (value === undefined || value === '') {
-    throw new ValidationError(`${name} is not set: the server needs it to start.`);
-  }
-  return value;
-}
-
 /** `tally serve` configuration, from the environment; every default is set here. */
 export function serveConfigFromEnv(env: NodeJS.ProcessEnv = process.env): ServeConfig {
   return {
-    redisUrl: required(env, 'REDIS_URL'),
-    databaseUrl: required(env, 'DATABASE_URL'),
-    port: integerFrom(env, 'PORT', 8080, 0),
+    redisUrl: requiredEnv(env, 'REDIS_URL'),
+    databaseUrl: requiredEnv(env, 'DATABASE_URL'),
+    port: integerFromEnv(env, 'PORT', 8080, 0),
     host: env.HOST ?? '127.0.0.1',
     tokens: (env.TALLY_API_TOKEN ?? '')
       .split(',')
       .map((token) => token.trim())
       .filter((token) => token !== ''),
-    shards: integerFrom(env, 'TALLY_SHARDS', 16, 1),
+    shards: integerFromEnv(env, 'TALLY_SHARDS', 16, 1),
     keyPrefix: env.TALLY_KEY_PREFIX ?? 'tally',
-    bodyLimitBytes: integerFrom(env, 'TALLY_BODY_LIMIT_BYTES', 1_048_576, 1),
-    maxBatch: integerFrom(env, 'TALLY_MAX_BATCH', maxBatchDefault, 1),
-    shutdownTimeoutMs: integerFrom(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 30_000, 1),
+    bodyLimitBytes: integerFromEnv(env, 'TALLY_BODY_LIMIT_BYTES', 1_048_576, 1),
+    maxBatch: integerFromEnv(env, 'TALLY_MAX_BATCH', maxBatchDefault, 1),
+    shutdownTimeoutMs: integerFromEnv(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 30_000, 1),
     logLevel: env.TALLY_LOG_LEVEL ?? 'info',
   };
 }
@@ -89,23 +71,11 @@ export async function runServer(env: NodeJS.ProcessEnv = process.env): Promise<v
     'tally api listening',
   );
 
-  let stopping = false;
-  const stop = (signal: NodeJS.Signals) => {
-    if (stopping) process.exit(1);
-    stopping = true;
-    logger.info({ signal }, 'shutting down');
-    setTimeout(() => process.exit(1), config.shutdownTimeoutMs).unref();
-    app
-      .close()
-      .then(() => tally.close())
-      .then(
-        () => process.exit(0),
-        (error: unknown) => {
-          logger.error({ err: error }, 'shutdown failed');
-          process.exit(1);
-        },
-      );
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
+  exitOnSignals(
+    async () => {
+      await app.close();
+      await tally.close();
+    },
+    { logger, timeoutMs: config.shutdownTimeoutMs },
+  );
 }
