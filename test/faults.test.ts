@@ -35,6 +35,7 @@ describe('fault injection', () => {
       faultEveryMs: 3_000,
       persistence: 'none',
       clients: 5,
+      batchSize: 5, // through POST /v1/increments
       wipeMidRun: true,
     });
     console.info(summary(result));

@@ -1,4 +1,5 @@
-// The long fault-injection run: npm run test:faults -- --duration 30m --seed N [--clients 20]
+// The long fault-injection run:
+//   npm run test:faults -- --duration 30m --seed N [--clients 20] [--batch 10]
 // Prints the figures as JSON and exits 1 on any violation (the offending history is saved).
 import { parseArgs } from 'node:util';
 import { runScenario } from './scenario.js';
@@ -8,6 +9,7 @@ const { values } = parseArgs({
     duration: { type: 'string', default: '5m' },
     seed: { type: 'string' },
     clients: { type: 'string', default: '20' },
+    batch: { type: 'string', default: '1' },
     'fault-every': { type: 'string', default: '1s' },
     persistence: { type: 'string', default: 'aof-always' },
   },
@@ -29,6 +31,7 @@ const result = await runScenario({
   faultEveryMs: milliseconds(values['fault-every']),
   persistence: values.persistence === 'none' ? 'none' : 'aof-always',
   clients: Number(values.clients),
+  batchSize: Number(values.batch),
   wipeMidRun: values.persistence === 'none',
   log: (line) => {
     console.error(`${((Date.now() - started) / 1000).toFixed(0)}s ${line}`);

@@ -23,6 +23,8 @@ export interface ScenarioOptions {
   clients: number;
   /** Keep injecting past `durationMs` until this many faults have struck. */
   minFaults?: number;
+  /** Increments per HTTP request (1: the one-counter route; more: POST /v1/increments). */
+  batchSize?: number;
   /** For the no-persistence scenario: wipe Redis once, half-way. */
   wipeMidRun?: boolean;
   workerEnv?: Record<string, string>;
@@ -83,45 +85,75 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
   let loadRunning = true;
   let nextKey = 0;
 
-  /** Retries one increment with its key until its outcome is known. */
-  async function settle(op: IncrementOp, attempt: () => Promise<'ok' | 'fail' | 'unknown'>) {
+  /** Retries increments with their keys until their outcome is known. */
+  async function settle(ops: IncrementOp[], attempt: () => Promise<'ok' | 'fail' | 'unknown'>) {
     for (;;) {
-      op.attempts++;
+      for (const op of ops) op.attempts++;
       const outcome = await attempt().catch(() => 'unknown' as const);
       if (outcome !== 'unknown') {
-        history.complete(op, outcome);
+        for (const op of ops) history.complete(op, outcome);
         return;
       }
       await sleep(50);
     }
   }
 
-  async function httpClient(name: string) {
-    const clientRandom = seededRandom(options.seed + name.length * 7919 + Number(name.slice(4)));
+  /** One of the APIs that are up now (they move: a restarted API listens on a new port). */
+  async function someApi(random: () => number): Promise<string | undefined> {
+    const urls = await system.apiUrls();
+    return urls[Math.floor(random() * urls.length)];
+  }
+
+  async function httpClient(name: string, index: number) {
+    const clientRandom = seededRandom(options.seed * 31 + index);
+    const batchSize = options.batchSize ?? 1;
     for (let i = 0; loadRunning; i++) {
-      const urls = await system.apiUrls();
-      const pick = () => urls[Math.floor(clientRandom() * urls.length)] ?? urls[0];
       const counter = counters[Math.floor(clientRandom() * counters.length)] ?? 'faulty-0';
       if (i % 10 === 9) {
+        const base = await someApi(clientRandom);
         const invokedAt = Date.now();
-        const response = await fetch(`${pick()}/v1/counters/${counter}`, {
+        const response = await fetch(`${base}/v1/counters/${counter}`, {
           signal: AbortSignal.timeout(2_000),
         }).catch(() => undefined);
-        if (response?.status === 200)
+        if (response?.status === 200) {
           history.read(counter, invokedAt, ((await response.json()) as { value: number }).value);
+        }
         continue;
       }
-      const by = 1 + Math.floor(clientRandom() * 3);
-      const op = history.invoke(name, counter, by, `${name}-${nextKey++}`);
-      await settle(op, async () => {
-        const base = (await system.apiUrls())[0] === undefined ? undefined : pick();
+      const ops = Array.from({ length: batchSize }, () =>
+        history.invoke(
+          name,
+          counters[Math.floor(clientRandom() * counters.length)] ?? 'faulty-0',
+          1 + Math.floor(clientRandom() * 3),
+          `${name}-${nextKey++}`,
+        ),
+      );
+      await settle(ops, async () => {
+        const base = await someApi(clientRandom);
         if (base === undefined) return 'unknown';
-        const response = await fetch(`${base}/v1/counters/${counter}/increment`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({ by, idempotencyKey: op.idempotencyKey }),
-          signal: AbortSignal.timeout(3_000),
-        });
+        const [only] = ops;
+        // One increment: the one-counter route; several: a batch, retried whole (items that
+        // had been counted come back as duplicates).
+        const response =
+          ops.length === 1 && only !== undefined
+            ? await fetch(`${base}/v1/counters/${only.counter}/increment`, {
+                method: 'POST',
+                headers: { 'content-type': 'application/json' },
+                body: JSON.stringify({ by: only.by, idempotencyKey: only.idempotencyKey }),
+                signal: AbortSignal.timeout(3_000),
+              })
+            : await fetch(`${base}/v1/increments`, {
+                method: 'POST',
+                headers: { 'content-type': 'application/json' },
+                body: JSON.stringify({
+                  increments: ops.map((op) => ({
+                    counter: op.counter,
+                    by: op.by,
+                    idempotencyKey: op.idempotencyKey,
+                  })),
+                }),
+                signal: AbortSignal.timeout(3_000),
+              });
         if (response.status === 200) return 'ok';
         if (response.status >= 400 && response.status < 500) return 'fail';
         return 'unknown';
@@ -135,7 +167,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       const counter = counters[Math.floor(clientRandom() * counters.length)] ?? 'faulty-0';
       const by = 1 + Math.floor(clientRandom() * 3);
       const op = history.invoke('library', counter, by, `library-${nextKey++}`);
-      await settle(op, async () => {
+      await settle([op], async () => {
         try {
           await library.incr(counter, by, { idempotencyKey: op.idempotencyKey });
           return 'ok';
@@ -147,7 +179,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
   }
 
   const load = [
-    ...Array.from({ length: options.clients }, (_, i) => httpClient(`http${i}`)),
+    ...Array.from({ length: options.clients }, (_, i) => httpClient(`http${i}`, i)),
     libraryClient(),
   ];
 
