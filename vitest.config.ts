@@ -3,8 +3,6 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
-    // Benchmarks run against the same private servers; see docs/benchmarks.md.
-    benchmark: { include: ['bench/**/*.bench.ts'] },
     globalSetup: ['test/support/global-setup.ts'],
     // Fault tests start, kill and restart real servers: generous, but bounded.
     testTimeout: 60_000,
