@@ -5,12 +5,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTally, migrate, type Tally } from '../src/index.js';
 import { findPostgresBinDir } from './support/binaries.js';
 import { runTypeScript } from './support/child-process.js';
 import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
+import { postgresTotals } from './support/tally-store.js';
 
 const cli = new URL('../src/cli.ts', import.meta.url);
 const run = promisify(execFile);
@@ -46,19 +46,6 @@ async function store() {
   const tally_ = (args: string[], extra: Record<string, string> = {}) =>
     runTypeScript(cli, args, { ...env, ...extra });
   return { databaseUrl, keyPrefix, env, tally, cli: tally_ };
-}
-
-async function postgresTotals(databaseUrl: string): Promise<Record<string, number>> {
-  const client = new pg.Client({ connectionString: databaseUrl });
-  await client.connect();
-  try {
-    const { rows } = await client.query<{ name: string; value: string }>(
-      'SELECT name, value FROM tally.counters',
-    );
-    return Object.fromEntries(rows.map((row) => [row.name, Number(row.value)]));
-  } finally {
-    await client.end();
-  }
 }
 
 describe('tally CLI', () => {
@@ -116,7 +103,7 @@ describe('tally CLI', () => {
           .reduce((a, b) => a + b, 0),
       ]),
     );
-    expect(await postgresTotals(s.databaseUrl)).toEqual(expected);
+    expect(Object.fromEntries(await postgresTotals(s.databaseUrl))).toEqual(expected);
 
     const status = await s.cli(['status', '--json']);
     expect(status.code).toBe(0);

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { createTally, TallyError, type Tally } from '../../src/index.js';
 import { runTypeScript } from '../support/child-process.js';
+import { postgresTotals } from '../support/tally-store.js';
 import { waitFor } from '../support/wait-for.js';
 import { checkReads, checkTotals, History, seededRandom, type IncrementOp } from './history.js';
 import { FaultySystem, jobLockMs, shards } from './system.js';
@@ -49,19 +50,6 @@ export interface ScenarioResult {
 
 const counters = Array.from({ length: 8 }, (_, i) => `faulty-${i}`);
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function postgresTotals(databaseUrl: string): Promise<Map<string, number>> {
-  const client = new pg.Client({ connectionString: databaseUrl });
-  await client.connect();
-  try {
-    const { rows } = await client.query<{ name: string; value: string }>(
-      'SELECT name, value FROM tally.counters',
-    );
-    return new Map(rows.map((row) => [row.name, Number(row.value)]));
-  } finally {
-    await client.end();
-  }
-}
 
 export async function runScenario(options: ScenarioOptions): Promise<ScenarioResult> {
   const log = options.log ?? (() => undefined);
