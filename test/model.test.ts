@@ -17,6 +17,7 @@ import {
   type PostgresHandle,
   type RedisHandle,
 } from './support/index.js';
+import { postgresTotals } from './support/tally-store.js';
 
 const flushOnce = new URL('./fixtures/flush-once.ts', import.meta.url);
 const counters = ['a', 'b', 'c', 'd'];
@@ -37,13 +38,6 @@ interface Real {
 
 function add(map: Map<string, number>, key: string, by: number): void {
   map.set(key, (map.get(key) ?? 0) + by);
-}
-
-async function postgresTotals(pool: pg.Pool): Promise<Map<string, number>> {
-  const { rows } = await pool.query<{ name: string; value: string }>(
-    'SELECT name, value FROM tally.counters',
-  );
-  return new Map(rows.map((row) => [row.name, Number(row.value)]));
 }
 
 /** Waits until Redis answers through the client again (reads are safe to retry). */

@@ -20,15 +20,19 @@ export async function tallyOn(
   });
 }
 
-/** Every counter's flushed total, read straight from PostgreSQL. */
-export async function postgresTotals(databaseUrl: string): Promise<Map<string, number>> {
-  const client = new pg.Client({ connectionString: databaseUrl });
-  await client.connect();
-  try {
-    const { rows } = await client.query<{ name: string; value: string }>(
+/** Every counter's flushed total, read straight from PostgreSQL (a URL, or a pool). */
+export async function postgresTotals(db: string | pg.Pool): Promise<Map<string, number>> {
+  const read = async (queryable: pg.Pool | pg.Client) => {
+    const { rows } = await queryable.query<{ name: string; value: string }>(
       'SELECT name, value FROM tally.counters',
     );
     return new Map(rows.map((row) => [row.name, Number(row.value)]));
+  };
+  if (typeof db !== 'string') return read(db);
+  const client = new pg.Client({ connectionString: db });
+  await client.connect();
+  try {
+    return await read(client);
   } finally {
     await client.end();
   }
