@@ -99,17 +99,25 @@ export interface TotalsVerdict {
 /** Compares the store's final totals with Σ ok per counter. */
 export function checkTotals(history: History, totals: Map<string, number>): TotalsVerdict {
   const expected = new Map<string, number>();
+  // An increment whose outcome stayed unknown may or may not have been applied: it can explain
+  // a total above Σ ok, never one below it.
+  const maybe = new Map<string, number>();
   let unknown = 0;
   for (const op of history.increments) {
     if (op.outcome === 'ok') expected.set(op.counter, (expected.get(op.counter) ?? 0) + op.by);
-    if (op.outcome === 'info') unknown++;
+    if (op.outcome === 'info') {
+      unknown++;
+      maybe.set(op.counter, (maybe.get(op.counter) ?? 0) + op.by);
+    }
   }
   const lost = new Map<string, number>();
   const duplicated = new Map<string, number>();
   for (const counter of new Set([...expected.keys(), ...totals.keys()])) {
-    const difference = (totals.get(counter) ?? 0) - (expected.get(counter) ?? 0);
-    if (difference < 0) lost.set(counter, -difference);
-    if (difference > 0) duplicated.set(counter, difference);
+    const total = totals.get(counter) ?? 0;
+    const ok = expected.get(counter) ?? 0;
+    if (total < ok) lost.set(counter, ok - total);
+    const excess = total - ok - (maybe.get(counter) ?? 0);
+    if (excess > 0) duplicated.set(counter, excess);
   }
   return { expected, lost, duplicated, unknown };
 }

@@ -26,6 +26,7 @@ export class FaultySystem {
   readonly keyPrefix = `faults${randomBytes(3).toString('hex')}`;
   readonly apis: TallyProcess[] = [];
   readonly workers: TallyProcess[] = [];
+  private stopping = false;
   private constructor(
     readonly redis: RedisHandle,
     readonly postgres: PostgresHandle,
@@ -55,8 +56,8 @@ export class FaultySystem {
       proxied.toString(),
       options,
     );
-    for (let i = 0; i < 2; i++) system.apis.push(system.startApi());
-    for (let i = 0; i < 2; i++) system.workers.push(system.startWorker());
+    for (let i = 0; i < 2; i++) system.supervise(system.apis, i, () => system.startApi());
+    for (let i = 0; i < 2; i++) system.supervise(system.workers, i, () => system.startWorker());
     await Promise.all(system.apis.map((api) => api.apiPort()));
     return system;
   }
@@ -75,6 +76,21 @@ export class FaultySystem {
   /** The store without proxies, for the checks after the run. */
   get directEnv(): Record<string, string> {
     return { ...this.env, REDIS_URL: this.redis.url, DATABASE_URL: this.databaseUrl };
+  }
+
+  /**
+   * Starts a process in `slot` and, like an orchestrator with `restart: always`, starts it again
+   * whenever it exits: killed by a fault, or failing at start-up because Redis or PostgreSQL was
+   * down at that moment (services fail fast and are restarted).
+   */
+  private supervise(slots: TallyProcess[], slot: number, start: () => TallyProcess): void {
+    const process = start();
+    slots[slot] = process;
+    void process.exited.then(() => {
+      setTimeout(() => {
+        if (!this.stopping) this.supervise(slots, slot, start);
+      }, 200);
+    });
   }
 
   private startApi(): TallyProcess {
@@ -108,16 +124,14 @@ export class FaultySystem {
     const api = this.apis[index];
     if (api === undefined) return;
     api.kill('SIGKILL');
-    await api.exited;
-    this.apis[index] = this.startApi();
+    await api.exited; // the supervisor starts it again
   }
 
   async killWorker(index: number): Promise<void> {
     const worker = this.workers[index];
     if (worker === undefined) return;
     worker.kill('SIGKILL');
-    await worker.exited;
-    this.workers[index] = this.startWorker();
+    await worker.exited; // the supervisor starts it again
   }
 
   /** Pauses a worker past its BullMQ job lock: another replica takes its jobs meanwhile. */
@@ -146,6 +160,7 @@ export class FaultySystem {
   }
 
   async stop(): Promise<void> {
+    this.stopping = true;
     for (const process of [...this.apis, ...this.workers]) {
       process.kill('SIGCONT');
       process.kill('SIGKILL');
