@@ -50,4 +50,5 @@ console.log(
     1,
   ),
 );
-process.exitCode = result.violations.length === 0 ? 0 : 1;
+// Explicitly: a client still retrying an abandoned increment must not keep the process alive.
+process.exit(result.violations.length === 0 ? 0 : 1);

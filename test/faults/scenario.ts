@@ -71,11 +71,13 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     redisCommandTimeoutMs: 1_000,
   });
   let loadRunning = true;
+  /** Set when the clients had their time to settle: what is still unknown stays unknown. */
+  let abandoned = false;
   let nextKey = 0;
 
   /** Retries increments with their keys until their outcome is known. */
   async function settle(ops: IncrementOp[], attempt: () => Promise<'ok' | 'fail' | 'unknown'>) {
-    for (;;) {
+    while (!abandoned) {
       for (const op of ops) op.attempts++;
       const outcome = await attempt().catch(() => 'unknown' as const);
       if (outcome !== 'unknown') {
@@ -248,6 +250,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
   // Heal and drain: every fault is over; let the clients settle what they started.
   loadRunning = false;
   await Promise.race([Promise.all(load), sleep(90_000)]);
+  abandoned = true;
   await library.close();
   const flush = await waitFor(
     'tally flush to drain the store',
