@@ -254,6 +254,19 @@ describe('errors', () => {
     expect((await call('GET', `/v1/counters/${encodeURIComponent(c)}`)).json.value).toBe(5);
   });
 
+  it('a body sent without a content type, or a JSON null, is refused, not taken for no body', async () => {
+    const c = name('nobody');
+    const path = `/v1/counters/${encodeURIComponent(c)}/increment`;
+    const untyped = await fetch(`${openUrl}${path}`, {
+      method: 'POST',
+      body: Buffer.from('{"by":5}'), // a Buffer body: fetch sends no content type
+    });
+    expect(untyped.status).toBe(415);
+    const nullBody = await call('POST', path, 'null');
+    expect(nullBody.status).toBe(400);
+    expect((await call('GET', `/v1/counters/${encodeURIComponent(c)}`)).json.value).toBe(0);
+  });
+
   it('413 for a body over the limit, 415 for a body that is not JSON, 404 elsewhere', async () => {
     const huge = await call(
       'POST',
