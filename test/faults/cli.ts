@@ -44,7 +44,7 @@ console.log(
       ...result,
       durationSeconds: Math.round(seconds),
       faultsTotal: Object.values(result.faults).reduce((a, b) => a + b, 0),
-      incrementsPerSecond: Math.round(result.operations.ok / seconds),
+      okPerSecondOfLoad: Math.round(result.operations.ok / result.loadSeconds),
     },
     null,
     1,

@@ -10,7 +10,7 @@ import { createTally, TallyError, type Tally } from '../../src/index.js';
 import { runTypeScript } from '../support/child-process.js';
 import { postgresTotals } from '../support/tally-store.js';
 import { waitFor } from '../support/wait-for.js';
-import { checkReads, checkTotals, History, seededRandom, type IncrementOp } from './history.js';
+import { checkReads, checkTotals, History, seededRandom } from './history.js';
 import { FaultySystem, jobLockMs, shards } from './system.js';
 
 const cli = new URL('../../src/cli.ts', import.meta.url);
@@ -35,6 +35,10 @@ export interface ScenarioOptions {
 export interface ScenarioResult {
   seed: number;
   operations: { ok: number; fail: number; info: number; attempts: number };
+  /** How long the load and the faults ran. */
+  loadSeconds: number;
+  /** Distinct increments invoked per second of load. */
+  offeredPerSecond: number;
   reads: number;
   faults: Record<string, number>;
   lost: number;
@@ -73,12 +77,11 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
   let loadRunning = true;
   /** Set when the clients had their time to settle: what is still unknown stays unknown. */
   let abandoned = false;
-  let nextKey = 0;
 
-  /** Retries increments with their keys until their outcome is known. */
-  async function settle(ops: IncrementOp[], attempt: () => Promise<'ok' | 'fail' | 'unknown'>) {
+  /** Retries increments (ids in the history) with their keys until their outcome is known. */
+  async function settle(ops: number[], attempt: () => Promise<'ok' | 'fail' | 'unknown'>) {
     while (!abandoned) {
-      for (const op of ops) op.attempts++;
+      for (const op of ops) history.attempt(op);
       const outcome = await attempt().catch(() => 'unknown' as const);
       if (outcome !== 'unknown') {
         for (const op of ops) history.complete(op, outcome);
@@ -115,7 +118,6 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
           name,
           counters[Math.floor(clientRandom() * counters.length)] ?? 'faulty-0',
           1 + Math.floor(clientRandom() * 3),
-          `${name}-${nextKey++}`,
         ),
       );
       await settle(ops, async () => {
@@ -126,10 +128,13 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
         // had been counted come back as duplicates).
         const response =
           ops.length === 1 && only !== undefined
-            ? await fetch(`${base}/v1/counters/${only.counter}/increment`, {
+            ? await fetch(`${base}/v1/counters/${history.counterOf(only)}/increment`, {
                 method: 'POST',
                 headers: { 'content-type': 'application/json' },
-                body: JSON.stringify({ by: only.by, idempotencyKey: only.idempotencyKey }),
+                body: JSON.stringify({
+                  by: history.byOf(only),
+                  idempotencyKey: history.keyOf(only),
+                }),
                 signal: AbortSignal.timeout(3_000),
               })
             : await fetch(`${base}/v1/increments`, {
@@ -137,9 +142,9 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
                 headers: { 'content-type': 'application/json' },
                 body: JSON.stringify({
                   increments: ops.map((op) => ({
-                    counter: op.counter,
-                    by: op.by,
-                    idempotencyKey: op.idempotencyKey,
+                    counter: history.counterOf(op),
+                    by: history.byOf(op),
+                    idempotencyKey: history.keyOf(op),
                   })),
                 }),
                 signal: AbortSignal.timeout(3_000),
@@ -156,10 +161,10 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     while (loadRunning) {
       const counter = counters[Math.floor(clientRandom() * counters.length)] ?? 'faulty-0';
       const by = 1 + Math.floor(clientRandom() * 3);
-      const op = history.invoke('library', counter, by, `library-${nextKey++}`);
+      const op = history.invoke('library', counter, by);
       await settle([op], async () => {
         try {
-          await library.incr(counter, by, { idempotencyKey: op.idempotencyKey });
+          await library.incr(counter, by, { idempotencyKey: history.keyOf(op) });
           return 'ok';
         } catch (error) {
           return error instanceof TallyError && error.code === 'VALIDATION' ? 'fail' : 'unknown';
@@ -200,9 +205,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
         0,
       );
       await system.redis.wipe();
-      const okBefore = history.increments
-        .filter((op) => op.outcome === 'ok')
-        .reduce((sum, op) => sum + op.by, 0);
+      const okBefore = [...history.sums('ok').values()].reduce((a, b) => a + b, 0);
       lossBound = okBefore - flushed;
       faults.wipe = 1;
       log(`fault: wipe redis (at most ${lossBound} may be lost)`);
@@ -249,6 +252,9 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
 
   // Heal and drain: every fault is over; let the clients settle what they started.
   loadRunning = false;
+  const loadSeconds = Math.round((Date.now() - started) / 1000);
+  /** Distinct increments invoked while the faults struck (retries not counted again). */
+  const offered = history.length;
   await Promise.race([Promise.all(load), sleep(90_000)]);
   abandoned = true;
   await library.close();
@@ -342,11 +348,11 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
 
   let historyFile: string | undefined;
   if (violations.length > 0) {
-    const offending = [
+    const offending = new Set([
       ...verdict.lost.keys(),
       ...verdict.duplicated.keys(),
       ...(worst === undefined ? [] : [worst.read.counter]),
-    ];
+    ]);
     historyFile = join(tmpdir(), `tally-faults-${options.seed}.json`);
     await writeFile(
       historyFile,
@@ -354,8 +360,8 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
         {
           seed: options.seed,
           violations,
-          increments: history.increments.filter((op) => offending.includes(op.counter)),
-          reads: history.reads.filter((r) => offending.includes(r.counter)),
+          increments: history.idsOf(offending).map((id) => history.op(id)),
+          reads: history.reads.filter((r) => offending.has(r.counter)),
         },
         null,
         1,
@@ -364,16 +370,16 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
   }
   await system.stop();
 
-  const count = (outcome: string) =>
-    history.increments.filter((op) => op.outcome === outcome).length;
   return {
     seed: options.seed,
     operations: {
-      ok: count('ok'),
-      fail: count('fail'),
-      info: count('info'),
-      attempts: history.increments.reduce((sum, op) => sum + op.attempts, 0),
+      ok: history.count('ok'),
+      fail: history.count('fail'),
+      info: history.count('info'),
+      attempts: history.attempts(),
     },
+    loadSeconds,
+    offeredPerSecond: Math.round(offered / loadSeconds),
     reads: history.reads.length,
     faults,
     lost,
