@@ -1,118 +1,117 @@
-// Hot-path throughput, as ratios against baselines measured in the same run:
-//   npx tsx bench/hot-path.ts [--seconds 5] [--in-flight 10000]
-// Baselines: raw ioredis HINCRBY (auto-pipelined, same concurrency and keys) and the naive
-// PostgreSQL counter (UPDATE … RETURNING, falling back to INSERT, one statement per increment).
-import { parseArgs } from 'node:util';
+// The hot path: `incr` with group commit and per call, against raw auto-pipelined HINCRBY and
+// the naive PostgreSQL counter, at the same concurrency and key distribution; and a sweep of
+// concurrency for the chart.
 import { Redis } from 'ioredis';
 import pg from 'pg';
-import { createTally, migrate } from '../src/index.js';
-import { startPostgres, startRedis } from '../test/support/index.js';
+import { createTally } from '../src/index.js';
+import { freshDatabase, type BenchContext } from './support/context.js';
+import { throughput, zipf } from './support/measure.js';
+import { ratioCheck, type BenchmarkResult } from './support/results.js';
 
-const { values } = parseArgs({
-  options: {
-    seconds: { type: 'string', default: '5' },
-    'in-flight': { type: 'string', default: '10000' },
-    counters: { type: 'string', default: '100000' },
-  },
-});
-const seconds = Number(values.seconds);
-const inFlight = Number(values['in-flight']);
-const counterCount = Number(values.counters);
-
-/** Zipf(1.0) over `n` keys: a few hot counters, a long tail (as API metering sees). */
-function zipf(n: number): () => number {
-  const weights = Array.from({ length: n }, (_, i) => 1 / (i + 1));
-  const total = weights.reduce((a, b) => a + b, 0);
-  const cumulative: number[] = [];
-  let sum = 0;
-  for (const w of weights) cumulative.push((sum += w / total));
-  return () => {
-    const r = Math.random();
-    let lo = 0;
-    let hi = n - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if ((cumulative[mid] ?? 1) < r) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  };
-}
-
-/** Runs `op` with `concurrency` loops for `seconds`; returns operations per second. */
-async function throughput(concurrency: number, op: () => Promise<unknown>): Promise<number> {
-  const deadline = Date.now() + seconds * 1_000;
-  let done = 0;
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (Date.now() < deadline) {
-        await op();
-        done++;
-      }
-    }),
-  );
-  return done / seconds;
-}
-
-const redis = await startRedis({ persistence: 'none' });
-const postgres = await startPostgres();
-const url = await postgres.createDatabase();
-await migrate(url);
-const pick = zipf(counterCount);
-const results: Record<string, number> = {};
-try {
-  const raw = new Redis(redis.url, { enableAutoPipelining: true });
-  results.rawHincrbyZipf = await throughput(inFlight, () => raw.hincrby('raw', `c${pick()}`, 1));
-  results.rawHincrbyHot = await throughput(inFlight, () => raw.hincrby('raw', 'hot', 1));
-  raw.disconnect();
-
-  const tally = await createTally({ redis: redis.url, postgres: url });
-  results.tallyGroupCommitZipf = await throughput(inFlight, () => tally.incr(`c${pick()}`));
-  results.tallyGroupCommitHot = await throughput(inFlight, () => tally.incr('hot'));
-  await tally.close();
-  const perCall = await createTally({
-    redis: redis.url,
-    postgres: url,
-    coalesce: false,
-    keyPrefix: 'percall',
-  });
-  results.tallyPerCallZipf = await throughput(inFlight, () => perCall.incr(`c${pick()}`));
-  await perCall.close();
-
-  // The naive PostgreSQL counter (baseline): one statement per increment.
-  const pool = new pg.Pool({ connectionString: url, max: 20 });
-  await pool.query('CREATE TABLE naive (name text PRIMARY KEY, value bigint NOT NULL)');
-  const naive = async (name: string) => {
+/**
+ * BASELINE, not Tally: the naive PostgreSQL counter this project started from. One statement
+ * per increment: UPDATE … RETURNING, and INSERT when the row does not exist yet.
+ */
+export function naivePostgresCounter(pool: pg.Pool): (name: string) => Promise<void> {
+  return async (name) => {
     const updated = await pool.query(
-      'UPDATE naive SET value = value + 1 WHERE name = $1 RETURNING value',
+      'UPDATE naive_counters SET value = value + 1 WHERE name = $1 RETURNING value',
       [name],
     );
     if (updated.rowCount === 0) {
       await pool.query(
-        'INSERT INTO naive VALUES ($1, 1) ON CONFLICT (name) DO UPDATE SET value = naive.value + 1',
+        `INSERT INTO naive_counters VALUES ($1, 1)
+         ON CONFLICT (name) DO UPDATE SET value = naive_counters.value + 1`,
         [name],
       );
     }
   };
-  results.naivePostgresZipf = await throughput(64, () => naive(`c${pick()}`));
-  results.naivePostgresHot = await throughput(64, () => naive('hot'));
-  await pool.end();
-} finally {
-  await postgres.destroy();
-  await redis.stop();
 }
 
-const ratio = (a: number | undefined, b: number | undefined) => ((a ?? 0) / (b ?? 1)).toFixed(2);
-console.log(JSON.stringify({ seconds, inFlight, counterCount, results }, null, 1));
-console.log(
-  `group commit vs raw HINCRBY (Zipf): ${ratio(results.tallyGroupCommitZipf, results.rawHincrbyZipf)}×`,
-);
-console.log(
-  `group commit vs naive PostgreSQL (Zipf): ${ratio(results.tallyGroupCommitZipf, results.naivePostgresZipf)}×`,
-);
-console.log(
-  `group commit vs naive PostgreSQL (one hot key): ${ratio(results.tallyGroupCommitHot, results.naivePostgresHot)}×`,
-);
-console.log(
-  `per call vs raw HINCRBY (Zipf): ${ratio(results.tallyPerCallZipf, results.rawHincrbyZipf)}×`,
-);
+export async function hotPath(ctx: BenchContext): Promise<BenchmarkResult> {
+  const counters = ctx.quick ? 10_000 : 100_000;
+  const levels = ctx.quick ? [1, 100, 10_000] : [1, 10, 100, 1_000, 10_000];
+  const top = 10_000;
+  const pick = zipf(counters);
+  const url = await freshDatabase(ctx);
+  const raw = new Redis(ctx.redis.url, { enableAutoPipelining: true });
+  const grouped = await createTally({ redis: ctx.redis.url, postgres: url, keyPrefix: 'group' });
+  const perCall = await createTally({
+    redis: ctx.redis.url,
+    postgres: url,
+    keyPrefix: 'percall',
+    coalesce: false,
+  });
+  // The naive counter gets as many connections as PostgreSQL serves well on two cores; more
+  // in flight only queue in the pool.
+  const pool = new pg.Pool({ connectionString: url, max: 16 });
+  await pool.query('CREATE TABLE naive_counters (name text PRIMARY KEY, value bigint NOT NULL)');
+  const naive = naivePostgresCounter(pool);
+
+  const systems: Record<string, (name: string) => Promise<unknown>> = {
+    'raw HINCRBY': (name) => raw.hincrby('raw', name, 1),
+    'Tally group commit': (name) => grouped.incr(name),
+    'Tally per call': (name) => perCall.incr(name),
+    'naive PostgreSQL': naive,
+  };
+  const series: NonNullable<BenchmarkResult['series']> = {};
+  const figures: Record<string, number> = {};
+  try {
+    for (const concurrency of levels) {
+      for (const [system, op] of Object.entries(systems)) {
+        const perSecond = await throughput(concurrency, ctx.seconds, () => op(`c${pick()}`));
+        (series[system] ??= []).push({ concurrency, perSecond });
+        figures[`${system} zipf @${concurrency}`] = perSecond;
+      }
+    }
+    figures['raw HINCRBY hot @10000'] = await throughput(top, ctx.seconds, () =>
+      raw.hincrby('raw', 'hot', 1),
+    );
+    figures['Tally group commit hot @10000'] = await throughput(top, ctx.seconds, () =>
+      grouped.incr('hot'),
+    );
+    figures['naive PostgreSQL hot @10000'] = await throughput(top, ctx.seconds, () => naive('hot'));
+  } finally {
+    raw.disconnect();
+    await grouped.close();
+    await perCall.close();
+    await pool.end();
+  }
+
+  const at = (system: string) => figures[`${system} zipf @${top}`] ?? Number.NaN;
+  return {
+    name: 'hot path',
+    figures,
+    series,
+    checks: [
+      ratioCheck(
+        'incr, group commit, 10k in flight, Zipf over 100k counters',
+        at('Tally group commit'),
+        at('raw HINCRBY'),
+        'raw HINCRBY',
+        4,
+      ),
+      ratioCheck(
+        'incr, group commit, 10k in flight, Zipf over 100k counters',
+        at('Tally group commit'),
+        at('naive PostgreSQL'),
+        'naive PostgreSQL',
+        40,
+      ),
+      ratioCheck(
+        'incr, group commit, one hot counter',
+        figures['Tally group commit hot @10000'] ?? Number.NaN,
+        figures['naive PostgreSQL hot @10000'] ?? Number.NaN,
+        'naive PostgreSQL on one hot key',
+        200,
+      ),
+      ratioCheck(
+        'incr per call (coalescing off)',
+        at('Tally per call'),
+        at('raw HINCRBY'),
+        'raw HINCRBY',
+        0.5,
+      ),
+    ],
+  };
+}

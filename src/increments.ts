@@ -1,12 +1,13 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { bucketStart, toEpochMs } from './buckets.js';
+import { BucketSets, type BucketSet } from './bucket-sets.js';
+import { toEpochMs } from './buckets.js';
 import type { ResolvedConfig } from './config.js';
 import { redisFailure } from './connections.js';
 import { canonicalName, validateName, type CounterRef } from './counter-name.js';
 import { OverflowError, TallyError, ValidationError } from './errors.js';
 import { IncrementStatus, ScriptStatus, type Scripts } from './redis-scripts.js';
 import { shardOf } from './sharding.js';
-import { bucketField, fieldSeparator, shardKeys } from './shard-keys.js';
+import { shardKeys, type ShardKeys } from './shard-keys.js';
 
 export const maxSafeValue = Number.MAX_SAFE_INTEGER;
 
@@ -40,7 +41,7 @@ export interface PreparedIncrement {
   delta: number;
   limit: number | undefined;
   idempotencyKey: string | undefined;
-  bucketFields: string[];
+  buckets: BucketSet;
 }
 
 function safeInteger(value: unknown, what: string): number {
@@ -52,36 +53,56 @@ function safeInteger(value: unknown, what: string): number {
   return value;
 }
 
-/** Validates one increment; throws ValidationError (and sends nothing) on bad input. */
-export function prepareIncrement(
-  ref: CounterRef,
-  by: unknown,
-  options: IncrementOptions,
-  config: ResolvedConfig,
-): PreparedIncrement {
-  const counter = canonicalName(ref);
-  const delta = safeInteger(by, 'The increment');
-  // Callers from plain JavaScript can pass anything.
-  const untyped: unknown = options;
-  if (typeof untyped !== 'object' || untyped === null) {
-    throw new ValidationError('Increment options must be an object.');
+/** How many validated counter names (and their shards) are remembered before starting over. */
+const rememberedNamesMax = 200_000;
+
+/**
+ * Validates increments (throwing ValidationError, and sending nothing, on bad input) and routes
+ * them. Names seen before skip validation and hashing: the hot path sees the same counters
+ * again and again.
+ */
+export class IncrementPreparer {
+  private readonly shardOfName = new Map<string, number>();
+  private readonly bucketSets: BucketSets;
+
+  constructor(private readonly config: ResolvedConfig) {
+    this.bucketSets = new BucketSets(config.buckets);
   }
-  const limit = options.limit === undefined ? undefined : safeInteger(options.limit, 'limit');
-  const idempotencyKey =
-    options.idempotencyKey === undefined
-      ? undefined
-      : validateName(options.idempotencyKey, 'An idempotency key');
-  const atMs = options.at === undefined ? Date.now() : toEpochMs(options.at, 'at');
-  return {
-    counter,
-    shard: shardOf(counter, config.shards),
-    delta,
-    limit,
-    idempotencyKey,
-    bucketFields: config.buckets.map((granularity) =>
-      bucketField(granularity, bucketStart(granularity, atMs), counter),
-    ),
-  };
+
+  prepare(ref: CounterRef, by: unknown, options: IncrementOptions): PreparedIncrement {
+    const remembered = typeof ref === 'string' ? this.shardOfName.get(ref) : undefined;
+    const counter = remembered === undefined ? canonicalName(ref) : (ref as string);
+    const delta = safeInteger(by, 'The increment');
+    // Callers from plain JavaScript can pass anything.
+    const untyped: unknown = options;
+    if (typeof untyped !== 'object' || untyped === null) {
+      throw new ValidationError('Increment options must be an object.');
+    }
+    const limit = options.limit === undefined ? undefined : safeInteger(options.limit, 'limit');
+    const idempotencyKey =
+      options.idempotencyKey === undefined
+        ? undefined
+        : validateName(options.idempotencyKey, 'An idempotency key');
+    const atMs = options.at === undefined ? Date.now() : toEpochMs(options.at, 'at');
+    return {
+      counter,
+      shard: remembered ?? this.shardOf(counter),
+      delta,
+      limit,
+      idempotencyKey,
+      buckets: this.bucketSets.at(atMs),
+    };
+  }
+
+  private shardOf(counter: string): number {
+    let shard = this.shardOfName.get(counter);
+    if (shard === undefined) {
+      shard = shardOf(counter, this.config.shards);
+      if (this.shardOfName.size >= rememberedNamesMax) this.shardOfName.clear();
+      this.shardOfName.set(counter, shard);
+    }
+    return shard;
+  }
 }
 
 interface Waiting {
@@ -93,40 +114,59 @@ interface Waiting {
 /** Backoff before each retry of increments whose reply was lost (they carry idempotency keys). */
 const lostReplyRetryDelaysMs = [20, 100, 500];
 
+/**
+ * At most this many entries go into one script call: a bigger group is split into calls sent
+ * back to back. It bounds how long one call holds Redis and how big one command gets.
+ */
+const maxEntriesPerCall = 1_000;
+
 /** One entry of a script call: one increment, or plain increments of one counter merged. */
 interface Operation {
+  /** The first member's increment; `delta` below is the entry's, summed over the members. */
   increment: PreparedIncrement;
+  delta: number;
   members: Waiting[];
 }
 
-/**
- * Increments that may be merged share this key: same counter, same buckets, same sign, and no
- * idempotency key or limit (those must be decided one by one). Same sign keeps every
- * intermediate total between the first and the last, so the merged range check is exact.
- */
-function mergeKey(increment: PreparedIncrement): string | undefined {
-  if (increment.idempotencyKey !== undefined || increment.limit !== undefined) return undefined;
-  return [increment.counter, Math.sign(increment.delta), ...increment.bucketFields].join(
-    fieldSeparator,
-  );
-}
+const alone = (waiting: Waiting): Operation => ({
+  increment: waiting.increment,
+  delta: waiting.increment.delta,
+  members: [waiting],
+});
 
-/** Turns a group into script entries, merging per counter where `merge` allows. */
-function toOperations(group: readonly Waiting[], merge: boolean): Operation[] {
+/** An increment without an idempotency key or a limit: it may be merged with others. */
+const plain = (increment: PreparedIncrement) =>
+  increment.idempotencyKey === undefined && increment.limit === undefined;
+
+/**
+ * Turns a group into script entries, merging plain increments of one counter that share their
+ * buckets and sign. Same sign keeps every intermediate total between the first and the last,
+ * so the merged range check is exact.
+ */
+function toOperations(group: readonly Waiting[]): Operation[] {
   const operations: Operation[] = [];
-  const open = new Map<string, Operation>();
+  const open = new Map<string, Operation[]>();
   for (const waiting of group) {
-    const key = merge ? mergeKey(waiting.increment) : undefined;
-    const operation = key === undefined ? undefined : open.get(key);
-    const merged = (operation?.increment.delta ?? 0) + waiting.increment.delta;
-    if (operation !== undefined && Number.isSafeInteger(merged)) {
-      operation.members.push(waiting);
-      operation.increment = { ...operation.increment, delta: merged };
+    const { increment } = waiting;
+    if (!plain(increment)) {
+      operations.push(alone(waiting));
       continue;
     }
-    const created = { increment: waiting.increment, members: [waiting] };
+    const candidates = open.get(increment.counter);
+    const operation = candidates?.find(
+      (candidate) =>
+        candidate.increment.buckets.id === increment.buckets.id &&
+        Math.sign(candidate.delta) === Math.sign(increment.delta),
+    );
+    if (operation !== undefined && Number.isSafeInteger(operation.delta + increment.delta)) {
+      operation.delta += increment.delta;
+      operation.members.push(waiting);
+      continue;
+    }
+    const created = alone(waiting);
     operations.push(created);
-    if (key !== undefined) open.set(key, created);
+    if (candidates === undefined) open.set(increment.counter, [created]);
+    else candidates.push(created);
   }
   return operations;
 }
@@ -139,6 +179,7 @@ function toOperations(group: readonly Waiting[], merge: boolean): Operation[] {
  */
 export class IncrementSender {
   private readonly queues = new Map<number, Waiting[]>();
+  private readonly keys = new Map<number, ShardKeys>();
 
   constructor(
     private readonly scripts: Scripts,
@@ -151,7 +192,7 @@ export class IncrementSender {
     return new Promise((resolve, reject) => {
       const waiting = { increment, resolve, reject };
       if (!this.config.coalesce) {
-        void this.sendGroup(increment.shard, [waiting], false);
+        void this.sendOperations(increment.shard, [alone(waiting)]);
         return;
       }
       const queue = this.queues.get(increment.shard);
@@ -161,50 +202,65 @@ export class IncrementSender {
       }
       this.queues.set(increment.shard, [waiting]);
       process.nextTick(() => {
-        const group = this.queues.get(increment.shard) ?? [];
-        this.queues.delete(increment.shard);
-        void this.sendGroup(increment.shard, group, true);
+        this.sendQueue(increment.shard);
       });
     });
   }
 
-  /** Settles every promise of the group; never rejects itself. */
-  private async sendGroup(shard: number, group: Waiting[], merge: boolean): Promise<void> {
-    let pending = group;
+  private sendQueue(shard: number): void {
+    const operations = toOperations(this.queues.get(shard) ?? []);
+    this.queues.delete(shard);
+    for (let start = 0; start < operations.length; start += maxEntriesPerCall) {
+      void this.sendOperations(shard, operations.slice(start, start + maxEntriesPerCall));
+    }
+  }
+
+  /** Settles every promise of the operations' members; never rejects itself. */
+  private async sendOperations(shard: number, operations: Operation[]): Promise<void> {
+    let pending = operations;
     for (let attempt = 0; pending.length > 0; attempt++) {
-      const operations = toOperations(pending, merge);
       let reply: (string | number)[];
       try {
-        reply = await this.callScript(shard, operations);
+        reply = await this.callScript(shard, pending);
       } catch (error) {
         const failure = redisFailure(error, 'write', 'an increment');
         const retryDelayMs = lostReplyRetryDelaysMs[attempt];
         // Only an increment with an idempotency key can be retried after a lost reply without
-        // risking a double count.
+        // risking a double count (such an increment is never merged with others).
         const retryable =
           failure.code === 'OUTCOME_UNKNOWN' && retryDelayMs !== undefined
-            ? pending.filter((waiting) => waiting.increment.idempotencyKey !== undefined)
+            ? pending.filter((operation) => operation.increment.idempotencyKey !== undefined)
             : [];
-        for (const waiting of pending) {
-          if (!retryable.includes(waiting)) waiting.reject(failure);
+        for (const operation of pending) {
+          if (retryable.includes(operation)) continue;
+          for (const member of operation.members) member.reject(failure);
         }
         if (retryable.length > 0) await sleep(retryDelayMs);
         pending = retryable;
         continue;
       }
-      const decideAlone: Waiting[] = [];
-      operations.forEach((operation, index) => {
+      const decideAlone: Operation[] = [];
+      pending.forEach((operation, index) => {
         const status = reply[2 * index];
         const total = Number(reply[2 * index + 1]);
         const [only] = operation.members;
         if (operation.members.length === 1 && only !== undefined) settle(only, status, total);
         else if (status === IncrementStatus.applied) distribute(operation, total);
         // The merged sum would overflow: which of them fit is decided one by one.
-        else decideAlone.push(...operation.members);
+        else decideAlone.push(...operation.members.map(alone));
       });
-      if (decideAlone.length > 0) await this.sendGroup(shard, decideAlone, false);
+      if (decideAlone.length > 0) await this.sendOperations(shard, decideAlone);
       return;
     }
+  }
+
+  private shardKeys(shard: number): ShardKeys {
+    let keys = this.keys.get(shard);
+    if (keys === undefined) {
+      keys = shardKeys(this.config.keyPrefix, shard);
+      this.keys.set(shard, keys);
+    }
+    return keys;
   }
 
   /** One script call; rebuilds the shard once if Redis lost its totals, then calls again. */
@@ -212,7 +268,7 @@ export class IncrementSender {
     shard: number,
     operations: readonly Operation[],
   ): Promise<(string | number)[]> {
-    const keys = shardKeys(this.config.keyPrefix, shard);
+    const keys = this.shardKeys(shard);
     const scriptKeys = [
       keys.epoch,
       keys.totals,
@@ -220,23 +276,31 @@ export class IncrementSender {
       keys.pendingBuckets,
       keys.pendingSince,
     ];
-    const args: (string | number)[] = [this.config.idempotencyWindowMs, this.config.buckets.length];
-    for (const { increment } of operations) {
-      let idempotencyIndex = 0;
-      if (increment.idempotencyKey !== undefined) {
-        scriptKeys.push(keys.idempotency(increment.counter, increment.idempotencyKey));
-        idempotencyIndex = scriptKeys.length;
+    // The call's table of bucket sets, then each entry refers to its set by number.
+    const setNumbers = new Map<string, number>();
+    const prefixes: string[] = [];
+    const entries: (string | number)[] = [];
+    for (const { increment, delta } of operations) {
+      let setNumber = setNumbers.get(increment.buckets.id);
+      if (setNumber === undefined) {
+        setNumber = setNumbers.size + 1;
+        setNumbers.set(increment.buckets.id, setNumber);
+        prefixes.push(...increment.buckets.prefixes);
       }
-      args.push(
-        increment.counter,
-        increment.delta,
-        increment.limit ?? '',
-        idempotencyIndex,
-        ...increment.bucketFields,
-      );
+      let spec = String(setNumber);
+      if (!plain(increment)) {
+        let idempotencyIndex = 0;
+        if (increment.idempotencyKey !== undefined) {
+          scriptKeys.push(keys.idempotency(increment.counter, increment.idempotencyKey));
+          idempotencyIndex = scriptKeys.length;
+        }
+        spec = `${spec}:${idempotencyIndex}:${increment.limit ?? ''}`;
+      }
+      entries.push(increment.counter, delta, spec);
     }
+    const header = [this.config.idempotencyWindowMs, this.config.buckets.length, setNumbers.size];
     for (let rebuilt = false; ; rebuilt = true) {
-      const reply = await this.scripts.increment(scriptKeys, args);
+      const reply = await this.scripts.increment(scriptKeys, [header, prefixes, entries]);
       if (reply[0] === ScriptStatus.ok) return reply.slice(1);
       if (rebuilt) {
         throw new TallyError(
@@ -251,7 +315,7 @@ export class IncrementSender {
 
 /** Gives each member of an applied merged entry the total right after its own increment. */
 function distribute(operation: Operation, totalAfter: number): void {
-  let running = totalAfter - operation.increment.delta;
+  let running = totalAfter - operation.delta;
   for (const member of operation.members) {
     running += member.increment.delta;
     member.resolve({ status: 'applied', value: running, duplicate: false });

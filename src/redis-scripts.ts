@@ -48,13 +48,20 @@ export interface Scripts {
     keys: readonly string[],
     args: readonly (string | number)[],
   ): Promise<ScriptReply>;
-  /** increment.lua, whose key count varies with the idempotency keys it carries. */
-  increment(keys: readonly string[], args: readonly (string | number)[]): Promise<ScriptReply>;
+  /**
+   * increment.lua, whose key count varies with the idempotency keys it carries. Its arguments
+   * may come in several arrays, sent one after the other (a group's can run to thousands).
+   */
+  increment(
+    keys: readonly string[],
+    args: readonly (readonly (string | number)[])[],
+  ): Promise<ScriptReply>;
 }
 
 const scriptsDir = join(packageRoot, 'src', 'scripts');
 
-type Invoke = (...args: (string | number)[]) => Promise<ScriptReply>;
+/** ioredis flattens array arguments into one command, so none is spread into a call here. */
+type Invoke = (...args: (number | readonly (string | number)[])[]) => Promise<ScriptReply>;
 
 export function defineScripts(redis: RedisConnection): Scripts {
   for (const [name, script] of Object.entries(scripts)) {
@@ -71,7 +78,7 @@ export function defineScripts(redis: RedisConnection): Scripts {
     Object.keys(scripts).map((name) => [name, command(name as ScriptName)]),
   ) as Record<ScriptName, Invoke>;
   return {
-    run: (name, keys, args) => commands[name](...keys, ...args),
-    increment: (keys, args) => commands.increment(keys.length, ...keys, ...args),
+    run: (name, keys, args) => commands[name](keys, args),
+    increment: (keys, args) => commands.increment(keys.length, keys, ...args),
   };
 }

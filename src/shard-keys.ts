@@ -46,9 +46,14 @@ export function shardKeys(prefix: string, shard: number): ShardKeys {
   };
 }
 
-/** The hash field of a bucket delta. */
+/** The hash field of a bucket delta: its bucket's prefix, then the counter. */
 export function bucketField(granularity: string, startMs: number, counter: string): string {
-  return `${granularity}${fieldSeparator}${startMs}${fieldSeparator}${counter}`;
+  return bucketFieldPrefix(granularity, startMs) + counter;
+}
+
+/** What the fields of every counter in one bucket start with (increment.lua appends the name). */
+export function bucketFieldPrefix(granularity: string, startMs: number): string {
+  return `${granularity}${fieldSeparator}${startMs}${fieldSeparator}`;
 }
 
 export function parseBucketField(field: string): {

@@ -77,6 +77,51 @@ describe('increments and reads', () => {
     expect(await tally.getMany(['m0', 'm1', 'm2'])).toEqual([200, 200, 200]);
   });
 
+  it('splits a big group into script calls of at most 1,000 entries, counting every one', async () => {
+    const { tally } = await fresh({ shards: 1 });
+    const raw = new Redis(redis.url);
+    open.push({
+      close: async () => {
+        await raw.quit();
+      },
+    });
+    await tally.incr('warm-up');
+    await raw.config('RESETSTAT');
+    // One tick, one shard, 20,000 distinct counters (plus repeats that merge into them).
+    const names = Array.from({ length: 20_000 }, (_, i) => `big-${i}`);
+    await Promise.all([...names, ...names.slice(0, 500)].map((name) => tally.incr(name)));
+    const calls = Number(
+      /cmdstat_evalsha:calls=(\d+)/.exec(await raw.info('commandstats'))?.[1] ?? 0,
+    );
+    expect(calls).toBe(20);
+    const values = await tally.getMany(names);
+    expect(values.slice(0, 500).every((v) => v === 2)).toBe(true);
+    expect(values.slice(500).every((v) => v === 1)).toBe(true);
+  });
+
+  it('puts increments of one tick with different times into their own buckets', async () => {
+    const { tally } = await fresh({ buckets: ['hour', 'day'] });
+    const noon = Date.UTC(2026, 10, 21, 12);
+    const times = [noon, noon + 60_000, noon - 3_600_000, noon - 24 * 3_600_000, noon];
+    await Promise.all(times.map((at, i) => tally.incr('when', i + 1, { at })));
+    const hours = await tally.usage('when', {
+      from: noon - 3_600_000,
+      to: noon + 3_600_000,
+      granularity: 'hour',
+    });
+    expect(hours.map((b) => b.value)).toEqual([3, 1 + 2 + 5]);
+    const days = await tally.usage('when', {
+      from: noon - 24 * 3_600_000,
+      to: noon + 1,
+      granularity: 'day',
+    });
+    expect(days.map((b) => b.value)).toEqual([4, 1 + 2 + 3 + 5]);
+    await tally.flush();
+    expect(
+      (await tally.usage('when', { from: noon, to: noon + 1, granularity: 'day' }))[0]?.value,
+    ).toBe(11);
+  });
+
   it('decides merged increments one by one when their sum would overflow', async () => {
     const { tally } = await fresh();
     await tally.incr('edge', Number.MAX_SAFE_INTEGER - 5);
@@ -250,6 +295,21 @@ describe('flush', () => {
     await expect(
       tally.usage('u', { from: at, to: at + 1, granularity: 'day' }),
     ).rejects.toMatchObject({ code: 'VALIDATION' });
+  });
+
+  it('reads 20,000 totals, and 10,000 minute buckets (the most a query may ask), in one call each', async () => {
+    const { tally } = await fresh({ buckets: ['minute'] });
+    const end = Date.UTC(2026, 10, 21);
+    const start = end - 10_000 * 60_000;
+    await tally.incr('busy', 3, { at: start + 90_000 });
+    await tally.incr('busy', 4, { at: end - 1 });
+    const minutes = await tally.usage('busy', { from: start, to: end, granularity: 'minute' });
+    expect(minutes).toHaveLength(10_000);
+    expect(minutes.filter((b) => b.value !== 0).map((b) => b.value)).toEqual([3, 4]);
+    const names = Array.from({ length: 20_000 }, (_, i) => (i === 19_999 ? 'busy' : `none-${i}`));
+    const values = await tally.getMany(names);
+    expect(values.at(-1)).toBe(7);
+    expect(values.filter((v) => v !== 0)).toHaveLength(1);
   });
 
   it('reports status: pending counters and the age of the oldest unflushed delta', async () => {

@@ -6,9 +6,12 @@
   KEYS[6..] idempotency keys, referred to by index from ARGV
 
   ARGV[1] idempotency window, ms
-  ARGV[2] G: bucket fields per increment
-  ARGV[3..] per increment, 4 + G values: counter, delta, limit ('' for none),
-            idempotency key index into KEYS (0 for none), then G pending-bucket fields
+  ARGV[2] G: buckets per increment (one per configured granularity)
+  ARGV[3] S: bucket sets in the table that follows
+  ARGV[4 .. 3 + S*G] the table: per set, G pending-bucket field prefixes (the counter follows)
+  then per increment 3 values: counter, delta, spec. The spec is the bucket set's number, or
+  for an increment with an idempotency key or a limit 'set:keyIndex:limit' (keyIndex into
+  KEYS, 0 for none; limit '' for none).
 
   Returns {NEEDS_REBUILD} and applies nothing when the epoch marker is missing: the totals
   would lack the PostgreSQL base. Otherwise {OK, status1, total1, status2, total2, ...} with
@@ -16,8 +19,9 @@
   (unchanged unless APPLIED), as a decimal string: ioredis parses integer replies near 2^53
   inexactly (it reads 9007199254740991 as 9007199254740992).
 
-  Values are Lua doubles: exact for integers within ±(2^53−1), the range Tally keeps. A sum just
-  past the range may round, but never back into it, so the range check is exact.
+  Totals stay within ±(2^53−1) and so does each delta: their sum fits Redis's 64-bit integers,
+  and as a Lua double it is exact within the range and never rounds back into it from outside,
+  so the range check is exact.
 ]]
 local OK, NEEDS_REBUILD = 0, 1
 local APPLIED, DUPLICATE, OVER_LIMIT, OVERFLOW = 1, 2, 3, 4
@@ -30,44 +34,65 @@ end
 local totals, pending, pendingBuckets = KEYS[2], KEYS[3], KEYS[4]
 local windowMs = ARGV[1]
 local bucketCount = tonumber(ARGV[2])
+local setCount = tonumber(ARGV[3])
 local result = { OK }
 local appliedAny = false
 
-local i = 3
+-- Counts the delta into pending and into each bucket of its set.
+local function addPending(counter, delta, set)
+  redis.call('HINCRBY', pending, counter, delta)
+  local first = 3 + (set - 1) * bucketCount
+  for b = 1, bucketCount do
+    redis.call('HINCRBY', pendingBuckets, ARGV[first + b] .. counter, delta)
+  end
+end
+
+local i = 4 + setCount * bucketCount
 while i <= #ARGV do
   local counter = ARGV[i]
   local delta = tonumber(ARGV[i + 1])
-  local limit = ARGV[i + 2]
-  local idempotencyIndex = tonumber(ARGV[i + 3])
-  local total = tonumber(redis.call('HGET', totals, counter) or 0)
-  local status
+  local spec = ARGV[i + 2]
+  local status, total
+  local separator = string.find(spec, ':', 1, true)
 
-  if idempotencyIndex > 0 and redis.call('EXISTS', KEYS[idempotencyIndex]) == 1 then
-    status = DUPLICATE
-  else
-    local new = total + delta
+  if not separator then
+    -- A plain increment: add first, check after. It can only leave the range if the total was
+    -- already far from 0, so undoing it never leaves a field that was not there.
+    local new = redis.call('HINCRBY', totals, counter, delta)
     if new > MAX or new < -MAX then
+      status = OVERFLOW
+      total = redis.call('HINCRBY', totals, counter, -delta)
+    else
+      addPending(counter, delta, tonumber(spec))
+      status = APPLIED
+      total = new
+    end
+  else
+    local set, keyIndex, limit = string.match(spec, '^(%d+):(%d+):(.*)$')
+    keyIndex = tonumber(keyIndex)
+    total = tonumber(redis.call('HGET', totals, counter) or 0)
+    local new = total + delta
+    if keyIndex > 0 and redis.call('EXISTS', KEYS[keyIndex]) == 1 then
+      status = DUPLICATE
+    elseif new > MAX or new < -MAX then
       status = OVERFLOW
     elseif limit ~= '' and new > tonumber(limit) then
       status = OVER_LIMIT
     else
       redis.call('HINCRBY', totals, counter, delta)
-      redis.call('HINCRBY', pending, counter, delta)
-      for b = 1, bucketCount do
-        redis.call('HINCRBY', pendingBuckets, ARGV[i + 3 + b], delta)
-      end
-      if idempotencyIndex > 0 then
-        redis.call('SET', KEYS[idempotencyIndex], '1', 'PX', windowMs)
+      addPending(counter, delta, tonumber(set))
+      if keyIndex > 0 then
+        redis.call('SET', KEYS[keyIndex], '1', 'PX', windowMs)
       end
       status = APPLIED
       total = new
-      appliedAny = true
     end
   end
+  if status == APPLIED then appliedAny = true end
 
   result[#result + 1] = status
   result[#result + 1] = string.format('%.0f', total)
-  i = i + 4 + bucketCount
+  i = i + 3
 end
 
 if appliedAny and redis.call('EXISTS', KEYS[5]) == 0 then

@@ -6,7 +6,8 @@
 
   Returns {NEEDS_REBUILD} when the epoch marker is missing (the totals would lack the
   PostgreSQL base), else {OK, total1, total2, ...} as decimal strings ('0' for a counter never
-  incremented; strings because ioredis parses integer replies near 2^53 inexactly).
+  incremented; strings because ioredis parses integer replies near 2^53 inexactly). One HGET
+  per counter, not HMGET with unpack(ARGV): Lua cannot unpack more than about 8,000 values.
 ]]
 local OK, NEEDS_REBUILD = 0, 1
 
@@ -15,8 +16,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 
 local result = { OK }
-local values = redis.call('HMGET', KEYS[2], unpack(ARGV))
 for i = 1, #ARGV do
-  result[i + 1] = values[i] or '0'
+  result[i + 1] = redis.call('HGET', KEYS[2], ARGV[i]) or '0'
 end
 return result

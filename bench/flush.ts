@@ -1,0 +1,129 @@
+// Flush: Tally's flush of N distinct dirty counters against the raw unnest upsert of the same
+// rows (totals and hour/day buckets, one transaction per shard) into an identical empty
+// schema. Also: flush time against increments per counter (it should not grow).
+import pg from 'pg';
+import { bucketStart } from '../src/buckets.js';
+import { createTally, type Tally } from '../src/index.js';
+import { shardOf } from '../src/sharding.js';
+import { freshDatabase, type BenchContext } from './support/context.js';
+import { elapsedMs } from './support/measure.js';
+import { human, type BenchmarkResult, type Check } from './support/results.js';
+
+const shards = 16;
+
+/** Counter names as API metering writes them: 16 characters. */
+export const counterName = (i: number) => `customer-${String(i).padStart(7, '0')}`;
+
+/** Adds `perCounter` increments of 1 to each of `n` counters, many requests in flight. */
+export async function dirty(tally: Tally, n: number, perCounter = 1): Promise<void> {
+  const chunk = 1_000;
+  let next = 0;
+  const sender = async () => {
+    for (let start = (next += chunk) - chunk; start < n; start = (next += chunk) - chunk) {
+      const items = [];
+      for (let i = start; i < Math.min(n, start + chunk); i++) {
+        for (let k = 0; k < perCounter; k++) items.push({ counter: counterName(i) });
+      }
+      await tally.incrMany(items);
+    }
+  };
+  await Promise.all(Array.from({ length: 8 }, sender));
+}
+
+/** Milliseconds Tally takes to flush `n` counters with `perCounter` increments each. */
+async function tallyFlushMs(ctx: BenchContext, n: number, perCounter: number): Promise<number> {
+  const tally = await createTally({
+    redis: ctx.redis.url,
+    postgres: await freshDatabase(ctx),
+    shards,
+    keyPrefix: `flush-${n}-${perCounter}`,
+  });
+  try {
+    await dirty(tally, n, perCounter);
+    return await elapsedMs(() => tally.flush());
+  } finally {
+    await tally.close();
+  }
+}
+
+/**
+ * BASELINE, not Tally: the same rows written by hand, arrays built beforehand, one transaction
+ * of two unnest upserts per shard.
+ */
+async function rawUpsertMs(ctx: BenchContext, n: number): Promise<number> {
+  const now = Date.now();
+  const hour = bucketStart('hour', now);
+  const day = bucketStart('day', now);
+  const perShard = Array.from({ length: shards }, () => [] as string[]);
+  for (let i = 0; i < n; i++) perShard[shardOf(counterName(i), shards)]?.push(counterName(i));
+  const pool = new pg.Pool({ connectionString: await freshDatabase(ctx), max: 1 });
+  const client = await pool.connect();
+  try {
+    return await elapsedMs(async () => {
+      for (const [shard, names] of perShard.entries()) {
+        await client.query('BEGIN');
+        await client.query(
+          `INSERT INTO tally.counters AS c (name, shard, value)
+           SELECT name, $2, 1 FROM unnest($1::text[]) AS d (name)
+           ON CONFLICT (name) DO UPDATE SET value = c.value + EXCLUDED.value`,
+          [names, shard],
+        );
+        await client.query(
+          `INSERT INTO tally.counter_buckets AS b (name, granularity, bucket_start, value)
+           SELECT name, granularity, to_timestamp(start_ms / 1000.0), 1
+           FROM unnest($1::text[], $2::text[], $3::bigint[]) AS d (name, granularity, start_ms)
+           ON CONFLICT (name, granularity, bucket_start) DO UPDATE SET value = b.value + 1`,
+          [
+            [...names, ...names],
+            [...names.map(() => 'hour'), ...names.map(() => 'day')],
+            [...names.map(() => hour), ...names.map(() => day)],
+          ],
+        );
+        await client.query('COMMIT');
+      }
+    });
+  } finally {
+    client.release();
+    await pool.end();
+  }
+}
+
+export async function flush(ctx: BenchContext): Promise<BenchmarkResult> {
+  const sizes = ctx.quick ? [10_000, 100_000] : [10_000, 100_000, 1_000_000];
+  const figures: Record<string, number> = {};
+  const checks: Check[] = [];
+  for (const n of sizes) {
+    const raw = await rawUpsertMs(ctx, n);
+    const tally = await tallyFlushMs(ctx, n, 1);
+    figures[`raw upsert ${n} ms`] = raw;
+    figures[`tally flush ${n} ms`] = tally;
+    checks.push({
+      benchmark: `flush of ${human(n)} distinct dirty counters`,
+      measured: `${(raw / tally).toFixed(2)}× the raw unnest upsert (${human((n / tally) * 1000)} vs ${human((n / raw) * 1000)} counters/s)`,
+      target: '≥ 0.8× the raw unnest upsert',
+      met: raw / tally >= 0.8,
+    });
+  }
+  // Linear: the time per counter of the largest size against the next one down (the smallest
+  // is dominated by the fixed cost of 16 transactions).
+  const [smaller = 1, larger = 1] = sizes.slice(-2);
+  const perCounterMs = (size: number) => (figures[`tally flush ${size} ms`] ?? Number.NaN) / size;
+  const growth = perCounterMs(larger) / perCounterMs(smaller);
+  checks.push({
+    benchmark: 'flush time linear in distinct counters',
+    measured: `time per counter at ${human(larger)} is ${growth.toFixed(2)}× that at ${human(smaller)}`,
+    target: 'time per counter ≤ 1.5× across sizes',
+    met: growth <= 1.5,
+  });
+  const n = 100_000;
+  const once = figures[`tally flush ${n} ms`] ?? (await tallyFlushMs(ctx, n, 1));
+  const tenTimes = await tallyFlushMs(ctx, n, 10);
+  figures[`tally flush ${n} with 10 increments each ms`] = tenTimes;
+  checks.push({
+    benchmark: 'flush time flat in increments per counter',
+    measured: `${human(n)} counters × 10 increments: ${(tenTimes / once).toFixed(2)}× the time of × 1`,
+    target: '≤ 1.25×',
+    met: tenTimes / once <= 1.25,
+  });
+  return { name: 'flush', figures, checks };
+}
