@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { BucketSets } from '../src/bucket-sets.js';
 import { bucketStart, bucketStarts, nextBucketStart } from '../src/buckets.js';
 import { canonicalName, validateName } from '../src/counter-name.js';
 import { shardOf } from '../src/sharding.js';
@@ -85,5 +86,43 @@ describe('buckets', () => {
       startMs: 3_600_000,
       counter: 'a{b="c"}',
     });
+  });
+});
+
+describe('bucket sets', () => {
+  it('give every instant the prefixes of its own buckets, whatever order they come in', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: Date.UTC(2020, 0, 1), max: Date.UTC(2030, 0, 1) }), {
+          minLength: 1,
+          maxLength: 50,
+        }),
+        (instants) => {
+          const sets = new BucketSets(['hour', 'day', 'month']);
+          for (const at of instants) {
+            const set = sets.at(at);
+            expect(set.prefixes.map((prefix) => prefix + 'c')).toEqual([
+              bucketField('hour', bucketStart('hour', at), 'c'),
+              bucketField('day', bucketStart('day', at), 'c'),
+              bucketField('month', bucketStart('month', at), 'c'),
+            ]);
+            expect(set.id).toBe(set.prefixes.join(''));
+          }
+        },
+      ),
+    );
+  });
+
+  it('share one set within the smallest bucket, and an old instant does not evict it', () => {
+    const sets = new BucketSets(['day', 'hour']);
+    const hour = Date.UTC(2026, 10, 21, 23);
+    const now = sets.at(hour + 1);
+    expect(sets.at(hour + 3_599_999)).toBe(now);
+    expect(sets.at(hour - 86_400_000)).not.toBe(now);
+    expect(sets.at(hour + 5)).toBe(now);
+    expect(sets.at(hour + 3_600_000).prefixes[0]).toBe(
+      bucketField('day', Date.UTC(2026, 10, 22), ''),
+    );
+    expect(new BucketSets([]).at(hour)).toEqual({ id: '', prefixes: [] });
   });
 });
