@@ -56,6 +56,9 @@ function integerIn(name: string, value: number, min: number, max: number): numbe
   return value;
 }
 
+/** How long an idempotency key is remembered unless configured (also `tally serve`'s default). */
+export const idempotencyWindowDefaultMs = 24 * 3_600_000;
+
 /** Every default lives here, once. */
 export function resolveConfig(options: TallyOptions): ResolvedConfig {
   const buckets = options.buckets ?? ['hour', 'day'];
@@ -76,7 +79,7 @@ export function resolveConfig(options: TallyOptions): ResolvedConfig {
     keyPrefix,
     idempotencyWindowMs: integerIn(
       'idempotencyWindowMs',
-      options.idempotencyWindowMs ?? 24 * 3_600_000,
+      options.idempotencyWindowMs ?? idempotencyWindowDefaultMs,
       1,
       366 * 24 * 3_600_000,
     ),

@@ -130,7 +130,11 @@ export async function buildApi(options: ApiOptions) {
         ...(item.at === undefined ? {} : { at: new Date(item.at) }),
       })),
     );
-    for (const result of results) metrics.increments.inc({ status: result.status });
+    // One metric update per status, not per item: labelled updates cost a hash of the labels.
+    const byStatus = new Map<string, number>();
+    for (const result of results)
+      byStatus.set(result.status, (byStatus.get(result.status) ?? 0) + 1);
+    for (const [status, count] of byStatus) metrics.increments.inc({ status }, count);
     return { results: results.map((result, i) => resultBody(items[i]?.counter ?? '', result)) };
   });
 

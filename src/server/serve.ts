@@ -1,4 +1,5 @@
 import { pino } from 'pino';
+import { idempotencyWindowDefaultMs } from '../config.js';
 import { createTally } from '../tally.js';
 import { exitOnSignals, integerFromEnv, requiredEnv } from '../process-lifecycle.js';
 import { buildApi } from './api.js';
@@ -14,6 +15,8 @@ export interface ServeConfig {
   keyPrefix: string;
   bodyLimitBytes: number;
   maxBatch: number;
+  /** How long an idempotency key is remembered: longer than any client keeps retrying. */
+  idempotencyWindowMs: number;
   shutdownTimeoutMs: number;
   logLevel: string;
 }
@@ -33,6 +36,12 @@ export function serveConfigFromEnv(env: NodeJS.ProcessEnv = process.env): ServeC
     keyPrefix: env.TALLY_KEY_PREFIX ?? 'tally',
     bodyLimitBytes: integerFromEnv(env, 'TALLY_BODY_LIMIT_BYTES', 1_048_576, 1),
     maxBatch: integerFromEnv(env, 'TALLY_MAX_BATCH', maxBatchDefault, 1),
+    idempotencyWindowMs: integerFromEnv(
+      env,
+      'TALLY_IDEMPOTENCY_WINDOW_MS',
+      idempotencyWindowDefaultMs,
+      1,
+    ),
     shutdownTimeoutMs: integerFromEnv(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 30_000, 1),
     logLevel: env.TALLY_LOG_LEVEL ?? 'info',
   };
@@ -50,6 +59,7 @@ export async function runServer(env: NodeJS.ProcessEnv = process.env): Promise<v
     postgres: config.databaseUrl,
     shards: config.shards,
     keyPrefix: config.keyPrefix,
+    idempotencyWindowMs: config.idempotencyWindowMs,
     logger,
   });
   const app = await buildApi({

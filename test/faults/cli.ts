@@ -1,5 +1,6 @@
 // The long fault-injection run:
-//   npm run test:faults -- --duration 30m --seed N [--clients 20] [--batch 10]
+//   npm run test:faults -- --duration 30m --seed N [--clients 20] [--batch 100]
+//     [--fault-every 500ms] [--min-faults 1000] [--persistence none]
 // Prints the figures as JSON and exits 1 on any violation (the offending history is saved).
 import { parseArgs } from 'node:util';
 import { runScenario } from './scenario.js';
@@ -11,6 +12,8 @@ const { values } = parseArgs({
     clients: { type: 'string', default: '20' },
     batch: { type: 'string', default: '1' },
     'fault-every': { type: 'string', default: '1s' },
+    /** Keep injecting past the duration until this many faults have struck. */
+    'min-faults': { type: 'string', default: '0' },
     persistence: { type: 'string', default: 'aof-always' },
   },
 });
@@ -29,6 +32,7 @@ const result = await runScenario({
   seed,
   durationMs: milliseconds(values.duration),
   faultEveryMs: milliseconds(values['fault-every']),
+  minFaults: Number(values['min-faults']),
   persistence: values.persistence === 'none' ? 'none' : 'aof-always',
   clients: Number(values.clients),
   batchSize: Number(values.batch),

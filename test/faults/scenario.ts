@@ -11,7 +11,7 @@ import { runTypeScript } from '../support/child-process.js';
 import { postgresTotals } from '../support/tally-store.js';
 import { waitFor } from '../support/wait-for.js';
 import { checkReads, checkTotals, History, seededRandom } from './history.js';
-import { FaultySystem, jobLockMs, shards } from './system.js';
+import { FaultySystem, idempotencyWindowMs, jobLockMs, shards } from './system.js';
 
 const cli = new URL('../../src/cli.ts', import.meta.url);
 
@@ -73,6 +73,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     shards,
     keyPrefix: system.keyPrefix,
     redisCommandTimeoutMs: 1_000,
+    idempotencyWindowMs,
   });
   let loadRunning = true;
   /** Set when the clients had their time to settle: what is still unknown stays unknown. */
