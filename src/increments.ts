@@ -5,7 +5,7 @@ import type { ResolvedConfig } from './config.js';
 import { redisFailure } from './connections.js';
 import { canonicalName, validateName, type CounterRef } from './counter-name.js';
 import { OverflowError, TallyError, ValidationError } from './errors.js';
-import { IncrementStatus, ScriptStatus, type Scripts } from './redis-scripts.js';
+import { IncrementStatus, ScriptStatus, type ScriptReply, type Scripts } from './redis-scripts.js';
 import { shardOf } from './sharding.js';
 import { shardKeys, type ShardKeys } from './shard-keys.js';
 
@@ -219,7 +219,7 @@ export class IncrementSender {
   private async sendOperations(shard: number, operations: Operation[]): Promise<void> {
     let pending = operations;
     for (let attempt = 0; pending.length > 0; attempt++) {
-      let reply: (string | number)[];
+      let reply: ScriptReply;
       try {
         reply = await this.callScript(shard, pending);
       } catch (error) {
@@ -241,8 +241,8 @@ export class IncrementSender {
       }
       const decideAlone: Operation[] = [];
       pending.forEach((operation, index) => {
-        const status = reply[2 * index];
-        const total = Number(reply[2 * index + 1]);
+        const status = reply[1 + 2 * index];
+        const total = Number(reply[2 + 2 * index]);
         const [only] = operation.members;
         if (operation.members.length === 1 && only !== undefined) settle(only, status, total);
         else if (status === IncrementStatus.applied) distribute(operation, total);
@@ -263,11 +263,11 @@ export class IncrementSender {
     return keys;
   }
 
-  /** One script call; rebuilds the shard once if Redis lost its totals, then calls again. */
-  private async callScript(
-    shard: number,
-    operations: readonly Operation[],
-  ): Promise<(string | number)[]> {
+  /**
+   * One script call; rebuilds the shard once if Redis lost its totals, then calls again.
+   * Resolves with the script's reply: OK, then a status and a total per entry.
+   */
+  private callScript(shard: number, operations: readonly Operation[]): Promise<ScriptReply> {
     const keys = this.shardKeys(shard);
     const scriptKeys = [
       keys.epoch,
@@ -276,17 +276,13 @@ export class IncrementSender {
       keys.pendingBuckets,
       keys.pendingSince,
     ];
-    // The call's table of bucket sets, then each entry refers to its set by number.
-    const setNumbers = new Map<string, number>();
-    const prefixes: string[] = [];
+    // The call's table of bucket sets (usually one: now's), then the entries, each naming its
+    // set by number.
+    const sets: BucketSet[] = [];
     const entries: (string | number)[] = [];
     for (const { increment, delta } of operations) {
-      let setNumber = setNumbers.get(increment.buckets.id);
-      if (setNumber === undefined) {
-        setNumber = setNumbers.size + 1;
-        setNumbers.set(increment.buckets.id, setNumber);
-        prefixes.push(...increment.buckets.prefixes);
-      }
+      let setNumber = sets.findIndex((set) => set.id === increment.buckets.id) + 1;
+      if (setNumber === 0) setNumber = sets.push(increment.buckets);
       let spec = String(setNumber);
       if (!plain(increment)) {
         let idempotencyIndex = 0;
@@ -298,18 +294,16 @@ export class IncrementSender {
       }
       entries.push(increment.counter, delta, spec);
     }
-    const header = [this.config.idempotencyWindowMs, this.config.buckets.length, setNumbers.size];
-    for (let rebuilt = false; ; rebuilt = true) {
-      const reply = await this.scripts.increment(scriptKeys, [header, prefixes, entries]);
-      if (reply[0] === ScriptStatus.ok) return reply.slice(1);
-      if (rebuilt) {
-        throw new TallyError(
-          'UNAVAILABLE',
-          `Shard ${shard} lost its totals again while rebuilding.`,
-        );
-      }
+    const header = [this.config.idempotencyWindowMs, this.config.buckets.length, sets.length];
+    const args = [header, sets.flatMap((set) => set.prefixes), entries];
+    const call = () => this.scripts.increment(scriptKeys, args);
+    return call().then(async (reply) => {
+      if (reply[0] === ScriptStatus.ok) return reply;
       await this.rebuildShard(shard);
-    }
+      const again = await call();
+      if (again[0] === ScriptStatus.ok) return again;
+      throw new TallyError('UNAVAILABLE', `Shard ${shard} lost its totals again while rebuilding.`);
+    });
   }
 }
 

@@ -138,16 +138,22 @@ async function reconcileOnce(
   const seen = new Set<string>();
   let inflightApplied: boolean;
 
-  for (let after = ''; ;) {
-    const page = await readPostgresPage(ctx.pool, shard, batchId, after, chunkSize);
+  // The next page is read from PostgreSQL while Redis checks this one: the two round trips
+  // overlap instead of adding up. Each chunk is judged with its own page's ledger answer.
+  let page = await readPostgresPage(ctx.pool, shard, batchId, '', chunkSize);
+  for (;;) {
     inflightApplied = page.inflightApplied;
-    if (page.rows.length === 0) break;
+    const last = page.rows.at(-1);
+    if (last === undefined) break;
+    const next = readPostgresPage(ctx.pool, shard, batchId, last.name, chunkSize);
+    // If the chunk below throws first, this read's own failure must not go unhandled.
+    next.catch(() => undefined);
     const pairs = page.rows.map((row): [string, string] => [row.name, row.value]);
     for (const [name] of pairs) seen.add(name);
     drift.push(
       ...(await reconcileChunk(ctx, keys, batchId, inflightApplied, options.repair, pairs)),
     );
-    after = page.rows[page.rows.length - 1]?.name ?? after;
+    page = await next;
   }
 
   // Counters Redis knows that PostgreSQL does not (never flushed): their base is 0.

@@ -38,7 +38,7 @@ const scripts = {
 } as const;
 
 type ScriptName = keyof typeof scripts;
-type ScriptReply = (string | number)[];
+export type ScriptReply = (string | number)[];
 
 /** Runs Tally's Lua scripts on a connection. */
 export interface Scripts {
