@@ -38,6 +38,8 @@ export interface ScenarioResult {
   /** How long the load and the faults ran. */
   loadSeconds: number;
   /** Distinct increments invoked per second of load. */
+  invokedPerSecond: number;
+  /** Attempts (first tries and retries with the same key) per second of load: the offered load. */
   offeredPerSecond: number;
   reads: number;
   faults: Record<string, number>;
@@ -255,7 +257,8 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
   loadRunning = false;
   const loadSeconds = Math.round((Date.now() - started) / 1000);
   /** Distinct increments invoked while the faults struck (retries not counted again). */
-  const offered = history.length;
+  const invoked = history.length;
+  const attempts = history.attempts();
   await Promise.race([Promise.all(load), sleep(90_000)]);
   abandoned = true;
   await library.close();
@@ -380,7 +383,8 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       attempts: history.attempts(),
     },
     loadSeconds,
-    offeredPerSecond: Math.round(offered / loadSeconds),
+    invokedPerSecond: Math.round(invoked / loadSeconds),
+    offeredPerSecond: Math.round(attempts / loadSeconds),
     reads: history.reads.length,
     faults,
     lost,
