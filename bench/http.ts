@@ -1,6 +1,7 @@
 // HTTP ingest: `tally serve` against a bare Fastify server with the same routes, both loaded
 // by autocannon from this process with the same connections and bodies.
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import autocannon from 'autocannon';
 import { startTallyProcess } from '../test/support/tally-process.js';
@@ -34,12 +35,17 @@ async function startTallyServe(ctx: BenchContext): Promise<Target> {
 
 async function startBareFastify(): Promise<Target> {
   const script = new URL('./support/bare-fastify.ts', import.meta.url).pathname;
+  // Its stdin is a pipe from us: the server exits when it closes, even if we die first.
   const child = spawn(process.execPath, ['--import', 'tsx', script], {
-    stdio: ['ignore', 'pipe', 'inherit'],
+    stdio: ['pipe', 'pipe', 'inherit'],
   });
-  const [line] = (await createInterface({ input: child.stdout })[Symbol.asyncIterator]().next())
-    .value as [string];
-  return { port: (JSON.parse(line) as { port: number }).port, stop: () => child.kill('SIGTERM') };
+  const [line] = (await once(createInterface({ input: child.stdout }), 'line')) as [string];
+  return {
+    port: (JSON.parse(line) as { port: number }).port,
+    stop: () => {
+      child.kill('SIGTERM');
+    },
+  };
 }
 
 /** Request bodies cycled through by every connection: Zipf-distributed counters. */

@@ -201,7 +201,10 @@ export class IncrementSender {
         return;
       }
       this.queues.set(increment.shard, [waiting]);
-      process.nextTick(() => {
+      // setImmediate, not nextTick: it runs once the event loop has handled every I/O callback
+      // of this turn, so the increments of all the HTTP requests read in one turn share a call
+      // (with nextTick each request's went alone: 16 tiny calls per request of a batch).
+      setImmediate(() => {
         this.sendQueue(increment.shard);
       });
     });

@@ -35,4 +35,6 @@ const address = app.server.address();
 console.log(
   JSON.stringify({ port: typeof address === 'object' && address !== null ? address.port : 0 }),
 );
-process.on('SIGTERM', () => void app.close().then(() => process.exit(0)));
+const stop = () => void app.close().then(() => process.exit(0));
+process.on('SIGTERM', stop);
+process.stdin.on('close', stop).resume();
