@@ -287,6 +287,26 @@ describe('errors', () => {
     expect((await call('GET', '/v1/nothing-here')).json.error.code).toBe('NOT_FOUND');
   });
 
+  it('remembers idempotency keys for TALLY_IDEMPOTENCY_WINDOW_MS, no longer', async () => {
+    const server = startTallyProcess(
+      'serve',
+      serverEnv({ TALLY_KEY_PREFIX: 'window', TALLY_IDEMPOTENCY_WINDOW_MS: '1500' }),
+    );
+    try {
+      const base = `http://127.0.0.1:${await server.apiPort()}`;
+      const send = () =>
+        call('POST', '/v1/counters/w/increment', { by: 1, idempotencyKey: 'k' }, {}, base);
+      expect((await send()).json).toMatchObject({ value: 1, duplicate: false });
+      expect((await send()).json).toMatchObject({ value: 1, duplicate: true });
+      await new Promise((resolve) => setTimeout(resolve, 1_700));
+      // Past the window the key is forgotten: the same request counts again.
+      expect((await send()).json).toMatchObject({ value: 2, duplicate: false });
+    } finally {
+      server.kill('SIGTERM');
+      await server.exited;
+    }
+  });
+
   it('503 when Redis is unavailable; the same request succeeds once it is back', async () => {
     const ownRedis = await startRedis({ persistence: 'aof-always' });
     const server = startTallyProcess(
