@@ -19,7 +19,9 @@ export async function dirty(tally: Tally, n: number, perCounter = 1): Promise<vo
   const chunk = 1_000;
   let next = 0;
   const sender = async () => {
-    for (let start = (next += chunk) - chunk; start < n; start = (next += chunk) - chunk) {
+    while (next < n) {
+      const start = next;
+      next += chunk;
       const items = [];
       for (let i = start; i < Math.min(n, start + chunk); i++) {
         for (let k = 0; k < perCounter; k++) items.push({ counter: counterName(i) });
