@@ -57,7 +57,7 @@ function naiveBounds(history: History) {
       const op = history.op(id);
       if (op.counter !== read.counter) continue;
       if (op.outcome === 'ok' && (op.completedAt ?? Infinity) < read.invokedAt) lowerBound += op.by;
-      if (op.outcome !== 'fail' && op.invokedAt < read.completedAt) upperBound += op.by;
+      if (op.outcome !== 'fail' && op.invokedAt <= read.completedAt) upperBound += op.by;
     }
     return { read, lowerBound, upperBound };
   });

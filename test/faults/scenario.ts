@@ -107,7 +107,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       const counter = counters[Math.floor(clientRandom() * counters.length)] ?? 'faulty-0';
       if (i % 10 === 9) {
         const base = await someApi(clientRandom);
-        const invokedAt = Date.now();
+        const invokedAt = history.now();
         const response = await fetch(`${base}/v1/counters/${counter}`, {
           signal: AbortSignal.timeout(2_000),
         }).catch(() => undefined);
@@ -306,7 +306,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
         );
     });
     const status = await direct.status();
-    if (status.shards.some((s) => s.inflightBatch !== null || s.pendingCounters > 0))
+    if (status.shards.some((s) => s.inflightBatch !== null || s.pendingDeltas > 0))
       violations.push('a batch is left in flight after the drain');
     const { rows } = await client.query<{ name: string; value: string }>(
       `SELECT name, sum(value)::text AS value FROM tally.counter_buckets WHERE granularity = 'day' GROUP BY name`,
@@ -348,7 +348,14 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
 
   const readViolations = options.wipeMidRun === true ? [] : checkReads(history);
   const worst = readViolations[0];
-  if (worst !== undefined) violations.push(`${readViolations.length} reads out of bounds`);
+  if (worst !== undefined) {
+    const { read, lowerBound, upperBound } = worst;
+    violations.push(
+      `${readViolations.length} reads out of bounds; the worst: ${read.counter} read as ` +
+        `${read.value} between ${read.invokedAt} and ${read.completedAt} (ms since 1970), ` +
+        `bounds [${lowerBound}, ${upperBound}]`,
+    );
+  }
 
   let historyFile: string | undefined;
   if (violations.length > 0) {
@@ -357,7 +364,9 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
       ...verdict.duplicated.keys(),
       ...(worst === undefined ? [] : [worst.read.counter]),
     ]);
-    historyFile = join(tmpdir(), `tally-faults-${options.seed}.json`);
+    // Scenarios of one test run share the seed: the name tells them apart.
+    const scenario = `${options.persistence}${options.wipeMidRun === true ? '-wiped' : ''}`;
+    historyFile = join(tmpdir(), `tally-faults-${options.seed}-${scenario}-${process.pid}.json`);
     await writeFile(
       historyFile,
       JSON.stringify(
