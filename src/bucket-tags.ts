@@ -1,43 +1,86 @@
-import { bucketStart, nextBucketStart, type Granularity } from './buckets.js';
-import { bucketFieldPrefix } from './shard-keys.js';
+import { bucketStart, isGranularity, nextBucketStart, type Granularity } from './buckets.js';
+import { fieldSeparator } from './shard-keys.js';
 
-/**
- * The buckets an increment at one instant lands in, one per configured granularity. Every
- * increment of the same hour (or of the smallest configured granularity) shares one set, so
- * the hot path neither recomputes calendar dates nor builds a field string per increment.
+/*
+ * Pending deltas are kept per counter and per *bucket tag*: the configured granularities and the
+ * start of the smallest bucket an increment fell in, e.g. `hour,day␟1763690400000␟`. The
+ * granularities nest (minute ⊂ hour ⊂ day ⊂ month, all UTC), so that one start fixes the
+ * bucket of every granularity, and the hot path writes one pending field per increment
+ * (`<tag><counter>`) however many granularities are configured; the flush expands it into
+ * bucket rows. The tag names its granularities, so a batch is flushed as it was counted even
+ * if the configuration changed since. With no granularities configured the tag is empty and
+ * the field is the bare counter name.
  */
-export interface BucketSet {
-  /** Identifies the set within a script call's table of sets. */
-  readonly id: string;
-  /** One field prefix per granularity, in configuration order; the counter name follows. */
-  readonly prefixes: readonly string[];
+
+/** What one pending field holds: its counter, and the buckets its delta belongs to. */
+export interface PendingField {
+  counter: string;
+  /** The tag the field starts with ('' for none). */
+  tag: string;
 }
 
-/** Hands out bucket sets, keeping the one of the current period for increments without `at`. */
-export class BucketSets {
-  private current: { set: BucketSet; fromMs: number; untilMs: number } | undefined;
+/** The buckets a tag stands for: one start per granularity, in the tag's order. */
+export interface TagBuckets {
+  granularities: readonly Granularity[];
+  starts: readonly number[];
+}
+
+/** The tag of the buckets holding `atMs`. */
+export function bucketTag(granularities: readonly Granularity[], atMs: number): string {
+  if (granularities.length === 0) return '';
+  const smallestStart = Math.max(...granularities.map((g) => bucketStart(g, atMs)));
+  return `${granularities.join(',')}${fieldSeparator}${smallestStart}${fieldSeparator}`;
+}
+
+/** Splits a pending field into its tag and counter (counter names cannot hold the separator). */
+export function parsePendingField(field: string): PendingField {
+  const end = field.lastIndexOf(fieldSeparator) + 1;
+  return { tag: field.slice(0, end), counter: field.slice(end) };
+}
+
+/** The buckets of a tag; throws on a tag Tally did not write. */
+export function tagBuckets(tag: string): TagBuckets {
+  if (tag === '') return { granularities: [], starts: [] };
+  const [names = '', start = '', rest] = tag.split(fieldSeparator);
+  const granularities = names.split(',');
+  const smallestStart = Number(start);
+  if (rest !== '' || !granularities.every(isGranularity) || !Number.isSafeInteger(smallestStart)) {
+    throw new Error(`Not a bucket tag: ${JSON.stringify(tag)}`);
+  }
+  return {
+    granularities,
+    starts: granularities.map((granularity) => bucketStart(granularity, smallestStart)),
+  };
+}
+
+/**
+ * Hands out bucket tags, keeping the one of the current period for increments without `at`:
+ * every increment of the same smallest bucket shares one tag, so the hot path neither
+ * recomputes calendar dates nor builds a string per increment.
+ */
+export class BucketTags {
+  private current: { tag: string; fromMs: number; untilMs: number } | undefined;
 
   constructor(private readonly granularities: readonly Granularity[]) {}
 
-  /** The set of the buckets holding `atMs`. */
-  at(atMs: number): BucketSet {
+  /** The tag of the buckets holding `atMs`. */
+  at(atMs: number): string {
     const current = this.current;
     if (current !== undefined && atMs >= current.fromMs && atMs < current.untilMs) {
-      return current.set;
+      return current.tag;
     }
-    // Where every bucket holding atMs overlaps: the same set serves that whole interval.
+    // Where every bucket holding atMs overlaps: the same tag serves that whole interval.
     let fromMs = -Infinity;
     let untilMs = Infinity;
-    const prefixes = this.granularities.map((granularity) => {
+    for (const granularity of this.granularities) {
       const start = bucketStart(granularity, atMs);
       fromMs = Math.max(fromMs, start);
       untilMs = Math.min(untilMs, nextBucketStart(granularity, start));
-      return bucketFieldPrefix(granularity, start);
-    });
-    const set = { id: prefixes.join(''), prefixes };
+    }
+    const tag = bucketTag(this.granularities, atMs);
     // Increments at `now` keep landing in the newest period; one with an old `at` must not
     // evict it.
-    if (current === undefined || fromMs >= current.fromMs) this.current = { set, fromMs, untilMs };
-    return set;
+    if (current === undefined || fromMs >= current.fromMs) this.current = { tag, fromMs, untilMs };
+    return tag;
   }
 }

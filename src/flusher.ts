@@ -1,13 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { postgresFailure } from './connections.js';
+import { batchRows } from './batch-rows.js';
 import type { ResolvedConfig } from './config.js';
 import type { RedisDurability } from './durability.js';
 import { FlushError, TallyError } from './errors.js';
 import { reachFaultPoint } from './fault-points.js';
 import { withShardLock } from './flush-lock.js';
 import type { RedisConnection, Scripts } from './redis-scripts.js';
-import { parseBucketField, shardKeys, type ShardKeys } from './shard-keys.js';
+import { shardKeys, type ShardKeys } from './shard-keys.js';
 
 export interface FlushContext {
   redis: RedisConnection;
@@ -70,10 +71,10 @@ async function snapshotAndApply(
       'snapshot',
       [
         keys.pending,
-        keys.pendingBuckets,
+        keys.pendingTags,
         keys.pendingSince,
         keys.inflight,
-        keys.inflightBuckets,
+        keys.inflightTags,
         keys.inflightMeta,
         keys.snapshots,
       ],
@@ -113,16 +114,7 @@ async function applyBatch(
   batchId: string,
   resumed: boolean,
 ): Promise<AppliedBatch> {
-  const [totals, buckets] = await Promise.all([
-    ctx.redis.hgetall(keys.inflight),
-    ctx.redis.hgetall(keys.inflightBuckets),
-  ]);
-  // Rows in a stable order, so that transactions touching the same rows lock them in the same
-  // order. Deltas stay strings: exact whatever their size.
-  const counterNames = Object.keys(totals).sort();
-  const bucketRows = Object.keys(buckets)
-    .sort()
-    .map((field) => ({ ...parseBucketField(field), delta: buckets[field] }));
+  const rows = batchRows(await ctx.redis.hgetall(keys.inflight));
 
   let client: pg.PoolClient | undefined;
   let alreadyApplied: boolean;
@@ -136,7 +128,7 @@ async function applyBatch(
       name: 'tally_ledger_insert',
       text: `INSERT INTO tally.applied_batches (shard, batch_id, counters)
              VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
-      values: [shard, batchId, counterNames.length],
+      values: [shard, batchId, rows.counters.names.length],
     });
     alreadyApplied = ledger.rowCount === 0;
     if (process.env.TALLY_TEST_BREAK_FLUSH === 'acknowledge-before-commit') {
@@ -144,7 +136,7 @@ async function applyBatch(
       // PostgreSQL holds it, so a crash now loses it. The fault checker must catch this.
       await ctx.scripts.run(
         'acknowledge',
-        [keys.inflight, keys.inflightBuckets, keys.inflightMeta],
+        [keys.inflight, keys.inflightTags, keys.inflightMeta],
         [batchId],
       );
     }
@@ -155,7 +147,7 @@ async function applyBatch(
                SELECT name, $3, delta FROM unnest($1::text[], $2::bigint[]) AS d (name, delta)
                ON CONFLICT (name) DO UPDATE
                  SET value = c.value + EXCLUDED.value, updated_at = now()`,
-        values: [counterNames, counterNames.map((name) => totals[name]), shard],
+        values: [rows.counters.names, rows.counters.deltas, shard],
       });
       await reachFaultPoint('mid-transaction');
       await client.query({
@@ -167,10 +159,10 @@ async function applyBatch(
                ON CONFLICT (name, granularity, bucket_start) DO UPDATE
                  SET value = b.value + EXCLUDED.value`,
         values: [
-          bucketRows.map((row) => row.counter),
-          bucketRows.map((row) => row.granularity),
-          bucketRows.map((row) => row.startMs),
-          bucketRows.map((row) => row.delta),
+          rows.buckets.names,
+          rows.buckets.granularities,
+          rows.buckets.startsMs,
+          rows.buckets.deltas,
         ],
       });
     }
@@ -197,7 +189,7 @@ async function applyBatch(
 
   const acknowledged = ctx.scripts.run(
     'acknowledge',
-    [keys.inflight, keys.inflightBuckets, keys.inflightMeta],
+    [keys.inflight, keys.inflightTags, keys.inflightMeta],
     [batchId],
   );
   setImmediate(() => {
@@ -207,8 +199,8 @@ async function applyBatch(
   return {
     shard,
     batchId,
-    counters: counterNames.length,
-    buckets: bucketRows.length,
+    counters: rows.counters.names.length,
+    buckets: rows.buckets.names.length,
     resumed,
     alreadyApplied,
   };

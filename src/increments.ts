@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { BucketSets, type BucketSet } from './bucket-sets.js';
+import { BucketTags } from './bucket-tags.js';
 import { toEpochMs } from './buckets.js';
 import type { ResolvedConfig } from './config.js';
 import { redisFailure } from './connections.js';
@@ -41,7 +41,8 @@ export interface PreparedIncrement {
   delta: number;
   limit: number | undefined;
   idempotencyKey: string | undefined;
-  buckets: BucketSet;
+  /** The bucket tag of its instant (bucket-tags.ts). */
+  bucketTag: string;
 }
 
 function safeInteger(value: unknown, what: string): number {
@@ -63,10 +64,10 @@ const rememberedNamesMax = 200_000;
  */
 export class IncrementPreparer {
   private readonly shardOfName = new Map<string, number>();
-  private readonly bucketSets: BucketSets;
+  private readonly bucketTags: BucketTags;
 
   constructor(private readonly config: ResolvedConfig) {
-    this.bucketSets = new BucketSets(config.buckets);
+    this.bucketTags = new BucketTags(config.buckets);
   }
 
   prepare(ref: CounterRef, by: unknown, options: IncrementOptions): PreparedIncrement {
@@ -90,7 +91,7 @@ export class IncrementPreparer {
       delta,
       limit,
       idempotencyKey,
-      buckets: this.bucketSets.at(atMs),
+      bucketTag: this.bucketTags.at(atMs),
     };
   }
 
@@ -155,7 +156,7 @@ function toOperations(group: readonly Waiting[]): Operation[] {
     const candidates = open.get(increment.counter);
     const operation = candidates?.find(
       (candidate) =>
-        candidate.increment.buckets.id === increment.buckets.id &&
+        candidate.increment.bucketTag === increment.bucketTag &&
         Math.sign(candidate.delta) === Math.sign(increment.delta),
     );
     if (operation !== undefined && Number.isSafeInteger(operation.delta + increment.delta)) {
@@ -272,21 +273,15 @@ export class IncrementSender {
    */
   private callScript(shard: number, operations: readonly Operation[]): Promise<ScriptReply> {
     const keys = this.shardKeys(shard);
-    const scriptKeys = [
-      keys.epoch,
-      keys.totals,
-      keys.pending,
-      keys.pendingBuckets,
-      keys.pendingSince,
-    ];
-    // The call's table of bucket sets (usually one: now's), then the entries, each naming its
-    // set by number.
-    const sets: BucketSet[] = [];
+    const scriptKeys = [keys.epoch, keys.totals, keys.pending, keys.pendingTags, keys.pendingSince];
+    // The call's table of bucket tags (usually one: now's), then the entries, each naming its
+    // tag by number.
+    const tags: string[] = [];
     const entries: (string | number)[] = [];
     for (const { increment, delta } of operations) {
-      let setNumber = sets.findIndex((set) => set.id === increment.buckets.id) + 1;
-      if (setNumber === 0) setNumber = sets.push(increment.buckets);
-      let spec = String(setNumber);
+      let tagNumber = tags.indexOf(increment.bucketTag) + 1;
+      if (tagNumber === 0) tagNumber = tags.push(increment.bucketTag);
+      let spec = String(tagNumber);
       if (!plain(increment)) {
         let idempotencyIndex = 0;
         if (increment.idempotencyKey !== undefined) {
@@ -297,8 +292,7 @@ export class IncrementSender {
       }
       entries.push(increment.counter, delta, spec);
     }
-    const header = [this.config.idempotencyWindowMs, this.config.buckets.length, sets.length];
-    const args = [header, sets.flatMap((set) => set.prefixes), entries];
+    const args = [[this.config.idempotencyWindowMs, tags.length], tags, entries];
     const call = () => this.scripts.increment(scriptKeys, args);
     return call().then(async (reply) => {
       if (reply[0] === ScriptStatus.ok) return reply;

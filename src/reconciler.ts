@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { parsePendingField } from './bucket-tags.js';
 import { postgresFailure } from './connections.js';
 import type { FlushContext } from './flusher.js';
 import { withShardLock } from './flush-lock.js';
@@ -86,7 +87,14 @@ async function reconcileChunk(
 ): Promise<Drift[]> {
   const reply = await ctx.scripts.run(
     'reconcileChunk',
-    [keys.totals, keys.pending, keys.inflight, keys.inflightMeta],
+    [
+      keys.totals,
+      keys.pending,
+      keys.pendingTags,
+      keys.inflight,
+      keys.inflightTags,
+      keys.inflightMeta,
+    ],
     [batchId, inflightApplied ? '1' : '0', repair ? '1' : '0', ...pairs.flat()],
   );
   if (reply[0] === ScriptStatus.batchChanged) throw new BatchChanged();
@@ -158,8 +166,12 @@ async function reconcileOnce(
 
   // Counters Redis knows that PostgreSQL does not (never flushed): their base is 0.
   const redisOnly = new Set<string>();
-  for (const key of [keys.totals, keys.pending, keys.inflight]) {
-    for (const name of await hashFields(ctx, key)) if (!seen.has(name)) redisOnly.add(name);
+  for (const name of await hashFields(ctx, keys.totals)) if (!seen.has(name)) redisOnly.add(name);
+  for (const key of [keys.pending, keys.inflight]) {
+    for (const field of await hashFields(ctx, key)) {
+      const { counter } = parsePendingField(field);
+      if (!seen.has(counter)) redisOnly.add(counter);
+    }
   }
   const names = [...redisOnly];
   for (let i = 0; i < names.length; i += chunkSize) {

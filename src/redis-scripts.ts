@@ -24,15 +24,15 @@ export const IncrementStatus = {
  * The version is part of every command name, so two Tally versions sharing one Redis never run
  * each other's scripts (ioredis runs them by SHA under these names).
  */
-const scriptVersion = 'v1';
+const scriptVersion = 'v2';
 
 const scripts = {
   increment: { file: 'increment.lua', keys: undefined },
   readTotals: { file: 'read-totals.lua', keys: 2 },
   snapshot: { file: 'snapshot.lua', keys: 7 },
   acknowledge: { file: 'acknowledge.lua', keys: 3 },
-  reconcileChunk: { file: 'reconcile-chunk.lua', keys: 4 },
-  readBuckets: { file: 'read-buckets.lua', keys: 4 },
+  reconcileChunk: { file: 'reconcile-chunk.lua', keys: 6 },
+  readBuckets: { file: 'read-buckets.lua', keys: 6 },
   releaseLock: { file: 'release-lock.lua', keys: 1 },
   extendLock: { file: 'extend-lock.lua', keys: 1 },
 } as const;

@@ -7,15 +7,15 @@ export interface ShardKeys {
   epoch: string;
   /** Hash: counter → total (PostgreSQL base + every delta since). */
   totals: string;
-  /** Hash: counter → delta not yet flushed. */
+  /** Hash: `<bucket tag><counter>` → delta not yet flushed (see bucket-tags.ts). */
   pending: string;
-  /** Hash: `granularity␟bucketStartMs␟counter` → delta not yet flushed. */
-  pendingBuckets: string;
+  /** Set: the bucket tags `pending` has fields of, so readers need not scan it. */
+  pendingTags: string;
   /** String: server time (ms) of the oldest pending delta. */
   pendingSince: string;
-  /** The batch being flushed: `pending` and `pendingBuckets` renamed by the snapshot. */
+  /** The batch being flushed: `pending` and `pendingTags` renamed by the snapshot. */
   inflight: string;
-  inflightBuckets: string;
+  inflightTags: string;
   /** Hash: batch id, when its oldest delta arrived, when it was snapshotted. */
   inflightMeta: string;
   /** Counts snapshots, so a reader can tell that a flush moved deltas while it was reading. */
@@ -34,38 +34,14 @@ export function shardKeys(prefix: string, shard: number): ShardKeys {
   return {
     epoch: `${base}:epoch`,
     totals: `${base}:totals`,
-    pending: `${base}:pending`,
-    pendingBuckets: `${base}:pending-buckets`,
+    pending: `${base}:pending-deltas`,
+    pendingTags: `${base}:pending-tags`,
     pendingSince: `${base}:pending-since`,
-    inflight: `${base}:inflight`,
-    inflightBuckets: `${base}:inflight-buckets`,
+    inflight: `${base}:inflight-deltas`,
+    inflightTags: `${base}:inflight-tags`,
     inflightMeta: `${base}:inflight-meta`,
     snapshots: `${base}:snapshots`,
     lock: `${base}:lock`,
     idempotency: (counter, key) => `${base}:idem:${counter}${fieldSeparator}${key}`,
-  };
-}
-
-/** The hash field of a bucket delta: its bucket's prefix, then the counter. */
-export function bucketField(granularity: string, startMs: number, counter: string): string {
-  return bucketFieldPrefix(granularity, startMs) + counter;
-}
-
-/** What the fields of every counter in one bucket start with (increment.lua appends the name). */
-export function bucketFieldPrefix(granularity: string, startMs: number): string {
-  return `${granularity}${fieldSeparator}${startMs}${fieldSeparator}`;
-}
-
-export function parseBucketField(field: string): {
-  granularity: string;
-  startMs: number;
-  counter: string;
-} {
-  const first = field.indexOf(fieldSeparator);
-  const second = field.indexOf(fieldSeparator, first + 1);
-  return {
-    granularity: field.slice(0, first),
-    startMs: Number(field.slice(first + 1, second)),
-    counter: field.slice(second + 1),
   };
 }

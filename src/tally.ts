@@ -28,10 +28,13 @@ export interface IncrementItem extends IncrementOptions {
 
 export interface ShardStatus {
   shard: number;
-  /** Counters with a delta waiting for the next flush. */
-  pendingCounters: number;
-  /** The batch being flushed, if any. */
-  inflightBatch: { batchId: string; counters: number } | null;
+  /**
+   * Deltas waiting for the next flush: one per counter and smallest bucket (a counter counted
+   * on both sides of an hour boundary since the last flush has two).
+   */
+  pendingDeltas: number;
+  /** The batch being flushed, if any, and its deltas (counted as pendingDeltas). */
+  inflightBatch: { batchId: string; deltas: number } | null;
   /** Age of the oldest delta not yet in PostgreSQL (0 when there is none). */
   oldestUnflushedAgeMs: number;
   /** Redis holds this shard's totals (its epoch marker is present). */
@@ -293,7 +296,7 @@ class TallyClient implements Tally {
     const shards = await Promise.all(
       Array.from({ length: this.config.shards }, async (_, shard): Promise<ShardStatus> => {
         const keys = shardKeys(this.config.keyPrefix, shard);
-        const [pendingCounters, pendingSince, meta, inflightCounters, epoch] = await Promise.all([
+        const [pendingDeltas, pendingSince, meta, inflightDeltas, epoch] = await Promise.all([
           redis.hlen(keys.pending),
           redis.get(keys.pendingSince),
           redis.hgetall(keys.inflightMeta),
@@ -306,9 +309,9 @@ class TallyClient implements Tally {
         );
         return {
           shard,
-          pendingCounters,
+          pendingDeltas,
           inflightBatch:
-            meta.batch === undefined ? null : { batchId: meta.batch, counters: inflightCounters },
+            meta.batch === undefined ? null : { batchId: meta.batch, deltas: inflightDeltas },
           oldestUnflushedAgeMs: Math.max(0, nowMs - oldest),
           totalsValid: epoch === 1,
           lastFlushAt: lastFlush.get(shard) ?? null,

@@ -1,10 +1,11 @@
+import { tagBuckets } from './bucket-tags.js';
 import { bucketStarts, isGranularity, toEpochMs, type Granularity } from './buckets.js';
 import { postgresFailure, redisFailure } from './connections.js';
 import { canonicalName, type CounterRef } from './counter-name.js';
 import { TallyError, ValidationError } from './errors.js';
 import type { FlushContext } from './flusher.js';
 import { shardOf } from './sharding.js';
-import { bucketField, shardKeys } from './shard-keys.js';
+import { shardKeys } from './shard-keys.js';
 
 export interface UsageQuery {
   /** Start of the period (inclusive; the bucket holding it is the first one). */
@@ -52,20 +53,26 @@ export async function readUsage(
   }
   const shard = shardOf(counter, ctx.config.shards);
   const keys = shardKeys(ctx.config.keyPrefix, shard);
-  const fields = starts.map((start) => bucketField(query.granularity, start, counter));
 
   for (let attempt = 0; attempt < maxReadAttempts; attempt++) {
     let redisReply: (string | number)[];
     try {
       redisReply = await ctx.scripts.run(
         'readBuckets',
-        [keys.pendingBuckets, keys.inflightBuckets, keys.inflightMeta, keys.snapshots],
-        fields,
+        [
+          keys.pending,
+          keys.pendingTags,
+          keys.inflight,
+          keys.inflightTags,
+          keys.inflightMeta,
+          keys.snapshots,
+        ],
+        [counter],
       );
     } catch (error) {
       throw redisFailure(error, 'read', 'a usage read');
     }
-    const [snapshots, batchId] = redisReply as [number, string];
+    const [snapshots, batchId, pendingTags] = redisReply as [number, string, number];
     const { rows } = await ctx.pool
       .query<{ applied: boolean; buckets: Record<string, string> }>({
         name: 'tally_usage',
@@ -89,11 +96,18 @@ export async function readUsage(
     if (snapshotsAfter !== snapshots) continue;
 
     const applied = rows[0]?.applied ?? false;
+    const unflushed = new Map<number, number>();
+    // Pairs of (bucket tag, delta): the pending ones, then the in-flight ones.
+    const pairsEnd = applied ? 3 + 2 * pendingTags : redisReply.length;
+    for (let i = 3; i < pairsEnd; i += 2) {
+      const tagged = tagBuckets(String(redisReply[i]));
+      const start = tagged.starts[tagged.granularities.indexOf(query.granularity)];
+      if (start === undefined) continue;
+      unflushed.set(start, (unflushed.get(start) ?? 0) + Number(redisReply[i + 1]));
+    }
     const flushed = rows[0]?.buckets ?? {};
-    return starts.map((start, index) => {
-      const pending = Number(redisReply[2 + 2 * index]);
-      const inflight = applied ? 0 : Number(redisReply[3 + 2 * index]);
-      const value = Number(flushed[String(start)] ?? 0) + pending + inflight;
+    return starts.map((start) => {
+      const value = Number(flushed[String(start)] ?? 0) + (unflushed.get(start) ?? 0);
       if (!Number.isSafeInteger(value)) {
         throw new TallyError(
           'OVERFLOW',

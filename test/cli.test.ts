@@ -109,12 +109,12 @@ describe('tally CLI', () => {
     expect(status.code).toBe(0);
     const parsed = JSON.parse(status.stdout) as {
       schemaVersion: number;
-      shards: { pendingCounters: number; inflightBatch: unknown; lastFlushAt: string | null }[];
+      shards: { pendingDeltas: number; inflightBatch: unknown; lastFlushAt: string | null }[];
     };
     expect(parsed.schemaVersion).toBe(1);
     expect(parsed.shards).toHaveLength(4);
     expect(
-      parsed.shards.every((shard) => shard.pendingCounters === 0 && shard.inflightBatch === null),
+      parsed.shards.every((shard) => shard.pendingDeltas === 0 && shard.inflightBatch === null),
     ).toBe(true);
     expect(parsed.shards.some((shard) => shard.lastFlushAt !== null)).toBe(true);
     const human = await s.cli(['status']);

@@ -98,7 +98,7 @@ describe('tally dev', () => {
     };
     expect(read.value).toBe(42);
     await waitFor('the live status line', () =>
-      first.lines.find((line) => /increments\/s \| \d+ counters pending \| flush lag/.test(line)),
+      first.lines.find((line) => /increments\/s \| \d+ deltas pending \| flush lag/.test(line)),
     );
 
     const started = descendants(first.pid);

@@ -133,9 +133,7 @@ class WipeRedis implements fc.AsyncCommand<Model, Real> {
 async function flushUntilDone(tally: Tally): Promise<void> {
   await waitFor('a final flush to succeed', () => tally.flush(), { timeoutMs: 20_000 });
   const status = await tally.status();
-  expect(status.shards.every((s) => s.inflightBatch === null && s.pendingCounters === 0)).toBe(
-    true,
-  );
+  expect(status.shards.every((s) => s.inflightBatch === null && s.pendingDeltas === 0)).toBe(true);
 }
 
 function incrementCommand(positiveOnly: boolean) {

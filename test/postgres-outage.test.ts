@@ -57,9 +57,7 @@ describe('PostgreSQL down', () => {
     const reports = await tally.reconcile();
     expect(reports.flatMap((r) => r.drift)).toEqual([]);
     const after = await tally.status();
-    expect(after.shards.every((s) => s.inflightBatch === null && s.pendingCounters === 0)).toBe(
-      true,
-    );
+    expect(after.shards.every((s) => s.inflightBatch === null && s.pendingDeltas === 0)).toBe(true);
   });
 });
 

@@ -1,10 +1,10 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { BucketSets } from '../src/bucket-sets.js';
-import { bucketStart, bucketStarts, nextBucketStart } from '../src/buckets.js';
+import { batchRows } from '../src/batch-rows.js';
+import { BucketTags, bucketTag, parsePendingField, tagBuckets } from '../src/bucket-tags.js';
+import { bucketStart, bucketStarts, granularities, nextBucketStart } from '../src/buckets.js';
 import { canonicalName, validateName } from '../src/counter-name.js';
 import { shardOf } from '../src/sharding.js';
-import { bucketField, parseBucketField } from '../src/shard-keys.js';
 
 describe('shardOf', () => {
   it('is FNV-1a of the UTF-8 bytes, so every process routes a counter alike', () => {
@@ -79,50 +79,120 @@ describe('buckets', () => {
       { numRuns: 200 },
     );
   });
+});
 
-  it('fields round-trip', () => {
-    expect(parseBucketField(bucketField('hour', 3_600_000, 'a{b="c"}'))).toEqual({
-      granularity: 'hour',
-      startMs: 3_600_000,
-      counter: 'a{b="c"}',
-    });
+const someGranularities = fc.subarray([...granularities], { minLength: 1 });
+const anInstant = fc.integer({ min: Date.UTC(2020, 0, 1), max: Date.UTC(2030, 0, 1) });
+const aCounter = fc.string({ minLength: 1, maxLength: 12 }).filter((s) => !s.includes('\u001f'));
+
+describe('bucket tags', () => {
+  it('name the bucket of every granularity, and a field splits back into tag and counter', () => {
+    fc.assert(
+      fc.property(someGranularities, anInstant, aCounter, (configured, at, counter) => {
+        const tag = bucketTag(configured, at);
+        expect(parsePendingField(tag + counter)).toEqual({ tag, counter });
+        expect(tagBuckets(tag)).toEqual({
+          granularities: configured,
+          starts: configured.map((granularity) => bucketStart(granularity, at)),
+        });
+      }),
+    );
+    expect(bucketTag([], 0)).toBe('');
+    expect(parsePendingField('plain')).toEqual({ tag: '', counter: 'plain' });
+    expect(tagBuckets('')).toEqual({ granularities: [], starts: [] });
+  });
+
+  it('refuse a tag Tally did not write', () => {
+    expect(() => tagBuckets('week\u001f0\u001f')).toThrow(/Not a bucket tag/);
+    expect(() => tagBuckets('hour\u001fsoon\u001f')).toThrow(/Not a bucket tag/);
+  });
+
+  it('are handed out per instant, whatever order the instants come in', () => {
+    fc.assert(
+      fc.property(someGranularities, fc.array(anInstant, { minLength: 1 }), (configured, at) => {
+        const tags = new BucketTags(configured);
+        for (const instant of at) expect(tags.at(instant)).toBe(bucketTag(configured, instant));
+      }),
+    );
+  });
+
+  it('stay the same within the smallest bucket, and an old instant does not evict it', () => {
+    const tags = new BucketTags(['day', 'hour']);
+    const hour = Date.UTC(2026, 10, 21, 23);
+    const now = tags.at(hour + 1);
+    expect(tags.at(hour + 3_599_999)).toBe(now);
+    expect(tags.at(hour - 86_400_000)).not.toBe(now);
+    expect(tags.at(hour + 5)).toBe(now);
+    expect(tagBuckets(tags.at(hour + 3_600_000)).starts).toEqual([
+      Date.UTC(2026, 10, 22),
+      Date.UTC(2026, 10, 22),
+    ]);
+    expect(new BucketTags([]).at(hour)).toBe('');
   });
 });
 
-describe('bucket sets', () => {
-  it('give every instant the prefixes of its own buckets, whatever order they come in', () => {
+describe('batchRows', () => {
+  /** The plain definition: every field's delta added to its counter and each of its buckets. */
+  function expected(deltas: Record<string, string>) {
+    const totals = new Map<string, bigint>();
+    const buckets = new Map<string, bigint>();
+    for (const [field, delta] of Object.entries(deltas)) {
+      const { tag, counter } = parsePendingField(field);
+      totals.set(counter, (totals.get(counter) ?? 0n) + BigInt(delta));
+      const { granularities: names, starts } = tagBuckets(tag);
+      names.forEach((granularity, i) => {
+        const key = JSON.stringify([counter, granularity, starts[i]]);
+        buckets.set(key, (buckets.get(key) ?? 0n) + BigInt(delta));
+      });
+    }
+    return { totals, buckets };
+  }
+
+  it('sum every delta exactly into its total and into each of its buckets, once per row', () => {
+    const aDelta = fc.oneof(
+      fc.integer({ min: -1000, max: 1000 }),
+      fc.bigInt({ min: -(2n ** 62n), max: 2n ** 62n }),
+    );
+    const aField = fc.tuple(
+      fc.constantFrom(['hour', 'day'] as const, ['minute'] as const, [] as const),
+      anInstant,
+      fc.constantFrom('a', 'b', 'c{x="1"}'),
+    );
     fc.assert(
-      fc.property(
-        fc.array(fc.integer({ min: Date.UTC(2020, 0, 1), max: Date.UTC(2030, 0, 1) }), {
-          minLength: 1,
-          maxLength: 50,
-        }),
-        (instants) => {
-          const sets = new BucketSets(['hour', 'day', 'month']);
-          for (const at of instants) {
-            const set = sets.at(at);
-            expect(set.prefixes.map((prefix) => prefix + 'c')).toEqual([
-              bucketField('hour', bucketStart('hour', at), 'c'),
-              bucketField('day', bucketStart('day', at), 'c'),
-              bucketField('month', bucketStart('month', at), 'c'),
-            ]);
-            expect(set.id).toBe(set.prefixes.join(''));
-          }
-        },
-      ),
+      fc.property(fc.array(fc.tuple(aField, aDelta), { maxLength: 30 }), (entries) => {
+        const deltas: Record<string, string> = {};
+        for (const [[configured, at, counter], delta] of entries) {
+          deltas[bucketTag(configured, at) + counter] = String(delta);
+        }
+        const rows = batchRows(deltas);
+        const want = expected(deltas);
+        expect(new Set(rows.counters.names).size).toBe(rows.counters.names.length);
+        expect(
+          new Map(
+            rows.counters.names.map((name, i) => [name, BigInt(rows.counters.deltas[i] ?? '')]),
+          ),
+        ).toEqual(want.totals);
+        const {
+          names,
+          granularities: bucketGranularities,
+          startsMs,
+          deltas: bucketDeltas,
+        } = rows.buckets;
+        const keys = names.map((name, i) =>
+          JSON.stringify([name, bucketGranularities[i], startsMs[i]]),
+        );
+        expect(new Set(keys).size).toBe(keys.length);
+        expect(new Map(keys.map((key, i) => [key, BigInt(bucketDeltas[i] ?? '')]))).toEqual(
+          want.buckets,
+        );
+      }),
     );
   });
 
-  it('share one set within the smallest bucket, and an old instant does not evict it', () => {
-    const sets = new BucketSets(['day', 'hour']);
-    const hour = Date.UTC(2026, 10, 21, 23);
-    const now = sets.at(hour + 1);
-    expect(sets.at(hour + 3_599_999)).toBe(now);
-    expect(sets.at(hour - 86_400_000)).not.toBe(now);
-    expect(sets.at(hour + 5)).toBe(now);
-    expect(sets.at(hour + 3_600_000).prefixes[0]).toBe(
-      bucketField('day', Date.UTC(2026, 10, 22), ''),
-    );
-    expect(new BucketSets([]).at(hour)).toEqual({ id: '', prefixes: [] });
+  it('give the rows of one period in counter order', () => {
+    const tag = bucketTag(['hour', 'day'], Date.UTC(2026, 10, 21, 10));
+    const rows = batchRows({ [`${tag}b`]: '2', [`${tag}c`]: '3', [`${tag}a`]: '1' });
+    expect(rows.counters).toEqual({ names: ['a', 'b', 'c'], deltas: ['1', '2', '3'] });
+    expect(rows.buckets.names).toEqual(['a', 'a', 'b', 'b', 'c', 'c']);
   });
 });

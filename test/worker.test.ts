@@ -124,7 +124,7 @@ describe('tally worker', () => {
       'tally_flush_batches_total',
       'tally_flush_counters_total',
       'tally_flush_failures_total',
-      'tally_pending_counters{shard="0"}',
+      'tally_pending_deltas{shard="0"}',
       'tally_flush_lag_seconds{shard="0"}',
       'tally_inflight_batches',
     ]) {

@@ -36,8 +36,8 @@ export class FlushMetrics {
   });
 
   private readonly pending = new Gauge({
-    name: 'tally_pending_counters',
-    help: 'Counters with a delta waiting for the next flush, per shard.',
+    name: 'tally_pending_deltas',
+    help: 'Deltas waiting for the next flush, per shard (one per counter and smallest bucket).',
     labelNames: ['shard'],
     registers: [this.registry],
   });
@@ -74,7 +74,7 @@ export class FlushMetrics {
     const status = await this.tally.status();
     this.inflight.set(status.shards.filter((shard) => shard.inflightBatch !== null).length);
     for (const shard of status.shards) {
-      this.pending.set({ shard: String(shard.shard) }, shard.pendingCounters);
+      this.pending.set({ shard: String(shard.shard) }, shard.pendingDeltas);
       this.lag.set({ shard: String(shard.shard) }, shard.oldestUnflushedAgeMs / 1_000);
     }
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };

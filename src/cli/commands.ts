@@ -59,7 +59,7 @@ export async function flushCommand(options: StoreOptions) {
         );
       }
       const status = await tally.status();
-      if (status.shards.every((s) => s.pendingCounters === 0 && s.inflightBatch === null)) {
+      if (status.shards.every((s) => s.pendingDeltas === 0 && s.inflightBatch === null)) {
         print(`flushed ${batches} batches, ${counters} counter totals; nothing left to flush`);
         return ExitCode.ok;
       }
@@ -163,9 +163,9 @@ function describeStatus(status: TallyStatus): string[] {
     lines.push(
       [
         String(s.shard).padEnd(5),
-        String(s.pendingCounters).padEnd(8),
+        String(s.pendingDeltas).padEnd(8),
         `${(s.oldestUnflushedAgeMs / 1000).toFixed(1)} s`.padEnd(17),
-        (s.inflightBatch === null ? '-' : `${s.inflightBatch.counters} counters`).padEnd(10),
+        (s.inflightBatch === null ? '-' : `${s.inflightBatch.deltas} deltas`).padEnd(10),
         (s.totalsValid ? 'built' : 'MISSING').padEnd(8),
         s.lastFlushAt?.toISOString() ?? 'never',
       ].join(' '),

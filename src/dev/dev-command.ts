@@ -114,7 +114,7 @@ export async function runDev(options: DevOptions): Promise<void> {
         }, 100)
       : undefined;
 
-  // The live line: increments per second (API and demo load), pending counters, flush lag.
+  // The live line: increments per second (API and demo load), pending deltas, flush lag.
   let lastCount = 0;
   const statusLine = setInterval(() => {
     void (async () => {
@@ -125,9 +125,9 @@ export async function runDev(options: DevOptions): Promise<void> {
       );
       const count = viaApi + demoSent;
       const status = await tally.status();
-      const pending = status.shards.reduce((sum, s) => sum + s.pendingCounters, 0);
+      const pending = status.shards.reduce((sum, s) => sum + s.pendingDeltas, 0);
       const lagMs = Math.max(...status.shards.map((s) => s.oldestUnflushedAgeMs));
-      const line = `${count - lastCount} increments/s | ${pending} counters pending | flush lag ${(lagMs / 1000).toFixed(1)} s`;
+      const line = `${count - lastCount} increments/s | ${pending} deltas pending | flush lag ${(lagMs / 1000).toFixed(1)} s`;
       lastCount = count;
       if (process.stdout.isTTY) process.stdout.write(`\r${line.padEnd(70)}`);
       else say(line);

@@ -1,7 +1,7 @@
 --[[
   Flush step 3: forgets the in-flight batch once PostgreSQL holds it.
 
-  KEYS[1] in-flight   KEYS[2] in-flight buckets   KEYS[3] in-flight meta
+  KEYS[1] in-flight deltas   KEYS[2] in-flight tags   KEYS[3] in-flight meta
   ARGV[1] batch id
 
   Deletes the batch only if it is still the one in flight (a flush that lost its lock must not

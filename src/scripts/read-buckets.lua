@@ -1,22 +1,37 @@
 --[[
-  Reads the not-yet-flushed bucket deltas of one shard, for usage queries.
+  Reads one counter's not-yet-flushed deltas in one shard, per bucket tag, for usage queries.
 
-  KEYS[1] pending buckets   KEYS[2] in-flight buckets   KEYS[3] in-flight meta
-  KEYS[4] snapshot count
-  ARGV    bucket fields
+  KEYS[1] pending deltas     KEYS[2] pending tags
+  KEYS[3] in-flight deltas   KEYS[4] in-flight tags
+  KEYS[5] in-flight meta     KEYS[6] snapshot count
+  ARGV[1] counter
 
-  Returns {snapshot count, in-flight batch id or '', pending1, in-flight1, pending2, ...}, read
-  atomically; deltas as decimal strings (ioredis parses integer replies near 2^53 inexactly).
-  The caller compares the snapshot count after reading PostgreSQL to know that no flush moved
-  deltas in between. One HGET per field, not HMGET with unpack(ARGV): Lua cannot unpack more
-  than about 8,000 values, and a usage query may ask for 10,000 buckets.
+  Returns {snapshot count, in-flight batch id or '', P, then P pairs (tag, pending delta), then
+  pairs (tag, in-flight delta)}, read atomically; only tags the counter has a delta under, deltas
+  as decimal strings. The caller compares the snapshot count after reading PostgreSQL to know
+  that no flush moved deltas in between.
 ]]
-local result = {
-  tonumber(redis.call('GET', KEYS[4]) or 0),
-  redis.call('HGET', KEYS[3], 'batch') or '',
-}
-for i = 1, #ARGV do
-  result[#result + 1] = redis.call('HGET', KEYS[1], ARGV[i]) or '0'
-  result[#result + 1] = redis.call('HGET', KEYS[2], ARGV[i]) or '0'
+local counter = ARGV[1]
+
+local function deltas(hash, tagSet, out)
+  local tags = redis.call('SMEMBERS', tagSet)
+  local found = 0
+  for t = 1, #tags do
+    local delta = redis.call('HGET', hash, tags[t] .. counter)
+    if delta then
+      out[#out + 1] = tags[t]
+      out[#out + 1] = delta
+      found = found + 1
+    end
+  end
+  return found
 end
+
+local result = {
+  tonumber(redis.call('GET', KEYS[6]) or 0),
+  redis.call('HGET', KEYS[5], 'batch') or '',
+  0,
+}
+result[3] = deltas(KEYS[1], KEYS[2], result)
+deltas(KEYS[3], KEYS[4], result)
 return result

@@ -2,7 +2,8 @@
   Checks, and optionally repairs, the totals of a chunk of counters of one shard against
   expected = PostgreSQL value + pending delta + in-flight delta (if not yet in the ledger).
 
-  KEYS[1] totals   KEYS[2] pending   KEYS[3] in-flight   KEYS[4] in-flight meta
+  KEYS[1] totals   KEYS[2] pending deltas     KEYS[3] pending tags
+  KEYS[4] in-flight deltas   KEYS[5] in-flight tags   KEYS[6] in-flight meta
   ARGV[1] id of the in-flight batch the PostgreSQL values were read with ('' for none)
   ARGV[2] '1' if that batch is in the ledger (already in the PostgreSQL values), else '0'
   ARGV[3] '1' to repair, '0' to check only
@@ -12,24 +13,34 @@
   {BATCH_CHANGED} when a different batch is in flight than the caller read with (the caller
   reads again), else {OK, counter1, redis total1 ('' if missing), expected1, ...} for the
   counters that drifted, expected totals as decimal strings (ioredis parses integer replies near
-  2^53 inexactly).
+  2^53 inexactly). A counter's pending (or in-flight) delta is the sum of its fields under every
+  bucket tag the hash has (bucket-tags.ts); there are one or two tags, rarely more.
 ]]
 local OK, BATCH_CHANGED = 0, 2
 
-local batch = redis.call('HGET', KEYS[4], 'batch') or ''
+local batch = redis.call('HGET', KEYS[6], 'batch') or ''
 if batch ~= ARGV[1] then
   return { BATCH_CHANGED }
 end
 local countInflight = ARGV[2] ~= '1'
 local repair = ARGV[3] == '1'
+local pendingTags = redis.call('SMEMBERS', KEYS[3])
+local inflightTags = countInflight and redis.call('SMEMBERS', KEYS[5]) or {}
+
+-- The sum of a counter's deltas in one deltas hash.
+local function delta(deltas, tags, counter)
+  local sum = 0
+  for t = 1, #tags do
+    sum = sum + tonumber(redis.call('HGET', deltas, tags[t] .. counter) or 0)
+  end
+  return sum
+end
 
 local result = { OK }
 for i = 4, #ARGV, 2 do
   local counter = ARGV[i]
-  local expected = tonumber(ARGV[i + 1]) + tonumber(redis.call('HGET', KEYS[2], counter) or 0)
-  if countInflight then
-    expected = expected + tonumber(redis.call('HGET', KEYS[3], counter) or 0)
-  end
+  local expected = tonumber(ARGV[i + 1]) + delta(KEYS[2], pendingTags, counter)
+    + delta(KEYS[4], inflightTags, counter)
   local actual = redis.call('HGET', KEYS[1], counter)
   if tonumber(actual or 0) ~= expected then
     result[#result + 1] = counter

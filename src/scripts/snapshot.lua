@@ -1,30 +1,28 @@
 --[[
   Flush step 1: freezes the shard's pending deltas into the in-flight batch.
 
-  KEYS[1] pending          KEYS[2] pending buckets   KEYS[3] pending-since
-  KEYS[4] in-flight        KEYS[5] in-flight buckets KEYS[6] in-flight meta
+  KEYS[1] pending deltas    KEYS[2] pending tags      KEYS[3] pending-since
+  KEYS[4] in-flight deltas  KEYS[5] in-flight tags    KEYS[6] in-flight meta
   KEYS[7] snapshot count
   ARGV[1] id for a new batch
 
   An in-flight batch left by an earlier flush (crashed, or not yet acknowledged) is resumed, not
   replaced: returns {'resumed', its id}. With nothing pending returns {'empty'}. Otherwise
-  renames pending → in-flight (atomically, so no increment can fall between the two) and
-  returns {'created', ARGV[1]}.
+  renames pending (deltas and tags) → in-flight (atomically, so no increment can fall between
+  the two) and returns {'created', ARGV[1]}.
 ]]
 local existing = redis.call('HGET', KEYS[6], 'batch')
 if existing then
   return { 'resumed', existing }
 end
 
-if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+if redis.call('EXISTS', KEYS[1]) == 0 then
   return { 'empty' }
 end
 
 local now = redis.call('TIME')
 local nowMs = now[1] * 1000 + math.floor(now[2] / 1000)
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('RENAME', KEYS[1], KEYS[4])
-end
+redis.call('RENAME', KEYS[1], KEYS[4])
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('RENAME', KEYS[2], KEYS[5])
 end
