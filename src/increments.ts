@@ -54,16 +54,14 @@ function safeInteger(value: unknown, what: string): number {
   return value;
 }
 
-/** How many validated counter names (and their shards) are remembered before starting over. */
-const rememberedNamesMax = 200_000;
-
 /**
  * Validates increments (throwing ValidationError, and sending nothing, on bad input) and routes
- * them. Names seen before skip validation and hashing: the hot path sees the same counters
- * again and again.
+ * them. Names are validated and hashed every time: for names of API-metering length that costs
+ * about 150 ns, while looking a name up in a map of 100,000 remembered ones cost 300–550 ns
+ * (a fresh string is hashed anyway, then the lookup misses the CPU caches); such a cache was
+ * tried and removed.
  */
 export class IncrementPreparer {
-  private readonly shardOfName = new Map<string, number>();
   private readonly bucketTags: BucketTags;
 
   constructor(private readonly config: ResolvedConfig) {
@@ -71,8 +69,7 @@ export class IncrementPreparer {
   }
 
   prepare(ref: CounterRef, by: unknown, options: IncrementOptions): PreparedIncrement {
-    const remembered = typeof ref === 'string' ? this.shardOfName.get(ref) : undefined;
-    const counter = remembered === undefined ? canonicalName(ref) : (ref as string);
+    const counter = canonicalName(ref);
     const delta = safeInteger(by, 'The increment');
     // Callers from plain JavaScript can pass anything.
     const untyped: unknown = options;
@@ -87,22 +84,12 @@ export class IncrementPreparer {
     const atMs = options.at === undefined ? Date.now() : toEpochMs(options.at, 'at');
     return {
       counter,
-      shard: remembered ?? this.shardOf(counter),
+      shard: shardOf(counter, this.config.shards),
       delta,
       limit,
       idempotencyKey,
       bucketTag: this.bucketTags.at(atMs),
     };
-  }
-
-  private shardOf(counter: string): number {
-    let shard = this.shardOfName.get(counter);
-    if (shard === undefined) {
-      shard = shardOf(counter, this.config.shards);
-      if (this.shardOfName.size >= rememberedNamesMax) this.shardOfName.clear();
-      this.shardOfName.set(counter, shard);
-    }
-    return shard;
   }
 }
 
@@ -146,28 +133,29 @@ const plain = (increment: PreparedIncrement) =>
  */
 function toOperations(group: readonly Waiting[]): Operation[] {
   const operations: Operation[] = [];
-  const open = new Map<string, Operation[]>();
+  // Per counter, the entry its next plain increment may join: the latest one. (An increment
+  // that cannot join it starts a new entry, which becomes the one to join.)
+  const open = new Map<string, Operation>();
   for (const waiting of group) {
     const { increment } = waiting;
     if (!plain(increment)) {
       operations.push(alone(waiting));
       continue;
     }
-    const candidates = open.get(increment.counter);
-    const operation = candidates?.find(
-      (candidate) =>
-        candidate.increment.bucketTag === increment.bucketTag &&
-        Math.sign(candidate.delta) === Math.sign(increment.delta),
-    );
-    if (operation !== undefined && Number.isSafeInteger(operation.delta + increment.delta)) {
+    const operation = open.get(increment.counter);
+    if (
+      operation !== undefined &&
+      operation.increment.bucketTag === increment.bucketTag &&
+      operation.delta > 0 === increment.delta > 0 &&
+      Number.isSafeInteger(operation.delta + increment.delta)
+    ) {
       operation.delta += increment.delta;
       operation.members.push(waiting);
       continue;
     }
     const created = alone(waiting);
     operations.push(created);
-    if (candidates === undefined) open.set(increment.counter, [created]);
-    else candidates.push(created);
+    open.set(increment.counter, created);
   }
   return operations;
 }
@@ -180,7 +168,7 @@ function toOperations(group: readonly Waiting[]): Operation[] {
  */
 export class IncrementSender {
   private readonly queues = new Map<number, Waiting[]>();
-  private readonly keys = new Map<number, ShardKeys>();
+  private readonly keys = new Map<number, { keys: ShardKeys; scriptKeys: readonly string[] }>();
 
   constructor(
     private readonly scripts: Scripts,
@@ -258,13 +246,22 @@ export class IncrementSender {
     }
   }
 
-  private shardKeys(shard: number): ShardKeys {
-    let keys = this.keys.get(shard);
-    if (keys === undefined) {
-      keys = shardKeys(this.config.keyPrefix, shard);
-      this.keys.set(shard, keys);
+  /** The shard's keys, and the keys every increment.lua call of the shard starts with. */
+  private shardKeys(shard: number): { keys: ShardKeys; scriptKeys: readonly string[] } {
+    let found = this.keys.get(shard);
+    if (found === undefined) {
+      const keys = shardKeys(this.config.keyPrefix, shard);
+      const scriptKeys = [
+        keys.epoch,
+        keys.totals,
+        keys.pending,
+        keys.pendingTags,
+        keys.pendingSince,
+      ];
+      found = { keys, scriptKeys };
+      this.keys.set(shard, found);
     }
-    return keys;
+    return found;
   }
 
   /**
@@ -272,8 +269,9 @@ export class IncrementSender {
    * Resolves with the script's reply: OK, then a status and a total per entry.
    */
   private callScript(shard: number, operations: readonly Operation[]): Promise<ScriptReply> {
-    const keys = this.shardKeys(shard);
-    const scriptKeys = [keys.epoch, keys.totals, keys.pending, keys.pendingTags, keys.pendingSince];
+    const { keys, scriptKeys: shardScriptKeys } = this.shardKeys(shard);
+    // Idempotency keys follow the shard's keys; without any the shared array goes as it is.
+    let scriptKeys = shardScriptKeys;
     // The call's table of bucket tags (usually one: now's), then the entries, each naming its
     // tag by number.
     const tags: string[] = [];
@@ -285,14 +283,18 @@ export class IncrementSender {
       if (!plain(increment)) {
         let idempotencyIndex = 0;
         if (increment.idempotencyKey !== undefined) {
-          scriptKeys.push(keys.idempotency(increment.counter, increment.idempotencyKey));
-          idempotencyIndex = scriptKeys.length;
+          const copy =
+            scriptKeys === shardScriptKeys ? [...shardScriptKeys] : (scriptKeys as string[]);
+          idempotencyIndex = copy.push(
+            keys.idempotency(increment.counter, increment.idempotencyKey),
+          );
+          scriptKeys = copy;
         }
         spec = `${spec}:${idempotencyIndex}:${increment.limit ?? ''}`;
       }
       entries.push(increment.counter, delta, spec);
     }
-    const args = [[this.config.idempotencyWindowMs, tags.length], tags, entries];
+    const args = [[this.config.idempotencyWindowMs, tags.length, ...tags], entries];
     const call = () => this.scripts.increment(scriptKeys, args);
     return call().then(async (reply) => {
       if (reply[0] === ScriptStatus.ok) return reply;
