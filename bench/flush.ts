@@ -50,7 +50,8 @@ async function tallyFlushMs(ctx: BenchContext, n: number, perCounter: number): P
 
 /**
  * BASELINE, not Tally: the same rows written by hand, arrays built beforehand, one transaction
- * of two unnest upserts per shard.
+ * of two unnest upserts per shard. The rows' values go as arrays too, as any writer of real
+ * deltas must send them (an earlier version wrote the constant 1 and sent no values).
  */
 async function rawUpsertMs(ctx: BenchContext, n: number): Promise<number> {
   const now = Date.now();
@@ -58,28 +59,33 @@ async function rawUpsertMs(ctx: BenchContext, n: number): Promise<number> {
   const day = bucketStart('day', now);
   const perShard = Array.from({ length: shards }, () => [] as string[]);
   for (let i = 0; i < n; i++) perShard[shardOf(counterName(i), shards)]?.push(counterName(i));
+  const rows = perShard.map((names) => ({
+    names,
+    deltas: names.map(() => 1),
+    bucketNames: [...names, ...names],
+    granularities: [...names.map(() => 'hour'), ...names.map(() => 'day')],
+    startsMs: [...names.map(() => hour), ...names.map(() => day)],
+    bucketDeltas: [...names, ...names].map(() => 1),
+  }));
   const pool = new pg.Pool({ connectionString: await freshDatabase(ctx), max: 1 });
   const client = await pool.connect();
   try {
     return await elapsedMs(async () => {
-      for (const [shard, names] of perShard.entries()) {
+      for (const [shard, row] of rows.entries()) {
         await client.query('BEGIN');
         await client.query(
           `INSERT INTO tally.counters AS c (name, shard, value)
-           SELECT name, $2, 1 FROM unnest($1::text[]) AS d (name)
+           SELECT name, $3, delta FROM unnest($1::text[], $2::bigint[]) AS d (name, delta)
            ON CONFLICT (name) DO UPDATE SET value = c.value + EXCLUDED.value`,
-          [names, shard],
+          [row.names, row.deltas, shard],
         );
         await client.query(
           `INSERT INTO tally.counter_buckets AS b (name, granularity, bucket_start, value)
-           SELECT name, granularity, to_timestamp(start_ms / 1000.0), 1
-           FROM unnest($1::text[], $2::text[], $3::bigint[]) AS d (name, granularity, start_ms)
-           ON CONFLICT (name, granularity, bucket_start) DO UPDATE SET value = b.value + 1`,
-          [
-            [...names, ...names],
-            [...names.map(() => 'hour'), ...names.map(() => 'day')],
-            [...names.map(() => hour), ...names.map(() => day)],
-          ],
+           SELECT name, granularity, to_timestamp(start_ms / 1000.0), delta
+           FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+             AS d (name, granularity, start_ms, delta)
+           ON CONFLICT (name, granularity, bucket_start) DO UPDATE SET value = b.value + EXCLUDED.value`,
+          [row.bucketNames, row.granularities, row.startsMs, row.bucketDeltas],
         );
         await client.query('COMMIT');
       }

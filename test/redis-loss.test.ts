@@ -164,6 +164,39 @@ describe('drift while increments keep flowing', () => {
   });
 });
 
+describe('deltas of several buckets', () => {
+  it("reconcile and usage sum a counter's pending deltas over every bucket tag", async () => {
+    const { redis, open } = await setUp();
+    const tally = await open();
+    const hour = (h: number) => Date.UTC(2026, 10, 21, h);
+    await tally.incr('a', 100, { at: hour(9) });
+    await tally.flush();
+    // Pending under two tags (10:00 and 11:00): a field each.
+    await tally.incr('a', 2, { at: hour(10) });
+    await tally.incr('a', 3, { at: hour(11) });
+    const raw = rawClient(redis);
+    for (const key of await raw.keys('loss:*:totals')) {
+      if ((await raw.hexists(key, 'a')) === 1) await raw.hset(key, 'a', '5');
+    }
+
+    const repair = await tally.reconcile({ repair: true });
+    expect(repair.flatMap((r) => r.drift)).toEqual([
+      { counter: 'a', redisValue: 5, expectedValue: 105 },
+    ]);
+    const usage = async () =>
+      (await tally.usage('a', { from: hour(9), to: hour(12), granularity: 'hour' })).map(
+        (bucket) => bucket.value,
+      );
+    expect(await usage()).toEqual([100, 2, 3]);
+    await tally.flush();
+    expect(await tally.get('a')).toBe(105);
+    expect(await usage()).toEqual([100, 2, 3]);
+    expect(
+      (await tally.usage('a', { from: hour(0), to: hour(1), granularity: 'day' }))[0]?.value,
+    ).toBe(105);
+  });
+});
+
 describe('start-up checks', () => {
   it('refuses a shard count other than the one the store was set up with', async () => {
     const { open } = await setUp();

@@ -164,7 +164,7 @@ describe('batchRows', () => {
         for (const [[configured, at, counter], delta] of entries) {
           deltas[bucketTag(configured, at) + counter] = String(delta);
         }
-        const rows = batchRows(deltas);
+        const rows = batchRows(Object.entries(deltas).flat());
         const want = expected(deltas);
         expect(new Set(rows.counters.names).size).toBe(rows.counters.names.length);
         expect(
@@ -191,7 +191,7 @@ describe('batchRows', () => {
 
   it('give the rows of one period in counter order', () => {
     const tag = bucketTag(['hour', 'day'], Date.UTC(2026, 10, 21, 10));
-    const rows = batchRows({ [`${tag}b`]: '2', [`${tag}c`]: '3', [`${tag}a`]: '1' });
+    const rows = batchRows([`${tag}b`, '2', `${tag}c`, '3', `${tag}a`, '1']);
     expect(rows.counters).toEqual({ names: ['a', 'b', 'c'], deltas: ['1', '2', '3'] });
     expect(rows.buckets.names).toEqual(['a', 'a', 'b', 'b', 'c', 'c']);
   });
