@@ -39,8 +39,8 @@ for (const name of chosen) {
 }
 
 const started = Date.now();
-const redis = await startRedis({ persistence: 'none' });
-const postgres = await startPostgres();
+const redis = await startRedis({ persistence: 'aof-always' });
+const postgres = await startPostgres({ durable: true });
 const ctx: BenchContext = { redis, postgres, seconds: Number(values.seconds), quick: values.quick };
 const results: BenchmarkResult[] = [];
 try {

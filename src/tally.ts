@@ -26,6 +26,9 @@ export interface IncrementItem extends IncrementOptions {
   by?: number;
 }
 
+/** incr's default options: one shared object rather than a new `{}` per call. */
+const noOptions: IncrementOptions = Object.freeze({});
+
 export interface ShardStatus {
   shard: number;
   /**
@@ -151,7 +154,11 @@ class TallyClient implements Tally {
 
   // Not `async`: on the hot path the extra promise an async wrapper adds is measurable. Errors
   // still reach the caller as a rejected promise, never as a throw.
-  incr(counter: CounterRef, by = 1, options: IncrementOptions = {}): Promise<IncrementResult> {
+  incr(
+    counter: CounterRef,
+    by = 1,
+    options: IncrementOptions = noOptions,
+  ): Promise<IncrementResult> {
     try {
       this.assertOpen();
       return this.sender.send(this.preparer.prepare(counter, by, options));

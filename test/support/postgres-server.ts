@@ -44,11 +44,19 @@ export interface PostgresHandle {
 const readyTimeoutMs = 30_000;
 const execFileAsync = promisify(execFile);
 
-export async function startPostgres(): Promise<PostgresHandle> {
+export async function startPostgres(
+  options: {
+    /**
+     * fsync on, as in production (a container always is). Tests leave it off; the benchmarks
+     * turn it on, since their baselines commit per operation.
+     */
+    durable?: boolean;
+  } = {},
+): Promise<PostgresHandle> {
   const port = await freePort();
   const handle =
     (await chooseBackend('PostgreSQL')) === 'local'
-      ? new LocalPostgres(findPostgresBinDir() ?? '', port)
+      ? new LocalPostgres(findPostgresBinDir() ?? '', port, options.durable ?? false)
       : new ContainerPostgres(port);
   await handle.create();
   return handle;
@@ -114,6 +122,7 @@ class LocalPostgres extends BasePostgres {
   constructor(
     private readonly binDir: string,
     port: number,
+    private readonly durable: boolean,
   ) {
     super(port);
   }
@@ -147,8 +156,8 @@ class LocalPostgres extends BasePostgres {
         '-c', `unix_socket_directories=${join(this.rootDir, 'socket')}`,
         '-c', 'max_connections=200',
         // The harness kills processes, never the machine: the page cache survives every fault
-        // it injects, so fsync buys nothing here but slower tests.
-        '-c', 'fsync=off',
+        // it injects, so fsync buys tests nothing but time.
+        '-c', `fsync=${this.durable ? 'on' : 'off'}`,
       ], // prettier-ignore
       logFile: join(this.rootDir, 'postgres.log'),
       orphanSignal: 'QUIT',
