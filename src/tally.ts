@@ -4,7 +4,7 @@ import { resolveConfig, type ResolvedConfig, type TallyOptions } from './config.
 import { openPostgres, openRedis, redisFailure } from './connections.js';
 import { canonicalName, type CounterRef } from './counter-name.js';
 import { inspectRedisDurability, type RedisDurability } from './durability.js';
-import { OverflowError, TallyError, ValidationError } from './errors.js';
+import { TallyError, ValidationError } from './errors.js';
 import { flushShard, type AppliedBatch, type FlushContext } from './flusher.js';
 import {
   IncrementPreparer,
@@ -182,16 +182,7 @@ class TallyClient implements Tally {
         });
       }
     });
-    return Promise.all(
-      prepared.map((increment) =>
-        this.sender.send(increment).catch((error: unknown): BatchIncrementResult => {
-          if (error instanceof OverflowError) {
-            return { status: 'overflow', value: error.value, duplicate: false };
-          }
-          throw error;
-        }),
-      ),
-    );
+    return this.sender.sendMany(prepared);
   }
 
   async get(counter: CounterRef): Promise<number> {

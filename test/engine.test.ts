@@ -246,6 +246,7 @@ describe('increments and reads', () => {
       ['duplicate', 3],
     ]);
     await expect(tally.incr('full', 1)).rejects.toBeInstanceOf(OverflowError);
+    expect(await tally.incrMany([])).toEqual([]);
   });
 
   it('canonicalises labels to one name', async () => {
