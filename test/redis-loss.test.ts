@@ -2,6 +2,7 @@ import pg from 'pg';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createTally, migrate, type TallyOptions } from '../src/index.js';
+import { shardOf } from '../src/sharding.js';
 import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
 
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -194,6 +195,33 @@ describe('deltas of several buckets', () => {
     expect(
       (await tally.usage('a', { from: hour(0), to: hour(1), granularity: 'day' }))[0]?.value,
     ).toBe(105);
+  });
+});
+
+describe('reconcile of the whole store', () => {
+  it('checks shards side by side; a failure is reported once every shard under way is done', async () => {
+    const { redis, open } = await setUp();
+    // The lock wait is one TTL: a shard whose lock someone else holds fails after 100 ms.
+    const tally = await open({ flushLockTtlMs: 100 });
+    // Shard 0 gets enough counters to take longer than that.
+    const names = Array.from({ length: 400_000 }, (_, i) => `slow-${i}`).filter(
+      (name) => shardOf(name, 4) === 0,
+    );
+    for (let i = 0; i < names.length; i += 10_000) {
+      await tally.incrMany(names.slice(i, i + 10_000).map((counter) => ({ counter })));
+    }
+    await tally.flush();
+    const raw = rawClient(redis);
+    await raw.set('loss:{2}:lock', 'another process', 'PX', 60_000);
+
+    const reported: number[] = [];
+    await expect(
+      tally.reconcile({ onShard: (report) => reported.push(report.shard) }),
+    ).rejects.toMatchObject({ code: 'BUSY' });
+    // Shard 0 was still being checked when shard 2 gave up; the call waited for it, and no
+    // lock of this process is left behind.
+    expect(reported.sort()).toEqual([0, 1, 3]);
+    expect(await raw.keys('loss:*:lock')).toEqual(['loss:{2}:lock']);
   });
 });
 
