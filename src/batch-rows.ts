@@ -7,10 +7,16 @@ export interface BatchRows {
   buckets: { names: string[]; granularities: string[]; startsMs: number[]; deltas: string[] };
 }
 
-/** Sums two deltas exactly, whatever their size (they are 64-bit in Redis). */
+/**
+ * Sums two deltas exactly, whatever their size (they are 64-bit in Redis). Doubles only when
+ * both are exact as doubles: two inexact ones can add up to a safe-looking wrong sum.
+ */
 function addExact(a: string, b: string): string {
-  const sum = Number(a) + Number(b);
-  return Number.isSafeInteger(sum) ? String(sum) : (BigInt(a) + BigInt(b)).toString();
+  const x = Number(a);
+  const y = Number(b);
+  return Number.isSafeInteger(x) && Number.isSafeInteger(y) && Number.isSafeInteger(x + y)
+    ? String(x + y)
+    : (BigInt(a) + BigInt(b)).toString();
 }
 
 /**

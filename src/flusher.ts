@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { postgresFailure } from './connections.js';
-import { batchRows } from './batch-rows.js';
+import { batchRows, type BatchRows } from './batch-rows.js';
 import type { ResolvedConfig } from './config.js';
 import type { RedisDurability } from './durability.js';
 import { FlushError, TallyError } from './errors.js';
@@ -36,13 +36,36 @@ export interface AppliedBatch {
 const waitAofTimeoutMs = 5_000;
 
 /**
+ * Runs tasks one at a time, in the order they were handed in, whether each succeeds or fails.
+ */
+export class Turns {
+  private last: Promise<unknown> = Promise.resolve();
+
+  run<T>(task: () => Promise<T>): Promise<T> {
+    const result = this.last.then(task);
+    this.last = result.catch(() => undefined);
+    return result;
+  }
+}
+
+export interface FlushShardOptions {
+  /** How long to wait for another flush or reconcile of the shard (default: the lock TTL). */
+  lockWaitMs?: number;
+  /**
+   * PostgreSQL transactions of the flushes sharing these turns run one at a time, while their
+   * Redis steps and row preparation go on beside them (see Tally.flush).
+   */
+  postgresTurns?: Turns;
+}
+
+/**
  * Flushes one shard: resumes a batch left in flight, then snapshots and applies what is
  * pending. Returns the batches it applied (none when nothing was pending).
  */
 export async function flushShard(
   ctx: FlushContext,
   shard: number,
-  lockWaitMs?: number,
+  options: FlushShardOptions = {},
 ): Promise<AppliedBatch[]> {
   const keys = shardKeys(ctx.config.keyPrefix, shard);
   const work = async () => {
@@ -50,18 +73,19 @@ export async function flushShard(
     // that no two processes ever flush one shard at once.
     ctx.config.logger.debug({ shard, event: 'flush-start', atMs: Date.now() }, 'flush start');
     try {
-      return await snapshotAndApply(ctx, shard, keys);
+      return await snapshotAndApply(ctx, shard, keys, options.postgresTurns);
     } finally {
       ctx.config.logger.debug({ shard, event: 'flush-end', atMs: Date.now() }, 'flush end');
     }
   };
-  return withShardLock(ctx, keys.lock, work, lockWaitMs);
+  return withShardLock(ctx, keys.lock, work, options.lockWaitMs);
 }
 
 async function snapshotAndApply(
   ctx: FlushContext,
   shard: number,
   keys: ShardKeys,
+  postgresTurns: Turns | undefined,
 ): Promise<AppliedBatch[]> {
   await reachFaultPoint('before-snapshot');
   const applied: AppliedBatch[] = [];
@@ -83,7 +107,7 @@ async function snapshotAndApply(
     if (state === 'empty' || batchId === undefined) break;
     await reachFaultPoint('after-snapshot');
     if (ctx.durability.waitaof) await waitForAof(ctx.redis);
-    applied.push(await applyBatch(ctx, shard, keys, batchId, state === 'resumed'));
+    applied.push(await applyBatch(ctx, shard, keys, batchId, state === 'resumed', postgresTurns));
     if (state === 'created') break;
   }
   return applied;
@@ -113,11 +137,45 @@ async function applyBatch(
   keys: ShardKeys,
   batchId: string,
   resumed: boolean,
+  postgresTurns: Turns | undefined,
 ): Promise<AppliedBatch> {
   // The flat reply, not ioredis' object: building an object of tens of thousands of fields
   // cost as much as the rest of the preparation.
   const rows = batchRows((await ctx.redis.call('HGETALL', keys.inflight)) as string[]);
+  const transaction = () => applyInPostgres(ctx, shard, keys, batchId, rows);
+  const alreadyApplied = await (postgresTurns?.run(transaction) ?? transaction());
+  await reachFaultPoint('after-commit');
 
+  const acknowledged = ctx.scripts.run(
+    'acknowledge',
+    [keys.inflight, keys.inflightTags, keys.inflightMeta],
+    [batchId],
+  );
+  setImmediate(() => {
+    void reachFaultPoint('during-acknowledge');
+  });
+  await acknowledged;
+  return {
+    shard,
+    batchId,
+    counters: rows.counters.names.length,
+    buckets: rows.buckets.names.length,
+    resumed,
+    alreadyApplied,
+  };
+}
+
+/**
+ * The batch's transaction: the ledger row, then (unless the ledger already had it) the totals
+ * and the buckets. Returns whether the ledger already had the batch.
+ */
+async function applyInPostgres(
+  ctx: FlushContext,
+  shard: number,
+  keys: ShardKeys,
+  batchId: string,
+  rows: BatchRows,
+): Promise<boolean> {
   let client: pg.PoolClient | undefined;
   let alreadyApplied: boolean;
   try {
@@ -187,23 +245,5 @@ async function applyBatch(
   }
   client.off('error', ignoreCheckedOutClientError);
   client.release();
-  await reachFaultPoint('after-commit');
-
-  const acknowledged = ctx.scripts.run(
-    'acknowledge',
-    [keys.inflight, keys.inflightTags, keys.inflightMeta],
-    [batchId],
-  );
-  setImmediate(() => {
-    void reachFaultPoint('during-acknowledge');
-  });
-  await acknowledged;
-  return {
-    shard,
-    batchId,
-    counters: rows.counters.names.length,
-    buckets: rows.buckets.names.length,
-    resumed,
-    alreadyApplied,
-  };
+  return alreadyApplied;
 }

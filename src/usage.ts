@@ -96,18 +96,21 @@ export async function readUsage(
     if (snapshotsAfter !== snapshots) continue;
 
     const applied = rows[0]?.applied ?? false;
-    const unflushed = new Map<number, number>();
+    // Exact sums: deltas are 64-bit, and doubles that are each off could add up to a wrong
+    // value that looks safe.
+    const unflushed = new Map<number, bigint>();
     // Pairs of (bucket tag, delta): the pending ones, then the in-flight ones.
     const pairsEnd = applied ? 3 + 2 * pendingTags : redisReply.length;
     for (let i = 3; i < pairsEnd; i += 2) {
       const tagged = tagBuckets(String(redisReply[i]));
       const start = tagged.starts[tagged.granularities.indexOf(query.granularity)];
       if (start === undefined) continue;
-      unflushed.set(start, (unflushed.get(start) ?? 0) + Number(redisReply[i + 1]));
+      unflushed.set(start, (unflushed.get(start) ?? 0n) + BigInt(String(redisReply[i + 1])));
     }
     const flushed = rows[0]?.buckets ?? {};
     return starts.map((start) => {
-      const value = Number(flushed[String(start)] ?? 0) + (unflushed.get(start) ?? 0);
+      const exact = BigInt(flushed[String(start)] ?? '0') + (unflushed.get(start) ?? 0n);
+      const value = Number(exact);
       if (!Number.isSafeInteger(value)) {
         throw new TallyError(
           'OVERFLOW',

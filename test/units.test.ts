@@ -4,6 +4,8 @@ import { batchRows } from '../src/batch-rows.js';
 import { BucketTags, bucketTag, parsePendingField, tagBuckets } from '../src/bucket-tags.js';
 import { bucketStart, bucketStarts, granularities, nextBucketStart } from '../src/buckets.js';
 import { canonicalName, validateName } from '../src/counter-name.js';
+import { Turns } from '../src/flusher.js';
+import { forEachLimited } from '../src/limited.js';
 import { shardOf } from '../src/sharding.js';
 
 describe('shardOf', () => {
@@ -189,10 +191,77 @@ describe('batchRows', () => {
     );
   });
 
+  it('sum two inexact-as-double deltas exactly even when the sum looks safe', () => {
+    // Found by the property above: as doubles these two added up to a wrong safe integer.
+    const at = Date.UTC(2020, 0, 1);
+    const rows = batchRows([
+      `${bucketTag(['hour', 'day'], at)}b`,
+      '-2577475328754530561',
+      `${bucketTag(['hour', 'day'], at + 3_600_000)}b`,
+      '2586482528009271042',
+    ]);
+    expect(rows.counters.deltas).toEqual(['9007199254740481']);
+    // The day bucket (both hours), then each hour.
+    expect(rows.buckets.granularities).toEqual(['day', 'hour', 'hour']);
+    expect(rows.buckets.deltas).toEqual([
+      '9007199254740481',
+      '-2577475328754530561',
+      '2586482528009271042',
+    ]);
+  });
+
   it('give the rows of one period in counter order', () => {
     const tag = bucketTag(['hour', 'day'], Date.UTC(2026, 10, 21, 10));
     const rows = batchRows([`${tag}b`, '2', `${tag}c`, '3', `${tag}a`, '1']);
     expect(rows.counters).toEqual({ names: ['a', 'b', 'c'], deltas: ['1', '2', '3'] });
     expect(rows.buckets.names).toEqual(['a', 'a', 'b', 'b', 'c', 'c']);
+  });
+});
+
+describe('Turns', () => {
+  it('runs tasks one at a time, in the order handed in, a failure not stopping the next', async () => {
+    const turns = new Turns();
+    const log: string[] = [];
+    let running = 0;
+    const task =
+      (name: string, fail = false) =>
+      async () => {
+        running++;
+        expect(running).toBe(1);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        log.push(name);
+        running--;
+        if (fail) throw new Error(name);
+        return name;
+      };
+    const results = await Promise.allSettled([
+      turns.run(task('a')),
+      turns.run(task('b', true)),
+      turns.run(task('c')),
+    ]);
+    expect(log).toEqual(['a', 'b', 'c']);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+  });
+});
+
+describe('forEachLimited', () => {
+  it('keeps at most `limit` under way, and reports a failure once those under way are done', async () => {
+    let running = 0;
+    let most = 0;
+    const done: number[] = [];
+    const failure = forEachLimited([0, 1, 2, 3, 4, 5, 6, 7], 3, async (item) => {
+      running++;
+      most = Math.max(most, running);
+      // Item 1 fails early; items 0 and 2, already under way, take longer.
+      await new Promise((resolve) => setTimeout(resolve, item === 1 ? 1 : 20));
+      running--;
+      if (item === 1) throw new Error('item 1');
+      done.push(item);
+    });
+    await expect(failure).rejects.toThrow('item 1');
+    expect(running).toBe(0);
+    expect(most).toBe(3);
+    // Nothing after the failure was handed out, and what was under way finished.
+    expect(done.sort()).toEqual([0, 2]);
   });
 });

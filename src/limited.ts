@@ -1,0 +1,28 @@
+/**
+ * Runs `work` for every item, at most `limit` at a time, handing items out in order. The first
+ * failure stops the handing out; it is thrown once every item under way is done, so nothing
+ * is left running (or holding a lock) behind the caller's back.
+ */
+export async function forEachLimited<T>(
+  items: readonly T[],
+  limit: number,
+  work: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  let failed = false;
+  const lane = async (): Promise<void> => {
+    while (!failed && next < items.length) {
+      const item = items[next++] as T;
+      try {
+        await work(item);
+      } catch (error) {
+        failed = true;
+        throw error;
+      }
+    }
+  };
+  const lanes = await Promise.allSettled(
+    Array.from({ length: Math.min(limit, items.length) }, lane),
+  );
+  for (const result of lanes) if (result.status === 'rejected') throw result.reason;
+}
