@@ -117,6 +117,10 @@ describe('a flushing process killed with SIGKILL', () => {
         } finally {
           await restarted.close();
         }
+        // Reconcile, with deltas pending and in flight under several bucket tags each, finds
+        // Redis == PostgreSQL + pending + in-flight (only while the ledger lacks the batch).
+        const check = await tally.reconcile();
+        expect(check.flatMap((report) => report.drift)).toEqual([]);
         await finish(tally, pool, acknowledged);
       } finally {
         await tally.close();
