@@ -121,6 +121,12 @@ describe('a flushing process killed with SIGKILL', () => {
         // Redis == PostgreSQL + pending + in-flight (only while the ledger lacks the batch).
         const check = await tally.reconcile();
         expect(check.flatMap((report) => report.drift)).toEqual([]);
+        // So does usage: every increment fell on 2026-11-21.
+        const day = { from: Date.UTC(2026, 10, 21), to: Date.UTC(2026, 10, 22) };
+        for (const [counter, value] of acknowledged) {
+          const [bucket] = await tally.usage(counter, { ...day, granularity: 'day' });
+          expect([counter, bucket?.value]).toEqual([counter, value]);
+        }
         await finish(tally, pool, acknowledged);
       } finally {
         await tally.close();
