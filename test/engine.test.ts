@@ -122,6 +122,28 @@ describe('increments and reads', () => {
     ).toBe(11);
   });
 
+  it('flushes deltas into the buckets they were counted in, whatever the flusher keeps', async () => {
+    const { tally, pool, url } = await fresh({ buckets: ['hour'], keyPrefix: 'regranulated' });
+    const at = Date.UTC(2026, 10, 21, 10, 30);
+    await tally.incr('g', 5, { at });
+    // A process configured with other buckets (a rolling deploy) flushes the same store.
+    const other = await tallyOn(redis.url, url, {
+      shards: 4,
+      buckets: ['day'],
+      keyPrefix: 'regranulated',
+    });
+    open.push(other);
+    await other.flush();
+    const { rows } = await pool.query<{ granularity: string; value: string }>(
+      'SELECT granularity, value::text FROM tally.counter_buckets WHERE name = $1',
+      ['g'],
+    );
+    expect(rows).toEqual([{ granularity: 'hour', value: '5' }]);
+    expect((await tally.usage('g', { from: at, to: at + 1, granularity: 'hour' }))[0]?.value).toBe(
+      5,
+    );
+  });
+
   it('decides merged increments one by one when their sum would overflow', async () => {
     const { tally } = await fresh();
     await tally.incr('edge', Number.MAX_SAFE_INTEGER - 5);
