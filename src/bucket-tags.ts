@@ -27,8 +27,12 @@ export interface TagBuckets {
 
 /** The tag of the buckets holding `atMs`. */
 export function bucketTag(granularities: readonly Granularity[], atMs: number): string {
+  return tagOf(granularities, Math.max(...granularities.map((g) => bucketStart(g, atMs))));
+}
+
+/** The tag of the granularities whose smallest bucket starts at `smallestStart`. */
+function tagOf(granularities: readonly Granularity[], smallestStart: number): string {
   if (granularities.length === 0) return '';
-  const smallestStart = Math.max(...granularities.map((g) => bucketStart(g, atMs)));
   return `${granularities.join(',')}${fieldSeparator}${smallestStart}${fieldSeparator}`;
 }
 
@@ -77,7 +81,8 @@ export class BucketTags {
       fromMs = Math.max(fromMs, start);
       untilMs = Math.min(untilMs, nextBucketStart(granularity, start));
     }
-    const tag = bucketTag(this.granularities, atMs);
+    // The latest start among the buckets holding atMs is the smallest bucket's.
+    const tag = tagOf(this.granularities, fromMs);
     // Increments at `now` keep landing in the newest period; one with an old `at` must not
     // evict it.
     if (current === undefined || fromMs >= current.fromMs) this.current = { tag, fromMs, untilMs };
