@@ -6,7 +6,7 @@ import { bucketStart } from '../src/buckets.js';
 import { createTally, type Tally } from '../src/index.js';
 import { shardOf } from '../src/sharding.js';
 import { freshDatabase, type BenchContext } from './support/context.js';
-import { elapsedMs, percentile } from './support/measure.js';
+import { elapsedMs, mediansInTurns } from './support/measure.js';
 import { human, type BenchmarkResult, type Check } from './support/results.js';
 
 const shards = 16;
@@ -109,14 +109,10 @@ export async function flush(ctx: BenchContext): Promise<BenchmarkResult> {
     // from 0.95 to 0.69 between runs). The median of five at 10k, of three at 100k, taken in
     // turns.
     const rounds = n <= 10_000 ? 5 : n < 1_000_000 ? 3 : 1;
-    const rawSamples: number[] = [];
-    const tallySamples: number[] = [];
-    for (let round = 0; round < rounds; round++) {
-      rawSamples.push(await rawUpsertMs(ctx, n));
-      tallySamples.push(await tallyFlushMs(ctx, n, 1));
-    }
-    const raw = percentile(rawSamples, 50);
-    const tally = percentile(tallySamples, 50);
+    const [raw = Number.NaN, tally = Number.NaN] = await mediansInTurns(rounds, [
+      () => rawUpsertMs(ctx, n),
+      () => tallyFlushMs(ctx, n, 1),
+    ]);
     figures[`raw upsert ${n} ms`] = raw;
     figures[`tally flush ${n} ms`] = tally;
     checks.push({
@@ -140,9 +136,7 @@ export async function flush(ctx: BenchContext): Promise<BenchmarkResult> {
   const n = 100_000;
   const once = figures[`tally flush ${n} ms`] ?? (await tallyFlushMs(ctx, n, 1));
   // The median of three, as `once` is (one sample had swung from 0.84× to 1.39× between runs).
-  const tenTimesSamples: number[] = [];
-  for (let round = 0; round < 3; round++) tenTimesSamples.push(await tallyFlushMs(ctx, n, 10));
-  const tenTimes = percentile(tenTimesSamples, 50);
+  const [tenTimes = Number.NaN] = await mediansInTurns(3, [() => tallyFlushMs(ctx, n, 10)]);
   figures[`tally flush ${n} with 10 increments each ms`] = tenTimes;
   checks.push({
     benchmark: 'flush time flat in increments per counter',

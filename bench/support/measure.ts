@@ -49,6 +49,21 @@ export async function elapsedMs(fn: () => Promise<unknown>): Promise<number> {
   return performance.now() - started;
 }
 
+/**
+ * Takes every measurement `rounds` times, in turns (so a slow spell of the machine falls on
+ * all of them alike), and returns each one's median.
+ */
+export async function mediansInTurns(
+  rounds: number,
+  measurements: readonly (() => Promise<number>)[],
+): Promise<number[]> {
+  const samples = measurements.map((): number[] => []);
+  for (let round = 0; round < rounds; round++) {
+    for (const [i, measure] of measurements.entries()) samples[i]?.push(await measure());
+  }
+  return samples.map((values) => percentile(values, 50));
+}
+
 /** The p-th percentile (0–100) of `values`, nearest rank. */
 export function percentile(values: readonly number[], p: number): number {
   if (values.length === 0) return Number.NaN;
