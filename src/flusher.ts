@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { postgresFailure } from './connections.js';
 import { batchRows, type BatchRows } from './batch-rows.js';
+import type { Turns } from './concurrency.js';
 import type { ResolvedConfig } from './config.js';
 import type { RedisDurability } from './durability.js';
 import { FlushError, TallyError } from './errors.js';
@@ -34,19 +35,6 @@ export interface AppliedBatch {
 
 /** How long a flush waits for WAITAOF before giving up on this attempt. */
 const waitAofTimeoutMs = 5_000;
-
-/**
- * Runs tasks one at a time, in the order they were handed in, whether each succeeds or fails.
- */
-export class Turns {
-  private last: Promise<unknown> = Promise.resolve();
-
-  run<T>(task: () => Promise<T>): Promise<T> {
-    const result = this.last.then(task);
-    this.last = result.catch(() => undefined);
-    return result;
-  }
-}
 
 export interface FlushShardOptions {
   /** How long to wait for another flush or reconcile of the shard (default: the lock TTL). */

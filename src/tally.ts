@@ -5,8 +5,8 @@ import { openPostgres, openRedis, redisFailure } from './connections.js';
 import { canonicalName, type CounterRef } from './counter-name.js';
 import { inspectRedisDurability, type RedisDurability } from './durability.js';
 import { TallyError, ValidationError } from './errors.js';
-import { flushShard, Turns, type AppliedBatch, type FlushContext } from './flusher.js';
-import { forEachLimited } from './limited.js';
+import { forEachLimited, Turns } from './concurrency.js';
+import { flushShard, type AppliedBatch, type FlushContext } from './flusher.js';
 import {
   IncrementPreparer,
   IncrementSender,

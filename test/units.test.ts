@@ -4,8 +4,7 @@ import { batchRows } from '../src/batch-rows.js';
 import { BucketTags, bucketTag, parsePendingField, tagBuckets } from '../src/bucket-tags.js';
 import { bucketStart, bucketStarts, granularities, nextBucketStart } from '../src/buckets.js';
 import { canonicalName, validateName } from '../src/counter-name.js';
-import { Turns } from '../src/flusher.js';
-import { forEachLimited } from '../src/limited.js';
+import { forEachLimited, Turns } from '../src/concurrency.js';
 import { shardOf } from '../src/sharding.js';
 
 describe('shardOf', () => {

@@ -26,3 +26,16 @@ export async function forEachLimited<T>(
   );
   for (const result of lanes) if (result.status === 'rejected') throw result.reason;
 }
+
+/**
+ * Runs tasks one at a time, in the order they were handed in, whether each succeeds or fails.
+ */
+export class Turns {
+  private last: Promise<unknown> = Promise.resolve();
+
+  run<T>(task: () => Promise<T>): Promise<T> {
+    const result = this.last.then(task);
+    this.last = result.catch(() => undefined);
+    return result;
+  }
+}
