@@ -22,9 +22,25 @@ export interface ShardReconcileReport {
   repaired: boolean;
   /**
    * Redis had lost this shard's data (its epoch marker was gone in a store that was set up):
-   * increments acknowledged but not yet flushed before the loss are gone.
+   * increments acknowledged but not yet flushed before the loss are gone. Found now, or found
+   * earlier by a process that rebuilt the shard (`lossesFoundAt`).
    */
   redisLostData: boolean;
+  /**
+   * When running processes found this shard's Redis data gone and rebuilt it, since a repair
+   * last reported such losses (ISO 8601). Empty for the rebuilds processes run themselves.
+   */
+  lossesFoundAt: string[];
+}
+
+export interface ReconcileOptions {
+  repair: boolean;
+  storeWasSetUp: boolean;
+  /**
+   * Report the losses processes recorded (an operator's reconcile); a repair then marks them
+   * reported. A process rebuilding a shard it found empty records its loss instead.
+   */
+  reportRecordedLosses: boolean;
 }
 
 interface PostgresPage {
@@ -118,10 +134,10 @@ async function reconcileChunk(
 export async function reconcileShard(
   ctx: FlushContext,
   shard: number,
-  options: { repair: boolean; storeWasSetUp: boolean },
+  options: ReconcileOptions,
 ): Promise<ShardReconcileReport> {
   const keys = shardKeys(ctx.config.keyPrefix, shard);
-  return withShardLock(ctx, keys.lock, async () => {
+  const report = await withShardLock(ctx, keys.lock, async () => {
     for (;;) {
       try {
         return await reconcileOnce(ctx, shard, keys, options);
@@ -131,13 +147,39 @@ export async function reconcileShard(
       }
     }
   });
+  if (options.reportRecordedLosses) {
+    report.lossesFoundAt = await recordedLosses(ctx.pool, shard, options.repair);
+    if (report.lossesFoundAt.length > 0) report.redisLostData = true;
+  }
+  return report;
+}
+
+/** The shard's losses not reported yet, oldest first; `markReported` marks them reported. */
+async function recordedLosses(
+  pool: pg.Pool,
+  shard: number,
+  markReported: boolean,
+): Promise<string[]> {
+  const { rows } = await pool
+    .query<{ found_at: Date }>(
+      markReported
+        ? `UPDATE tally.redis_losses SET reported_at = now()
+           WHERE shard = $1 AND reported_at IS NULL RETURNING detected_at AS found_at`
+        : `SELECT detected_at AS found_at FROM tally.redis_losses
+           WHERE shard = $1 AND reported_at IS NULL`,
+      [shard],
+    )
+    .catch((error: unknown) => {
+      throw postgresFailure(error, `the Redis losses recorded for shard ${shard}`);
+    });
+  return rows.map((row) => row.found_at.toISOString()).sort();
 }
 
 async function reconcileOnce(
   ctx: FlushContext,
   shard: number,
   keys: ShardKeys,
-  options: { repair: boolean; storeWasSetUp: boolean },
+  options: ReconcileOptions,
 ): Promise<ShardReconcileReport> {
   const chunkSize = ctx.config.reconcileChunkSize;
   const epochMissing = (await ctx.redis.exists(keys.epoch)) === 0;
@@ -181,13 +223,26 @@ async function reconcileOnce(
     );
   }
 
+  const redisLostData = epochMissing && options.storeWasSetUp;
   const repaired = options.repair && (drift.length > 0 || epochMissing);
-  if (options.repair && epochMissing) await ctx.redis.set(keys.epoch, new Date().toISOString());
+  if (options.repair && epochMissing) {
+    // Recorded before the marker is back: whoever rebuilds the shard, a later reconcile learns
+    // of the loss (a crash in between leaves the marker missing, which reports it too).
+    if (redisLostData) {
+      await ctx.pool
+        .query('INSERT INTO tally.redis_losses (shard) VALUES ($1)', [shard])
+        .catch((error: unknown) => {
+          throw postgresFailure(error, `recording that Redis lost shard ${shard}`);
+        });
+    }
+    await ctx.redis.set(keys.epoch, new Date().toISOString());
+  }
   return {
     shard,
     countersChecked: seen.size + names.length,
     drift,
     repaired,
-    redisLostData: epochMissing && options.storeWasSetUp,
+    redisLostData,
+    lossesFoundAt: [],
   };
 }

@@ -81,7 +81,9 @@ export interface Tally {
   flushShard(shard: number, options?: { lockWaitMs?: number }): Promise<AppliedBatch[]>;
   /**
    * Checks every shard's (or one shard's) Redis totals against PostgreSQL; with `repair`,
-   * rewrites them. `onShard` hears of each shard as it is done (progress).
+   * rewrites them. `onShard` hears of each shard as it is done (progress). Reports the Redis
+   * losses found since a repair last reported them, including those a running process found
+   * and rebuilt by itself; a repair marks them reported.
    */
   reconcile(options?: {
     repair?: boolean;
@@ -139,7 +141,11 @@ class TallyClient implements Tally {
   rebuildShard(shard: number): Promise<void> {
     let rebuild = this.rebuilds.get(shard);
     if (rebuild === undefined) {
-      rebuild = reconcileShard(this.ctx, shard, { repair: true, storeWasSetUp: this.setUp })
+      rebuild = reconcileShard(this.ctx, shard, {
+        repair: true,
+        storeWasSetUp: this.setUp,
+        reportRecordedLosses: false,
+      })
         .then((report) => {
           const details = { shard, redisLostData: report.redisLostData };
           if (report.redisLostData) {
@@ -274,6 +280,7 @@ class TallyClient implements Tally {
       const report = await reconcileShard(this.ctx, shard, {
         repair: options.repair ?? false,
         storeWasSetUp: this.setUp,
+        reportRecordedLosses: true,
       });
       options.onShard?.(report);
       reports.push(report);

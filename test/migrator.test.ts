@@ -52,6 +52,7 @@ describe('migrate', () => {
       'applied_batches',
       'counter_buckets',
       'counters',
+      'redis_losses',
       'schema_migrations',
       'settings',
     ]);

@@ -83,6 +83,38 @@ describe('Redis comes back empty', () => {
     expect(await tally.getMany(['a', 'b'])).toEqual([10, 3]);
   });
 
+  it('a loss a running process rebuilt by itself is reported until a repair reports it', async () => {
+    const { redis, open } = await setUp();
+    const tally = await open();
+    await tally.incr('a', 10);
+    await tally.flush();
+    await redis.wipe();
+    const before = Date.now();
+    expect((await tally.incr('a', 1)).value).toBe(11); // notices, rebuilds a's shard, records it
+    const shard = shardOf('a', 4);
+    const recorded = (reports: Awaited<ReturnType<typeof tally.reconcile>>) =>
+      reports.filter((r) => r.lossesFoundAt.length > 0).map((r) => r.shard);
+
+    // a's shard agrees with PostgreSQL again, yet the check still reports its loss, with when.
+    // (The other shards, untouched since the wipe, are still found empty now.)
+    const check = await tally.reconcile();
+    expect(check.flatMap((r) => r.drift)).toEqual([]);
+    expect(recorded(check)).toEqual([shard]);
+    expect(check.every((r) => r.redisLostData)).toBe(true);
+    const [foundAt, ...more] = check[shard]?.lossesFoundAt ?? [];
+    expect(more).toEqual([]);
+    expect(Date.parse(foundAt ?? '')).toBeGreaterThanOrEqual(before - 1_000);
+    expect(recorded(await tally.reconcile())).toEqual([shard]); // a check does not mark it
+
+    // Another process's reconcile reports it too (the record is in PostgreSQL); its repair
+    // rebuilds the other shards, reporting their losses as well, and marks all reported.
+    const other = await open();
+    const repair = await other.reconcile({ repair: true });
+    expect(repair.map((r) => r.lossesFoundAt.length)).toEqual([1, 1, 1, 1]);
+    expect(repair[shard]?.lossesFoundAt).toEqual([foundAt]);
+    expect((await tally.reconcile()).filter((r) => r.redisLostData)).toEqual([]);
+  });
+
   it('reconciles in chunks: every counter, whatever the chunk size', async () => {
     const { redis, open } = await setUp();
     const writer = await open();

@@ -117,6 +117,8 @@ export async function reconcileCommand(options: ReconcileOptions) {
       redisAheadBy,
       repaired: reports.some((r) => r.repaired),
       redisLostData: reports.filter((r) => r.redisLostData).map((r) => r.shard),
+      // When running processes found a shard's Redis data gone and rebuilt it themselves.
+      lossesFoundAt: reports.flatMap((r) => r.lossesFoundAt.map((at) => ({ shard: r.shard, at }))),
       durationMs: Date.now() - started,
     };
     if (options.json === true) print(JSON.stringify(report, null, 2));
@@ -129,6 +131,12 @@ export async function reconcileCommand(options: ReconcileOptions) {
           `Redis had lost its data on shards ${report.redisLostData.join(', ')}: increments not ` +
             'flushed before the loss are gone; totals are rebuilt from PostgreSQL by --repair',
         );
+      }
+      for (const { shard, at } of report.lossesFoundAt) {
+        print(`  shard ${shard}: found empty and rebuilt by a running process at ${at}`);
+      }
+      if (report.lossesFoundAt.length > 0 && options.repair !== true) {
+        print('  (reported until a reconcile --repair has reported them)');
       }
       for (const d of drift.slice(0, 50)) {
         print(`  ${d.counter}: redis ${d.redisValue ?? 'missing'}, expected ${d.expectedValue}`);
