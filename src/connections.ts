@@ -2,7 +2,7 @@ import { Cluster, Redis, ReplyError } from 'ioredis';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { TallyError } from './errors.js';
-import type { RedisConnection } from './redis-scripts.js';
+import { scriptCommand, type RedisConnection } from './redis-scripts.js';
 
 /**
  * Options Tally needs on its Redis connection, whoever created it:
@@ -15,9 +15,23 @@ function safeRedisOptions(commandTimeoutMs: number) {
   return {
     autoResendUnfulfilledCommands: false,
     commandTimeout: commandTimeoutMs,
-    enableAutoPipelining: true,
+    ...pipelining,
   };
 }
+
+/**
+ * Auto-pipelining batches the many small reads, but not increments: ioredis keeps one
+ * auto-pipeline in flight per connection and holds every later command until all of its replies
+ * are in, so Redis applied one group while Node waited, then Node settled it while Redis waited
+ * (Node's event loop was busy 73–77 % of the time at 10,000 increments in flight, Redis 33 %).
+ * Increments are batched by group commit already; written at once, Redis applies one group
+ * while Node settles the previous one (event loop busy 100 %, 18–26 % more increments a second;
+ * per call, 20–25 % more).
+ */
+const pipelining = {
+  enableAutoPipelining: true,
+  autoPipeliningIgnoredCommands: [scriptCommand('increment')],
+};
 
 /** Tally's own Redis connection: from a URL, or a duplicate of the caller's instance. */
 export function openRedis(
@@ -32,7 +46,7 @@ export function openRedis(
     // The cluster's per-node options with Tally's on top. (The cast works around ioredis'
     // option types under exactOptionalPropertyTypes.)
     const overrides = {
-      enableAutoPipelining: true,
+      ...pipelining,
       redisOptions: { ...option.options.redisOptions, ...options },
     } as Parameters<Cluster['duplicate']>[1];
     redis = option.duplicate(undefined, overrides);

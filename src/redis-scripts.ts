@@ -38,6 +38,9 @@ const scripts = {
 } as const;
 
 type ScriptName = keyof typeof scripts;
+
+/** The command a script runs under on a Tally connection. */
+export const scriptCommand = (name: ScriptName) => `tally_${scriptVersion}_${name}`;
 export type ScriptReply = (string | number)[];
 
 /** Runs Tally's Lua scripts on a connection. */
@@ -65,15 +68,13 @@ type Invoke = (...args: (number | readonly (string | number)[])[]) => Promise<Sc
 
 export function defineScripts(redis: RedisConnection): Scripts {
   for (const [name, script] of Object.entries(scripts)) {
-    redis.defineCommand(`tally_${scriptVersion}_${name}`, {
+    redis.defineCommand(scriptCommand(name as ScriptName), {
       lua: readFileSync(join(scriptsDir, script.file), 'utf8'),
       ...(script.keys === undefined ? {} : { numberOfKeys: script.keys }),
     });
   }
   const command = (name: ScriptName) =>
-    (redis as unknown as Record<string, Invoke>)[`tally_${scriptVersion}_${name}`]?.bind(
-      redis,
-    ) as Invoke;
+    (redis as unknown as Record<string, Invoke>)[scriptCommand(name)]?.bind(redis) as Invoke;
   const commands = Object.fromEntries(
     Object.keys(scripts).map((name) => [name, command(name as ScriptName)]),
   ) as Record<ScriptName, Invoke>;

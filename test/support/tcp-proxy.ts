@@ -20,6 +20,10 @@ export interface TcpProxy {
   resetAll(): void;
   /** Holds all traffic for `ms` (both ways), then lets it through. */
   stall(ms: number): void;
+  /** Holds the server's replies (requests still pass) until the returned function is called. */
+  holdReplies(): () => void;
+  /** Resolves once a request whose bytes contain `marker` has been forwarded to the server. */
+  forwarded(marker: string): Promise<void>;
   /** Replies lost so far. */
   readonly repliesLost: number;
   close(): Promise<void>;
@@ -29,19 +33,21 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
   let armed = false;
   let armOnRequest: string | undefined;
   let stalledUntil = 0;
-  /** Forwards chunks in order; while stalled, holds them until the stall ends. */
-  const forwarder = (target: Socket) => {
+  let repliesHeld = false;
+  const stalled = () => stalledUntil > Date.now();
+  const requestWatchers = new Set<{ marker: string; seen: () => void }>();
+  /** Forwards chunks in order; while `holding()`, keeps them until it ends. */
+  const forwarder = (target: Socket, holding: () => boolean) => {
     const held: Buffer[] = [];
     const release = () => {
-      const wait = stalledUntil - Date.now();
-      if (wait > 0) {
-        setTimeout(release, wait);
+      if (holding()) {
+        setTimeout(release, 5);
         return;
       }
       for (const chunk of held.splice(0)) target.write(chunk);
     };
     return (chunk: Buffer) => {
-      if (held.length > 0 || stalledUntil > Date.now()) {
+      if (held.length > 0 || holding()) {
         if (held.push(chunk) === 1) release();
         return;
       }
@@ -53,8 +59,8 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
   const server = createServer((client) => {
     const upstream = connect({ host: targetHost, port: targetPort });
     sockets.add(client).add(upstream);
-    const toServer = forwarder(upstream);
-    const toClient = forwarder(client);
+    const toServer = forwarder(upstream, stalled);
+    const toClient = forwarder(client, () => repliesHeld || stalled());
     const forget = () => {
       client.destroy();
       upstream.destroy();
@@ -69,6 +75,13 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
         armed = true;
       }
       toServer(chunk);
+      const request = chunk.toString('latin1');
+      for (const watcher of requestWatchers) {
+        if (request.includes(watcher.marker)) {
+          requestWatchers.delete(watcher);
+          watcher.seen();
+        }
+      }
     });
     upstream.on('data', (chunk) => {
       if (armed) {
@@ -99,6 +112,16 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
     stall: (ms) => {
       stalledUntil = Date.now() + ms;
     },
+    holdReplies: () => {
+      repliesHeld = true;
+      return () => {
+        repliesHeld = false;
+      };
+    },
+    forwarded: (marker) =>
+      new Promise((seen) => {
+        requestWatchers.add({ marker, seen });
+      }),
     get repliesLost() {
       return repliesLost;
     },
