@@ -33,6 +33,23 @@ const pipelining = {
   autoPipeliningIgnoredCommands: [scriptCommand('increment')],
 };
 
+/**
+ * Runs `send`, whose commands then leave in one write rather than a TCP segment each (ioredis
+ * turns Nagle's algorithm off): the group commit's calls for every shard of a turn. A cluster's
+ * commands go to several nodes, so there they leave as they come.
+ */
+export function inOneWrite(redis: RedisConnection, send: () => void): void {
+  // Undefined before the first connection; a socket being replaced only holds what it gets.
+  const stream =
+    redis instanceof Cluster ? undefined : (redis.stream as Redis['stream'] | undefined);
+  stream?.cork();
+  try {
+    send();
+  } finally {
+    stream?.uncork();
+  }
+}
+
 /** Tally's own Redis connection: from a URL, or a duplicate of the caller's instance. */
 export function openRedis(
   option: string | Redis | Cluster,

@@ -2,10 +2,16 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BucketTags } from './bucket-tags.js';
 import { toEpochMs } from './buckets.js';
 import type { ResolvedConfig } from './config.js';
-import { redisFailure } from './connections.js';
+import { inOneWrite, redisFailure } from './connections.js';
 import { canonicalName, validateName, type CounterRef } from './counter-name.js';
 import { OverflowError, TallyError, ValidationError } from './errors.js';
-import { IncrementStatus, ScriptStatus, type ScriptReply, type Scripts } from './redis-scripts.js';
+import {
+  IncrementStatus,
+  ScriptStatus,
+  type RedisConnection,
+  type ScriptReply,
+  type Scripts,
+} from './redis-scripts.js';
 import { shardOf } from './sharding.js';
 import { shardKeys, type ShardKeys } from './shard-keys.js';
 
@@ -251,10 +257,12 @@ function toOperations(group: readonly Waiting[]): Operation[] {
  * entries in order, and each caller gets the total right after its own increment in that order.
  */
 export class IncrementSender {
-  private readonly queues = new Map<number, Waiting[]>();
+  /** Per shard, the increments of this turn; sent together at the end of the turn. */
+  private queues = new Map<number, Waiting[]>();
   private readonly keys = new Map<number, { keys: ShardKeys; scriptKeys: readonly string[] }>();
 
   constructor(
+    private readonly redis: RedisConnection,
     private readonly scripts: Scripts,
     private readonly config: ResolvedConfig,
     /** Rebuilds a shard whose totals lack the PostgreSQL base; see Tally.rebuildShard. */
@@ -289,22 +297,26 @@ export class IncrementSender {
       queue.push(waiting);
       return;
     }
-    this.queues.set(shard, [waiting]);
     // setImmediate, not nextTick: it runs once the event loop has handled every I/O callback
     // of this turn, so the increments of all the HTTP requests read in one turn share a call
     // (with nextTick each request's went alone: 16 tiny calls per request of a batch).
-    setImmediate(() => {
-      this.sendQueue(shard);
-    });
+    if (this.queues.size === 0) setImmediate(this.sendQueues);
+    this.queues.set(shard, [waiting]);
   }
 
-  private sendQueue(shard: number): void {
-    const operations = toOperations(this.queues.get(shard) ?? []);
-    this.queues.delete(shard);
-    for (let start = 0; start < operations.length; start += maxEntriesPerCall) {
-      void this.sendOperations(shard, operations.slice(start, start + maxEntriesPerCall));
-    }
-  }
+  /** Sends the turn's queues: a call (or several) per shard, all in one write. */
+  private readonly sendQueues = (): void => {
+    const queues = this.queues;
+    this.queues = new Map();
+    inOneWrite(this.redis, () => {
+      for (const [shard, queue] of queues) {
+        const operations = toOperations(queue);
+        for (let start = 0; start < operations.length; start += maxEntriesPerCall) {
+          void this.sendOperations(shard, operations.slice(start, start + maxEntriesPerCall));
+        }
+      }
+    });
+  };
 
   /** Settles every promise of the operations' members; never rejects itself. */
   private async sendOperations(shard: number, operations: Operation[]): Promise<void> {

@@ -113,7 +113,9 @@ class TallyClient implements Tally {
      */
     private setUp: boolean,
   ) {
-    this.sender = new IncrementSender(ctx.scripts, ctx.config, (shard) => this.rebuildShard(shard));
+    this.sender = new IncrementSender(ctx.redis, ctx.scripts, ctx.config, (shard) =>
+      this.rebuildShard(shard),
+    );
     this.preparer = new IncrementPreparer(ctx.config);
   }
 

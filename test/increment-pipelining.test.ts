@@ -1,21 +1,23 @@
 import { setTimeout as sleep } from 'node:timers/promises';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { inOneWrite } from '../src/connections.js';
 import { createTally, migrate, type Tally } from '../src/index.js';
 import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.js';
 
-let redis: RedisHandle;
+let redisServer: RedisHandle;
 let proxy: TcpProxy;
 let postgres: string;
 beforeAll(async () => {
-  redis = await startRedis();
-  proxy = await startTcpProxy(redis.host, redis.port);
+  redisServer = await startRedis();
+  proxy = await startTcpProxy(redisServer.host, redisServer.port);
   postgres = await createDatabase();
   await migrate(postgres);
 });
 afterAll(async () => {
   await proxy.close();
-  await redis.stop();
+  await redisServer.stop();
 });
 
 /** Whether a request naming `marker` reaches Redis within `ms`. */
@@ -55,5 +57,38 @@ describe.each([
     }
     expect(await first).toMatchObject({ status: 'applied', value: 1 });
     expect(await second).toMatchObject({ status: 'applied', value: 1 });
+  });
+});
+
+describe('inOneWrite', () => {
+  it("sends the commands issued inside it in one write of the connection's socket", async () => {
+    const redis = new Redis(redisServer.url);
+    try {
+      await redis.ping();
+      // Counts the socket's writes (the socket is real; only its write calls are counted).
+      const stream = redis.stream as unknown as {
+        _write: (...args: unknown[]) => unknown;
+        _writev: (...args: unknown[]) => unknown;
+      };
+      const writes = { single: 0, gathered: 0 };
+      const write = stream._write.bind(stream);
+      const writev = stream._writev.bind(stream);
+      stream._write = (...args) => (writes.single++, write(...args));
+      stream._writev = (...args) => (writes.gathered++, writev(...args));
+      const three = () => [redis.incr('w1'), redis.incr('w2'), redis.incr('w3')];
+
+      let replies: Promise<number>[] = [];
+      inOneWrite(redis, () => {
+        replies = three();
+      });
+      expect(await Promise.all(replies)).toEqual([1, 1, 1]);
+      expect(writes).toEqual({ single: 0, gathered: 1 });
+
+      // Without it, each command is a write of its own.
+      expect(await Promise.all(three())).toEqual([2, 2, 2]);
+      expect(writes).toEqual({ single: 3, gathered: 1 });
+    } finally {
+      redis.disconnect();
+    }
   });
 });
