@@ -48,6 +48,11 @@ export interface ShardStatus {
   totalsValid: boolean;
   /** When PostgreSQL last applied a batch of this shard (null: never). */
   lastFlushAt: Date | null;
+  /**
+   * Times a process found this shard's Redis data gone and rebuilt it that no reconcile repair
+   * has reported yet (`reconcile`'s `lossesFoundAt`); null while PostgreSQL cannot be read.
+   */
+  unreportedRedisLosses: number | null;
 }
 
 export interface TallyStatus {
@@ -311,8 +316,13 @@ class TallyClient implements Tally {
       pool.query<{ version: number }>(
         'SELECT coalesce(max(version), 0) AS version FROM tally.schema_migrations',
       ),
+      pool.query<{ shard: number; losses: number }>(
+        `SELECT shard, count(*)::integer AS losses FROM tally.redis_losses
+         WHERE reported_at IS NULL GROUP BY shard`,
+      ),
     ]).catch(() => undefined);
     const lastFlush = new Map(postgresPart?.[0].rows.map((row) => [row.shard, row.at]));
+    const unreported = new Map(postgresPart?.[2].rows.map((row) => [row.shard, row.losses]));
     const shards = await Promise.all(
       Array.from({ length: this.config.shards }, async (_, shard): Promise<ShardStatus> => {
         const keys = shardKeys(this.config.keyPrefix, shard);
@@ -335,6 +345,7 @@ class TallyClient implements Tally {
           oldestUnflushedAgeMs: Math.max(0, nowMs - oldest),
           totalsValid: epoch === 1,
           lastFlushAt: lastFlush.get(shard) ?? null,
+          unreportedRedisLosses: postgresPart === undefined ? null : (unreported.get(shard) ?? 0),
         };
       }),
     );

@@ -190,6 +190,42 @@ describe('tally CLI', () => {
     }
   });
 
+  it('a loss a process rebuilt at start-up: status names it, reconcile fails until --repair', async () => {
+    const wiped = await startRedis({ persistence: 'none' });
+    const s = await store();
+    const env = { REDIS_URL: wiped.url };
+    const options = {
+      redis: wiped.url,
+      postgres: s.databaseUrl,
+      shards: 4,
+      keyPrefix: s.keyPrefix,
+    };
+    try {
+      const before = await createTally(options);
+      await before.incr('kept', 5);
+      await before.flush();
+      await before.close();
+      await wiped.wipe();
+      await (await createTally(options)).close(); // rebuilds every shard, recording the loss
+
+      const status = await s.cli(['status'], env);
+      expect(status.stdout).toMatch(/Redis lost the data of shards 0, 1, 2, 3 \(rebuilt since\)/);
+      const check = await s.cli(['reconcile'], env);
+      expect(check.code).toBe(1);
+      expect(check.stdout).toMatch(/shard 2: found empty and rebuilt by a running process at 20/);
+      expect((await s.cli(['reconcile'], env)).code).toBe(1); // until a repair reports it
+
+      const repair = await s.cli(['reconcile', '--repair'], env);
+      expect(repair.code).toBe(0);
+      expect(repair.stdout).toMatch(/found empty and rebuilt by a running process/);
+      expect((await s.cli(['reconcile'], env)).code).toBe(0);
+      expect((await s.cli(['status'], env)).stdout).not.toMatch(/Redis lost/);
+    } finally {
+      await s.tally.close();
+      await wiped.stop();
+    }
+  });
+
   it('reconcile after restoring an older PostgreSQL dump reports what the restore lost', async () => {
     const s = await store();
     const binDir = findPostgresBinDir();

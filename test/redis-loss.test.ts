@@ -105,6 +105,9 @@ describe('Redis comes back empty', () => {
     expect(more).toEqual([]);
     expect(Date.parse(foundAt ?? '')).toBeGreaterThanOrEqual(before - 1_000);
     expect(recorded(await tally.reconcile())).toEqual([shard]); // a check does not mark it
+    const unreported = async () =>
+      (await tally.status()).shards.map((s) => s.unreportedRedisLosses);
+    expect(await unreported()).toEqual([0, 1, 2, 3].map((s) => (s === shard ? 1 : 0)));
 
     // Another process's reconcile reports it too (the record is in PostgreSQL); its repair
     // rebuilds the other shards, reporting their losses as well, and marks all reported.
@@ -113,6 +116,7 @@ describe('Redis comes back empty', () => {
     expect(repair.map((r) => r.lossesFoundAt.length)).toEqual([1, 1, 1, 1]);
     expect(repair[shard]?.lossesFoundAt).toEqual([foundAt]);
     expect((await tally.reconcile()).filter((r) => r.redisLostData)).toEqual([]);
+    expect(await unreported()).toEqual([0, 0, 0, 0]);
   });
 
   it('reconciles in chunks: every counter, whatever the chunk size', async () => {

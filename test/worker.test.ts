@@ -126,6 +126,7 @@ describe('tally worker', () => {
       'tally_flush_failures_total',
       'tally_pending_deltas{shard="0"}',
       'tally_flush_lag_seconds{shard="0"}',
+      'tally_redis_losses_unreported{shard="0"} 0',
       'tally_inflight_batches',
     ]) {
       expect(metrics).toContain(name);

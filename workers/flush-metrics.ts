@@ -47,6 +47,12 @@ export class FlushMetrics {
     labelNames: ['shard'],
     registers: [this.registry],
   });
+  private readonly redisLosses = new Gauge({
+    name: 'tally_redis_losses_unreported',
+    help: 'Times Redis was found to have lost a shard (rebuilt since) that no reconcile --repair has reported yet, per shard.',
+    labelNames: ['shard'],
+    registers: [this.registry],
+  });
   private readonly inflight = new Gauge({
     name: 'tally_inflight_batches',
     help: 'Batches snapshotted but not yet acknowledged (a flush running, or one that died).',
@@ -76,6 +82,10 @@ export class FlushMetrics {
     for (const shard of status.shards) {
       this.pending.set({ shard: String(shard.shard) }, shard.pendingDeltas);
       this.lag.set({ shard: String(shard.shard) }, shard.oldestUnflushedAgeMs / 1_000);
+      // Unknown while PostgreSQL is down: the last value read stands.
+      if (shard.unreportedRedisLosses !== null) {
+        this.redisLosses.set({ shard: String(shard.shard) }, shard.unreportedRedisLosses);
+      }
     }
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }

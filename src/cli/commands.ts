@@ -179,6 +179,13 @@ function describeStatus(status: TallyStatus): string[] {
       ].join(' '),
     );
   }
+  const lost = status.shards.filter((s) => (s.unreportedRedisLosses ?? 0) > 0);
+  if (lost.length > 0) {
+    lines.push(
+      `Redis lost the data of shards ${lost.map((s) => s.shard).join(', ')} (rebuilt since): ` +
+        'run tally reconcile for the report',
+    );
+  }
   return lines;
 }
 
