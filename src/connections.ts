@@ -25,8 +25,8 @@ function safeRedisOptions(commandTimeoutMs: number) {
  * are in, so Redis applied one group while Node waited, then Node settled it while Redis waited
  * (Node's event loop was busy 73–77 % of the time at 10,000 increments in flight, Redis 33 %).
  * Increments are batched by group commit already; written at once, Redis applies one group
- * while Node settles the previous one (event loop busy 100 %, 18–26 % more increments a second;
- * per call, 20–25 % more).
+ * while Node settles the previous one (event loop busy 100 %; in four A/B pairs 1–29 % more
+ * increments a second, median 22 %; per call 21–26 % more).
  */
 const pipelining = {
   enableAutoPipelining: true,
