@@ -41,6 +41,9 @@ describe('PostgreSQL down', () => {
     await expect(tally.flush()).rejects.toMatchObject({ code: 'UNAVAILABLE' });
     const stuck = await tally.status();
     expect(stuck.shards.some((s) => s.inflightBatch !== null)).toBe(true);
+    // What only PostgreSQL knows is unknown, not zero, while it is down.
+    expect(stuck.schemaVersion).toBeNull();
+    expect(stuck.shards.map((s) => s.unreportedRedisLosses)).toEqual(stuck.shards.map(() => null));
 
     // The API keeps accepting increments and reading totals while PostgreSQL is away.
     for (let i = 0; i < 10; i++) {
@@ -58,6 +61,7 @@ describe('PostgreSQL down', () => {
     expect(reports.flatMap((r) => r.drift)).toEqual([]);
     const after = await tally.status();
     expect(after.shards.every((s) => s.inflightBatch === null && s.pendingDeltas === 0)).toBe(true);
+    expect(after.shards.map((s) => s.unreportedRedisLosses)).toEqual(after.shards.map(() => 0));
   });
 });
 
