@@ -33,7 +33,7 @@ export interface ShardReconcileReport {
   lossesFoundAt: string[];
 }
 
-export interface ReconcileOptions {
+export interface ReconcileShardOptions {
   repair: boolean;
   storeWasSetUp: boolean;
   /**
@@ -134,7 +134,7 @@ async function reconcileChunk(
 export async function reconcileShard(
   ctx: FlushContext,
   shard: number,
-  options: ReconcileOptions,
+  options: ReconcileShardOptions,
 ): Promise<ShardReconcileReport> {
   const keys = shardKeys(ctx.config.keyPrefix, shard);
   const report = await withShardLock(ctx, keys.lock, async () => {
@@ -179,7 +179,7 @@ async function reconcileOnce(
   ctx: FlushContext,
   shard: number,
   keys: ShardKeys,
-  options: ReconcileOptions,
+  options: ReconcileShardOptions,
 ): Promise<ShardReconcileReport> {
   const chunkSize = ctx.config.reconcileChunkSize;
   const epochMissing = (await ctx.redis.exists(keys.epoch)) === 0;
