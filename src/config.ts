@@ -2,6 +2,7 @@ import type { Cluster, Redis } from 'ioredis';
 import type pg from 'pg';
 import { pino, type Logger } from 'pino';
 import { granularities, isGranularity, type Granularity } from './buckets.js';
+import type { RedisLossAccepted } from './durability.js';
 import { ValidationError } from './errors.js';
 
 export interface TallyOptions {
@@ -20,8 +21,21 @@ export interface TallyOptions {
   logger?: Logger;
   /** Send the increments issued in one tick as one script call per shard. */
   coalesce?: boolean;
-  /** Refuse to start when Redis could lose acknowledged increments. */
-  requireDurableRedis?: boolean;
+  /**
+   * Which Redis settings Tally accepts: 'none' only a Redis that loses nothing acknowledged
+   * (AOF appendfsync always, maxmemory-policy noeviction); 'bounded' also one that can lose the
+   * increments of a bounded window on a restart (AOF everysec, no AOF) but never evicts;
+   * 'any' also an evicting Redis, which can drop idempotency keys (a retry counted twice) and
+   * pending deltas. Checked at start-up (refused: NOT_DURABLE), on every reconnect and
+   * periodically (status and readiness follow).
+   */
+  redisLossAccepted?: RedisLossAccepted;
+  /** How often Redis' durability settings are read again while running. */
+  durabilityCheckIntervalMs?: number;
+  /** How far before now an increment's `at` may lie (later data is refused). */
+  maxBackdateMs?: number;
+  /** How far after now an increment's `at` may lie (clock skew between hosts). */
+  maxFutureMs?: number;
   /** A Redis reply later than this makes the call fail: OUTCOME_UNKNOWN for increments. */
   redisCommandTimeoutMs?: number;
   /** How long a flush or reconcile holds a shard's lock before another process may take it. */
@@ -42,7 +56,10 @@ export interface ResolvedConfig {
   idempotencyWindowMs: number;
   logger: Logger;
   coalesce: boolean;
-  requireDurableRedis: boolean;
+  redisLossAccepted: RedisLossAccepted;
+  durabilityCheckIntervalMs: number;
+  maxBackdateMs: number;
+  maxFutureMs: number;
   redisCommandTimeoutMs: number;
   flushLockTtlMs: number;
   reconcileChunkSize: number;
@@ -54,6 +71,20 @@ function integerIn(name: string, value: number, min: number, max: number): numbe
     throw new ValidationError(`Option ${name} must be a whole number from ${min} to ${max}.`);
   }
   return value;
+}
+
+/** The widest `maxBackdateMs`: ten years. */
+const maxWindowMs = 10 * 366 * 24 * 3_600_000;
+
+export const redisLossChoices = ['none', 'bounded', 'any'] as const;
+
+function lossAccepted(value: unknown): RedisLossAccepted {
+  if (!(redisLossChoices as readonly unknown[]).includes(value)) {
+    throw new ValidationError(
+      `Option redisLossAccepted must be one of ${redisLossChoices.join(', ')}, got ${JSON.stringify(value)}.`,
+    );
+  }
+  return value as RedisLossAccepted;
 }
 
 /** How long an idempotency key is remembered unless configured (also `tally serve`'s default). */
@@ -85,7 +116,22 @@ export function resolveConfig(options: TallyOptions): ResolvedConfig {
     ),
     logger: options.logger ?? pino({ level: 'silent' }),
     coalesce: options.coalesce ?? true,
-    requireDurableRedis: options.requireDurableRedis ?? false,
+    redisLossAccepted: lossAccepted(options.redisLossAccepted ?? 'bounded'),
+    durabilityCheckIntervalMs: integerIn(
+      'durabilityCheckIntervalMs',
+      options.durabilityCheckIntervalMs ?? 10_000,
+      100,
+      3_600_000,
+    ),
+    // Stripe's meter events take the same window: 35 days back (a billing month and its
+    // late-arriving events), 5 minutes ahead (hosts' clocks disagree).
+    maxBackdateMs: integerIn(
+      'maxBackdateMs',
+      options.maxBackdateMs ?? 35 * 24 * 3_600_000,
+      0,
+      maxWindowMs,
+    ),
+    maxFutureMs: integerIn('maxFutureMs', options.maxFutureMs ?? 5 * 60_000, 0, 24 * 3_600_000),
     redisCommandTimeoutMs: integerIn(
       'redisCommandTimeoutMs',
       options.redisCommandTimeoutMs ?? 2_000,

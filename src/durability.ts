@@ -11,6 +11,12 @@ export interface RedisDurability {
   waitaof: boolean;
   /** True only when no crash of Redis can lose an acknowledged increment. */
   durable: boolean;
+  /** Keys Redis has evicted since it started (INFO evicted_keys): any is a lost delta or key. */
+  evictedKeys: number;
+  /** These settings are accepted by the process's `redisLossAccepted`. */
+  accepted: boolean;
+  /** Why they are not (null when accepted). */
+  problem: string | null;
   /** The loss bound, in words, for logs, /readyz and `tally status`. */
   lossBound: string;
 }
@@ -33,7 +39,11 @@ function atLeast(version: string, major: number, minor: number): boolean {
   return a > major || (a === major && b >= minor);
 }
 
-export async function inspectRedisDurability(redis: RedisConnection): Promise<RedisDurability> {
+/** Reads Redis' persistence and eviction settings, and judges them under `accepted`. */
+export async function inspectRedisDurability(
+  redis: RedisConnection,
+  accepted: RedisLossAccepted,
+): Promise<RedisDurability> {
   const info = await redis.info();
   const appendonly = infoField(info, 'aof_enabled') === '1';
   const appendfsync = (await configValue(redis, 'appendfsync')) ?? 'unknown';
@@ -60,6 +70,8 @@ export async function inspectRedisDurability(redis: RedisConnection): Promise<Re
       `; maxmemory-policy ${maxmemoryPolicy} may evict pending deltas or idempotency keys ` +
       '(use noeviction)';
   }
+  const settings = { maxmemoryPolicy, durable, lossBound };
+  const problem = durabilityProblem(settings, accepted) ?? null;
   return {
     appendonly,
     appendfsync,
@@ -67,6 +79,34 @@ export async function inspectRedisDurability(redis: RedisConnection): Promise<Re
     redisVersion,
     waitaof: appendonly && atLeast(redisVersion, 7, 2),
     durable,
+    evictedKeys: Number(infoField(info, 'evicted_keys') ?? 0),
+    accepted: problem === null,
+    problem,
     lossBound,
   };
+}
+
+/** Which Redis settings a process accepts (TallyOptions.redisLossAccepted). */
+export type RedisLossAccepted = 'none' | 'bounded' | 'any';
+
+/**
+ * Why `durability` is not accepted under `accepted`, or undefined when it is. Eviction is
+ * refused unless 'any': it does not lose a window of increments but corrupts counts (an evicted
+ * idempotency key counts a retry twice; an evicted pending delta is never flushed).
+ */
+function durabilityProblem(
+  durability: Pick<RedisDurability, 'maxmemoryPolicy' | 'durable' | 'lossBound'>,
+  accepted: RedisLossAccepted,
+): string | undefined {
+  if (accepted === 'any') return undefined;
+  if (durability.maxmemoryPolicy !== 'noeviction') {
+    return (
+      `maxmemory-policy is ${durability.maxmemoryPolicy}: Redis may evict idempotency keys and ` +
+      'pending deltas (set maxmemory-policy noeviction)'
+    );
+  }
+  if (accepted === 'none' && !durability.durable) {
+    return `Redis could lose acknowledged increments (${durability.lossBound}); set appendonly yes and appendfsync always`;
+  }
+  return undefined;
 }

@@ -63,6 +63,7 @@ export class OverflowError extends TallyError {
     super(
       'OVERFLOW',
       `Adding ${delta} to ${counter} (now ${value}) would leave ±(2^53−1); nothing was changed.`,
+      { details: { counter, value } },
     );
   }
 }

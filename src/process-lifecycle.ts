@@ -35,20 +35,31 @@ export function exitOnSignals(
   process.on('SIGINT', stop);
 }
 
+/**
+ * A whole number written in plain decimal digits, from `min` to `max`: `0x10`, `16.0`, `1e1`
+ * and ` 16` are refused, not read as 16 or 10 (`Number()` would take them all).
+ */
+export function strictInteger(raw: string, name: string, min: number, max: number): number {
+  const value = /^-?\d{1,16}$/.test(raw) ? Number(raw) : Number.NaN;
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    throw new ValidationError(
+      `${name} must be a whole number from ${min} to ${max} in decimal digits, got ${JSON.stringify(raw)}.`,
+    );
+  }
+  return value;
+}
+
 /** A whole number from the environment, or `fallback` when unset. */
 export function integerFromEnv(
   env: NodeJS.ProcessEnv,
   name: string,
   fallback: number,
   min = 1,
+  max = Number.MAX_SAFE_INTEGER,
 ): number {
   const raw = env[name];
   if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isSafeInteger(value) || value < min) {
-    throw new ValidationError(`${name} must be a whole number ≥ ${min}, got ${raw}.`);
-  }
-  return value;
+  return strictInteger(raw, name, min, max);
 }
 
 /** A variable the process cannot start without. */

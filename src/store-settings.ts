@@ -1,25 +1,52 @@
 import type pg from 'pg';
 import { TallyError } from './errors.js';
 
+/** What a process must agree on with the store: the settings recorded at its set-up. */
+const identity = [
+  {
+    key: 'shards',
+    option: 'shards',
+    env: 'TALLY_SHARDS',
+    describe: (value: unknown) => `${String(value)} shards`,
+    why: 'counters would be routed to other shards and totals and flushes would split',
+  },
+  {
+    key: 'key_prefix',
+    option: 'keyPrefix',
+    env: 'TALLY_KEY_PREFIX',
+    describe: (value: unknown) => `key prefix ${JSON.stringify(value)}`,
+    why: 'Redis would hold a second, empty set of totals (reported as a Redis loss of every shard)',
+  },
+] as const;
+
 /**
- * Records the shard count when the store is first set up and refuses a process configured with
- * another: counters would be routed to two shards and totals and flushes would split.
+ * Records the shard count and the Redis key prefix when the store is first set up (or, for a
+ * store set up before the prefix was recorded, when a process first starts on it) and refuses
+ * a process configured otherwise.
  */
-export async function ensureShardCount(pool: pg.Pool, shards: number): Promise<void> {
-  await pool.query(
-    `INSERT INTO tally.settings (key, value) VALUES ('shards', $1::jsonb) ON CONFLICT DO NOTHING`,
-    [JSON.stringify(shards)],
-  );
-  const { rows } = await pool.query<{ value: unknown }>(
-    `SELECT value FROM tally.settings WHERE key = 'shards'`,
-  );
-  const recorded = rows[0]?.value;
-  if (recorded !== shards) {
-    throw new TallyError(
-      'CONFIGURATION',
-      `This store was set up with ${String(recorded)} shards but this process is configured ` +
-        `with ${shards}: set shards: ${String(recorded)}. The shard count cannot change.`,
+export async function ensureStoreIdentity(
+  pool: pg.Pool,
+  config: { shards: number; keyPrefix: string },
+): Promise<void> {
+  for (const { key, option, env, describe, why } of identity) {
+    const configured: unknown = config[option];
+    await pool.query(
+      `INSERT INTO tally.settings (key, value) VALUES ($1, $2::jsonb) ON CONFLICT DO NOTHING`,
+      [key, JSON.stringify(configured)],
     );
+    const { rows } = await pool.query<{ value: unknown }>(
+      `SELECT value FROM tally.settings WHERE key = $1`,
+      [key],
+    );
+    const recorded = rows[0]?.value;
+    if (recorded !== configured) {
+      throw new TallyError(
+        'CONFIGURATION',
+        `This store was set up with ${describe(recorded)} but this process is configured with ` +
+          `${describe(configured)}: set ${option} (${env}) to ${JSON.stringify(recorded)}. It ` +
+          `cannot change: ${why}.`,
+      );
+    }
   }
 }
 

@@ -19,7 +19,7 @@ import { reconcileShard, type ShardReconcileReport } from './reconciler.js';
 import { defineScripts, ScriptStatus, type RedisConnection } from './redis-scripts.js';
 import { shardOf } from './sharding.js';
 import { shardKeys } from './shard-keys.js';
-import { ensureShardCount, markStoreSetUp, storeWasSetUp } from './store-settings.js';
+import { ensureStoreIdentity, markStoreSetUp, storeWasSetUp } from './store-settings.js';
 import { readUsage, type UsageBucket, type UsageQuery } from './usage.js';
 
 export interface IncrementItem extends IncrementOptions {
@@ -98,7 +98,10 @@ export interface Tally {
   status(): Promise<TallyStatus>;
   /** Whether Redis and PostgreSQL answer right now (for readiness probes). */
   ping(): Promise<{ redis: boolean; postgres: boolean }>;
-  /** The Redis durability found at start-up and the loss bound that follows. */
+  /**
+   * Redis' durability as last read (at start-up, on every reconnect and every
+   * durabilityCheckIntervalMs), the loss bound that follows, and whether it is accepted.
+   */
   readonly durability: RedisDurability;
   close(): Promise<void>;
 }
@@ -108,6 +111,7 @@ class TallyClient implements Tally {
   private readonly preparer: IncrementPreparer;
   private readonly rebuilds = new Map<number, Promise<void>>();
   private closed = false;
+  private durabilityTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly ctx: FlushContext,
@@ -122,6 +126,36 @@ class TallyClient implements Tally {
       this.rebuildShard(shard),
     );
     this.preparer = new IncrementPreparer(ctx.config);
+  }
+
+  /**
+   * Reads Redis' durability again on every reconnect and every durabilityCheckIntervalMs: a
+   * live `CONFIG SET`, or a failover to a differently configured server, shows in status,
+   * readiness and metrics (it showed the start-up value for good).
+   */
+  watchDurability(): void {
+    const check = () => {
+      inspectRedisDurability(this.ctx.redis, this.config.redisLossAccepted).then(
+        (durability) => {
+          const before = this.ctx.durability;
+          this.ctx.durability = durability;
+          if (durability.problem !== null && durability.problem !== before.problem) {
+            this.config.logger.error(
+              { ...durability },
+              `redis settings no longer accepted: ${durability.problem}`,
+            );
+          } else if (durability.lossBound !== before.lossBound || durability.accepted !== before.accepted) {
+            this.config.logger.warn({ ...durability }, `redis durability changed: ${durability.lossBound}`);
+          }
+        },
+        (error: unknown) => {
+          this.config.logger.debug({ err: error }, 'could not read redis durability');
+        },
+      );
+    };
+    this.ctx.redis.on('ready', check);
+    this.durabilityTimer = setInterval(check, this.config.durabilityCheckIntervalMs);
+    this.durabilityTimer.unref();
   }
 
   /** Called once the first start-up of a store has built every shard. */
@@ -373,6 +407,7 @@ class TallyClient implements Tally {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.durabilityTimer);
     if (this.owns.redis) {
       await this.ctx.redis.quit().catch(() => {
         this.ctx.redis.disconnect();
@@ -394,9 +429,9 @@ async function waitUntilReady(redis: RedisConnection): Promise<void> {
 
 /**
  * Connects, checks the store and returns a client. Start-up checks: the schema is current, the
- * shard count matches the store's, Redis' durability is stated (and refused, with
- * requireDurableRedis, when it could lose acknowledged increments), and every shard whose Redis
- * totals lack the PostgreSQL base is rebuilt.
+ * shard count and key prefix match the store's, Redis' durability is stated (and refused unless
+ * redisLossAccepted allows it), and every shard whose Redis totals lack the PostgreSQL base is
+ * rebuilt.
  */
 export async function createTally(options: TallyOptions): Promise<Tally> {
   const config = resolveConfig(options);
@@ -406,15 +441,15 @@ export async function createTally(options: TallyOptions): Promise<Tally> {
   try {
     await waitUntilReady(redis);
     await assertSchemaCurrent(pool);
-    await ensureShardCount(pool, config.shards);
-    const durability = await inspectRedisDurability(redis);
+    await ensureStoreIdentity(pool, config);
+    const durability = await inspectRedisDurability(redis, config.redisLossAccepted);
     config.logger.info({ ...durability }, `redis durability: ${durability.lossBound}`);
-    if (config.requireDurableRedis && !durability.durable) {
+    if (durability.problem !== null) {
       throw new TallyError(
         'NOT_DURABLE',
-        `Redis could lose acknowledged increments (${durability.lossBound}). Configure ` +
-          '`appendonly yes`, `appendfsync always` and `maxmemory-policy noeviction`, or drop ' +
-          'requireDurableRedis.',
+        `Refusing this Redis: ${durability.problem}. Or accept the risk with ` +
+          `redisLossAccepted (TALLY_ACCEPT_REDIS_LOSS for tally serve and worker); it is ` +
+          `'${config.redisLossAccepted}'.`,
       );
     }
     const ctx: FlushContext = { redis, scripts: defineScripts(redis), pool, config, durability };
@@ -429,6 +464,7 @@ export async function createTally(options: TallyOptions): Promise<Tally> {
       await markStoreSetUp(pool);
       client.markSetUp();
     }
+    client.watchDurability();
     return client;
   } catch (error) {
     redis.disconnect();

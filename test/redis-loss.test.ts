@@ -3,7 +3,7 @@ import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createTally, migrate, type TallyOptions } from '../src/index.js';
 import { shardOf } from '../src/sharding.js';
-import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
+import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
 
 const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
@@ -271,9 +271,9 @@ describe('start-up checks', () => {
     });
   });
 
-  it('states the loss bound, and requireDurableRedis refuses a Redis that could lose increments', async () => {
+  it('states the loss bound, and redisLossAccepted refuses a Redis that could lose increments', async () => {
     const plain = await setUp('none');
-    await expect(plain.open({ requireDurableRedis: true })).rejects.toMatchObject({
+    await expect(plain.open({ redisLossAccepted: 'none' })).rejects.toMatchObject({
       code: 'NOT_DURABLE',
     });
     const loose = await plain.open();
@@ -281,7 +281,7 @@ describe('start-up checks', () => {
     expect(loose.durability.lossBound).toMatch(/no AOF/);
 
     const durable = await setUp('aof-always');
-    const tally = await durable.open({ requireDurableRedis: true });
+    const tally = await durable.open({ redisLossAccepted: 'none', durabilityCheckIntervalMs: 100 });
     expect(tally.durability).toMatchObject({
       appendonly: true,
       appendfsync: 'always',
@@ -290,11 +290,21 @@ describe('start-up checks', () => {
       waitaof: false, // Redis 7.0 here has no WAITAOF; detected, not assumed
     });
 
+    expect(tally.durability).toMatchObject({ accepted: true, problem: null });
+
+    // A live change is noticed by a running process, and refused at the next start-up, even
+    // by the library's default ('bounded': eviction is never a bounded loss).
     await rawClient(durable.redis).config('SET', 'maxmemory-policy', 'allkeys-lru');
-    await expect(durable.open({ requireDurableRedis: true })).rejects.toMatchObject({
-      code: 'NOT_DURABLE',
-      message: expect.stringMatching(/may evict pending deltas/) as unknown,
-    });
+    await waitFor('the live setting', () => (tally.durability.accepted ? undefined : true));
+    expect(tally.durability.problem).toMatch(/maxmemory-policy is allkeys-lru/);
+    expect((await tally.status()).redis.accepted).toBe(false);
+    for (const accepted of ['none', 'bounded'] as const) {
+      await expect(durable.open({ redisLossAccepted: accepted })).rejects.toMatchObject({
+        code: 'NOT_DURABLE',
+        message: expect.stringMatching(/may evict idempotency keys/) as unknown,
+      });
+    }
+    await (await durable.open({ redisLossAccepted: 'any' })).close();
   });
 
   it('Redis out of memory: the increment is refused, not acknowledged, nothing applied', async () => {

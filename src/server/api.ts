@@ -1,12 +1,14 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Socket } from 'node:net';
 import swagger from '@fastify/swagger';
-import Fastify, { LogController } from 'fastify';
+import Fastify, { LogController, type FastifyError, type FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
-import { TallyError } from '../errors.js';
+import { OverflowError, TallyError } from '../errors.js';
 import type { BatchIncrementResult } from '../increments.js';
 import { packageVersion } from '../package-files.js';
 import type { Tally } from '../tally.js';
-import { toHttpError } from './http-errors.js';
+import { isAuthenticated, requireTokens } from './auth.js';
+import { answerMethodNotAllowed } from './method-not-allowed.js';
+import { clientErrorResponse, toHttpError } from './http-errors.js';
 import { HttpMetrics } from './http-metrics.js';
 import {
   incrementBatchSchema,
@@ -23,14 +25,26 @@ export interface ApiOptions {
   tokens: readonly string[];
   bodyLimitBytes?: number;
   maxBatch?: number;
+  /** Longest time to receive a whole request, headers and body (slow clients are cut off). */
+  requestTimeoutMs?: number;
+  /** How long an idle keep-alive connection stays open. */
+  keepAliveTimeoutMs?: number;
   logger: Logger;
 }
 
-/** Compares in constant time, whatever the lengths, by comparing digests. */
-function sameSecret(given: string, expected: string): boolean {
-  const digest = (value: string) => createHash('sha256').update(value).digest();
-  return timingSafeEqual(digest(given), digest(expected));
-}
+/** Defaults of the HTTP limits (also `tally serve`'s). */
+export const httpDefaults = {
+  bodyLimitBytes: 1_048_576,
+  requestTimeoutMs: 10_000,
+  keepAliveTimeoutMs: 5_000,
+} as const;
+
+/**
+ * The longest path parameter: a counter name is at most 256 bytes of UTF-8, each byte at most
+ * three characters once percent-encoded. (Fastify's default of 100 made names of 101–256 bytes
+ * unreadable by path.)
+ */
+const maxParamLength = 3 * 256;
 
 function resultBody(counter: string, result: BatchIncrementResult) {
   return { counter, value: result.value, duplicate: result.duplicate, status: result.status };
@@ -41,16 +55,43 @@ export async function buildApi(options: ApiOptions) {
   const { tally, tokens } = options;
   const maxBatch = options.maxBatch ?? maxBatchDefault;
   const metrics = new HttpMetrics();
+  const requestTimeoutMs = options.requestTimeoutMs ?? httpDefaults.requestTimeoutMs;
+  const sendError = (error: unknown, reply: FastifyReply) => {
+    const { status, body } = toHttpError(error);
+    metrics.errors.inc({ code: body.error.code });
+    if (status === 401) void reply.header('www-authenticate', 'Bearer');
+    return reply.status(status).send(body);
+  };
   const app = Fastify({
     loggerInstance: options.logger,
-    bodyLimit: options.bodyLimitBytes ?? 1_048_576,
+    bodyLimit: options.bodyLimitBytes ?? httpDefaults.bodyLimitBytes,
+    // A client sending its request a byte at a time is cut off once requestTimeoutMs has passed
+    // since it started (Node checks every connectionsCheckingInterval), not held open forever.
+    requestTimeout: requestTimeoutMs,
+    keepAliveTimeout: options.keepAliveTimeoutMs ?? httpDefaults.keepAliveTimeoutMs,
+    http: {
+      headersTimeout: requestTimeoutMs,
+      connectionsCheckingInterval: Math.min(1_000, requestTimeoutMs),
+    },
+    // Errors of the router itself (a bad percent-encoding, an over-long parameter) answer in
+    // the API's error shape, without echoing the URL.
+    frameworkErrors: (error: FastifyError, _request, reply) => sendError(error, reply),
+    clientErrorHandler: (error: NodeJS.ErrnoException, socket: Socket) => {
+      if (error.code !== 'ECONNRESET' && !socket.destroyed && socket.writable) {
+        metrics.errors.inc({ code: 'CLIENT_ERROR' });
+        socket.write(clientErrorResponse(error));
+      }
+      socket.destroy();
+    },
     // Metrics count the traffic; the log keeps failures.
     logController: new LogController({ disableRequestLogging: true }),
     // Requests are taken as they come: no type coercion, no silently dropped fields.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
     // A counter name may hold '/', sent percent-encoded; route on the raw path, decode params.
-    routerOptions: { ignoreDuplicateSlashes: false },
+    routerOptions: { ignoreDuplicateSlashes: false, maxParamLength },
   });
+  // Routes are collected as they are declared, for the 405 answers added once all are in.
+  const declared = answerMethodNotAllowed(app);
 
   // JSON only: Fastify's default text/plain parser would let other bodies reach validation.
   app.removeContentTypeParser('text/plain');
@@ -67,29 +108,22 @@ export async function buildApi(options: ApiOptions) {
   });
 
   app.setErrorHandler((error, request, reply) => {
-    const { status, body } = toHttpError(error);
-    if (status >= 500) request.log.error({ err: error }, 'request failed');
-    metrics.errors.inc({ code: body.error.code });
-    if (status === 401) void reply.header('www-authenticate', 'Bearer');
-    return reply.status(status).send(body);
+    if (toHttpError(error).status >= 500) request.log.error({ err: error }, 'request failed');
+    return sendError(error, reply);
   });
   app.setNotFoundHandler((request, reply) => {
     metrics.errors.inc({ code: 'NOT_FOUND' });
     return reply.status(404).send({
-      error: { code: 'NOT_FOUND', message: `No route ${request.method} ${request.url}.` },
+      error: { code: 'NOT_FOUND', message: `No route answers ${request.method} on this path.` },
     });
   });
 
+  await app.register(requireTokens, { tokens });
+  // A compressed body would reach the JSON parser as bytes: refuse it before reading it.
   app.addHook('onRequest', (request, _reply, done) => {
-    if (tokens.length === 0 || !request.url.startsWith('/v1/')) {
-      done();
-      return;
-    }
-    const header = request.headers.authorization ?? '';
-    const given = header.startsWith('Bearer ') ? header.slice('Bearer '.length) : '';
-    // Every token is compared, so the time taken does not tell which one nearly matched.
-    const accepted = tokens.map((token) => sameSecret(given, token)).includes(true);
-    done(accepted ? undefined : Object.assign(new Error('unauthorized'), { statusCode: 401 }));
+    const encoding = request.headers['content-encoding'];
+    if (encoding === undefined || encoding.toLowerCase() === 'identity') done();
+    else done(Object.assign(new Error('content-encoding'), { statusCode: 415 }));
   });
   // Closing: answers in flight tell their clients to close the connection, so that a keep-alive
   // client cannot hold the server open after its last answer.
@@ -156,24 +190,20 @@ export async function buildApi(options: ApiOptions) {
     async (request) => {
       const { counter } = request.params;
       const body = request.body ?? {};
-      const [result] = await tally.incrMany([
-        {
-          counter,
-          by: body.by ?? 1,
+      // incr, not incrMany: its errors name the counter, not "item 0" of a batch.
+      const result = await tally
+        .incr(counter, body.by ?? 1, {
           ...(body.idempotencyKey === undefined ? {} : { idempotencyKey: body.idempotencyKey }),
           ...(body.limit === undefined ? {} : { limit: body.limit }),
-        },
-      ]);
-      if (result === undefined) throw new Error('incrMany returned no result');
+        })
+        .catch((error: unknown) => {
+          if (error instanceof OverflowError) metrics.increments.inc({ status: 'overflow' });
+          throw error;
+        });
       metrics.increments.inc({ status: result.status });
       if (result.status === 'over-limit') {
         throw new TallyError('OVER_LIMIT', `${counter} would pass its limit of ${result.limit}.`, {
           details: { counter, value: result.value, limit: result.limit },
-        });
-      }
-      if (result.status === 'overflow') {
-        throw new TallyError('OVERFLOW', `${counter} would leave ±(2^53−1); nothing changed.`, {
-          details: { counter, value: result.value },
         });
       }
       return resultBody(counter, result);
@@ -220,9 +250,10 @@ export async function buildApi(options: ApiOptions) {
     };
   });
 
-  const hidden = { schema: { hide: true } };
-  app.get('/healthz', hidden, (_request, reply) => reply.send({ status: 'ok' }));
-  app.get('/readyz', hidden, async (_request, reply) => {
+  // The open routes: probes, scrapers and the API's description answer without a token.
+  const open = { schema: { hide: true }, config: { open: true } };
+  app.get('/healthz', open, (_request, reply) => reply.send({ status: 'ok' }));
+  app.get('/readyz', open, async (request, reply) => {
     const [connections, status] = await Promise.all([
       tally.ping(),
       tally.status().catch(() => undefined),
@@ -230,6 +261,9 @@ export async function buildApi(options: ApiOptions) {
     const shardsReady = status?.shards.filter((shard) => shard.totalsValid).length ?? 0;
     const ready =
       connections.redis && connections.postgres && shardsReady === status?.shards.length;
+    // Versions and settings help an attacker: without a valid token a probe learns only whether
+    // to send traffic here.
+    if (!isAuthenticated(request, tokens)) return reply.status(ready ? 200 : 503).send({ ready });
     return reply.status(ready ? 200 : 503).send({
       ready,
       redis: connections.redis,
@@ -238,11 +272,12 @@ export async function buildApi(options: ApiOptions) {
       durability: tally.durability,
     });
   });
-  app.get('/metrics', hidden, async (_request, reply) =>
+  app.get('/metrics', open, async (_request, reply) =>
     reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()),
   );
-  app.get('/openapi.json', hidden, (_request, reply) => reply.send(app.swagger()));
+  app.get('/openapi.json', open, (_request, reply) => reply.send(app.swagger()));
 
+  declared.answerOtherMethods();
   await app.ready();
   return app;
 }

@@ -1,3 +1,4 @@
+import { STATUS_CODES } from 'node:http';
 import type { FastifyError } from 'fastify';
 import { TallyError, type TallyErrorCode } from '../errors.js';
 
@@ -57,16 +58,57 @@ export function toHttpError(error: unknown): HttpError {
       })),
     );
   }
+  switch (fastifyError.code) {
+    case 'FST_ERR_BAD_URL':
+      return answer(400, 'VALIDATION', 'The path is not valid percent-encoding.');
+    case 'FST_ERR_MAX_PARAM_LENGTH':
+      return answer(414, 'URI_TOO_LONG', 'A path parameter is longer than any valid one.');
+  }
   switch (fastifyError.statusCode) {
     case 401:
       return answer(401, 'UNAUTHORIZED', 'Send a valid token as Authorization: Bearer <token>.');
+    case 405:
+      return answer(405, 'METHOD_NOT_ALLOWED', 'This path does not take that method (see Allow).');
     case 413:
       return answer(413, 'PAYLOAD_TOO_LARGE', 'The request body is larger than this API accepts.');
     case 415:
-      return answer(415, 'UNSUPPORTED_MEDIA_TYPE', 'Send the body as application/json.');
+      return answer(
+        415,
+        'UNSUPPORTED_MEDIA_TYPE',
+        'Send the body as application/json, without a Content-Encoding.',
+      );
     case 400:
       return answer(400, 'VALIDATION', `Invalid request: ${fastifyError.message ?? 'bad body'}.`);
     default:
       return answer(500, 'INTERNAL', 'The server failed to answer; it has logged why.');
   }
+}
+
+/** Node's answers to a request it could not parse or wait for, in the API's error shape. */
+const clientErrors: Record<string, { status: number; code: string; message: string }> = {
+  ERR_HTTP_REQUEST_TIMEOUT: {
+    status: 408,
+    code: 'REQUEST_TIMEOUT',
+    message: 'The request took too long to arrive.',
+  },
+  HPE_HEADER_OVERFLOW: {
+    status: 431,
+    code: 'HEADERS_TOO_LARGE',
+    message: 'The request headers are larger than this API accepts.',
+  },
+};
+
+/** The raw HTTP response to a client error (the socket is closed after it). */
+export function clientErrorResponse(error: NodeJS.ErrnoException): string {
+  const found = clientErrors[error.code ?? ''] ?? {
+    status: 400,
+    code: 'BAD_REQUEST',
+    message: 'The request is not valid HTTP.',
+  };
+  const body = JSON.stringify({ error: { code: found.code, message: found.message } });
+  return (
+    `HTTP/1.1 ${found.status} ${STATUS_CODES[found.status] ?? ''}\r\n` +
+    `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+    `Connection: close\r\n\r\n${body}`
+  );
 }
