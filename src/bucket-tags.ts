@@ -60,20 +60,33 @@ export function tagBuckets(tag: string): TagBuckets {
 /**
  * Hands out bucket tags, keeping the one of the current period for increments without `at`:
  * every increment of the same smallest bucket shares one tag, so the hot path neither
- * recomputes calendar dates nor builds a string per increment.
+ * recomputes calendar dates nor builds a string per increment. Only `now` moves the kept tag:
+ * an increment with its own `at` (past or future) never displaces it (one dated 9999 once
+ * pinned it, and every plain increment after it was 10× slower).
  */
 export class BucketTags {
   private current: { tag: string; fromMs: number; untilMs: number } | undefined;
 
   constructor(private readonly granularities: readonly Granularity[]) {}
 
-  /** The tag of the buckets holding `atMs`. */
-  at(atMs: number): string {
+  /** The tag of the buckets holding `nowMs`, the current time. */
+  now(nowMs: number): string {
     const current = this.current;
-    if (current !== undefined && atMs >= current.fromMs && atMs < current.untilMs) {
+    if (current !== undefined && nowMs >= current.fromMs && nowMs < current.untilMs) {
       return current.tag;
     }
-    // Where every bucket holding atMs overlaps: the same tag serves that whole interval.
+    const found = this.period(nowMs);
+    this.current = found;
+    return found.tag;
+  }
+
+  /** The tag of the buckets holding `atMs`, any instant. */
+  at(atMs: number): string {
+    return this.period(atMs).tag;
+  }
+
+  /** Where every bucket holding atMs overlaps: the same tag serves that whole interval. */
+  private period(atMs: number): { tag: string; fromMs: number; untilMs: number } {
     let fromMs = -Infinity;
     let untilMs = Infinity;
     for (const granularity of this.granularities) {
@@ -82,10 +95,6 @@ export class BucketTags {
       untilMs = Math.min(untilMs, nextBucketStart(granularity, start));
     }
     // The latest start among the buckets holding atMs is the smallest bucket's.
-    const tag = tagOf(this.granularities, fromMs);
-    // Increments at `now` keep landing in the newest period; one with an old `at` must not
-    // evict it.
-    if (current === undefined || fromMs >= current.fromMs) this.current = { tag, fromMs, untilMs };
-    return tag;
+    return { tag: tagOf(this.granularities, fromMs), fromMs, untilMs };
   }
 }

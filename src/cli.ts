@@ -4,6 +4,7 @@ import { packageVersion } from './package-files.js';
 import { flushCommand, migrateCommand, reconcileCommand, statusCommand } from './cli/commands.js';
 import { ExitCode, exitCodeFor } from './cli/exit-codes.js';
 import { withStoreOptions } from './cli/store-options.js';
+import { redactSecrets } from './logging.js';
 
 // `tally status | head` closes stdout early: that is the reader's choice, not an error.
 process.stdout.on('error', (error: NodeJS.ErrnoException) => {
@@ -131,7 +132,10 @@ try {
   } else {
     const code = (error as { code?: unknown }).code;
     const suffix = typeof code === 'string' ? ` [${code}]` : '';
-    console.error(`tally: ${error instanceof Error ? error.message : String(error)}${suffix}`);
-    process.exitCode = exitCodeFor(error);
+    const message = error instanceof Error ? error.message : String(error);
+    console.error(`tally: ${redactSecrets(message)}${suffix}`);
+    // At once: a half-started service (a Redis connection retrying, a pool) must not keep the
+    // process running after it failed to start.
+    process.exit(exitCodeFor(error));
   }
 }

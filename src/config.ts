@@ -38,6 +38,11 @@ export interface TallyOptions {
   maxFutureMs?: number;
   /** A Redis reply later than this makes the call fail: OUTCOME_UNKNOWN for increments. */
   redisCommandTimeoutMs?: number;
+  /**
+   * Longest time an increment may take, its retries after a lost reply included: no retry
+   * starts that could end past it (4 attempts at a 2 s command timeout took 8.6 s).
+   */
+  incrementTimeoutMs?: number;
   /** How long a flush or reconcile holds a shard's lock before another process may take it. */
   flushLockTtlMs?: number;
   /** Counters per script call when reconcile compares or rebuilds. */
@@ -61,6 +66,7 @@ export interface ResolvedConfig {
   maxBackdateMs: number;
   maxFutureMs: number;
   redisCommandTimeoutMs: number;
+  incrementTimeoutMs: number;
   flushLockTtlMs: number;
   reconcileChunkSize: number;
   rebuildAtStart: boolean;
@@ -86,6 +92,10 @@ function lossAccepted(value: unknown): RedisLossAccepted {
   }
   return value as RedisLossAccepted;
 }
+
+/** Defaults `tally serve` shares with the library. */
+export const redisCommandTimeoutDefaultMs = 2_000;
+export const incrementTimeoutDefaultMs = 5_000;
 
 /** How long an idempotency key is remembered unless configured (also `tally serve`'s default). */
 export const idempotencyWindowDefaultMs = 24 * 3_600_000;
@@ -134,7 +144,13 @@ export function resolveConfig(options: TallyOptions): ResolvedConfig {
     maxFutureMs: integerIn('maxFutureMs', options.maxFutureMs ?? 5 * 60_000, 0, 24 * 3_600_000),
     redisCommandTimeoutMs: integerIn(
       'redisCommandTimeoutMs',
-      options.redisCommandTimeoutMs ?? 2_000,
+      options.redisCommandTimeoutMs ?? redisCommandTimeoutDefaultMs,
+      1,
+      3_600_000,
+    ),
+    incrementTimeoutMs: integerIn(
+      'incrementTimeoutMs',
+      options.incrementTimeoutMs ?? incrementTimeoutDefaultMs,
       1,
       3_600_000,
     ),

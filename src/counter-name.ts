@@ -8,13 +8,23 @@ export type CounterRef = string | { readonly name: string; readonly labels?: Lab
 
 export const maxNameBytes = 256;
 
-// C0 and C1 control characters and DEL. Names are shown in logs, metrics and terminals, and Tally
-// uses U+001F internally as a separator.
-// eslint-disable-next-line no-control-regex
-const controlCharacters = /[\u0000-\u001f\u007f-\u009f]/u;
+// Control characters (C0, C1, DEL), format characters (bidirectional overrides such as U+202E,
+// the BOM, zero-width characters) and line and paragraph separators. Names are shown in logs,
+// metrics and terminals, where these hide or reorder text, and Tally uses U+001F internally as
+// a separator.
+const controlCharacters = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
+const controlCharactersEverywhere = new RegExp(controlCharacters.source, 'gu');
+
+/** A name quoted for a message: its control and format characters written as `\uXXXX`. */
+function quoted(name: string): string {
+  return JSON.stringify(name).replace(
+    controlCharactersEverywhere,
+    (character) => `\\u${character.codePointAt(0)?.toString(16).padStart(4, '0') ?? ''}`,
+  );
+}
 
 /**
- * Throws unless `name` is 1–256 bytes of UTF-8 without control characters. `what` names the
+ * Throws unless `name` is 1–256 bytes of UTF-8 without control, format or separator characters. `what` names the
  * value in the message ('A counter name', 'An idempotency key').
  */
 export function validateName(name: unknown, what = 'A counter name'): string {
@@ -27,12 +37,13 @@ export function validateName(name: unknown, what = 'A counter name'): string {
   const bytes = Buffer.byteLength(name, 'utf8');
   if (bytes < 1 || bytes > maxNameBytes) {
     throw new ValidationError(
-      `${what} must be 1 to ${maxNameBytes} bytes of UTF-8; ${JSON.stringify(name.slice(0, 40))} is ${bytes} bytes.`,
+      `${what} must be 1 to ${maxNameBytes} bytes of UTF-8; ${quoted(name.slice(0, 40))} is ${bytes} bytes.`,
     );
   }
   if (controlCharacters.test(name)) {
     throw new ValidationError(
-      `${what} ${JSON.stringify(name)} contains a control character; remove it.`,
+      `${what} ${quoted(name)} contains a control, format or separator character ` +
+        '(such as U+202E or U+2028); remove it.',
     );
   }
   return name;

@@ -10,6 +10,8 @@ export type TallyErrorCode =
   | 'OVERFLOW'
   // The increment would take the counter past its limit: nothing was changed.
   | 'OVER_LIMIT'
+  // The idempotency key was counted with other parameters (by, at, limit): nothing was changed.
+  | 'IDEMPOTENCY_KEY_REUSED'
   // The request reached Redis but its reply did not come back: it may or may not have been
   // applied. Retry with the same idempotency key to make sure it counts exactly once.
   | 'OUTCOME_UNKNOWN'
@@ -64,6 +66,27 @@ export class OverflowError extends TallyError {
       'OVERFLOW',
       `Adding ${delta} to ${counter} (now ${value}) would leave ±(2^53−1); nothing was changed.`,
       { details: { counter, value } },
+    );
+  }
+}
+
+/**
+ * The idempotency key was counted before with another `by`, `at` or `limit`: a client bug (one
+ * key for two operations), not a retry. Nothing was changed; the first increment stands.
+ */
+export class IdempotencyKeyReusedError extends TallyError {
+  override readonly name = 'IdempotencyKeyReusedError';
+  constructor(
+    readonly counter: string,
+    readonly idempotencyKey: string,
+    /** The counter's total, unchanged. */
+    readonly value: number,
+  ) {
+    super(
+      'IDEMPOTENCY_KEY_REUSED',
+      `The idempotency key ${JSON.stringify(idempotencyKey)} of ${counter} was counted with ` +
+        'other parameters (by, at or limit); nothing was changed. Use a new key for a new increment.',
+      { details: { counter, idempotencyKey, value } },
     );
   }
 }

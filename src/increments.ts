@@ -4,7 +4,7 @@ import { toEpochMs } from './buckets.js';
 import type { ResolvedConfig } from './config.js';
 import { inOneWrite, redisFailure } from './connections.js';
 import { canonicalName, validateName, type CounterRef } from './counter-name.js';
-import { OverflowError, TallyError, ValidationError } from './errors.js';
+import { IdempotencyKeyReusedError, OverflowError, TallyError, ValidationError } from './errors.js';
 import {
   IncrementStatus,
   ScriptStatus,
@@ -35,10 +35,14 @@ export type IncrementResult =
 
 /**
  * A result of incrMany: as incr's, or an increment refused because it would leave ±(2^53−1)
- * (which incr reports by throwing OverflowError). Nothing changed for that item.
+ * or reused an idempotency key (which incr reports by throwing OverflowError or
+ * IdempotencyKeyReusedError). Nothing changed for that item.
  */
 export type BatchIncrementResult =
-  IncrementResult | { status: 'overflow'; value: number; duplicate: false };
+  | IncrementResult
+  | { status: 'overflow'; value: number; duplicate: false }
+  /** The idempotency key was counted with other parameters; nothing changed (the first stands). */
+  | { status: 'key-reused'; value: number; duplicate: false };
 
 /** One validated increment, ready to send. */
 export interface PreparedIncrement {
@@ -47,6 +51,12 @@ export interface PreparedIncrement {
   delta: number;
   limit: number | undefined;
   idempotencyKey: string | undefined;
+  /**
+   * With an idempotency key: the parameters it is kept with, so that a retry is told from the
+   * same key reused for another increment. `at` counts only when given: a retry without it,
+   * an hour later, is still the same increment.
+   */
+  fingerprint: string | undefined;
   /** The bucket tag of its instant (bucket-tags.ts). */
   bucketTag: string;
 }
@@ -74,6 +84,25 @@ export class IncrementPreparer {
     this.bucketTags = new BucketTags(config.buckets);
   }
 
+  /**
+   * An increment's `at`, inside the accepted window (maxBackdateMs before now, maxFutureMs
+   * after): usage of a period already billed must not change, and one increment dated 9999
+   * must not make a bucket row nobody asked for.
+   */
+  private checkedAt(at: Date | number): number {
+    const atMs = toEpochMs(at, 'at');
+    const nowMs = Date.now();
+    const { maxBackdateMs, maxFutureMs } = this.config;
+    if (atMs < nowMs - maxBackdateMs || atMs > nowMs + maxFutureMs) {
+      throw new ValidationError(
+        `at ${new Date(atMs).toISOString()} is outside the accepted window: from ` +
+          `${maxBackdateMs / 60_000} minutes before now to ${maxFutureMs / 60_000} minutes ` +
+          'after (options maxBackdateMs, maxFutureMs).',
+      );
+    }
+    return atMs;
+  }
+
   prepare(ref: CounterRef, by: unknown, options: IncrementOptions): PreparedIncrement {
     const counter = canonicalName(ref);
     const delta = safeInteger(by, 'The increment');
@@ -87,14 +116,16 @@ export class IncrementPreparer {
       options.idempotencyKey === undefined
         ? undefined
         : validateName(options.idempotencyKey, 'An idempotency key');
-    const atMs = options.at === undefined ? Date.now() : toEpochMs(options.at, 'at');
+    const atMs = options.at === undefined ? undefined : this.checkedAt(options.at);
     return {
       counter,
       shard: shardOf(counter, this.config.shards),
       delta,
       limit,
       idempotencyKey,
-      bucketTag: this.bucketTags.at(atMs),
+      fingerprint:
+        idempotencyKey === undefined ? undefined : `${delta}|${limit ?? ''}|${atMs ?? ''}`,
+      bucketTag: atMs === undefined ? this.bucketTags.now(Date.now()) : this.bucketTags.at(atMs),
     };
   }
 }
@@ -182,9 +213,11 @@ class BatchSlot implements Waiting {
   }
 
   reject(error: unknown): void {
-    // incrMany reports an increment that would overflow as a result, not an error.
+    // incrMany reports an increment refused by the script as a result, not an error.
     if (error instanceof OverflowError) {
       this.batch.settle(this.index, { status: 'overflow', value: error.value, duplicate: false });
+    } else if (error instanceof IdempotencyKeyReusedError) {
+      this.batch.settle(this.index, { status: 'key-reused', value: error.value, duplicate: false });
     } else this.batch.fail(error);
   }
 }
@@ -320,6 +353,8 @@ export class IncrementSender {
 
   /** Settles every promise of the operations' members; never rejects itself. */
   private async sendOperations(shard: number, operations: Operation[]): Promise<void> {
+    const { incrementTimeoutMs, redisCommandTimeoutMs } = this.config;
+    const deadline = Date.now() + incrementTimeoutMs;
     let pending = operations;
     for (let attempt = 0; pending.length > 0; attempt++) {
       let reply: ScriptReply;
@@ -329,9 +364,12 @@ export class IncrementSender {
         const failure = redisFailure(error, 'write', 'an increment');
         const retryDelayMs = lostReplyRetryDelaysMs[attempt];
         // Only an increment with an idempotency key can be retried after a lost reply without
-        // risking a double count (such an increment is never merged with others).
+        // risking a double count (such an increment is never merged with others); and only a
+        // retry that ends within incrementTimeoutMs however long Redis takes to answer it.
         const retryable =
-          failure.code === 'OUTCOME_UNKNOWN' && retryDelayMs !== undefined
+          failure.code === 'OUTCOME_UNKNOWN' &&
+          retryDelayMs !== undefined &&
+          Date.now() + retryDelayMs + redisCommandTimeoutMs <= deadline
             ? pending.filter((operation) => operation.increment.idempotencyKey !== undefined)
             : [];
         for (const operation of pending) {
@@ -401,7 +439,7 @@ export class IncrementSender {
           );
           scriptKeys = copy;
         }
-        spec = `${spec}:${idempotencyIndex}:${increment.limit ?? ''}`;
+        spec = `${spec}:${idempotencyIndex}:${increment.limit ?? ''}:${increment.fingerprint ?? ''}`;
       }
       entries.push(increment.counter, delta, spec);
     }
@@ -445,6 +483,11 @@ function settle(waiting: Waiting, status: unknown, value: number): void {
       return;
     case IncrementStatus.overflow:
       waiting.reject(new OverflowError(increment.counter, increment.delta, value));
+      return;
+    case IncrementStatus.keyReused:
+      waiting.reject(
+        new IdempotencyKeyReusedError(increment.counter, increment.idempotencyKey ?? '', value),
+      );
       return;
     default:
       waiting.reject(new Error(`increment.lua returned unknown status ${String(status)}`));

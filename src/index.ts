@@ -11,7 +11,7 @@ export type { BatchIncrementResult, IncrementOptions, IncrementResult } from './
 export type { AppliedBatch } from './flusher.js';
 export type { Drift, ShardReconcileReport } from './reconciler.js';
 export type { UsageBucket, UsageQuery } from './usage.js';
-export type { RedisDurability } from './durability.js';
+export type { RedisDurability, RedisLossAccepted } from './durability.js';
 export type { Granularity } from './buckets.js';
 export { canonicalName, type CounterRef, type Labels } from './counter-name.js';
 export {
@@ -25,6 +25,7 @@ export {
   ValidationError,
   FlushError,
   OverflowError,
+  IdempotencyKeyReusedError,
   SchemaError,
   type TallyErrorCode,
 } from './errors.js';

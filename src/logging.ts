@@ -22,7 +22,9 @@ export type LogFormat = 'json' | 'pretty';
 export function parseLogFormat(raw: string | undefined): LogFormat | undefined {
   if (raw === undefined || raw === '') return undefined;
   if (raw !== 'json' && raw !== 'pretty') {
-    throw new ValidationError(`TALLY_LOG_FORMAT must be json or pretty, got ${JSON.stringify(raw)}.`);
+    throw new ValidationError(
+      `TALLY_LOG_FORMAT must be json or pretty, got ${JSON.stringify(raw)}.`,
+    );
   }
   return raw;
 }
@@ -74,20 +76,31 @@ export interface LoggerOptions {
  */
 export function createLogger(options: LoggerOptions): Logger {
   const fd = options.fd ?? 1;
-  const format = options.format ?? (process[fd === 1 ? 'stdout' : 'stderr'].isTTY ? 'pretty' : 'json');
+  const format =
+    options.format ?? (process[fd === 1 ? 'stdout' : 'stderr'].isTTY ? 'pretty' : 'json');
   const settings = {
     level: options.level,
     serializers: { err: (error: Error) => scrub(stdSerializers.err(error)) },
-    formatters: { log: (object: Record<string, unknown>) => scrub(object) as Record<string, unknown> },
+    formatters: {
+      log: (object: Record<string, unknown>) => scrub(object) as Record<string, unknown>,
+    },
     hooks: {
       logMethod(this: Logger, args: unknown[], method: (...args: unknown[]) => void) {
-        method.apply(this, args.map((arg) => (typeof arg === 'string' ? redactSecrets(arg) : arg)));
+        method.apply(
+          this,
+          args.map((arg) => (typeof arg === 'string' ? redactSecrets(arg) : arg)),
+        );
       },
     },
   };
   if (format === 'json') return pino(settings, pino.destination({ fd, sync: fd === 2 }));
   return pino(
     settings,
-    pinoPretty({ destination: fd, sync: true, ignore: 'pid,hostname', translateTime: 'SYS:HH:MM:ss.l' }),
+    pinoPretty({
+      destination: fd,
+      sync: true,
+      ignore: 'pid,hostname',
+      translateTime: 'SYS:HH:MM:ss.l',
+    }),
   );
 }

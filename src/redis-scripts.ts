@@ -18,6 +18,7 @@ export const IncrementStatus = {
   duplicate: 2,
   overLimit: 3,
   overflow: 4,
+  keyReused: 5,
 } as const;
 
 /**

@@ -144,8 +144,14 @@ class TallyClient implements Tally {
               { ...durability },
               `redis settings no longer accepted: ${durability.problem}`,
             );
-          } else if (durability.lossBound !== before.lossBound || durability.accepted !== before.accepted) {
-            this.config.logger.warn({ ...durability }, `redis durability changed: ${durability.lossBound}`);
+          } else if (
+            durability.lossBound !== before.lossBound ||
+            durability.accepted !== before.accepted
+          ) {
+            this.config.logger.warn(
+              { ...durability },
+              `redis durability changed: ${durability.lossBound}`,
+            );
           }
         },
         (error: unknown) => {

@@ -1,5 +1,11 @@
 import { tagBuckets } from './bucket-tags.js';
-import { bucketStarts, isGranularity, toEpochMs, type Granularity } from './buckets.js';
+import {
+  bucketCount,
+  bucketStarts,
+  isGranularity,
+  toEpochMs,
+  type Granularity,
+} from './buckets.js';
 import { postgresFailure, redisFailure } from './connections.js';
 import { canonicalName, type CounterRef } from './counter-name.js';
 import { TallyError, ValidationError } from './errors.js';
@@ -44,13 +50,15 @@ export async function readUsage(
   const fromMs = toEpochMs(query.from, 'from');
   const toMs = toEpochMs(query.to, 'to');
   if (toMs <= fromMs) throw new ValidationError('Usage needs from < to.');
-  const starts = bucketStarts(query.granularity, fromMs, toMs);
-  if (starts.length > maxUsageBuckets) {
+  // Counted before listed: 0000–9999 in hours would be 87.6M starts (5 s and 1.5 GB).
+  const count = bucketCount(query.granularity, fromMs, toMs);
+  if (count > maxUsageBuckets) {
     throw new ValidationError(
-      `That period has ${starts.length} ${query.granularity} buckets; ask for at most ` +
+      `That period has ${count} ${query.granularity} buckets; ask for at most ` +
         `${maxUsageBuckets} at a time.`,
     );
   }
+  const starts = bucketStarts(query.granularity, fromMs, toMs);
   const shard = shardOf(counter, ctx.config.shards);
   const keys = shardKeys(ctx.config.keyPrefix, shard);
 

@@ -2,7 +2,15 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { batchRows } from '../src/batch-rows.js';
 import { BucketTags, bucketTag, parsePendingField, tagBuckets } from '../src/bucket-tags.js';
-import { bucketStart, bucketStarts, granularities, nextBucketStart } from '../src/buckets.js';
+import {
+  bucketCount,
+  bucketStart,
+  bucketStarts,
+  earliestInstantMs,
+  granularities,
+  latestInstantMs,
+  nextBucketStart,
+} from '../src/buckets.js';
 import { canonicalName, validateName } from '../src/counter-name.js';
 import { forEachLimited, Turns } from '../src/concurrency.js';
 import { shardOf } from '../src/sharding.js';
@@ -51,8 +59,22 @@ describe('counter names', () => {
     expect(validateName('ü'.repeat(128))).toHaveLength(128); // 256 bytes
     expect(() => validateName('ü'.repeat(129))).toThrow(/1 to 256 bytes/);
     expect(() => validateName('')).toThrow(/1 to 256 bytes/);
-    expect(() => validateName('a\u0000b')).toThrow(/control character/);
-    expect(() => validateName('a\u0085b')).toThrow(/control character/);
+    expect(() => validateName('a\u0000b')).toThrow(/control, format or separator character/);
+    expect(() => validateName('a\u0085b')).toThrow(/control, format or separator character/);
+    // Format and separator characters reorder or hide text in terminals and logs; the message
+    // names them without printing them.
+    for (const character of ['\u202e', '\ufeff', '\u2028', '\u2029', '\u200b', '\u00ad']) {
+      let message = '';
+      try {
+        validateName(`invoice${character}txt`);
+      } catch (error) {
+        message = (error as Error).message;
+      }
+      expect(message).toMatch(/format or separator character/);
+      expect(message).not.toContain(character);
+      expect(message).toContain(`\\u${character.codePointAt(0)?.toString(16).padStart(4, '0')}`);
+    }
+    expect(validateName('caf\u00e9 \u{1f600}')).toBe('caf\u00e9 \u{1f600}');
     expect(() => validateName('\ud800')).toThrow(/lone surrogate/);
   });
 
@@ -85,6 +107,56 @@ describe('buckets', () => {
     expect(new Date(nextBucketStart('month', Date.UTC(2026, 11, 1))).toISOString()).toBe(
       '2027-01-01T00:00:00.000Z',
     );
+  });
+
+  it('start where the calendar says, in every accepted year (0000–9999)', () => {
+    // The oracle: the instant with its smaller fields zeroed by Date's own UTC setters.
+    const truncated = (at: number, granularity: 'day' | 'month') => {
+      const date = new Date(at);
+      if (granularity === 'month') date.setUTCDate(1);
+      date.setUTCHours(0, 0, 0, 0);
+      return date.getTime();
+    };
+    fc.assert(
+      fc.property(
+        fc.integer({ min: earliestInstantMs, max: latestInstantMs }),
+        fc.constantFrom('day', 'month' as const),
+        (at, granularity) => {
+          expect(bucketStart(granularity, at)).toBe(truncated(at, granularity));
+          const next = nextBucketStart(granularity, bucketStart(granularity, at));
+          expect(next).toBeGreaterThan(at);
+          expect(bucketStart(granularity, next - 1)).toBe(bucketStart(granularity, at));
+        },
+      ),
+      { numRuns: 2_000 },
+    );
+    // Date.UTC maps two-digit years to 1900–1999: 0001-01-01 once landed in 1901.
+    const yearOne = new Date('0001-03-04T05:06:07Z').getTime();
+    expect(new Date(bucketStart('day', yearOne)).toISOString()).toBe('0001-03-04T00:00:00.000Z');
+    expect(new Date(bucketStart('month', yearOne)).toISOString()).toBe('0001-03-01T00:00:00.000Z');
+    expect(new Date(nextBucketStart('month', bucketStart('month', yearOne))).toISOString()).toBe(
+      '0001-04-01T00:00:00.000Z',
+    );
+  });
+
+  it('are counted without being listed, exactly', () => {
+    fc.assert(
+      fc.property(
+        fc.constantFrom('minute', 'hour', 'day', 'month' as const),
+        fc.integer({ min: earliestInstantMs, max: latestInstantMs - 4e9 }),
+        fc.integer({ min: -1e6, max: 4e9 }),
+        (granularity, from, length) => {
+          expect(bucketCount(granularity, from, from + length)).toBe(
+            bucketStarts(granularity, from, from + length).length,
+          );
+        },
+      ),
+      { numRuns: 500 },
+    );
+    // 0000–9999 in hours, counted at once: 10,000 years of 365 days and 2,425 leap days
+    // (every 4th year, but not every 100th unless every 400th).
+    expect(bucketCount('hour', earliestInstantMs, latestInstantMs)).toBe((3_650_000 + 2_425) * 24);
+    expect(bucketCount('month', earliestInstantMs, latestInstantMs)).toBe(120_000);
   });
 
   it('cover a period without gaps or overlaps', () => {
@@ -137,19 +209,23 @@ describe('bucket tags', () => {
     fc.assert(
       fc.property(someGranularities, fc.array(anInstant, { minLength: 1 }), (configured, at) => {
         const tags = new BucketTags(configured);
-        for (const instant of at) expect(tags.at(instant)).toBe(bucketTag(configured, instant));
+        at.forEach((instant, i) => {
+          const tag = i % 2 === 0 ? tags.now(instant) : tags.at(instant);
+          expect(tag).toBe(bucketTag(configured, instant));
+        });
       }),
     );
   });
 
-  it('stay the same within the smallest bucket, and an old instant does not evict it', () => {
+  it('stay the same within the smallest bucket, and an explicit instant does not displace it', () => {
     const tags = new BucketTags(['day', 'hour']);
     const hour = Date.UTC(2026, 10, 21, 23);
-    const now = tags.at(hour + 1);
-    expect(tags.at(hour + 3_599_999)).toBe(now);
+    const now = tags.now(hour + 1);
+    expect(tags.now(hour + 3_599_999)).toBe(now);
     expect(tags.at(hour - 86_400_000)).not.toBe(now);
-    expect(tags.at(hour + 5)).toBe(now);
-    expect(tagBuckets(tags.at(hour + 3_600_000)).starts).toEqual([
+    expect(tags.at(Date.UTC(9999, 0, 1))).not.toBe(now);
+    expect(tags.now(hour + 5)).toBe(now);
+    expect(tagBuckets(tags.now(hour + 3_600_000)).starts).toEqual([
       Date.UTC(2026, 10, 22),
       Date.UTC(2026, 10, 22),
     ]);

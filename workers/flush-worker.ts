@@ -9,49 +9,45 @@ import { once } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
+import { storeEnv, type StoreEnv } from '../src/env-config.js';
 import { createTally, FlushError, TallyError, type Tally } from '../src/index.js';
+import { createLogger } from '../src/logging.js';
 import { FlushMetrics } from './flush-metrics.js';
-import { exitOnSignals, integerFromEnv, requiredEnv } from '../src/process-lifecycle.js';
+import { exitOnSignals, integerFromEnv } from '../src/process-lifecycle.js';
 
-export interface FlushWorkerConfig {
-  redisUrl: string;
-  databaseUrl: string;
-  shards: number;
-  keyPrefix: string;
+export interface FlushWorkerConfig extends StoreEnv {
   /** How often each shard is flushed. */
   flushIntervalMs: number;
   /** Flush jobs one replica runs at once. */
   concurrency: number;
   /** Port of /metrics and /healthz; 0 picks a free one; undefined serves none. */
   metricsPort: number | undefined;
+  /** Address /metrics and /healthz listen on: loopback unless set (containers set 0.0.0.0). */
+  metricsHost: string;
   /** How long a graceful shutdown may take before the process exits anyway (status 1). */
   shutdownTimeoutMs: number;
   /** BullMQ job lock: a replica silent this long loses its job to another (stalled job). */
   jobLockMs: number;
   /** The engine's shard lock TTL (see TallyOptions.flushLockTtlMs). */
   flushLockTtlMs: number;
-  logLevel: string;
 }
 
 /** The worker's configuration, from the environment; every default is set here. */
 export function configFromEnv(env: NodeJS.ProcessEnv = process.env): FlushWorkerConfig {
   const flushIntervalMs = integerFromEnv(env, 'TALLY_FLUSH_INTERVAL_MS', 1_000);
   return {
-    redisUrl: requiredEnv(env, 'REDIS_URL'),
-    databaseUrl: requiredEnv(env, 'DATABASE_URL'),
-    shards: integerFromEnv(env, 'TALLY_SHARDS', 16),
-    keyPrefix: env.TALLY_KEY_PREFIX ?? 'tally',
+    ...storeEnv(env),
     flushIntervalMs,
     concurrency: integerFromEnv(env, 'TALLY_WORKER_CONCURRENCY', 4),
     metricsPort:
       env.TALLY_METRICS_PORT === undefined || env.TALLY_METRICS_PORT === ''
         ? undefined
-        : integerFromEnv(env, 'TALLY_METRICS_PORT', 0, 0),
+        : integerFromEnv(env, 'TALLY_METRICS_PORT', 0, 0, 65_535),
+    metricsHost: env.TALLY_METRICS_HOST ?? '127.0.0.1',
     shutdownTimeoutMs: integerFromEnv(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 30_000),
     jobLockMs: integerFromEnv(env, 'TALLY_JOB_LOCK_MS', 30_000),
     flushLockTtlMs: integerFromEnv(env, 'TALLY_FLUSH_LOCK_TTL_MS', 30_000, 100),
-    logLevel: env.TALLY_LOG_LEVEL ?? 'info',
   };
 }
 
@@ -69,35 +65,59 @@ interface FlushJobData {
   shard: number;
 }
 
-/** Creates or updates one scheduler per shard; safe to run from every replica at every start. */
-async function upsertSchedulers(queue: Queue, config: FlushWorkerConfig): Promise<void> {
-  for (let shard = 0; shard < config.shards; shard++) {
-    await queue.upsertJobScheduler(
-      schedulerId(shard),
-      { every: config.flushIntervalMs },
-      {
-        name: 'flush-shard',
-        data: { shard } satisfies FlushJobData,
-        opts: {
-          attempts: 4,
-          backoff: { type: 'exponential', delay: config.flushIntervalMs, jitter: 0.5 },
-          removeOnComplete: true,
-          removeOnFail: { count: 1_000 },
-        },
+/** Creates or updates a shard's scheduler (and its next job); safe from every replica. */
+function upsertScheduler(queue: Queue, config: FlushWorkerConfig, shard: number) {
+  return queue.upsertJobScheduler(
+    schedulerId(shard),
+    { every: config.flushIntervalMs },
+    {
+      name: 'flush-shard',
+      data: { shard } satisfies FlushJobData,
+      opts: {
+        attempts: 4,
+        backoff: { type: 'exponential', delay: config.flushIntervalMs, jitter: 0.5 },
+        removeOnComplete: true,
+        removeOnFail: { count: 1_000 },
       },
-    );
-  }
+    },
+  );
+}
+
+/** How often the schedulers are checked: about 3 round trips per shard each time. */
+const schedulerCheckIntervalMs = (flushIntervalMs: number) =>
+  Math.min(Math.max(flushIntervalMs, 1_000), 10_000);
+
+/** States in which a scheduler's next job will still run. */
+const liveStates = new Set(['delayed', 'waiting', 'prioritized', 'active', 'waiting-children']);
+
+/**
+ * The shards whose flushes would never run again: no scheduler, or a scheduler whose next job
+ * is gone (BullMQ creates the next job only when the current one starts, so once an evicted or
+ * deleted job breaks the chain the scheduler stays and nothing runs, with no log line). A job id
+ * of a scheduler is `repeat:<scheduler id>:<next run, ms>` (BullMQ 6).
+ */
+async function stoppedShards(queue: Queue, shards: number): Promise<number[]> {
+  const checks = Array.from({ length: shards }, async (_, shard) => {
+    const scheduler = await queue.getJobScheduler(schedulerId(shard));
+    if (scheduler?.next === undefined || scheduler.next === null) return shard;
+    const jobId = `repeat:${schedulerId(shard)}:${scheduler.next}`;
+    const [job, state] = await Promise.all([queue.getJob(jobId), queue.getJobState(jobId)]);
+    return job !== undefined && liveStates.has(state) ? undefined : shard;
+  });
+  return (await Promise.all(checks)).filter((shard) => shard !== undefined);
 }
 
 export async function startFlushWorker(
   config: FlushWorkerConfig,
-  logger: Logger = pino({ level: config.logLevel }),
+  logger: Logger = createLogger({ level: config.logLevel, format: config.logFormat }),
 ): Promise<RunningFlushWorker> {
   const tally: Tally = await createTally({
     redis: config.redisUrl,
     postgres: config.databaseUrl,
     shards: config.shards,
     keyPrefix: config.keyPrefix,
+    buckets: config.buckets,
+    redisLossAccepted: config.redisLossAccepted,
     flushLockTtlMs: config.flushLockTtlMs,
     logger,
   });
@@ -112,7 +132,7 @@ export async function startFlushWorker(
   queue.on('error', (error: Error) => {
     logger.warn({ err: error }, 'queue error');
   });
-  await upsertSchedulers(queue, config);
+  for (let shard = 0; shard < config.shards; shard++) await upsertScheduler(queue, config, shard);
 
   const metrics = new FlushMetrics(tally);
   const worker = new Worker<FlushJobData>(
@@ -157,22 +177,19 @@ export async function startFlushWorker(
     logger.warn({ err: error }, 'worker error');
   });
 
-  // Redis lost its data while we run: the schedulers went with it. Put them back.
+  // Redis lost its data, or evicted or deleted job keys, while we run: a shard whose scheduler
+  // or next job is gone would never be flushed again. Put them back.
   const watch = setInterval(() => {
-    queue
-      .getJobSchedulersCount()
-      .then(async (count) => {
-        if (count >= config.shards) return;
-        logger.warn(
-          { found: count, shards: config.shards },
-          'flush schedulers missing; re-creating',
-        );
-        await upsertSchedulers(queue, config);
+    stoppedShards(queue, config.shards)
+      .then(async (stopped) => {
+        if (stopped.length === 0) return;
+        logger.warn({ shards: stopped }, 'flush jobs missing; re-creating their schedulers');
+        for (const shard of stopped) await upsertScheduler(queue, config, shard);
       })
       .catch((error: unknown) => {
         logger.warn({ err: error }, 'could not check the flush schedulers');
       });
-  }, config.flushIntervalMs);
+  }, schedulerCheckIntervalMs(config.flushIntervalMs));
   watch.unref();
 
   let closing = false;
@@ -202,8 +219,25 @@ export async function startFlushWorker(
         });
   let metricsPort: number | undefined;
   if (server !== undefined) {
-    server.listen(config.metricsPort, '0.0.0.0');
-    await once(server, 'listening');
+    server.listen(config.metricsPort, config.metricsHost);
+    try {
+      await Promise.race([
+        once(server, 'listening'),
+        once(server, 'error').then(([error]) => {
+          throw error;
+        }),
+      ]);
+    } catch (error) {
+      await Promise.all([worker.close(), queue.close()]);
+      await tally.close();
+      await connection.quit();
+      throw new TallyError(
+        'CONFIGURATION',
+        `Cannot serve metrics on TALLY_METRICS_HOST ${config.metricsHost} TALLY_METRICS_PORT ` +
+          `${config.metricsPort}: ${(error as Error).message}.`,
+        { cause: error },
+      );
+    }
     const address = server.address();
     metricsPort = typeof address === 'object' && address !== null ? address.port : undefined;
   }
@@ -243,7 +277,7 @@ export async function startFlushWorker(
  */
 export async function runFlushWorker(env: NodeJS.ProcessEnv = process.env): Promise<void> {
   const config = configFromEnv(env);
-  const logger = pino({ level: config.logLevel });
+  const logger = createLogger({ level: config.logLevel, format: config.logFormat });
   const running = await startFlushWorker(config, logger);
   exitOnSignals(() => running.close(), { logger, timeoutMs: config.shutdownTimeoutMs });
 }

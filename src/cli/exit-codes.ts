@@ -21,6 +21,7 @@ const byCode: Record<TallyErrorCode, number> = {
   MIGRATION_FILES_INVALID: ExitCode.usage,
   OVERFLOW: ExitCode.checkFailed,
   OVER_LIMIT: ExitCode.checkFailed,
+  IDEMPOTENCY_KEY_REUSED: ExitCode.checkFailed,
   OUTCOME_UNKNOWN: ExitCode.unavailable,
   UNAVAILABLE: ExitCode.unavailable,
   BUSY: ExitCode.unavailable,

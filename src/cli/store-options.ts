@@ -1,7 +1,10 @@
 import { Command, Option } from 'commander';
-import { pino, type Logger } from 'pino';
-import { createTally, type Tally } from '../tally.js';
+import type { Logger } from 'pino';
+import { parseBuckets, serviceUrl } from '../env-config.js';
 import { TallyError } from '../errors.js';
+import { createLogger, parseLogFormat, parseLogLevel } from '../logging.js';
+import { strictInteger } from '../process-lifecycle.js';
+import { createTally, type Tally } from '../tally.js';
 
 /** The options every command that opens the store takes, with the services' variables. */
 export interface StoreOptions {
@@ -27,7 +30,11 @@ export function withStoreOptions(command: Command): Command {
 
 /** Logs go to stderr, quiet unless asked: stdout carries what a command reports. */
 export function cliLogger(): Logger {
-  return pino({ level: process.env.TALLY_LOG_LEVEL ?? 'warn' }, pino.destination(2));
+  return createLogger({
+    level: parseLogLevel(process.env.TALLY_LOG_LEVEL, 'warn'),
+    format: parseLogFormat(process.env.TALLY_LOG_FORMAT),
+    fd: 2,
+  });
 }
 
 export function requireOption(value: string | undefined, flag: string, variable: string): string {
@@ -39,12 +46,18 @@ export function requireOption(value: string | undefined, flag: string, variable:
 
 /** Opens the store as it is: no rebuild at start-up, so reports see what they are about. */
 export function openStore(options: StoreOptions): Promise<Tally> {
-  const shards = Number(options.shards);
   return createTally({
-    redis: requireOption(options.redis, '--redis', 'REDIS_URL'),
-    postgres: requireOption(options.postgres, '--postgres', 'DATABASE_URL'),
-    shards,
+    redis: serviceUrl('REDIS_URL', requireOption(options.redis, '--redis', 'REDIS_URL')),
+    postgres: serviceUrl(
+      'DATABASE_URL',
+      requireOption(options.postgres, '--postgres', 'DATABASE_URL'),
+    ),
+    shards: strictInteger(options.shards, '--shards (TALLY_SHARDS)', 1, 16_384),
     keyPrefix: options.keyPrefix,
+    buckets: parseBuckets(process.env.TALLY_BUCKETS),
+    // The tools report on a store as it is, an unsafe Redis included: reconcile says what it
+    // explains (evictions), status shows the settings.
+    redisLossAccepted: 'any',
     logger: cliLogger(),
     rebuildAtStart: false,
   });

@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import { pino } from 'pino';
+import { parseBuckets } from '../env-config.js';
 import { startFlushWorker } from '../../workers/flush-worker.js';
 import { migrate } from '../migrator.js';
 import { exitOnSignals } from '../process-lifecycle.js';
@@ -62,11 +63,17 @@ export async function runDev(options: DevOptions): Promise<void> {
     ));
   await migrate(databaseUrl);
 
+  const buckets = parseBuckets(process.env.TALLY_BUCKETS);
+  // Any Redis will do for trying Tally out; the line below says what serve and worker would
+  // make of it.
+  const redisLossAccepted = 'any';
   const tally = await createTally({
     redis: redisUrl,
     postgres: databaseUrl,
     shards,
     keyPrefix,
+    buckets,
+    redisLossAccepted,
     logger,
   });
   const api = await buildApi({ tally, tokens: [], logger });
@@ -79,13 +86,17 @@ export async function runDev(options: DevOptions): Promise<void> {
       databaseUrl,
       shards,
       keyPrefix,
+      buckets,
+      redisLossAccepted,
+      logLevel: 'warn',
+      logFormat: undefined,
       flushIntervalMs,
       concurrency: 4,
       metricsPort: undefined,
+      metricsHost: '127.0.0.1',
       shutdownTimeoutMs: 30_000,
       jobLockMs: 30_000,
       flushLockTtlMs: 30_000,
-      logLevel: 'warn',
     },
     logger,
   );
@@ -95,6 +106,13 @@ export async function runDev(options: DevOptions): Promise<void> {
   say(`  API:         ${apiUrl}`);
   say(`  REDIS_URL:    ${redisUrl}`);
   say(`  DATABASE_URL: ${databaseUrl}`);
+  const { durability } = tally;
+  if (!durability.durable || durability.maxmemoryPolicy !== 'noeviction') {
+    say(
+      `  note: tally serve and tally worker would refuse this Redis (${durability.lossBound}) ` +
+        'unless TALLY_ACCEPT_REDIS_LOSS allows it',
+    );
+  }
   say(
     `  try: curl -X POST ${apiUrl}/v1/counters/hello/increment && curl ${apiUrl}/v1/counters/hello`,
   );

@@ -9,13 +9,15 @@
   ARGV[2] T: bucket tags in the table that follows
   ARGV[3 .. 2 + T] the table of bucket tags (bucket-tags.ts); a pending field is tag .. counter
   then per increment 3 values: counter, delta, spec. The spec is the tag's number in the table,
-  or for an increment with an idempotency key or a limit 'tag:keyIndex:limit' (keyIndex into
-  KEYS, 0 for none; limit '' for none).
+  or for an increment with an idempotency key or a limit 'tag:keyIndex:limit:fingerprint'
+  (keyIndex into KEYS, 0 for none; limit '' for none; fingerprint: the increment's parameters,
+  kept as the idempotency key's value).
 
   Returns {NEEDS_REBUILD} and applies nothing when the epoch marker is missing: the totals
   would lack the PostgreSQL base. Otherwise {OK, status1, total1, status2, total2, ...} with
-  status APPLIED, DUPLICATE, OVER_LIMIT or OVERFLOW and the counter's total after the increment
-  (unchanged unless APPLIED). A total is an integer reply below 10^15 in magnitude and a decimal
+  status APPLIED, DUPLICATE, OVER_LIMIT, OVERFLOW or KEY_REUSED (the idempotency key was counted
+  with other parameters) and the counter's total after the increment (unchanged unless
+  APPLIED). A total is an integer reply below 10^15 in magnitude and a decimal
   string above: ioredis parses integer replies near 2^53 inexactly (it reads 9007199254740991
   as 9007199254740992), and formatting every total as a string costs more Redis time than two
   hash increments.
@@ -28,7 +30,9 @@
   so the range check is exact.
 ]]
 local OK, NEEDS_REBUILD = 0, 1
-local APPLIED, DUPLICATE, OVER_LIMIT, OVERFLOW = 1, 2, 3, 4
+local APPLIED, DUPLICATE, OVER_LIMIT, OVERFLOW, KEY_REUSED = 1, 2, 3, 4, 5
+-- The value keys written before fingerprints were kept: a match for any parameters.
+local ANY_PARAMETERS = '1'
 local MAX = 9007199254740991
 local EXACT_REPLY = 1e15
 
@@ -68,13 +72,18 @@ while i <= last do
       status = APPLIED
     end
   else
-    local keyIndex, limit
-    tag, keyIndex, limit = string.match(spec, '^(%d+):(%d+):(.*)$')
+    local keyIndex, limit, fingerprint
+    tag, keyIndex, limit, fingerprint = string.match(spec, '^(%d+):(%d+):([^:]*):(.*)$')
     keyIndex = tonumber(keyIndex)
     total = tonumber(redis.call('HGET', totals, counter) or 0)
     local new = total + tonumber(delta)
-    if keyIndex > 0 and redis.call('EXISTS', KEYS[keyIndex]) == 1 then
-      status = DUPLICATE
+    local seen = keyIndex > 0 and redis.call('GET', KEYS[keyIndex])
+    if seen then
+      if seen == fingerprint or seen == ANY_PARAMETERS then
+        status = DUPLICATE
+      else
+        status = KEY_REUSED
+      end
     elseif new > MAX or new < -MAX then
       status = OVERFLOW
     elseif limit ~= '' and new > tonumber(limit) then
@@ -83,7 +92,7 @@ while i <= last do
       redis.call('HINCRBY', totals, counter, delta)
       redis.call('HINCRBY', pending, tags[tonumber(tag)] .. counter, delta)
       if keyIndex > 0 then
-        redis.call('SET', KEYS[keyIndex], '1', 'PX', windowMs)
+        redis.call('SET', KEYS[keyIndex], fingerprint, 'PX', windowMs)
       end
       status = APPLIED
       total = new

@@ -21,6 +21,8 @@ const statusByCode: Record<TallyErrorCode, number> = {
   VALIDATION: 400,
   OVERFLOW: 409,
   OVER_LIMIT: 409,
+  // As the IETF's Idempotency-Key draft: a key reused with another payload is 422.
+  IDEMPOTENCY_KEY_REUSED: 422,
   OUTCOME_UNKNOWN: 503,
   UNAVAILABLE: 503,
   BUSY: 503,

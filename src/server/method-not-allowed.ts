@@ -1,6 +1,5 @@
 import type { FastifyInstance, HTTPMethods } from 'fastify';
 
-
 const methods: readonly HTTPMethods[] = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'];
 
 /**

@@ -38,6 +38,7 @@ const errors = {
   409: errorBody,
   413: errorBody,
   415: errorBody,
+  422: errorBody,
   503: errorBody,
 } as const;
 
@@ -48,7 +49,10 @@ const incrementResult = {
     counter: { type: 'string' },
     value: integer,
     duplicate: { type: 'boolean' },
-    status: { type: 'string', enum: ['applied', 'duplicate', 'over-limit', 'overflow'] },
+    status: {
+      type: 'string',
+      enum: ['applied', 'duplicate', 'over-limit', 'overflow', 'key-reused'],
+    },
   },
 } as const;
 

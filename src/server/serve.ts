@@ -1,49 +1,74 @@
-import { pino } from 'pino';
-import { idempotencyWindowDefaultMs } from '../config.js';
+import {
+  idempotencyWindowDefaultMs,
+  incrementTimeoutDefaultMs,
+  redisCommandTimeoutDefaultMs,
+} from '../config.js';
+import { storeEnv, type StoreEnv } from '../env-config.js';
+import { TallyError } from '../errors.js';
+import { createLogger } from '../logging.js';
 import { createTally } from '../tally.js';
-import { exitOnSignals, integerFromEnv, requiredEnv } from '../process-lifecycle.js';
-import { buildApi } from './api.js';
+import { exitOnSignals, integerFromEnv } from '../process-lifecycle.js';
+import { buildApi, httpDefaults } from './api.js';
+import { parseTokens } from './auth.js';
 import { maxBatchDefault } from './schemas.js';
 
-export interface ServeConfig {
-  redisUrl: string;
-  databaseUrl: string;
+export interface ServeConfig extends StoreEnv {
   port: number;
   host: string;
   tokens: string[];
-  shards: number;
-  keyPrefix: string;
   bodyLimitBytes: number;
   maxBatch: number;
   /** How long an idempotency key is remembered: longer than any client keeps retrying. */
   idempotencyWindowMs: number;
+  requestTimeoutMs: number;
+  keepAliveTimeoutMs: number;
+  /** A Redis reply later than this fails the call (OUTCOME_UNKNOWN for an increment). */
+  redisCommandTimeoutMs: number;
+  /** Longest time Tally spends on one increment, its retries after lost replies included. */
+  incrementTimeoutMs: number;
   shutdownTimeoutMs: number;
-  logLevel: string;
 }
 
 /** `tally serve` configuration, from the environment; every default is set here. */
 export function serveConfigFromEnv(env: NodeJS.ProcessEnv = process.env): ServeConfig {
   return {
-    redisUrl: requiredEnv(env, 'REDIS_URL'),
-    databaseUrl: requiredEnv(env, 'DATABASE_URL'),
-    port: integerFromEnv(env, 'PORT', 8080, 0),
+    ...storeEnv(env),
+    port: integerFromEnv(env, 'PORT', 8080, 0, 65_535),
     host: env.HOST ?? '127.0.0.1',
-    tokens: (env.TALLY_API_TOKEN ?? '')
-      .split(',')
-      .map((token) => token.trim())
-      .filter((token) => token !== ''),
-    shards: integerFromEnv(env, 'TALLY_SHARDS', 16, 1),
-    keyPrefix: env.TALLY_KEY_PREFIX ?? 'tally',
-    bodyLimitBytes: integerFromEnv(env, 'TALLY_BODY_LIMIT_BYTES', 1_048_576, 1),
-    maxBatch: integerFromEnv(env, 'TALLY_MAX_BATCH', maxBatchDefault, 1),
+    tokens: parseTokens(env.TALLY_API_TOKEN),
+    bodyLimitBytes: integerFromEnv(env, 'TALLY_BODY_LIMIT_BYTES', httpDefaults.bodyLimitBytes, 1),
+    maxBatch: integerFromEnv(env, 'TALLY_MAX_BATCH', maxBatchDefault, 1, 100_000),
     idempotencyWindowMs: integerFromEnv(
       env,
       'TALLY_IDEMPOTENCY_WINDOW_MS',
       idempotencyWindowDefaultMs,
       1,
     ),
+    requestTimeoutMs: integerFromEnv(
+      env,
+      'TALLY_REQUEST_TIMEOUT_MS',
+      httpDefaults.requestTimeoutMs,
+      100,
+    ),
+    keepAliveTimeoutMs: integerFromEnv(
+      env,
+      'TALLY_KEEP_ALIVE_TIMEOUT_MS',
+      httpDefaults.keepAliveTimeoutMs,
+      1,
+    ),
+    redisCommandTimeoutMs: integerFromEnv(
+      env,
+      'TALLY_REDIS_TIMEOUT_MS',
+      redisCommandTimeoutDefaultMs,
+      1,
+    ),
+    incrementTimeoutMs: integerFromEnv(
+      env,
+      'TALLY_INCREMENT_TIMEOUT_MS',
+      incrementTimeoutDefaultMs,
+      1,
+    ),
     shutdownTimeoutMs: integerFromEnv(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 30_000, 1),
-    logLevel: env.TALLY_LOG_LEVEL ?? 'info',
   };
 }
 
@@ -53,13 +78,17 @@ export function serveConfigFromEnv(env: NodeJS.ProcessEnv = process.env): ServeC
  */
 export async function runServer(env: NodeJS.ProcessEnv = process.env): Promise<void> {
   const config = serveConfigFromEnv(env);
-  const logger = pino({ level: config.logLevel });
+  const logger = createLogger({ level: config.logLevel, format: config.logFormat });
   const tally = await createTally({
     redis: config.redisUrl,
     postgres: config.databaseUrl,
     shards: config.shards,
     keyPrefix: config.keyPrefix,
+    buckets: config.buckets,
     idempotencyWindowMs: config.idempotencyWindowMs,
+    redisLossAccepted: config.redisLossAccepted,
+    redisCommandTimeoutMs: config.redisCommandTimeoutMs,
+    incrementTimeoutMs: config.incrementTimeoutMs,
     logger,
   });
   const app = await buildApi({
@@ -67,9 +96,21 @@ export async function runServer(env: NodeJS.ProcessEnv = process.env): Promise<v
     tokens: config.tokens,
     bodyLimitBytes: config.bodyLimitBytes,
     maxBatch: config.maxBatch,
+    requestTimeoutMs: config.requestTimeoutMs,
+    keepAliveTimeoutMs: config.keepAliveTimeoutMs,
     logger,
   });
-  await app.listen({ port: config.port, host: config.host });
+  try {
+    await app.listen({ port: config.port, host: config.host });
+  } catch (error) {
+    await app.close();
+    await tally.close();
+    throw new TallyError(
+      'CONFIGURATION',
+      `Cannot listen on HOST ${config.host} PORT ${config.port}: ${(error as Error).message}.`,
+      { cause: error },
+    );
+  }
   const address = app.server.address();
   logger.info(
     {

@@ -1,0 +1,93 @@
+import { granularities, isGranularity, type Granularity } from './buckets.js';
+import { redisLossChoices } from './config.js';
+import type { RedisLossAccepted } from './durability.js';
+import { ValidationError } from './errors.js';
+import {
+  parseLogFormat,
+  parseLogLevel,
+  redactSecrets,
+  type LogFormat,
+  type LogLevel,
+} from './logging.js';
+import { integerFromEnv, requiredEnv } from './process-lifecycle.js';
+
+/**
+ * What every long-running process (`tally serve`, `tally worker`) reads from the environment
+ * about the store it serves; every default is set here.
+ */
+export interface StoreEnv {
+  redisUrl: string;
+  databaseUrl: string;
+  shards: number;
+  keyPrefix: string;
+  buckets: Granularity[];
+  redisLossAccepted: RedisLossAccepted;
+  logLevel: LogLevel;
+  logFormat: LogFormat | undefined;
+}
+
+const urlProtocols = {
+  REDIS_URL: ['redis:', 'rediss:'],
+  DATABASE_URL: ['postgres:', 'postgresql:'],
+} as const;
+
+/**
+ * A service URL, checked before anything connects: a typo then fails at once with exit 2 and
+ * the variable's name, not as `ENOTFOUND` (exit 3) later. The message never repeats a password.
+ */
+export function serviceUrl(name: keyof typeof urlProtocols, raw: string): string {
+  const protocols: readonly string[] = urlProtocols[name];
+  let url: URL | undefined;
+  try {
+    url = new URL(raw);
+  } catch {
+    url = undefined;
+  }
+  if (url === undefined || !protocols.includes(url.protocol) || url.hostname === '') {
+    throw new ValidationError(
+      `${name} is not a valid URL (${JSON.stringify(redactSecrets(raw))}): write it as ` +
+        `${protocols[0]}//[user:password@]host[:port][/…].`,
+    );
+  }
+  return raw;
+}
+
+/** `TALLY_BUCKETS`: the granularities kept, comma-separated (`hour,day` by default). */
+export function parseBuckets(raw: string | undefined): Granularity[] {
+  if (raw === undefined || raw === '') return ['hour', 'day'];
+  if (raw.trim() === 'none') return [];
+  return raw.split(',').map((part) => {
+    const name = part.trim();
+    if (!isGranularity(name)) {
+      throw new ValidationError(
+        `TALLY_BUCKETS has ${JSON.stringify(name)}; use a comma-separated list of ` +
+          `${granularities.join(', ')} (or none).`,
+      );
+    }
+    return name;
+  });
+}
+
+/** `TALLY_ACCEPT_REDIS_LOSS`: none (the default for the services), bounded or any. */
+export function parseRedisLossAccepted(raw: string | undefined): RedisLossAccepted {
+  if (raw === undefined || raw === '') return 'none';
+  if (!(redisLossChoices as readonly string[]).includes(raw)) {
+    throw new ValidationError(
+      `TALLY_ACCEPT_REDIS_LOSS must be one of ${redisLossChoices.join(', ')}, got ${JSON.stringify(raw)}.`,
+    );
+  }
+  return raw as RedisLossAccepted;
+}
+
+export function storeEnv(env: NodeJS.ProcessEnv): StoreEnv {
+  return {
+    redisUrl: serviceUrl('REDIS_URL', requiredEnv(env, 'REDIS_URL')),
+    databaseUrl: serviceUrl('DATABASE_URL', requiredEnv(env, 'DATABASE_URL')),
+    shards: integerFromEnv(env, 'TALLY_SHARDS', 16, 1, 16_384),
+    keyPrefix: env.TALLY_KEY_PREFIX ?? 'tally',
+    buckets: parseBuckets(env.TALLY_BUCKETS),
+    redisLossAccepted: parseRedisLossAccepted(env.TALLY_ACCEPT_REDIS_LOSS),
+    logLevel: parseLogLevel(env.TALLY_LOG_LEVEL, 'info'),
+    logFormat: parseLogFormat(env.TALLY_LOG_FORMAT),
+  };
+}
