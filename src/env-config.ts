@@ -46,7 +46,7 @@ export function serviceUrl(name: keyof typeof urlProtocols, raw: string): string
   if (url === undefined || !protocols.includes(url.protocol) || url.hostname === '') {
     throw new ValidationError(
       `${name} is not a valid URL (${JSON.stringify(redactSecrets(raw))}): write it as ` +
-        `${protocols[0]}//[user:password@]host[:port][/…].`,
+        `${protocols[0]}//host:port, with user:password@ before the host if the server needs them.`,
     );
   }
   return raw;

@@ -46,6 +46,8 @@ const credentialCommands = new Set(['auth', 'hello', 'migrate']);
  */
 function scrub(value: unknown, depth = 0): unknown {
   if (typeof value === 'string') return redactSecrets(value);
+  // An error's message, stack and cause are not enumerable: serialise it first.
+  if (value instanceof Error) return scrub(stdSerializers.err(value), depth);
   if (typeof value !== 'object' || value === null || depth > 8) return value;
   if (Array.isArray(value)) return value.map((item) => scrub(item, depth + 1));
   const copy: Record<string, unknown> = {};
@@ -80,7 +82,9 @@ export function createLogger(options: LoggerOptions): Logger {
     options.format ?? (process[fd === 1 ? 'stdout' : 'stderr'].isTTY ? 'pretty' : 'json');
   const settings = {
     level: options.level,
-    serializers: { err: (error: Error) => scrub(stdSerializers.err(error)) },
+    // `formatters.log` sees the fields first and serialises errors; the serializer then gets
+    // what it made, or an error logged in another field's place.
+    serializers: { err: (error: unknown) => scrub(error) },
     formatters: {
       log: (object: Record<string, unknown>) => scrub(object) as Record<string, unknown>,
     },

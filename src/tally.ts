@@ -423,14 +423,56 @@ class TallyClient implements Tally {
   }
 }
 
+/** Replies of a Redis that refused the credentials: retrying will not change its mind. */
+const refusedCredentials = /^(WRONGPASS|NOAUTH|NOPERM)\b|invalid password/i;
+
+/**
+ * Waits for the first connection. Refused credentials end the wait at once (ioredis would retry
+ * them forever); an unreachable Redis is retried by ioredis as usual, and reported.
+ */
 async function waitUntilReady(redis: RedisConnection): Promise<void> {
   if (redis.status === 'ready') return;
-  await Promise.race([
-    once(redis, 'ready'),
-    once(redis, 'end').then(() => {
-      throw new TallyError('UNAVAILABLE', 'Could not connect to Redis.');
-    }),
-  ]);
+  let onError: ((error: Error) => void) | undefined;
+  try {
+    await Promise.race([
+      once(redis, 'ready'),
+      once(redis, 'end').then(() => {
+        throw new TallyError('UNAVAILABLE', 'Could not connect to Redis (REDIS_URL).');
+      }),
+      new Promise<never>((_resolve, reject) => {
+        onError = (error: Error) => {
+          if (refusedCredentials.test(error.message)) {
+            reject(
+              new TallyError(
+                'CONFIGURATION',
+                `Redis refused the credentials of REDIS_URL: ${error.message}`,
+                { cause: error },
+              ),
+            );
+          }
+        };
+        redis.on('error', onError);
+      }),
+    ]);
+  } finally {
+    if (onError !== undefined) redis.off('error', onError);
+  }
+}
+
+/**
+ * The start-up error for a failed call to one of the two servers, naming which: a bare
+ * `connect ECONNREFUSED 127.0.0.1:1` does not say whether REDIS_URL or DATABASE_URL is wrong.
+ */
+function unreachable(server: 'Redis' | 'PostgreSQL') {
+  return (error: unknown): never => {
+    if (error instanceof TallyError) throw error;
+    const variable = server === 'Redis' ? 'REDIS_URL' : 'DATABASE_URL';
+    throw new TallyError(
+      'UNAVAILABLE',
+      `${server} (${variable}) could not be reached: ${(error as Error).message}`,
+      { cause: error },
+    );
+  };
 }
 
 /**
@@ -445,10 +487,12 @@ export async function createTally(options: TallyOptions): Promise<Tally> {
   const pool: pg.Pool = openPostgres(options.postgres, config.logger);
   const owns = { redis: true, pool: typeof options.postgres === 'string' };
   try {
-    await waitUntilReady(redis);
-    await assertSchemaCurrent(pool);
-    await ensureStoreIdentity(pool, config);
-    const durability = await inspectRedisDurability(redis, config.redisLossAccepted);
+    await waitUntilReady(redis).catch(unreachable('Redis'));
+    await assertSchemaCurrent(pool).catch(unreachable('PostgreSQL'));
+    await ensureStoreIdentity(pool, config).catch(unreachable('PostgreSQL'));
+    const durability = await inspectRedisDurability(redis, config.redisLossAccepted).catch(
+      unreachable('Redis'),
+    );
     config.logger.info({ ...durability }, `redis durability: ${durability.lossBound}`);
     if (durability.problem !== null) {
       throw new TallyError(

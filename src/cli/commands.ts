@@ -3,6 +3,7 @@ import { migrate, migrationStatus } from '../migrator.js';
 import type { ShardReconcileReport } from '../reconciler.js';
 import type { Tally, TallyStatus } from '../tally.js';
 import { ExitCode } from './exit-codes.js';
+import { explainReconcile } from './reconcile-diagnosis.js';
 import { cliLogger, openStore, requireOption, type StoreOptions } from './store-options.js';
 
 type Print = (line: string) => void;
@@ -104,7 +105,8 @@ export async function reconcileCommand(options: ReconcileOptions) {
     });
     bar?.stop();
     const drift = reports.flatMap((report) => report.drift);
-    // Redis ahead of PostgreSQL + deltas: what PostgreSQL lost (a restore from an older backup).
+    const redisLostData = reports.filter((r) => r.redisLostData).map((r) => r.shard);
+    // Redis ahead of PostgreSQL + deltas: increments PostgreSQL lacks (explanations say why).
     const redisAheadBy = drift.reduce(
       (sum, d) => sum + Math.max(0, (d.redisValue ?? 0) - d.expectedValue),
       0,
@@ -116,9 +118,14 @@ export async function reconcileCommand(options: ReconcileOptions) {
       drift,
       redisAheadBy,
       repaired: reports.some((r) => r.repaired),
-      redisLostData: reports.filter((r) => r.redisLostData).map((r) => r.shard),
+      redisLostData,
       // When running processes found a shard's Redis data gone and rebuilt it themselves.
       lossesFoundAt: reports.flatMap((r) => r.lossesFoundAt.map((at) => ({ shard: r.shard, at }))),
+      explanations: explainReconcile({
+        drift,
+        redisLostData,
+        durability: (await tally.status()).redis,
+      }),
       durationMs: Date.now() - started,
     };
     if (options.json === true) print(JSON.stringify(report, null, 2));
@@ -126,12 +133,6 @@ export async function reconcileCommand(options: ReconcileOptions) {
       print(
         `${report.mode}: ${report.shards} shards, ${counters} counters checked in ${report.durationMs} ms`,
       );
-      if (report.redisLostData.length > 0) {
-        print(
-          `Redis had lost its data on shards ${report.redisLostData.join(', ')}: increments not ` +
-            'flushed before the loss are gone; totals are rebuilt from PostgreSQL by --repair',
-        );
-      }
       for (const { shard, at } of report.lossesFoundAt) {
         print(`  shard ${shard}: found empty and rebuilt by a running process at ${at}`);
       }
@@ -142,12 +143,8 @@ export async function reconcileCommand(options: ReconcileOptions) {
         print(`  ${d.counter}: redis ${d.redisValue ?? 'missing'}, expected ${d.expectedValue}`);
       }
       if (drift.length > 50) print(`  … and ${drift.length - 50} more (--json lists them all)`);
-      if (redisAheadBy > 0) {
-        print(
-          `Redis is ahead of PostgreSQL + pending deltas by ${redisAheadBy}: PostgreSQL lost ` +
-            'applied increments (restored from an older backup?); --repair realigns Redis to it',
-        );
-      }
+      if (redisAheadBy > 0) print(`Redis is ahead of PostgreSQL + pending deltas by ${redisAheadBy}`);
+      for (const explanation of report.explanations) print(`${explanation.cause}: ${explanation.detail}`);
       print(
         drift.length === 0
           ? 'no drift: Redis and PostgreSQL agree'
