@@ -24,6 +24,7 @@ async function startTallyServe(ctx: BenchContext): Promise<Target> {
     PORT: '0',
     TALLY_LOG_LEVEL: 'info',
     TALLY_KEY_PREFIX: 'http',
+    TALLY_ACCEPT_REDIS_LOSS: ctx.redis.persistence === 'aof-always' ? 'none' : 'bounded',
   });
   return {
     port: await api.apiPort(),

@@ -19,6 +19,7 @@ export async function flushLag(ctx: BenchContext): Promise<BenchmarkResult> {
     TALLY_KEY_PREFIX: 'lag',
     TALLY_FLUSH_INTERVAL_MS: String(flushIntervalMs),
     TALLY_LOG_LEVEL: 'info',
+    TALLY_ACCEPT_REDIS_LOSS: ctx.redis.persistence === 'aof-always' ? 'none' : 'bounded',
   };
   const worker = startWorker(env);
   await worker.waitForLog('start-up', (line) => line.msg === 'flush worker started');

@@ -96,6 +96,7 @@ function lossAccepted(value: unknown): RedisLossAccepted {
 /** Defaults `tally serve` shares with the library. */
 export const redisCommandTimeoutDefaultMs = 2_000;
 export const incrementTimeoutDefaultMs = 5_000;
+export const durabilityCheckIntervalDefaultMs = 10_000;
 
 /** How long an idempotency key is remembered unless configured (also `tally serve`'s default). */
 export const idempotencyWindowDefaultMs = 24 * 3_600_000;
@@ -129,7 +130,7 @@ export function resolveConfig(options: TallyOptions): ResolvedConfig {
     redisLossAccepted: lossAccepted(options.redisLossAccepted ?? 'bounded'),
     durabilityCheckIntervalMs: integerIn(
       'durabilityCheckIntervalMs',
-      options.durabilityCheckIntervalMs ?? 10_000,
+      options.durabilityCheckIntervalMs ?? durabilityCheckIntervalDefaultMs,
       100,
       3_600_000,
     ),

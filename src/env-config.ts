@@ -1,14 +1,8 @@
 import { granularities, isGranularity, type Granularity } from './buckets.js';
-import { redisLossChoices } from './config.js';
+import { durabilityCheckIntervalDefaultMs, redisLossChoices } from './config.js';
 import type { RedisLossAccepted } from './durability.js';
 import { ValidationError } from './errors.js';
-import {
-  parseLogFormat,
-  parseLogLevel,
-  redactSecrets,
-  type LogFormat,
-  type LogLevel,
-} from './logging.js';
+import { parseLogFormat, parseLogLevel, type LogFormat, type LogLevel } from './logging.js';
 import { integerFromEnv, requiredEnv } from './process-lifecycle.js';
 
 /**
@@ -22,6 +16,8 @@ export interface StoreEnv {
   keyPrefix: string;
   buckets: Granularity[];
   redisLossAccepted: RedisLossAccepted;
+  /** How often Redis' durability settings are read again (TallyOptions). */
+  durabilityCheckIntervalMs: number;
   logLevel: LogLevel;
   logFormat: LogFormat | undefined;
 }
@@ -45,8 +41,9 @@ export function serviceUrl(name: keyof typeof urlProtocols, raw: string): string
   }
   if (url === undefined || !protocols.includes(url.protocol) || url.hostname === '') {
     throw new ValidationError(
-      `${name} is not a valid URL (${JSON.stringify(redactSecrets(raw))}): write it as ` +
-        `${protocols[0]}//host:port, with user:password@ before the host if the server needs them.`,
+      // Not repeated: a malformed URL is where a password would escape redaction.
+      `${name} is not a valid URL: write it as ${protocols[0]}//host:port, with ` +
+        'user:password@ before the host if the server needs them.',
     );
   }
   return raw;
@@ -87,6 +84,12 @@ export function storeEnv(env: NodeJS.ProcessEnv): StoreEnv {
     keyPrefix: env.TALLY_KEY_PREFIX ?? 'tally',
     buckets: parseBuckets(env.TALLY_BUCKETS),
     redisLossAccepted: parseRedisLossAccepted(env.TALLY_ACCEPT_REDIS_LOSS),
+    durabilityCheckIntervalMs: integerFromEnv(
+      env,
+      'TALLY_DURABILITY_CHECK_INTERVAL_MS',
+      durabilityCheckIntervalDefaultMs,
+      100,
+    ),
     logLevel: parseLogLevel(env.TALLY_LOG_LEVEL, 'info'),
     logFormat: parseLogFormat(env.TALLY_LOG_FORMAT),
   };

@@ -52,10 +52,11 @@ function scrub(value: unknown, depth = 0): unknown {
   if (Array.isArray(value)) return value.map((item) => scrub(item, depth + 1));
   const copy: Record<string, unknown> = {};
   for (const [key, item] of Object.entries(value)) copy[key] = scrub(item, depth + 1);
-  const command = copy.command as { name?: unknown; args?: unknown } | undefined;
+  const command: unknown = copy.command;
   if (
     typeof command === 'object' &&
     command !== null &&
+    'name' in command &&
     typeof command.name === 'string' &&
     credentialCommands.has(command.name.toLowerCase())
   ) {

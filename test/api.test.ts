@@ -13,6 +13,8 @@ let guarded: TallyProcess;
 let openUrl: string;
 let guardedUrl: string;
 const keyPrefix = `api${randomBytes(3).toString('hex')}`;
+const firstToken = 'first-token-0123456789';
+const secondToken = 'second-token-0123456789';
 
 function serverEnv(extra: Record<string, string> = {}) {
   return {
@@ -32,7 +34,10 @@ beforeAll(async () => {
   await migrate(databaseUrl);
   tally = await createTally({ redis: redis.url, postgres: databaseUrl, shards: 4, keyPrefix });
   open = startTallyProcess('serve', serverEnv());
-  guarded = startTallyProcess('serve', serverEnv({ TALLY_API_TOKEN: 'first-token, second-token' }));
+  guarded = startTallyProcess(
+    'serve',
+    serverEnv({ TALLY_API_TOKEN: `${firstToken}, ${secondToken}` }),
+  );
   openUrl = `http://127.0.0.1:${await open.apiPort()}`;
   guardedUrl = `http://127.0.0.1:${await guarded.apiPort()}`;
 });
@@ -107,7 +112,9 @@ describe('routes', () => {
 
   it('answers usage over flushed and not-yet-flushed hours exactly', async () => {
     const u = name('usage');
-    const hour = (h: number) => new Date(Date.UTC(2026, 10, 20, h, 15)).toISOString();
+    // Yesterday's hours: inside the window `at` is accepted in (35 days back by default).
+    const day = Math.floor(Date.now() / 86_400_000 - 1) * 86_400_000;
+    const hour = (h: number) => new Date(day + h * 3_600_000 + 15 * 60_000).toISOString();
     await call('POST', '/v1/increments', {
       increments: [
         { counter: u, by: 1, at: hour(0) },
@@ -122,8 +129,8 @@ describe('routes', () => {
         { counter: u, by: 5, at: hour(3) },
       ],
     });
-    const from = new Date(Date.UTC(2026, 10, 20, 0)).toISOString();
-    const to = new Date(Date.UTC(2026, 10, 20, 5)).toISOString();
+    const from = new Date(day).toISOString();
+    const to = new Date(day + 5 * 3_600_000).toISOString();
     const usage = await call(
       'GET',
       `/v1/counters/${encodeURIComponent(u)}/usage?from=${from}&to=${to}&granularity=hour`,
@@ -218,16 +225,12 @@ describe('errors', () => {
   it('401 without a valid token when tokens are set; every listed token works', async () => {
     const c = name('auth');
     const path = `/v1/counters/${encodeURIComponent(c)}`;
-    for (const headers of [
-      {},
-      { authorization: 'Bearer wrong' },
-      { authorization: 'first-token' },
-    ]) {
+    for (const headers of [{}, { authorization: 'Bearer wrong' }, { authorization: firstToken }]) {
       const answer = await call('GET', path, undefined, headers, guardedUrl);
       expect(answer.status).toBe(401);
       expect(answer.json.error.code).toBe('UNAUTHORIZED');
     }
-    for (const token of ['first-token', 'second-token']) {
+    for (const token of [firstToken, secondToken]) {
       const answer = await call(
         'GET',
         path,

@@ -8,12 +8,9 @@ import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.js';
 
 let redisServer: RedisHandle;
 let proxy: TcpProxy;
-let postgres: string;
 beforeAll(async () => {
   redisServer = await startRedis();
   proxy = await startTcpProxy(redisServer.host, redisServer.port);
-  postgres = await createDatabase();
-  await migrate(postgres);
 });
 afterAll(async () => {
   await proxy.close();
@@ -33,6 +30,9 @@ describe.each([
 ])('increments ($mode)', ({ coalesce }) => {
   let tally: Tally;
   beforeAll(async () => {
+    // A store per mode: a store's key prefix is fixed once it is set up.
+    const postgres = await createDatabase();
+    await migrate(postgres);
     tally = await createTally({
       redis: `redis://127.0.0.1:${proxy.port}`,
       postgres,

@@ -57,7 +57,7 @@ describe('the published package', () => {
       { cwd: project },
     );
     expect(stdout.trim()).toBe(
-      'FlushError,OverflowError,SchemaError,TallyError,ValidationError,assertSchemaCurrent,' +
+      'FlushError,IdempotencyKeyReusedError,OverflowError,SchemaError,TallyError,ValidationError,assertSchemaCurrent,' +
         'canonicalName,createTally,expressMetering,' +
         'loadMigrations,migrate,tallyMetering',
     );

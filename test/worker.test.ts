@@ -60,6 +60,7 @@ async function store(
       TALLY_SHARDS: '4',
       TALLY_KEY_PREFIX: keyPrefix,
       TALLY_FLUSH_INTERVAL_MS: String(intervalMs),
+      ...(redis.persistence === 'aof-always' ? {} : { TALLY_ACCEPT_REDIS_LOSS: 'bounded' }),
     },
     async increment(count) {
       for (let i = 0; i < count; i++) {
@@ -225,7 +226,7 @@ describe('tally worker', () => {
     await s.redis.wipe();
     await w.waitForLog(
       'the schedulers re-created',
-      (l) => l.msg === 'flush schedulers missing; re-creating',
+      (l) => l.msg === 'flush jobs missing; re-creating their schedulers',
     );
     // What was flushed survives; new increments rebuild their shard and get flushed again.
     await waitFor('Redis to answer', () => s.tally.get('c0'));

@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AppliedBatch, Tally } from '../src/index.js';
+import { registerDurabilityGauge } from '../src/redis-durability-metric.js';
 
 /**
  * The worker's Prometheus metrics. Gauges of pending work are read from Redis at scrape time,
@@ -59,7 +60,9 @@ export class FlushMetrics {
     registers: [this.registry],
   });
 
-  constructor(private readonly tally: Tally) {}
+  constructor(private readonly tally: Tally) {
+    registerDurabilityGauge(this.registry, () => tally.durability);
+  }
 
   recordFlush(applied: readonly AppliedBatch[], seconds: number): void {
     this.duration.observe(seconds);

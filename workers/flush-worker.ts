@@ -99,7 +99,7 @@ const liveStates = new Set(['delayed', 'waiting', 'prioritized', 'active', 'wait
 async function stoppedShards(queue: Queue, shards: number): Promise<number[]> {
   const checks = Array.from({ length: shards }, async (_, shard) => {
     const scheduler = await queue.getJobScheduler(schedulerId(shard));
-    if (scheduler?.next === undefined || scheduler.next === null) return shard;
+    if (scheduler?.next === undefined) return shard;
     const jobId = `repeat:${schedulerId(shard)}:${scheduler.next}`;
     const [job, state] = await Promise.all([queue.getJob(jobId), queue.getJobState(jobId)]);
     return job !== undefined && liveStates.has(state) ? undefined : shard;
@@ -118,6 +118,7 @@ export async function startFlushWorker(
     keyPrefix: config.keyPrefix,
     buckets: config.buckets,
     redisLossAccepted: config.redisLossAccepted,
+    durabilityCheckIntervalMs: config.durabilityCheckIntervalMs,
     flushLockTtlMs: config.flushLockTtlMs,
     logger,
   });

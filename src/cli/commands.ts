@@ -143,8 +143,10 @@ export async function reconcileCommand(options: ReconcileOptions) {
         print(`  ${d.counter}: redis ${d.redisValue ?? 'missing'}, expected ${d.expectedValue}`);
       }
       if (drift.length > 50) print(`  … and ${drift.length - 50} more (--json lists them all)`);
-      if (redisAheadBy > 0) print(`Redis is ahead of PostgreSQL + pending deltas by ${redisAheadBy}`);
-      for (const explanation of report.explanations) print(`${explanation.cause}: ${explanation.detail}`);
+      if (redisAheadBy > 0)
+        print(`Redis is ahead of PostgreSQL + pending deltas by ${redisAheadBy}`);
+      for (const explanation of report.explanations)
+        print(`${explanation.cause}: ${explanation.detail}`);
       print(
         drift.length === 0
           ? 'no drift: Redis and PostgreSQL agree'

@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import { pino } from 'pino';
+import { durabilityCheckIntervalDefaultMs } from '../config.js';
 import { parseBuckets } from '../env-config.js';
 import { startFlushWorker } from '../../workers/flush-worker.js';
 import { migrate } from '../migrator.js';
@@ -88,6 +89,7 @@ export async function runDev(options: DevOptions): Promise<void> {
       keyPrefix,
       buckets,
       redisLossAccepted,
+      durabilityCheckIntervalMs: durabilityCheckIntervalDefaultMs,
       logLevel: 'warn',
       logFormat: undefined,
       flushIntervalMs,

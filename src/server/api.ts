@@ -9,6 +9,7 @@ import type { Tally } from '../tally.js';
 import { isAuthenticated, requireTokens } from './auth.js';
 import { answerMethodNotAllowed } from './method-not-allowed.js';
 import { clientErrorResponse, toHttpError } from './http-errors.js';
+import { registerDurabilityGauge } from '../redis-durability-metric.js';
 import { HttpMetrics } from './http-metrics.js';
 import {
   incrementBatchSchema,
@@ -55,6 +56,7 @@ export async function buildApi(options: ApiOptions) {
   const { tally, tokens } = options;
   const maxBatch = options.maxBatch ?? maxBatchDefault;
   const metrics = new HttpMetrics();
+  registerDurabilityGauge(metrics.registry, () => tally.durability);
   const requestTimeoutMs = options.requestTimeoutMs ?? httpDefaults.requestTimeoutMs;
   const sendError = (error: unknown, reply: FastifyReply) => {
     const { status, body } = toHttpError(error);
@@ -75,7 +77,9 @@ export async function buildApi(options: ApiOptions) {
     },
     // Errors of the router itself (a bad percent-encoding, an over-long parameter) answer in
     // the API's error shape, without echoing the URL.
-    frameworkErrors: (error: FastifyError, _request, reply) => sendError(error, reply),
+    frameworkErrors: (error: FastifyError, _request, reply) => {
+      void sendError(error, reply);
+    },
     clientErrorHandler: (error: NodeJS.ErrnoException, socket: Socket) => {
       if (error.code !== 'ECONNRESET' && !socket.destroyed && socket.writable) {
         metrics.errors.inc({ code: 'CLIENT_ERROR' });
@@ -259,8 +263,13 @@ export async function buildApi(options: ApiOptions) {
       tally.status().catch(() => undefined),
     ]);
     const shardsReady = status?.shards.filter((shard) => shard.totalsValid).length ?? 0;
+    // Not ready on a Redis whose settings became unsafe while running (a live CONFIG SET, a
+    // failover): traffic should go where counts stay exact.
     const ready =
-      connections.redis && connections.postgres && shardsReady === status?.shards.length;
+      connections.redis &&
+      connections.postgres &&
+      shardsReady === status?.shards.length &&
+      tally.durability.accepted;
     // Versions and settings help an attacker: without a valid token a probe learns only whether
     // to send traffic here.
     if (!isAuthenticated(request, tokens)) return reply.status(ready ? 200 : 503).send({ ready });

@@ -8,11 +8,11 @@ const methods: readonly HTTPMethods[] = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'
  * in, declares the other methods of each path. They take the path's `open` flag, so a 405 tells
  * no more than the route itself would without a token.
  */
-// Generic over the instance: the API's has a pino logger type, which Fastify's defaults lack.
+// Any instance: the API's has a pino logger type, which Fastify's defaults lack.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export function answerMethodNotAllowed<App extends FastifyInstance<any, any, any, any>>(
-  app: App,
-): { answerOtherMethods(): void } {
+export function answerMethodNotAllowed(app: FastifyInstance<any, any, any, any>): {
+  answerOtherMethods(): void;
+} {
   const byPath = new Map<string, { methods: Set<string>; open: boolean }>();
   app.addHook('onRoute', (route) => {
     const entry = byPath.get(route.url) ?? { methods: new Set<string>(), open: false };

@@ -87,6 +87,7 @@ export async function runServer(env: NodeJS.ProcessEnv = process.env): Promise<v
     buckets: config.buckets,
     idempotencyWindowMs: config.idempotencyWindowMs,
     redisLossAccepted: config.redisLossAccepted,
+    durabilityCheckIntervalMs: config.durabilityCheckIntervalMs,
     redisCommandTimeoutMs: config.redisCommandTimeoutMs,
     incrementTimeoutMs: config.incrementTimeoutMs,
     logger,
