@@ -66,6 +66,13 @@ async function call(
   return { status: response.status, json: text === '' ? undefined : JSON.parse(text) };
 }
 
+/** A store of its own, for a server with its own key prefix (a store's prefix is fixed). */
+async function ownDatabase(): Promise<string> {
+  const url = await createDatabase();
+  await migrate(url);
+  return url;
+}
+
 const name = (base: string) => `${base}-${randomBytes(4).toString('hex')}`;
 
 describe('routes', () => {
@@ -139,7 +146,7 @@ describe('routes', () => {
     expect(usage.json.buckets.map((bucket: { value: number }) => bucket.value)).toEqual([
       1, 2, 7, 5, 0,
     ]);
-    expect(usage.json.buckets[2].start).toBe('2026-11-20T02:00:00.000Z');
+    expect(usage.json.buckets[2].start).toBe(new Date(day + 2 * 3_600_000).toISOString());
   });
 
   it('serves health, readiness with durability, metrics and the OpenAPI document', async () => {
@@ -293,7 +300,11 @@ describe('errors', () => {
   it('remembers idempotency keys for TALLY_IDEMPOTENCY_WINDOW_MS, no longer', async () => {
     const server = startTallyProcess(
       'serve',
-      serverEnv({ TALLY_KEY_PREFIX: 'window', TALLY_IDEMPOTENCY_WINDOW_MS: '1500' }),
+      serverEnv({
+        DATABASE_URL: await ownDatabase(),
+        TALLY_KEY_PREFIX: 'window',
+        TALLY_IDEMPOTENCY_WINDOW_MS: '1500',
+      }),
     );
     try {
       const base = `http://127.0.0.1:${await server.apiPort()}`;
@@ -314,7 +325,11 @@ describe('errors', () => {
     const ownRedis = await startRedis({ persistence: 'aof-always' });
     const server = startTallyProcess(
       'serve',
-      serverEnv({ REDIS_URL: ownRedis.url, TALLY_KEY_PREFIX: 'down' }),
+      serverEnv({
+        REDIS_URL: ownRedis.url,
+        DATABASE_URL: await ownDatabase(),
+        TALLY_KEY_PREFIX: 'down',
+      }),
     );
     try {
       const base = `http://127.0.0.1:${await server.apiPort()}`;

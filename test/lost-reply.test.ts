@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTally, migrate, type Tally } from '../src/index.js';
@@ -119,6 +120,37 @@ describe('Redis paused (SIGSTOP) past the client timeout, then resumed', () => {
     } finally {
       await tally.close();
       await paused.stop();
+    }
+  });
+});
+
+describe('Redis stalled: a keyed increment gives up within incrementTimeoutMs', () => {
+  it('retries only while a retry can still end in time', async () => {
+    const stalled = await startRedis();
+    const postgres = await createDatabase();
+    await migrate(postgres);
+    const tally = await createTally({
+      redis: stalled.url,
+      postgres,
+      shards: 2,
+      redisCommandTimeoutMs: 500,
+      incrementTimeoutMs: 1_200,
+    });
+    try {
+      await tally.incr('s', 1);
+      await stalled.kill('SIGSTOP');
+      const started = performance.now();
+      await expect(tally.incr('s', 1, { idempotencyKey: 'k' })).rejects.toMatchObject({
+        code: 'OUTCOME_UNKNOWN',
+      });
+      const elapsedMs = performance.now() - started;
+      // One retry fits (500 + 20 + 500 ms); every retry took 4 × 500 ms + 620 ms of backoff.
+      expect(elapsedMs).toBeGreaterThanOrEqual(1_000);
+      expect(elapsedMs).toBeLessThan(1_200 + 300);
+    } finally {
+      await stalled.kill('SIGCONT');
+      await tally.close();
+      await stalled.stop();
     }
   });
 });
