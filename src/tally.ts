@@ -1,6 +1,7 @@
 import { once } from 'node:events';
 import type pg from 'pg';
 import { resolveConfig, type ResolvedConfig, type TallyOptions } from './config.js';
+import type { Granularity } from './buckets.js';
 import { openPostgres, openRedis, redisFailure } from './connections.js';
 import { canonicalName, type CounterRef } from './counter-name.js';
 import { inspectRedisDurability, type RedisDurability } from './durability.js';
@@ -96,6 +97,8 @@ export interface Tally {
     onShard?: (report: ShardReconcileReport) => void;
   }): Promise<ShardReconcileReport[]>;
   status(): Promise<TallyStatus>;
+  /** The UTC granularities this client counts usage in (option buckets). */
+  readonly buckets: readonly Granularity[];
   /** Whether Redis and PostgreSQL answer right now (for readiness probes). */
   ping(): Promise<{ redis: boolean; postgres: boolean }>;
   /**
@@ -167,6 +170,10 @@ class TallyClient implements Tally {
   /** Called once the first start-up of a store has built every shard. */
   markSetUp(): void {
     this.setUp = true;
+  }
+
+  get buckets(): readonly Granularity[] {
+    return this.config.buckets;
   }
 
   get durability(): RedisDurability {

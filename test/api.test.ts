@@ -179,6 +179,45 @@ describe('routes', () => {
       '/v1/increments',
     ]);
     expect(document.paths['/v1/increments'].post.responses['200']).toBeDefined();
+    // A POST without a body counts 1: the body is optional.
+    expect(document.paths['/v1/counters/{counter}/increment'].post.requestBody.required).toBe(
+      false,
+    );
+    // Only the granularities the store keeps (hour and day by default) can be asked for.
+    const granularity = document.paths['/v1/counters/{counter}/usage'].get.parameters.find(
+      (parameter: { name: string }) => parameter.name === 'granularity',
+    );
+    expect(granularity.schema.enum).toEqual(['hour', 'day']);
+    const minutes = await call(
+      'GET',
+      `/v1/counters/a/usage?from=2026-01-01T00:00:00Z&to=2026-01-01T01:00:00Z&granularity=minute`,
+    );
+    expect(minutes.status).toBe(400);
+  });
+
+  it('takes labelled counters as the library does, named by their canonical name', async () => {
+    const tenant = name('acme');
+    const ref = { name: 'requests', labels: { tenant, route: '/search', cached: false } };
+    const canonical = `requests{cached="false",route="/search",tenant="${tenant}"}`;
+    const batch = await call('POST', '/v1/increments', {
+      increments: [{ counter: ref, by: 2 }, { counter: canonical }],
+    });
+    expect(batch.status).toBe(200);
+    expect(
+      batch.json.results.map((r: { counter: string; value: number }) => [r.counter, r.value]),
+    ).toEqual([
+      [canonical, 2],
+      [canonical, 3],
+    ]);
+    expect((await call('GET', `/v1/counters/${encodeURIComponent(canonical)}`)).json.value).toBe(3);
+    expect((await call('POST', '/v1/counters:read', { counters: [ref] })).json).toEqual({
+      values: { [canonical]: 3 },
+    });
+    expect(await tally.get(ref)).toBe(3);
+    const badLabel = await call('POST', '/v1/increments', {
+      increments: [{ counter: { name: 'requests', labels: { 'bad-key': 'x' } } }],
+    });
+    expect(badLabel.status).toBe(400);
   });
 });
 

@@ -142,7 +142,7 @@ describe('tally CLI', () => {
 
     const repair = await s.cli(['reconcile', '--repair']);
     expect(repair.code).toBe(0);
-    expect(repair.stdout).toMatch(/1 counters drifted, repaired/);
+    expect(repair.stdout).toMatch(/1 counter drifted, repaired/);
     expect((await s.cli(['reconcile'])).code).toBe(0);
     expect(await s.tally.get('d1')).toBe(10);
     const oneShard = await s.cli(['reconcile', '--shard', '3', '--json']);

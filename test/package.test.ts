@@ -3,6 +3,7 @@ import { mkdir, mkdtemp, readFile, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
+import semver from 'semver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDatabase, startRedis } from './support/index.js';
 
@@ -43,6 +44,26 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await rm(project, { recursive: true, force: true });
+});
+
+describe('the supported Node versions', () => {
+  it('are accepted by every installed package (npm ci warns EBADENGINE otherwise)', async () => {
+    const manifest = JSON.parse(await readFile(join(repoRoot, 'package.json'), 'utf8')) as {
+      engines: { node: string };
+    };
+    const lowest = semver.minVersion(manifest.engines.node)?.version ?? '';
+    const lock = JSON.parse(await readFile(join(repoRoot, 'package-lock.json'), 'utf8')) as {
+      packages: Record<string, { engines?: { node?: string } }>;
+    };
+    const refusing = Object.entries(lock.packages)
+      .filter(([path, entry]) => {
+        const range = entry.engines?.node;
+        return path !== '' && range !== undefined && !semver.satisfies(lowest, range);
+      })
+      .map(([path, entry]) => `${path} (${entry.engines?.node ?? ''})`);
+    expect(lowest).toBe('20.19.0');
+    expect(refusing).toEqual([]);
+  });
 });
 
 describe('the published package', () => {

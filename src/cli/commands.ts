@@ -53,7 +53,7 @@ export async function flushCommand(options: StoreOptions) {
         batches++;
         counters += batch.counters;
         print(
-          `shard ${batch.shard}: batch ${batch.batchId} ${batch.counters} counters` +
+          `shard ${batch.shard}: batch ${batch.batchId} ${plural(batch.counters, 'counter')}` +
             (batch.resumed
               ? ' (resumed' + (batch.alreadyApplied ? ', already applied)' : ')')
               : ''),
@@ -61,11 +61,17 @@ export async function flushCommand(options: StoreOptions) {
       }
       const status = await tally.status();
       if (status.shards.every((s) => s.pendingDeltas === 0 && s.inflightBatch === null)) {
-        print(`flushed ${batches} batches, ${counters} counter totals; nothing left to flush`);
+        print(
+          `flushed ${plural(batches, 'batch', 'batches')}, ${plural(counters, 'counter total')}; ` +
+            'nothing left to flush',
+        );
         return ExitCode.ok;
       }
     }
-    print(`flushed ${batches} batches, but increments keep arriving: something is still pending`);
+    print(
+      `flushed ${plural(batches, 'batch', 'batches')}, but increments keep arriving: something ` +
+        'is still pending',
+    );
     return ExitCode.checkFailed;
   });
 }
@@ -90,17 +96,26 @@ export async function reconcileCommand(options: ReconcileOptions) {
     let counters = 0;
     let drifted = 0;
     bar?.start(shardCount, 0, { counters, drift: drifted });
+    // Shards finish out of order (several are checked at once); their lines come in order.
+    const finished = new Map<number, ShardReconcileReport>();
+    let nextLine = options.shard === undefined ? 0 : Number(options.shard);
     const reports = await tally.reconcile({
       repair: options.repair === true,
       ...(options.shard === undefined ? {} : { shard: Number(options.shard) }),
       onShard: (report: ShardReconcileReport) => {
         counters += report.countersChecked;
         drifted += report.drift.length;
-        if (bar === undefined) {
+        if (bar !== undefined) {
+          bar.increment({ counters, drift: drifted });
+          return;
+        }
+        finished.set(report.shard, report);
+        for (let done = finished.get(nextLine); done !== undefined; done = finished.get(nextLine)) {
           process.stderr.write(
-            `shard ${report.shard}: ${report.countersChecked} counters, ${report.drift.length} drifted\n`,
+            `shard ${done.shard}: ${plural(done.countersChecked, 'counter')}, ${done.drift.length} drifted\n`,
           );
-        } else bar.increment({ counters, drift: drifted });
+          finished.delete(nextLine++);
+        }
       },
     });
     bar?.stop();
@@ -131,7 +146,8 @@ export async function reconcileCommand(options: ReconcileOptions) {
     if (options.json === true) print(JSON.stringify(report, null, 2));
     else {
       print(
-        `${report.mode}: ${report.shards} shards, ${counters} counters checked in ${report.durationMs} ms`,
+        `${report.mode}: ${plural(report.shards, 'shard')}, ${plural(counters, 'counter')} ` +
+          `checked in ${report.durationMs} ms`,
       );
       for (const { shard, at } of report.lossesFoundAt) {
         print(`  shard ${shard}: found empty and rebuilt by a running process at ${at}`);
@@ -150,12 +166,30 @@ export async function reconcileCommand(options: ReconcileOptions) {
       print(
         drift.length === 0
           ? 'no drift: Redis and PostgreSQL agree'
-          : `${drift.length} counters drifted${report.repaired ? ', repaired' : ''}`,
+          : `${plural(drift.length, 'counter')} drifted${report.repaired ? ', repaired' : ''}`,
       );
     }
     const failed = options.repair !== true && (drift.length > 0 || report.redisLostData.length > 0);
     return failed ? ExitCode.checkFailed : ExitCode.ok;
   });
+}
+
+/** `1 counter`, `2 counters`. */
+function plural(count: number, one: string, many = `${one}s`): string {
+  return `${count} ${count === 1 ? one : many}`;
+}
+
+/** Rows as columns, each as wide as its widest cell. */
+function table(rows: readonly (readonly string[])[]): string[] {
+  const widths = rows[0]?.map((_, column) =>
+    Math.max(...rows.map((row) => row[column]?.length ?? 0)),
+  );
+  return rows.map((row) =>
+    row
+      .map((cell, column) => cell.padEnd(widths?.[column] ?? 0))
+      .join('  ')
+      .trimEnd(),
+  );
 }
 
 function describeStatus(status: TallyStatus): string[] {
@@ -164,20 +198,18 @@ function describeStatus(status: TallyStatus): string[] {
     `redis ${status.redis.redisVersion}: appendonly ${status.redis.appendonly ? 'yes' : 'no'}, ` +
       `appendfsync ${status.redis.appendfsync}, maxmemory-policy ${status.redis.maxmemoryPolicy}`,
     `loss bound: ${status.redis.lossBound}`,
-    'shard  pending  oldest-unflushed  in-flight  totals   last-flush',
-  ];
-  for (const s of status.shards) {
-    lines.push(
-      [
-        String(s.shard).padEnd(5),
-        String(s.pendingDeltas).padEnd(8),
-        `${(s.oldestUnflushedAgeMs / 1000).toFixed(1)} s`.padEnd(17),
-        (s.inflightBatch === null ? '-' : `${s.inflightBatch.deltas} deltas`).padEnd(10),
-        (s.totalsValid ? 'built' : 'MISSING').padEnd(8),
+    ...table([
+      ['shard', 'pending', 'oldest-unflushed', 'in-flight', 'totals', 'last-flush'],
+      ...status.shards.map((s) => [
+        String(s.shard),
+        String(s.pendingDeltas),
+        `${(s.oldestUnflushedAgeMs / 1000).toFixed(1)} s`,
+        s.inflightBatch === null ? '-' : plural(s.inflightBatch.deltas, 'delta'),
+        s.totalsValid ? 'built' : 'MISSING',
         s.lastFlushAt?.toISOString() ?? 'never',
-      ].join(' '),
-    );
-  }
+      ]),
+    ]),
+  ];
   const lost = status.shards.filter((s) => (s.unreportedRedisLosses ?? 0) > 0);
   if (lost.length > 0) {
     lines.push(

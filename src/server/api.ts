@@ -2,6 +2,7 @@ import type { Socket } from 'node:net';
 import swagger from '@fastify/swagger';
 import Fastify, { LogController, type FastifyError, type FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
+import { canonicalName, type CounterRef } from '../counter-name.js';
 import { OverflowError, TallyError } from '../errors.js';
 import type { BatchIncrementResult } from '../increments.js';
 import { packageVersion } from '../package-files.js';
@@ -109,6 +110,16 @@ export async function buildApi(options: ApiOptions) {
       },
       ...(tokens.length > 0 ? { security: [{ bearer: [] }] } : {}),
     },
+    // Fastify needs a body schema to validate one, and the generator then calls the body
+    // required; the single increment takes none (an empty POST counts 1).
+    transformObject: (document) => {
+      if (!('openapiObject' in document)) return document.swaggerObject;
+      const single = document.openapiObject.paths?.['/v1/counters/{counter}/increment']?.post;
+      if (single?.requestBody !== undefined && 'required' in single.requestBody) {
+        single.requestBody.required = false;
+      }
+      return document.openapiObject;
+    },
   });
 
   app.setErrorHandler((error, request, reply) => {
@@ -150,7 +161,7 @@ export async function buildApi(options: ApiOptions) {
   app.post<{
     Body: {
       increments: {
-        counter: string;
+        counter: CounterRef;
         by?: number;
         idempotencyKey?: string;
         at?: string;
@@ -173,7 +184,11 @@ export async function buildApi(options: ApiOptions) {
     for (const result of results)
       byStatus.set(result.status, (byStatus.get(result.status) ?? 0) + 1);
     for (const [status, count] of byStatus) metrics.increments.inc({ status }, count);
-    return { results: results.map((result, i) => resultBody(items[i]?.counter ?? '', result)) };
+    return {
+      results: results.map((result, i) =>
+        resultBody(canonicalName(items[i]?.counter ?? ''), result),
+      ),
+    };
   });
 
   app.post<{
@@ -224,20 +239,22 @@ export async function buildApi(options: ApiOptions) {
   );
 
   // '::' escapes the colon: the path is literally /v1/counters:read.
-  app.post<{ Body: { counters: string[] } }>(
+  app.post<{ Body: { counters: CounterRef[] } }>(
     '/v1/counters::read',
     { schema: readManySchema(maxBatch) },
     async (request) => {
       const { counters } = request.body;
       const values = await tally.getMany(counters);
-      return { values: Object.fromEntries(counters.map((name, i) => [name, values[i]])) };
+      return {
+        values: Object.fromEntries(counters.map((ref, i) => [canonicalName(ref), values[i]])),
+      };
     },
   );
 
   app.get<{
     Params: { counter: string };
     Querystring: { from: string; to: string; granularity: 'minute' | 'hour' | 'day' | 'month' };
-  }>('/v1/counters/:counter/usage', { schema: usageSchema }, async (request) => {
+  }>('/v1/counters/:counter/usage', { schema: usageSchema(tally.buckets) }, async (request) => {
     const { from, to, granularity } = request.query;
     const buckets = await tally.usage(request.params.counter, {
       from: new Date(from),

@@ -1,3 +1,5 @@
+import type { Granularity } from '../buckets.js';
+
 /**
  * JSON schemas of the API: Fastify validates requests and serialises answers with them, and the
  * OpenAPI document is generated from them, so the three cannot drift apart.
@@ -8,6 +10,36 @@ const counterName = {
   maxLength: 256,
   description: '1–256 bytes of UTF-8 without control characters; percent-encoded in paths.',
 } as const;
+/**
+ * A counter in a body: its name, or a name with labels, which canonicalise to one name
+ * (`api_calls{tenant="acme"}`: keys sorted, values as JSON strings). Answers name the counter
+ * by its canonical name, which is also how a labelled counter is named in a path.
+ */
+const counterRef = {
+  description:
+    'A counter name, or { name, labels }: labels canonicalise to the name ' +
+    '`name{key="value",…}` (keys sorted), which is how answers and paths name the counter.',
+  oneOf: [
+    counterName,
+    {
+      type: 'object',
+      required: ['name'],
+      additionalProperties: false,
+      properties: {
+        name: counterName,
+        labels: {
+          type: 'object',
+          maxProperties: 16,
+          // Keys are checked where names are canonicalised (OpenAPI 3.0 has no propertyNames).
+          additionalProperties: {
+            oneOf: [{ type: 'string' }, { type: 'number' }, { type: 'boolean' }],
+          },
+        },
+      },
+    },
+  ],
+} as const;
+
 const integer = { type: 'integer', description: 'A whole number within ±(2^53−1).' } as const;
 const idempotencyKey = {
   type: 'string',
@@ -78,7 +110,7 @@ export function incrementBatchSchema(maxBatch: number) {
             required: ['counter'],
             additionalProperties: false,
             properties: {
-              counter: counterName,
+              counter: counterRef,
               by: integer,
               idempotencyKey,
               at: { type: 'string', format: 'date-time' },
@@ -137,7 +169,7 @@ export function readManySchema(maxBatch: number) {
       required: ['counters'],
       additionalProperties: false,
       properties: {
-        counters: { type: 'array', minItems: 1, maxItems: maxBatch, items: counterName },
+        counters: { type: 'array', minItems: 1, maxItems: maxBatch, items: counterRef },
       },
     },
     response: {
@@ -151,7 +183,8 @@ export function readManySchema(maxBatch: number) {
   } as const;
 }
 
-export const usageSchema = {
+/** The usage route's schema: `granularity` takes only the granularities the store keeps. */
+export const usageSchema = (kept: readonly Granularity[]) => ({
   summary: 'Usage of a counter per time bucket',
   params: counterParams,
   querystring: {
@@ -161,7 +194,11 @@ export const usageSchema = {
     properties: {
       from: { type: 'string', format: 'date-time' },
       to: { type: 'string', format: 'date-time' },
-      granularity: { type: 'string', enum: ['minute', 'hour', 'day', 'month'] },
+      granularity: {
+        type: 'string',
+        enum: kept,
+        description: 'The buckets the store keeps (option buckets, TALLY_BUCKETS).',
+      },
     },
   },
   response: {
@@ -183,4 +220,4 @@ export const usageSchema = {
     },
     ...errors,
   },
-} as const;
+});
