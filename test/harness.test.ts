@@ -1,9 +1,13 @@
 import { spawn } from 'node:child_process';
+import { cp, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { once } from 'node:events';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
+import { runTypeScript } from './support/child-process.js';
 import { descendants, stillAlive } from './support/process-tree.js';
 import { startPostgres, startRedis, waitFor, type RedisHandle } from './support/index.js';
 
@@ -197,5 +201,32 @@ describe('missing servers', () => {
     const [status] = (await once(child, 'exit')) as [number];
     expect(status).not.toBe(0);
     expect(stderr).toMatch(/The test suite needs Redis: install redis-server/);
+  });
+});
+
+describe('a checkout the postgres user cannot enter', () => {
+  it('still starts PostgreSQL: root runs it as postgres, from directories that user can reach', async () => {
+    // A copy of the harness in a folder only root can enter (mkdtemp makes it 0700), as a
+    // checkout in /root or a `mktemp -d` folder is, with TMPDIR pointing there too.
+    const hidden = await mkdtemp(join(tmpdir(), 'tally-hidden-'));
+    cleanups.push(() => rm(hidden, { recursive: true, force: true }));
+    await cp(new URL('./support', import.meta.url), join(hidden, 'support'), { recursive: true });
+    await symlink(
+      new URL('../node_modules', import.meta.url).pathname,
+      join(hidden, 'node_modules'),
+    );
+    await writeFile(join(hidden, 'package.json'), '{ "type": "module" }\n');
+    const script = join(hidden, 'start.ts');
+    await writeFile(
+      script,
+      "import { startPostgres } from './support/postgres-server.ts';\n" +
+        'const server = await startPostgres();\n' +
+        'console.log(await server.createDatabase());\n' +
+        'await server.destroy();\n',
+    );
+    const result = await runTypeScript(new URL(`file://${script}`), [], { TMPDIR: hidden });
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    expect(result.stdout).toMatch(/^postgres:\/\/postgres@127\.0\.0\.1:\d+\/tally_test_/);
   });
 });

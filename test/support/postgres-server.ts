@@ -1,8 +1,8 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chown, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import {
@@ -114,6 +114,27 @@ abstract class BasePostgres implements PostgresHandle {
   abstract destroy(): Promise<void>;
 }
 
+const enters = (path: string, user: { uid: number; gid: number }) =>
+  spawnSync('test', ['-x', path], { ...user }).status === 0;
+
+/**
+ * Where the server's directory goes: the temporary directory if the postgres user can enter it
+ * (PostgreSQL refuses to run as root), else /tmp; if neither, an error naming the directory it
+ * cannot enter (PostgreSQL itself fails with a status and no reason).
+ */
+function reachableTmp(user: { uid: number; gid: number } | undefined): string {
+  if (user === undefined) return tmpdir();
+  for (const candidate of [tmpdir(), '/tmp']) if (enters(candidate, user)) return candidate;
+  let blocking = tmpdir();
+  for (let up = dirname(blocking); up !== blocking && !enters(up, user); up = dirname(up)) {
+    blocking = up;
+  }
+  throw new Error(
+    `PostgreSQL runs as the postgres user, which cannot enter ${blocking} (nor /tmp): set ` +
+      'TMPDIR to a directory it can reach.',
+  );
+}
+
 class LocalPostgres extends BasePostgres {
   private rootDir = '';
   private server: SupervisedProcess | undefined;
@@ -132,7 +153,7 @@ class LocalPostgres extends BasePostgres {
   }
 
   async create(): Promise<void> {
-    this.rootDir = await mkdtemp(join(tmpdir(), 'tally-postgres-'));
+    this.rootDir = await mkdtemp(join(reachableTmp(this.user), 'tally-postgres-'));
     await mkdir(join(this.rootDir, 'socket'));
     if (this.user !== undefined) {
       for (const dir of [this.rootDir, join(this.rootDir, 'socket')]) {
@@ -141,7 +162,11 @@ class LocalPostgres extends BasePostgres {
     }
     // prettier-ignore
     const initdbArgs = ['-D', this.dataDir, '-A', 'trust', '-U', 'postgres', '-E', 'UTF8', '--locale=C', '--no-sync'];
-    await execFileAsync(join(this.binDir, 'initdb'), initdbArgs, { ...this.user });
+    // In a directory of its own: the postgres user may not be able to enter ours.
+    await execFileAsync(join(this.binDir, 'initdb'), initdbArgs, {
+      ...this.user,
+      cwd: this.rootDir,
+    });
     await this.start();
   }
 

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { readFile } from 'node:fs/promises';
+import { chmod, chown, copyFile, readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { constants } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
@@ -36,11 +37,24 @@ export interface SupervisedProcess {
   release(): void;
 }
 
+/**
+ * The watchdog for a server run as another user: a copy beside its log file, since that user
+ * may not reach the checkout (root's home is 0700, and so is a `mktemp -d` folder).
+ */
+async function watchdogFor(options: SupervisedOptions): Promise<string> {
+  if (options.user === undefined) return watchdogPath;
+  const copy = join(dirname(options.logFile), 'watchdog.sh');
+  await copyFile(watchdogPath, copy);
+  await chmod(copy, 0o755);
+  await chown(copy, options.user.uid, options.user.gid);
+  return copy;
+}
+
 export async function startSupervised(options: SupervisedOptions): Promise<SupervisedProcess> {
   const watchdog = spawn(
     'bash',
     [
-      watchdogPath,
+      await watchdogFor(options),
       options.orphanSignal,
       options.logFile,
       options.cleanupDir ?? '',
@@ -53,6 +67,8 @@ export async function startSupervised(options: SupervisedOptions): Promise<Super
       // closes the watchdog's stdin, instead of racing the watchdog's own clean-up.
       detached: true,
       stdio: ['pipe', 'pipe', 'ignore'],
+      // The server's own directory: a server run as another user may not enter ours.
+      cwd: dirname(options.logFile),
       ...(options.user === undefined ? {} : { uid: options.user.uid, gid: options.user.gid }),
     },
   );
