@@ -68,12 +68,29 @@ export function openRedis(
     } as Parameters<Cluster['duplicate']>[1];
     redis = option.duplicate(undefined, overrides);
   } else redis = option.duplicate(options);
-  // Without a listener ioredis reports connection errors on stderr; the failing calls report
-  // them to their callers.
-  redis.on('error', (error: Error) => {
-    logger.warn({ err: error }, 'redis connection error');
-  });
+  logConnectionErrors(redis, logger, 'redis');
   return redis;
+}
+
+/**
+ * Logs a connection's errors: the first of an outage at warn, the repeats of every reconnect
+ * attempt at debug, and the return at info (an outage was a stack every two seconds). Without
+ * a listener ioredis would print them on stderr; the failing calls report them to their callers.
+ */
+export function logConnectionErrors(redis: RedisConnection, logger: Logger, name: string): void {
+  let failing = false;
+  redis.on('error', (error: Error) => {
+    if (failing) {
+      logger.debug({ err: error }, `${name} connection error (again)`);
+      return;
+    }
+    failing = true;
+    logger.warn({ err: error }, `${name} connection error; retrying (repeats logged at debug)`);
+  });
+  redis.on('ready', () => {
+    if (failing) logger.info(`${name} connection back`);
+    failing = false;
+  });
 }
 
 /** Tally's pool: the caller's, or one from a URL. Either way it gets an `error` listener. */

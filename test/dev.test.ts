@@ -5,6 +5,7 @@
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,15 +30,15 @@ afterAll(async () => {
 });
 
 /** Starts `tally dev` as a terminal would: in a process group of its own. */
-async function startDev() {
+async function startDev(args: string[] = [], cwd = workDir) {
   const env = { ...process.env };
   delete env.REDIS_URL;
   delete env.DATABASE_URL;
   const child = spawn(
     process.execPath,
-    ['--import', tsxLoader, cli.pathname, 'dev', '--port', '0'],
+    ['--import', tsxLoader, cli.pathname, 'dev', '--port', '0', ...args],
     {
-      cwd: workDir,
+      cwd,
       env,
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -63,6 +64,7 @@ async function startDev() {
   return {
     pid: child.pid ?? -1,
     lines,
+    stderr: () => stderr,
     exited,
     api: await value('API:'),
     redisUrl: await value('REDIS_URL:'),
@@ -100,6 +102,39 @@ describe('tally dev', () => {
     await waitFor('the live status line', () =>
       first.lines.find((line) => /increments\/s \| \d+ deltas pending \| flush lag/.test(line)),
     );
+    expect(first.lines).toContain(
+      `  for the CLI: export REDIS_URL=${first.redisUrl} DATABASE_URL=${first.databaseUrl}`,
+    );
+
+    // A second tally dev on the same folder says at once that one runs.
+    const twice = spawn(process.execPath, ['--import', tsxLoader, cli.pathname, 'dev'], {
+      cwd: workDir,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let twiceErr = '';
+    twice.stderr.on('data', (chunk: Buffer) => (twiceErr += chunk.toString()));
+    const [twiceCode] = (await once(twice, 'exit')) as [number];
+    expect(twiceCode).toBe(2);
+    expect(twiceErr).toMatch(
+      new RegExp(`tally dev is already running on .* \\(pid ${first.pid}\\)`),
+    );
+
+    // Redis stops answering: the live line says so, with no stack.
+    const redisPid = descendants(first.pid).find((pid) =>
+      readFileSync(`/proc/${pid}/comm`, 'utf8').startsWith('redis-server'),
+    );
+    expect(redisPid).toBeDefined();
+    process.kill(redisPid ?? 0, 'SIGSTOP');
+    try {
+      await waitFor(
+        'the live line to say Redis is unreachable',
+        () => first.lines.find((line) => line === 'Redis unreachable'),
+        { timeoutMs: 15_000 },
+      );
+    } finally {
+      process.kill(redisPid ?? 0, 'SIGCONT');
+    }
+    expect(first.stderr()).not.toMatch(/\n\s+at /);
 
     const started = descendants(first.pid);
     expect(started.length).toBeGreaterThanOrEqual(2); // redis-server, postmaster (+ backends)
@@ -110,15 +145,43 @@ describe('tally dev', () => {
       stillAlive(started).length === 0 ? true : undefined,
     );
 
-    const second = await startDev();
+    const second = await startDev(['--load', '20']);
     try {
       const again = (await (await fetch(`${second.api}/v1/counters/hello`)).json()) as {
         value: number;
       };
       expect(again.value).toBe(42);
+      // The same URLs as the first run: an exported line stays right.
+      expect([second.redisUrl, second.databaseUrl]).toEqual([first.redisUrl, first.databaseUrl]);
+      expect(second.lines).toContain(
+        '  demo load: 20 increments/s to demo_requests{tenant="t0"} … demo_requests{tenant="t4"}',
+      );
     } finally {
       process.kill(-second.pid, 'SIGINT');
       expect((await second.exited)[0]).toBe(0);
     }
   }, 180_000);
+
+  it('keeps PostgreSQL where the postgres user can reach it when the data folder is not', async () => {
+    // A folder only root can enter, as a checkout in /root or a `mktemp -d` folder is.
+    const hidden = await mkdtemp(join(tmpdir(), 'tally-dev-hidden-'));
+    const dev = await startDev([], hidden);
+    try {
+      const note = dev.lines.find((line) => line.includes("PostgreSQL's data is in"));
+      expect(note).toMatch(
+        new RegExp(
+          `note: PostgreSQL's data is in /var/tmp/tally-dev-postgres-\\w+: the postgres user cannot enter ${hidden}`,
+        ),
+      );
+      expect(
+        (await fetch(`${dev.api}/v1/counters/hidden/increment`, { method: 'POST' })).status,
+      ).toBe(200);
+    } finally {
+      process.kill(-dev.pid, 'SIGINT');
+      expect((await dev.exited)[0]).toBe(0);
+      await rm(hidden, { recursive: true, force: true });
+      const home = /\/var\/tmp\/tally-dev-postgres-\w+/.exec(dev.lines.join('\n'))?.[0];
+      if (home !== undefined) await rm(home, { recursive: true, force: true });
+    }
+  }, 120_000);
 });

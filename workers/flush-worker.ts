@@ -12,6 +12,7 @@ import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { storeEnv, type StoreEnv } from '../src/env-config.js';
 import { createTally, FlushError, TallyError, type Tally } from '../src/index.js';
+import { logConnectionErrors } from '../src/connections.js';
 import { createLogger } from '../src/logging.js';
 import { FlushMetrics } from './flush-metrics.js';
 import { exitOnSignals, integerFromEnv } from '../src/process-lifecycle.js';
@@ -124,9 +125,7 @@ export async function startFlushWorker(
   });
   // BullMQ's blocking commands need a connection that never gives up on a request.
   const connection = new Redis(config.redisUrl, { maxRetriesPerRequest: null });
-  connection.on('error', (error: Error) => {
-    logger.warn({ err: error }, 'redis connection error (bullmq)');
-  });
+  logConnectionErrors(connection, logger, 'redis (bullmq)');
   // One hash tag for every queue key, so the queue also runs on Redis Cluster.
   const prefix = `{${config.keyPrefix}:bull}`;
   const queue = new Queue(queueName, { connection, prefix });

@@ -1,7 +1,9 @@
 import { join } from 'node:path';
-import { pino } from 'pino';
 import { durabilityCheckIntervalDefaultMs } from '../config.js';
 import { parseBuckets } from '../env-config.js';
+import { TallyError } from '../errors.js';
+import { createLogger, parseLogFormat, parseLogLevel } from '../logging.js';
+import { claimDataDir, rememberedPort } from './dev-state.js';
 import { startFlushWorker } from '../../workers/flush-worker.js';
 import { migrate } from '../migrator.js';
 import { exitOnSignals } from '../process-lifecycle.js';
@@ -27,13 +29,26 @@ const flushIntervalMs = 1_000;
 const keyPrefix = 'tally';
 const shards = 16;
 
+/** Which server a failed status read points at, for the live line. */
+function unreachableServer(error: TallyError): string {
+  if (/PostgreSQL/.test(error.message)) return 'PostgreSQL unreachable';
+  if (/Redis/.test(error.message)) return 'Redis unreachable';
+  return `status unavailable (${error.code})`;
+}
+
 /**
  * `tally dev`: the whole stack in one process tree — Redis and PostgreSQL (private ones when
  * REDIS_URL / DATABASE_URL are unset), migrations, the HTTP API and one flush worker — with a
  * live status line. Ctrl-C stops it all after a last flush.
  */
 export async function runDev(options: DevOptions): Promise<void> {
-  const logger = pino({ level: process.env.TALLY_LOG_LEVEL ?? 'warn' }, pino.destination(2));
+  const logger = createLogger({
+    level: parseLogLevel(process.env.TALLY_LOG_LEVEL, 'warn'),
+    format: parseLogFormat(process.env.TALLY_LOG_FORMAT),
+    fd: 2,
+  });
+  const say = (line: string) => process.stdout.write(`${line}\n`);
+  const releaseDataDir = await claimDataDir(options.dataDir);
   const started: LocalServer[] = [];
   const given = (name: string) => {
     const value = process.env[name];
@@ -56,11 +71,24 @@ export async function runDev(options: DevOptions): Promise<void> {
       : {};
   const redisUrl =
     given('REDIS_URL') ??
-    (await own(async () => containers.redis ?? startLocalRedis(join(options.dataDir, 'redis'))));
+    (await own(
+      async () =>
+        containers.redis ??
+        startLocalRedis(
+          join(options.dataDir, 'redis'),
+          await rememberedPort(options.dataDir, 'redis'),
+        ),
+    ));
   const databaseUrl =
     given('DATABASE_URL') ??
     (await own(
-      async () => containers.postgres ?? startLocalPostgres(join(options.dataDir, 'postgres')),
+      async () =>
+        containers.postgres ??
+        startLocalPostgres(
+          join(options.dataDir, 'postgres'),
+          await rememberedPort(options.dataDir, 'postgres'),
+          say,
+        ),
     ));
   await migrate(databaseUrl);
 
@@ -103,11 +131,11 @@ export async function runDev(options: DevOptions): Promise<void> {
     logger,
   );
 
-  const say = (line: string) => process.stdout.write(`${line}\n`);
   say(`tally dev is running (Ctrl-C stops it; data in ${options.dataDir})`);
   say(`  API:         ${apiUrl}`);
   say(`  REDIS_URL:    ${redisUrl}`);
   say(`  DATABASE_URL: ${databaseUrl}`);
+  say(`  for the CLI: export REDIS_URL=${redisUrl} DATABASE_URL=${databaseUrl}`);
   const { durability } = tally;
   if (!durability.durable || durability.maxmemoryPolicy !== 'noeviction') {
     say(
@@ -120,6 +148,12 @@ export async function runDev(options: DevOptions): Promise<void> {
   );
 
   let demoSent = 0;
+  if (options.load > 0) {
+    say(
+      `  demo load: ${options.load} increments/s to demo_requests{tenant="t0"} … ` +
+        'demo_requests{tenant="t4"}',
+    );
+  }
   const load =
     options.load > 0
       ? setInterval(() => {
@@ -152,7 +186,11 @@ export async function runDev(options: DevOptions): Promise<void> {
       if (process.stdout.isTTY) process.stdout.write(`\r${line.padEnd(70)}`);
       else say(line);
     })().catch((error: unknown) => {
-      logger.warn({ err: error }, 'status line failed');
+      // A line, not a stack every second: the servers' own errors say the rest.
+      // status() reads PostgreSQL leniently: what fails it is Redis.
+      const line = error instanceof TallyError ? unreachableServer(error) : 'Redis unreachable';
+      if (process.stdout.isTTY) process.stdout.write(`\r${line.padEnd(70)}`);
+      else say(line);
     });
   }, 1_000);
 
@@ -166,6 +204,7 @@ export async function runDev(options: DevOptions): Promise<void> {
       await tally.flush(); // nothing left in Redis only
       await tally.close();
       for (const server of started.reverse()) await server.stop();
+      await releaseDataDir();
       say('stopped');
     },
     { logger, timeoutMs: 60_000 },

@@ -1,8 +1,8 @@
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { existsSync, readdirSync, realpathSync } from 'node:fs';
 import { chown, mkdir } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { delimiter, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
@@ -40,22 +40,21 @@ function missing(what: string, install: string): TallyError {
   );
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  if (address === null || typeof address === 'string') throw new Error('no free port');
-  return address.port;
-}
-
 /**
  * Its own process group: Ctrl-C in the terminal reaches `tally dev` only, which then stops the
  * servers in order (after its last flush) instead of racing them.
  */
-function startProcess(command: string, args: string[], user?: { uid: number; gid: number }) {
-  const child = spawn(command, args, { detached: true, stdio: 'ignore', ...user });
+function startProcess(
+  command: string,
+  args: string[],
+  options: { cwd?: string; user?: { uid: number; gid: number } } = {},
+) {
+  const child = spawn(command, args, {
+    detached: true,
+    stdio: 'ignore',
+    ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
+    ...options.user,
+  });
   const exited = once(child, 'exit');
   exited.catch(() => undefined);
   // If `tally dev` itself ends without stopping them, they go with it.
@@ -77,11 +76,10 @@ async function poll(what: string, probe: () => Promise<boolean>, timeoutMs = 30_
 }
 
 /** redis-server with AOF, its data in `dir` (reused by the next run). */
-export async function startLocalRedis(dir: string): Promise<LocalServer> {
+export async function startLocalRedis(dir: string, port: number): Promise<LocalServer> {
   const binary = onPath('redis-server');
   if (binary === undefined) throw missing('redis-server', 'apt-get install redis-server');
   await mkdir(dir, { recursive: true });
-  const port = await freePort();
   const { child, exited } = startProcess(binary, [
     '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '',
     '--appendonly', 'yes', '--appendfsync', 'always', '--maxmemory-policy', 'noeviction',
@@ -102,8 +100,49 @@ export async function startLocalRedis(dir: string): Promise<LocalServer> {
   return { url, stop: () => stopProcess(child, exited, 'SIGTERM') };
 }
 
+/** Whether `user` can enter `dir` (and so every folder above it). */
+function enters(dir: string, user: { uid: number; gid: number }): boolean {
+  return spawnSync('test', ['-x', dir], { ...user }).status === 0;
+}
+
+/** The first folder on the way to `dir` that `user` cannot enter. */
+function blockingFolder(dir: string, user: { uid: number; gid: number }): string {
+  let blocking = dir;
+  for (let up = dirname(dir); up !== blocking && !enters(up, user); up = dirname(up)) {
+    blocking = up;
+  }
+  return blocking;
+}
+
+/**
+ * Where PostgreSQL keeps its data: `dir`, unless PostgreSQL runs as the postgres user (Tally
+ * runs as root) and that user cannot reach it, as in a checkout under /root (0700) or a
+ * `mktemp -d` folder; then a folder of its own under /var/tmp, the same for the same `dir`.
+ */
+function postgresHome(
+  dir: string,
+  user: { uid: number; gid: number } | undefined,
+): { dir: string; note?: string } {
+  if (user === undefined) return { dir };
+  let existing = dir;
+  while (!existsSync(existing)) existing = dirname(existing);
+  if (enters(existing, user)) return { dir };
+  const own = join(
+    '/var/tmp',
+    `tally-dev-postgres-${createHash('sha256').update(dir).digest('hex').slice(0, 12)}`,
+  );
+  return {
+    dir: own,
+    note: `PostgreSQL's data is in ${own}: the postgres user cannot enter ${blockingFolder(existing, user)}`,
+  };
+}
+
 /** A PostgreSQL cluster in `dir` (initdb on first use), with a `tally` database. */
-export async function startLocalPostgres(dir: string): Promise<LocalServer> {
+export async function startLocalPostgres(
+  wanted: string,
+  port: number,
+  say: (line: string) => void,
+): Promise<LocalServer> {
   const bin = postgresBinDir();
   if (bin === undefined) throw missing('PostgreSQL', 'apt-get install postgresql');
   // PostgreSQL refuses to run as root: run it as the postgres user then.
@@ -114,6 +153,9 @@ export async function startLocalPostgres(dir: string): Promise<LocalServer> {
           gid: Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' })),
         }
       : undefined;
+  const home = postgresHome(wanted, user);
+  if (home.note !== undefined) say(`  note: ${home.note}`);
+  const dir = home.dir;
   const data = join(dir, 'data');
   const socket = join(dir, 'socket');
   await mkdir(socket, { recursive: true });
@@ -123,10 +165,8 @@ export async function startLocalPostgres(dir: string): Promise<LocalServer> {
       execFileSync(
         join(bin, 'initdb'),
         ['-D', data, '-A', 'trust', '-U', 'postgres', '-E', 'UTF8'],
-        {
-          stdio: 'pipe',
-          ...user,
-        },
+        // In its own folder: the postgres user may not be able to enter the current one.
+        { stdio: 'pipe', cwd: dir, ...user },
       );
     } catch (error) {
       const stderr = (error as { stderr?: Buffer }).stderr;
@@ -138,7 +178,6 @@ export async function startLocalPostgres(dir: string): Promise<LocalServer> {
       );
     }
   }
-  const port = await freePort();
   const { child, exited } = startProcess(
     join(bin, 'postgres'),
     [
@@ -151,7 +190,7 @@ export async function startLocalPostgres(dir: string): Promise<LocalServer> {
       '-c',
       `unix_socket_directories=${socket}`,
     ],
-    user,
+    { cwd: dir, ...(user === undefined ? {} : { user }) },
   );
   const admin = `postgres://postgres@127.0.0.1:${port}/postgres`;
   await poll('PostgreSQL', async () => {
