@@ -119,6 +119,37 @@ describe('tally CLI', () => {
     expect(parsed.shards.some((shard) => shard.lastFlushAt !== null)).toBe(true);
     const human = await s.cli(['status']);
     expect(human.stdout).toMatch(/loss bound: none/);
+    // Columns line up, whatever the widths of their cells.
+    const rows = human.stdout.split('\n').filter((line) => /^(shard|\d+) /.test(line));
+    const columnStarts = (line: string) =>
+      [...line.matchAll(/(?<=^|\s{2})\S/g)].map((match) => match.index);
+    expect(rows).toHaveLength(5);
+    for (const row of rows) expect(columnStarts(row)).toEqual(columnStarts(rows[0] ?? ''));
+    // "1 counter", not "1 counters".
+    await s.tally.incr('lonely', 1);
+    expect((await s.cli(['flush'])).stdout).toMatch(/: batch \S+ 1 counter\b(?!s)/);
+    const check = await s.cli(['reconcile']);
+    // Shards finish out of order; their lines come in order.
+    expect([...check.stderr.matchAll(/^shard (\d+):/gm)].map((m) => Number(m[1]))).toEqual([
+      0, 1, 2, 3,
+    ]);
+    await s.tally.close();
+  });
+
+  it('logs readable lines on a terminal and JSON elsewhere', async () => {
+    const s = await store();
+    const env = { ...process.env, ...s.env, TALLY_LOG_LEVEL: 'info' };
+    // `script` runs the command on a pseudo-terminal, as a person's shell would.
+    const onTerminal = await run(
+      'script',
+      ['-qec', `${process.execPath} --import tsx ${cli.pathname} status`, '/dev/null'],
+      { env },
+    );
+    expect(onTerminal.stdout).toMatch(/INFO.*redis durability: none/);
+    expect(onTerminal.stdout).not.toContain('{"level"');
+    const piped = await s.cli(['status'], { TALLY_LOG_LEVEL: 'info' });
+    const logLine = piped.stderr.split('\n').find((line) => line.includes('redis durability'));
+    expect(JSON.parse(logLine ?? '')).toMatchObject({ level: 30 });
     await s.tally.close();
   });
 

@@ -1,5 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTally, migrate, type Tally } from '../src/index.js';
 import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
@@ -151,6 +152,44 @@ describe('Redis stalled: a keyed increment gives up within incrementTimeoutMs', 
       await stalled.kill('SIGCONT');
       await tally.close();
       await stalled.stop();
+    }
+  });
+});
+
+describe('Redis down for a while', () => {
+  it('logs its connection error once per outage, and that it is back', async () => {
+    const flaky = await startRedis();
+    const postgres = await createDatabase();
+    await migrate(postgres);
+    const lines: { level: number; msg: string }[] = [];
+    const logger = pino(
+      { level: 'debug' },
+      {
+        write(line: string) {
+          lines.push(JSON.parse(line) as { level: number; msg: string });
+        },
+      },
+    );
+    const tally = await createTally({ redis: flaky.url, postgres, shards: 2, logger });
+    try {
+      await flaky.kill('SIGKILL');
+      // ioredis retries every 50–2000 ms: several failed attempts in this time.
+      await waitFor('reconnect attempts', () =>
+        lines.filter((line) => line.msg.startsWith('redis connection error')).length >= 3
+          ? true
+          : undefined,
+      );
+      await flaky.restart();
+      await waitFor('the connection back', () =>
+        lines.some((line) => line.msg === 'redis connection back') ? true : undefined,
+      );
+      const warnings = lines.filter(
+        (line) => line.level === 40 && /connection error/.test(line.msg),
+      );
+      expect(warnings).toHaveLength(1);
+    } finally {
+      await tally.close();
+      await flaky.stop();
     }
   });
 });
