@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import { packageVersion } from './package-files.js';
 import { flushCommand, migrateCommand, reconcileCommand, statusCommand } from './cli/commands.js';
 import { ExitCode, exitCodeFor } from './cli/exit-codes.js';
+import { environmentHelp, serveVariables, workerVariables } from './cli/service-variables.js';
 import { withStoreOptions } from './cli/store-options.js';
 import { redactSecrets } from './logging.js';
 
@@ -62,22 +63,7 @@ withStoreOptions(
 program
   .command('worker')
   .description('run a flush worker until SIGTERM/SIGINT (configured from the environment)')
-  .addHelpText(
-    'after',
-    `
-Environment:
-  REDIS_URL                   Redis URL (required)
-  DATABASE_URL                PostgreSQL URL (required)
-  TALLY_SHARDS                shard count of the store (default 16)
-  TALLY_KEY_PREFIX            Redis key prefix of the store (default tally)
-  TALLY_FLUSH_INTERVAL_MS     how often each shard is flushed (default 1000)
-  TALLY_WORKER_CONCURRENCY    flush jobs one replica runs at once (default 4)
-  TALLY_METRICS_PORT          port of /metrics and /healthz (default: none)
-  TALLY_SHUTDOWN_TIMEOUT_MS   longest graceful shutdown before exiting 1 (default 30000)
-  TALLY_JOB_LOCK_MS           BullMQ job lock; a silent replica loses its job after it (default 30000)
-  TALLY_FLUSH_LOCK_TTL_MS     the engine's shard lock TTL (default 30000)
-  TALLY_LOG_LEVEL             pino level (default info)`,
-  )
+  .addHelpText('after', environmentHelp(workerVariables))
   .action(async () => {
     const { runFlushWorker } = await import('../workers/flush-worker.js');
     await runFlushWorker();
@@ -86,20 +72,7 @@ Environment:
 program
   .command('serve')
   .description('run the HTTP API until SIGTERM/SIGINT (configured from the environment)')
-  .addHelpText(
-    'after',
-    `
-Environment:
-  REDIS_URL, DATABASE_URL     the store (required)
-  PORT, HOST                  where to listen (default 8080, 127.0.0.1)
-  TALLY_API_TOKEN             bearer tokens, comma-separated; unset: no authentication
-  TALLY_SHARDS                shard count of the store (default 16)
-  TALLY_KEY_PREFIX            Redis key prefix of the store (default tally)
-  TALLY_BODY_LIMIT_BYTES      largest request body (default 1048576)
-  TALLY_MAX_BATCH             most increments or counters per request (default 1000)
-  TALLY_SHUTDOWN_TIMEOUT_MS   longest graceful shutdown before exiting 1 (default 30000)
-  TALLY_LOG_LEVEL             pino level (default info)`,
-  )
+  .addHelpText('after', environmentHelp(serveVariables))
   .action(async () => {
     const { runServer } = await import('./server/serve.js');
     await runServer();

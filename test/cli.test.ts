@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -59,6 +59,33 @@ describe('tally CLI', () => {
     expect(top.stdout).toMatch(
       /Exit codes: 0 ok, 1 check failed .* 2 usage or\s+configuration error, 3/s,
     );
+  });
+
+  it('lists in serve --help and worker --help every variable their configuration reads', async () => {
+    const read = async (files: string[]) => {
+      const names = new Set<string>();
+      for (const file of files) {
+        const source = await readFile(new URL(`../${file}`, import.meta.url), 'utf8');
+        for (const match of source.matchAll(/(?:env\.|env,\s*')([A-Z][A-Z0-9_]+)/g)) {
+          names.add(match[1] ?? '');
+        }
+      }
+      return [...names];
+    };
+    const services = {
+      serve: ['src/env-config.ts', 'src/server/serve.ts'],
+      worker: ['src/env-config.ts', 'workers/flush-worker.ts'],
+    };
+    for (const [command, files] of Object.entries(services)) {
+      const variables = await read(files);
+      expect(variables.length, command).toBeGreaterThan(10);
+      const help = (await runTypeScript(cli, [command, '--help'])).stdout;
+      for (const variable of variables) {
+        expect(help, `tally ${command} --help lists ${variable}`).toMatch(
+          new RegExp(`^  ${variable} `, 'm'),
+        );
+      }
+    }
   });
 
   it('exits 2 on usage and configuration errors, 3 when a service is unreachable', async () => {
