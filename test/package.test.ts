@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, symlink } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
@@ -105,6 +105,27 @@ describe('the published package', () => {
         cwd: project,
       });
       expect(JSON.parse(stdout)).toEqual({ value: 3, counters: 1, total: 3 });
+    } finally {
+      await redis.stop();
+    }
+  });
+
+  it("runs the README's library example as written", async () => {
+    const readme = await readFile(join(repoRoot, 'README.md'), 'utf8');
+    const section = readme.slice(readme.indexOf('## Using it as a library'));
+    const example = /```ts\n([\s\S]*?)```/.exec(section)?.[1];
+    expect(example).toContain("from 'tally'");
+    const redis = await startRedis();
+    try {
+      const database = await createDatabase();
+      await writeFile(join(project, 'readme-example.mjs'), example ?? '');
+      const { stdout } = await run(process.execPath, ['readme-example.mjs'], {
+        cwd: project,
+        env: { ...process.env, REDIS_URL: redis.url, DATABASE_URL: database },
+      });
+      expect(stdout).toMatch(
+        /^1 applied \{ start: \d{4}-\d\d-\d\dT\d\d:00:00\.000Z, value: 1 \}$/m,
+      );
     } finally {
       await redis.stop();
     }
