@@ -41,7 +41,7 @@ beforeAll(async () => {
     shards: 2,
     keyPrefix: 'surface',
   });
-  server = startTallyProcess('serve', env({ PORT: '0' }));
+  server = startTallyProcess('serve', env({ PORT: '0', TALLY_BUCKETS: 'minute,hour' }));
   port = await server.apiPort();
   base = `http://127.0.0.1:${port}`;
 });
@@ -75,6 +75,23 @@ function rawRequest(request: string): Promise<string> {
 const errorShape = {
   error: { code: expect.any(String) as unknown, message: expect.any(String) as unknown },
 };
+
+describe('TALLY_BUCKETS', () => {
+  it('sets the granularities the server counts in, and the ones its OpenAPI document offers', async () => {
+    await send('/v1/counters/kept/increment', { method: 'POST' });
+    const now = Date.now();
+    const period = `from=${new Date(now - 120_000).toISOString()}&to=${new Date(now + 1).toISOString()}`;
+    const minutes = await send(`/v1/counters/kept/usage?${period}&granularity=minute`);
+    expect(minutes.status).toBe(200);
+    expect(minutes.json.buckets.at(-1).value).toBe(1);
+    expect((await send(`/v1/counters/kept/usage?${period}&granularity=day`)).status).toBe(400);
+    const document = (await send('/openapi.json')).json;
+    const granularity = document.paths['/v1/counters/{counter}/usage'].get.parameters.find(
+      (parameter: { name: string }) => parameter.name === 'granularity',
+    );
+    expect(granularity.schema.enum).toEqual(['minute', 'hour']);
+  });
+});
 
 describe('answers in the documented error shape', () => {
   it('reads and increments names of up to 256 bytes by path', async () => {
