@@ -48,6 +48,7 @@ beforeAll(async () => {
   server = startTallyProcess(
     'serve',
     storeEnv({
+      PORT: '0',
       TALLY_API_TOKEN: token,
       TALLY_REQUEST_TIMEOUT_MS: '1500',
       TALLY_KEEP_ALIVE_TIMEOUT_MS: '1000',
