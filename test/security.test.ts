@@ -12,6 +12,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTally, migrate, type Tally } from '../src/index.js';
 import { runTypeScript, type ChildResult } from './support/child-process.js';
+import { rawRequest } from './support/raw-http.js';
 import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
 import { startTallyProcess, type TallyProcess } from './support/tally-process.js';
 import { postgresTotals } from './support/tally-store.js';
@@ -71,19 +72,11 @@ interface RawAnswer {
   body: string;
 }
 
-/** Sends bytes exactly as given (no client normalises the target) and reads the answer. */
-function rawRequest(request: string): Promise<RawAnswer> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(port, '127.0.0.1');
-    let text = '';
-    socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
-    socket.on('error', reject);
-    socket.on('close', () => {
-      const [head = '', body = ''] = text.split('\r\n\r\n');
-      resolve({ status: Number(/^HTTP\/1\.1 (\d+)/.exec(head)?.[1] ?? 0), head, body });
-    });
-    socket.write(request);
-  });
+/** An answer read off the socket: its status, head and body. */
+async function rawAnswer(request: string): Promise<RawAnswer> {
+  const text = await rawRequest(port, request);
+  const [head = '', body = ''] = text.split('\r\n\r\n');
+  return { status: Number(/^HTTP\/1\.1 (\d+)/.exec(head)?.[1] ?? 0), head, body };
 }
 
 function requestLine(
@@ -138,11 +131,11 @@ describe('1. authorisation is decided on the matched route', () => {
       `GET *v1/counters/${counter} HTTP/1.1`,
     ];
     for (const form of forms) {
-      const answer = await rawRequest(requestLine(form));
+      const answer = await rawAnswer(requestLine(form));
       expect(answer.status, form).toBe(401);
       expect(JSON.parse(answer.body), form).toMatchObject({ error: { code: 'UNAUTHORIZED' } });
     }
-    const batch = await rawRequest(
+    const batch = await rawAnswer(
       requestLine('POST /%761/increments HTTP/1.1', {
         body: { increments: [{ counter, by: 5 }] },
       }),
@@ -152,7 +145,7 @@ describe('1. authorisation is decided on the matched route', () => {
 
     // The same targets do reach the routes: with the token they count.
     for (const form of forms.slice(0, 3)) {
-      const answer = await rawRequest(requestLine(form, { headers: auth }));
+      const answer = await rawAnswer(requestLine(form, { headers: auth }));
       expect(answer.status, form).toBe(200);
     }
     expect(await tally.get(counter)).toBe(3);

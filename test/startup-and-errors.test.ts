@@ -3,11 +3,12 @@
  * start: at once, with the documented exit code, naming what to fix.
  */
 import { once } from 'node:events';
-import { connect, createServer, type Server } from 'node:net';
+import { createServer, type Server } from 'node:net';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTally, migrate, type Tally } from '../src/index.js';
 import { runTypeScript } from './support/child-process.js';
+import { rawRequest } from './support/raw-http.js';
 import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
 import { startTallyProcess, type TallyProcess } from './support/tally-process.js';
 
@@ -56,20 +57,6 @@ async function send(path: string, init: RequestInit = {}) {
   const response = await fetch(`${base}${path}`, init);
   const text = await response.text();
   return { status: response.status, headers: response.headers, text, json: JSON.parse(text) };
-}
-
-/** A request written byte for byte; resolves with the answer's raw text. */
-function rawRequest(request: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(port, '127.0.0.1');
-    let text = '';
-    socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
-    socket.on('error', reject);
-    socket.on('close', () => {
-      resolve(text);
-    });
-    socket.write(request);
-  });
 }
 
 const errorShape = {
@@ -128,6 +115,7 @@ describe('answers in the documented error shape', () => {
     expect(unknown.text).not.toContain('script');
 
     const huge = await rawRequest(
+      port,
       `GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad: ${'p'.repeat(20_000)}\r\n\r\n`,
     );
     expect(huge).toMatch(/^HTTP\/1\.1 431/);
