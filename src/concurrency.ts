@@ -39,3 +39,19 @@ export class Turns {
     return result;
   }
 }
+
+/**
+ * `compute`, shared: callers within `ttlMs` of a computation's start get its promise instead of
+ * starting another, so an endpoint anyone may call (readiness, a scrape) costs the servers at
+ * most one computation per `ttlMs`, however often it is called.
+ */
+export function sharedFor<T>(ttlMs: number, compute: () => Promise<T>): () => Promise<T> {
+  let latest: { startedAt: number; result: Promise<T> } | undefined;
+  return () => {
+    const now = Date.now();
+    if (latest === undefined || now - latest.startedAt >= ttlMs) {
+      latest = { startedAt: now, result: compute() };
+    }
+    return latest.result;
+  };
+}

@@ -85,7 +85,13 @@ export function logConnectionErrors(redis: RedisConnection, logger: Logger, name
       return;
     }
     failing = true;
-    logger.warn({ err: error }, `${name} connection error; retrying (repeats logged at debug)`);
+    // The message, not the stack: a refused connection has nothing more to say, and the
+    // stack (at debug, with the repeats) is one of ioredis' internals.
+    const { code } = error as NodeJS.ErrnoException;
+    logger.warn(
+      { error: error.message, ...(code === undefined ? {} : { code }) },
+      `${name} connection error; retrying (repeats logged at debug)`,
+    );
   });
   redis.on('ready', () => {
     if (failing) logger.info(`${name} connection back`);
@@ -100,7 +106,9 @@ export function openPostgres(option: string | pg.Pool, logger: Logger): pg.Pool 
   // the process.
   pool.on('error', (error: Error & { code?: string }) => {
     // Not the error itself: node-postgres hangs the whole client (and its queries) on it.
-    logger.warn({ message: error.message, code: error.code }, 'postgres idle client error');
+    // 57P01 is an administrator's shutdown (a restart, `tally dev` stopping its server).
+    const level = error.code === '57P01' ? 'info' : 'warn';
+    logger[level]({ message: error.message, code: error.code }, 'postgres idle client error');
   });
   return pool;
 }

@@ -39,7 +39,22 @@ export function serviceUrl(name: keyof typeof urlProtocols, raw: string): string
   } catch {
     url = undefined;
   }
-  if (url === undefined || !protocols.includes(url.protocol) || url.hostname === '') {
+  // ioredis and pg decode the credentials; a bad %-escape there failed later, as exit 3.
+  const decodes = (part: string) => {
+    try {
+      decodeURIComponent(part);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (
+    url === undefined ||
+    !protocols.includes(url.protocol) ||
+    url.hostname === '' ||
+    !decodes(url.username) ||
+    !decodes(url.password)
+  ) {
     throw new ValidationError(
       // Not repeated: a malformed URL is where a password would escape redaction.
       `${name} is not a valid URL: write it as ${protocols[0]}//host:port, with ` +

@@ -29,10 +29,15 @@ export function parseLogFormat(raw: string | undefined): LogFormat | undefined {
   return raw;
 }
 
-/** `scheme://user:password@` → `scheme://user:***@`; a bearer credential → `Bearer ***`. */
+/**
+ * `scheme://user:password@` → `scheme://user:***@` (up to the last `@` before the host, so a
+ * password holding a raw `@` goes whole); `?password=…` and the like → `?password=***`; a
+ * bearer credential → `Bearer ***`.
+ */
 export function redactSecrets(text: string): string {
   return text
-    .replace(/([a-z][a-z0-9+.-]*:\/\/[^:/?#@\s]*):[^@/?#\s]*@/gi, '$1:***@')
+    .replace(/([a-z][a-z0-9+.-]*:\/\/[^:/?#@\s]*):[^/?#\s]*@/gi, '$1:***@')
+    .replace(/([?&;](?:password|passwd|pass|pwd|token|secret|auth)=)[^&;#\s"']*/gi, '$1***')
     .replace(/\b(bearer)\s+[^\s"',]+/gi, '$1 ***');
 }
 

@@ -102,6 +102,11 @@ export interface Tally {
   /** Whether Redis and PostgreSQL answer right now (for readiness probes). */
   ping(): Promise<{ redis: boolean; postgres: boolean }>;
   /**
+   * What a readiness probe needs, cheaply: both servers answer, and how many shards have their
+   * totals built (one EXISTS per shard; status() reads far more).
+   */
+  readiness(): Promise<{ redis: boolean; postgres: boolean; shardsBuilt: number; shards: number }>;
+  /**
    * Redis' durability as last read (at start-up, on every reconnect and every
    * durabilityCheckIntervalMs), the loss bound that follows, and whether it is accepted.
    */
@@ -403,6 +408,24 @@ class TallyClient implements Tally {
     };
   }
 
+  async readiness(): Promise<{
+    redis: boolean;
+    postgres: boolean;
+    shardsBuilt: number;
+    shards: number;
+  }> {
+    const { shards, keyPrefix } = this.config;
+    const [connections, built] = await Promise.all([
+      this.ping(),
+      Promise.all(
+        Array.from({ length: shards }, (_, shard) =>
+          this.ctx.redis.exists(shardKeys(keyPrefix, shard).epoch),
+        ),
+      ).catch(() => []),
+    ]);
+    return { ...connections, shardsBuilt: built.filter((found) => found === 1).length, shards };
+  }
+
   async ping(): Promise<{ redis: boolean; postgres: boolean }> {
     const [redis, postgres] = await Promise.all([
       this.ctx.redis.ping().then(
@@ -500,15 +523,20 @@ export async function createTally(options: TallyOptions): Promise<Tally> {
     const durability = await inspectRedisDurability(redis, config.redisLossAccepted).catch(
       unreachable('Redis'),
     );
-    config.logger.info({ ...durability }, `redis durability: ${durability.lossBound}`);
     if (durability.problem !== null) {
+      // The least that accepts it: eviction needs 'any', a bounded loss 'bounded'.
+      const needed = durability.maxmemoryPolicy === 'noeviction' ? 'bounded' : 'any';
       throw new TallyError(
         'NOT_DURABLE',
-        `Refusing this Redis: ${durability.problem}. Or accept the risk with ` +
-          `redisLossAccepted (TALLY_ACCEPT_REDIS_LOSS for tally serve and worker); it is ` +
-          `'${config.redisLossAccepted}'.`,
+        `Refusing this Redis: ${durability.problem}. To accept the risk instead, set ` +
+          `TALLY_ACCEPT_REDIS_LOSS=${needed} (tally serve, tally worker) or redisLossAccepted: ` +
+          `'${needed}' (the library); it is '${config.redisLossAccepted}'.`,
       );
     }
+    config.logger.info(
+      { lossBound: durability.lossBound, redisVersion: durability.redisVersion },
+      `redis durability: ${durability.lossBound}`,
+    );
     const ctx: FlushContext = { redis, scripts: defineScripts(redis), pool, config, durability };
     const setUp = await storeWasSetUp(pool);
     const client = new TallyClient(ctx, owns, setUp);

@@ -100,7 +100,11 @@ export async function readUsage(
       });
     // Deltas moved from pending to in-flight (a snapshot) while PostgreSQL was read would be
     // counted twice or not at all: read again.
-    const snapshotsAfter = Number((await ctx.redis.get(keys.snapshots)) ?? 0);
+    const snapshotsAfter = Number(
+      (await ctx.redis.get(keys.snapshots).catch((error: unknown) => {
+        throw redisFailure(error, 'read', 'a usage read');
+      })) ?? 0,
+    );
     if (snapshotsAfter !== snapshots) continue;
 
     const applied = rows[0]?.applied ?? false;

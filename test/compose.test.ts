@@ -47,6 +47,8 @@ describe('docker-compose.yml', () => {
     // What serve and worker accept without TALLY_ACCEPT_REDIS_LOSS.
     expect(redisCommand).toContain('--appendfsync always');
     expect(services.worker?.environment?.TALLY_METRICS_HOST).toBe('0.0.0.0');
+    // The API listens beyond loopback: compose refuses to start it without a token.
+    expect(services.api?.environment?.TALLY_API_TOKEN).toMatch(/^\$\{TALLY_API_TOKEN:\?/);
     expect(redisCommand).toContain('--maxmemory-policy noeviction');
     expect(services.worker?.deploy?.replicas).toBe(2);
     expect(services.api?.depends_on?.migrate?.condition).toBe('service_completed_successfully');

@@ -110,6 +110,45 @@ describe('the published package', () => {
     }
   });
 
+  it('type-checks in a strict TypeScript project without skipLibCheck', async () => {
+    const typed = join(project, 'typed');
+    await mkdir(typed, { recursive: true });
+    // The user's own @types/node, as any Node TypeScript project has it.
+    await mkdir(join(project, 'node_modules', '@types'), { recursive: true });
+    await symlink(
+      join(repoRoot, 'node_modules', '@types', 'node'),
+      join(project, 'node_modules', '@types', 'node'),
+    ).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== 'EEXIST') throw error;
+    });
+    await writeFile(
+      join(typed, 'tsconfig.json'),
+      JSON.stringify({
+        compilerOptions: {
+          strict: true,
+          module: 'nodenext',
+          target: 'es2022',
+          noEmit: true,
+          skipLibCheck: false,
+          types: ['node'],
+        },
+        files: ['index.ts'],
+      }),
+    );
+    await writeFile(join(typed, 'package.json'), '{ "type": "module" }\n');
+    await writeFile(
+      join(typed, 'index.ts'),
+      "import { createTally, type Tally } from 'tally';\n" +
+        "const tally: Tally = await createTally({ redis: 'redis://127.0.0.1', postgres: 'postgres://127.0.0.1/x' });\n" +
+        'await tally.close();\n',
+    );
+    const tsc = join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc');
+    const checked = await run(process.execPath, [tsc, '-p', typed]).catch(
+      (error: { stdout: string }) => ({ stdout: error.stdout }),
+    );
+    expect(checked.stdout).toBe('');
+  });
+
   it("runs the README's library example as written", async () => {
     const readme = await readFile(join(repoRoot, 'README.md'), 'utf8');
     const section = readme.slice(readme.indexOf('## Using it as a library'));

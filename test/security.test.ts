@@ -299,7 +299,9 @@ describe('5. an evicting or non-persistent Redis is refused, checked live, and e
       for (const command of ['serve', 'worker']) {
         const refused = await runTypeScript(cli, [command], env);
         expect(refused.code, command).toBe(2);
-        expect(refused.stderr, command).toMatch(/Refusing this Redis.*TALLY_ACCEPT_REDIS_LOSS/);
+        expect(refused.stderr, command).toMatch(
+          /Refusing this Redis.*set TALLY_ACCEPT_REDIS_LOSS=bounded \(tally serve, tally worker\)/,
+        );
       }
       const bounded = startTallyProcess('serve', {
         ...env,
@@ -318,7 +320,9 @@ describe('5. an evicting or non-persistent Redis is refused, checked live, and e
         TALLY_ACCEPT_REDIS_LOSS: 'bounded',
       });
       expect(evicting.code).toBe(2);
-      expect(evicting.stderr).toMatch(/maxmemory-policy is allkeys-lru/);
+      expect(evicting.stderr).toMatch(
+        /maxmemory-policy is allkeys-lru.*TALLY_ACCEPT_REDIS_LOSS=any/,
+      );
       const anything = startTallyProcess('serve', {
         ...env,
         PORT: '0',
@@ -482,6 +486,25 @@ describe('8. authentication cannot be switched off by accident', () => {
       expect(result.code, JSON.stringify(value)).toBe(2);
       expect(result.stderr, JSON.stringify(value)).toMatch(/TALLY_API_TOKEN: token \d of \d/);
     }
+  });
+});
+
+describe('8b. an API reachable from other machines is not served without a token by accident', () => {
+  it('refuses a non-loopback HOST without TALLY_API_TOKEN unless TALLY_ALLOW_UNAUTHENTICATED=yes', async () => {
+    for (const host of ['0.0.0.0', '::']) {
+      const refused = await runTypeScript(cli, ['serve'], storeEnv({ HOST: host, PORT: '0' }));
+      expect(refused.code, host).toBe(2);
+      expect(refused.stderr, host).toMatch(
+        /can be reached from other machines and TALLY_API_TOKEN is not set/,
+      );
+    }
+    const allowed = startTallyProcess(
+      'serve',
+      storeEnv({ HOST: '0.0.0.0', PORT: '0', TALLY_ALLOW_UNAUTHENTICATED: 'yes' }),
+    );
+    await allowed.apiPort();
+    allowed.kill('SIGTERM');
+    await allowed.exited;
   });
 });
 

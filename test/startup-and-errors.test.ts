@@ -186,7 +186,7 @@ describe('a process that cannot start exits at once, with the right code', () =>
       const cases = [
         { command: 'serve', extra: { PORT: portOf(taken) }, message: /Cannot listen on HOST/ },
         { command: 'serve', extra: { PORT: '99999' }, message: /PORT must be a whole number from 0 to 65535/ },
-        { command: 'serve', extra: { PORT: '0', HOST: 'no-such-host.invalid' }, message: /Cannot listen on HOST no-such-host\.invalid/ },
+        { command: 'serve', extra: { PORT: '0', HOST: 'no-such-host.invalid', TALLY_ALLOW_UNAUTHENTICATED: 'yes' }, message: /Cannot listen on HOST no-such-host\.invalid/ },
         { command: 'worker', extra: { TALLY_METRICS_PORT: portOf(taken) }, message: /Cannot serve metrics/ },
       ]; // prettier-ignore
       for (const { command, extra, message } of cases) {

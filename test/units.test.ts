@@ -12,7 +12,8 @@ import {
   nextBucketStart,
 } from '../src/buckets.js';
 import { canonicalName, validateName } from '../src/counter-name.js';
-import { forEachLimited, Turns } from '../src/concurrency.js';
+import { forEachLimited, sharedFor, Turns } from '../src/concurrency.js';
+import { redactSecrets } from '../src/logging.js';
 import { shardOf } from '../src/sharding.js';
 
 describe('shardOf', () => {
@@ -363,5 +364,34 @@ describe('forEachLimited', () => {
     expect(most).toBe(3);
     // Nothing after the failure was handed out, and what was under way finished.
     expect(done.sort()).toEqual([0, 2]);
+  });
+});
+
+describe('redactSecrets', () => {
+  it('takes passwords out of URLs, query strings and bearer credentials', () => {
+    const cases: [string, string][] = [
+      ['redis://u:hunter2pass@host:6379/0', 'redis://u:***@host:6379/0'],
+      ['redis://:hunter2pass@host', 'redis://:***@host'],
+      ['postgres://app:p@ss@word@db/tally', 'postgres://app:***@db/tally'],
+      [
+        'see postgresql://a:b@c/d and rediss://e:f@g',
+        'see postgresql://a:***@c/d and rediss://e:***@g',
+      ],
+      ['redis://host/0?password=hunter2pass&db=1', 'redis://host/0?password=***&db=1'],
+      ['Authorization: Bearer abcdef0123456789', 'Authorization: Bearer ***'],
+      ['redis://host:6379 has no password', 'redis://host:6379 has no password'],
+    ];
+    for (const [text, redacted] of cases) expect(redactSecrets(text), text).toBe(redacted);
+  });
+});
+
+describe('sharedFor', () => {
+  it('starts one computation per window, whatever the number of callers', async () => {
+    let started = 0;
+    const shared = sharedFor(200, async () => ++started);
+    expect(await Promise.all([shared(), shared(), shared()])).toEqual([1, 1, 1]);
+    expect(await shared()).toBe(1);
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    expect(await shared()).toBe(2);
   });
 });

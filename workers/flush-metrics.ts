@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AppliedBatch, Tally } from '../src/index.js';
+import { sharedFor } from '../src/concurrency.js';
 import { registerDurabilityGauge } from '../src/redis-durability-metric.js';
 
 /**
@@ -60,8 +61,12 @@ export class FlushMetrics {
     registers: [this.registry],
   });
 
-  constructor(private readonly tally: Tally) {
+  /** One status read a second at most, however often (and by how many) it is scraped. */
+  private readonly status: () => ReturnType<Tally['status']>;
+
+  constructor(tally: Tally) {
     registerDurabilityGauge(this.registry, () => tally.durability);
+    this.status = sharedFor(1_000, () => tally.status());
   }
 
   recordFlush(applied: readonly AppliedBatch[], seconds: number): void {
@@ -80,7 +85,7 @@ export class FlushMetrics {
 
   /** Reads the pending work from Redis into the gauges, then renders every metric. */
   async render(): Promise<{ contentType: string; body: string }> {
-    const status = await this.tally.status();
+    const status = await this.status();
     this.inflight.set(status.shards.filter((shard) => shard.inflightBatch !== null).length);
     for (const shard of status.shards) {
       this.pending.set({ shard: String(shard.shard) }, shard.pendingDeltas);

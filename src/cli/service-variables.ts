@@ -28,6 +28,7 @@ export const serveVariables: Variables = [
   ['PORT', 'port to listen on, 0 for any free one (default 8080)'],
   ['HOST', 'address to listen on (default 127.0.0.1)'],
   ['TALLY_API_TOKEN', 'bearer tokens, comma-separated, 16+ characters each; unset: no auth'],
+  ['TALLY_ALLOW_UNAUTHENTICATED', 'yes: serve a non-loopback HOST without TALLY_API_TOKEN'],
   ['TALLY_BODY_LIMIT_BYTES', 'largest request body (default 1048576)'],
   ['TALLY_MAX_BATCH', 'most increments or counters per request (default 1000)'],
   ['TALLY_IDEMPOTENCY_WINDOW_MS', 'how long an idempotency key is remembered (default 86400000)'],

@@ -7,6 +7,7 @@ import { OverflowError, TallyError } from '../errors.js';
 import type { BatchIncrementResult } from '../increments.js';
 import { packageVersion } from '../package-files.js';
 import type { Tally } from '../tally.js';
+import { sharedFor } from '../concurrency.js';
 import { isAuthenticated, requireTokens } from './auth.js';
 import { answerMethodNotAllowed } from './method-not-allowed.js';
 import { clientErrorResponse, toHttpError } from './http-errors.js';
@@ -274,27 +275,25 @@ export async function buildApi(options: ApiOptions) {
   // The open routes: probes, scrapers and the API's description answer without a token.
   const open = { schema: { hide: true }, config: { open: true } };
   app.get('/healthz', open, (_request, reply) => reply.send({ status: 'ok' }));
+  // Anyone may call it: one computation a second at most, shared by every caller.
+  const readiness = sharedFor(1_000, () => tally.readiness());
   app.get('/readyz', open, async (request, reply) => {
-    const [connections, status] = await Promise.all([
-      tally.ping(),
-      tally.status().catch(() => undefined),
-    ]);
-    const shardsReady = status?.shards.filter((shard) => shard.totalsValid).length ?? 0;
+    const found = await readiness();
     // Not ready on a Redis whose settings became unsafe while running (a live CONFIG SET, a
     // failover): traffic should go where counts stay exact.
     const ready =
-      connections.redis &&
-      connections.postgres &&
-      shardsReady === status?.shards.length &&
+      found.redis &&
+      found.postgres &&
+      found.shardsBuilt === found.shards &&
       tally.durability.accepted;
     // Versions and settings help an attacker: without a valid token a probe learns only whether
     // to send traffic here.
     if (!isAuthenticated(request, tokens)) return reply.status(ready ? 200 : 503).send({ ready });
     return reply.status(ready ? 200 : 503).send({
       ready,
-      redis: connections.redis,
-      postgres: connections.postgres,
-      shardsReconciled: `${shardsReady}/${status?.shards.length ?? '?'}`,
+      redis: found.redis,
+      postgres: found.postgres,
+      shardsReconciled: `${found.shardsBuilt}/${found.shards}`,
       durability: tally.durability,
     });
   });

@@ -4,7 +4,7 @@ import {
   redisCommandTimeoutDefaultMs,
 } from '../config.js';
 import { storeEnv, type StoreEnv } from '../env-config.js';
-import { TallyError } from '../errors.js';
+import { TallyError, ValidationError } from '../errors.js';
 import { createLogger } from '../logging.js';
 import { createTally } from '../tally.js';
 import { exitOnSignals, integerFromEnv } from '../process-lifecycle.js';
@@ -29,8 +29,37 @@ export interface ServeConfig extends StoreEnv {
   shutdownTimeoutMs: number;
 }
 
+/** Addresses only this machine reaches. */
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
+/**
+ * An API on an address other machines reach, without tokens, is refused unless asked for in
+ * so many words: anyone who reaches it could count for any customer.
+ */
+function checkExposure(config: ServeConfig, env: NodeJS.ProcessEnv): ServeConfig {
+  const allowed = env.TALLY_ALLOW_UNAUTHENTICATED;
+  if (allowed !== undefined && allowed !== '' && allowed !== 'yes') {
+    throw new ValidationError(
+      `TALLY_ALLOW_UNAUTHENTICATED must be yes or unset, got ${JSON.stringify(allowed)}.`,
+    );
+  }
+  if (config.tokens.length === 0 && !isLoopback(config.host) && allowed !== 'yes') {
+    throw new ValidationError(
+      `HOST ${config.host} can be reached from other machines and TALLY_API_TOKEN is not set: ` +
+        'set it (16+ characters), or TALLY_ALLOW_UNAUTHENTICATED=yes to serve without authentication.',
+    );
+  }
+  return config;
+}
+
 /** `tally serve` configuration, from the environment; every default is set here. */
 export function serveConfigFromEnv(env: NodeJS.ProcessEnv = process.env): ServeConfig {
+  return checkExposure(serveConfig(env), env);
+}
+
+function serveConfig(env: NodeJS.ProcessEnv): ServeConfig {
   return {
     ...storeEnv(env),
     port: integerFromEnv(env, 'PORT', 8080, 0, 65_535),
