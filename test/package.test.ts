@@ -118,8 +118,8 @@ describe('the published package', () => {
     await symlink(
       join(repoRoot, 'node_modules', '@types', 'node'),
       join(project, 'node_modules', '@types', 'node'),
-    ).catch((error: NodeJS.ErrnoException) => {
-      if (error.code !== 'EEXIST') throw error;
+    ).catch((error: unknown) => {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
     });
     await writeFile(
       join(typed, 'tsconfig.json'),
@@ -143,9 +143,10 @@ describe('the published package', () => {
         'await tally.close();\n',
     );
     const tsc = join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc');
-    const checked = await run(process.execPath, [tsc, '-p', typed]).catch(
-      (error: { stdout: string }) => ({ stdout: error.stdout }),
-    );
+    // tsc prints its errors on stdout and exits 2.
+    const checked = await run(process.execPath, [tsc, '-p', typed]).catch((error: unknown) => ({
+      stdout: (error as { stdout: string }).stdout,
+    }));
     expect(checked.stdout).toBe('');
   });
 

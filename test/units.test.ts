@@ -388,7 +388,7 @@ describe('redactSecrets', () => {
 describe('sharedFor', () => {
   it('starts one computation per window, whatever the number of callers', async () => {
     let started = 0;
-    const shared = sharedFor(200, async () => ++started);
+    const shared = sharedFor(200, () => Promise.resolve(++started));
     expect(await Promise.all([shared(), shared(), shared()])).toEqual([1, 1, 1]);
     expect(await shared()).toBe(1);
     await new Promise((resolve) => setTimeout(resolve, 250));
