@@ -79,8 +79,9 @@ function integerIn(name: string, value: number, min: number, max: number): numbe
   return value;
 }
 
-/** The widest `maxBackdateMs`: ten years. */
-const maxWindowMs = 10 * 366 * 24 * 3_600_000;
+/** The widest `maxBackdateMs` (ten years) and `maxFutureMs` (a day). */
+export const maxWindowMs = 10 * 366 * 24 * 3_600_000;
+export const maxFutureLimitMs = 24 * 3_600_000;
 
 export const redisLossChoices = ['none', 'bounded', 'any'] as const;
 
@@ -97,6 +98,10 @@ function lossAccepted(value: unknown): RedisLossAccepted {
 export const redisCommandTimeoutDefaultMs = 2_000;
 export const incrementTimeoutDefaultMs = 5_000;
 export const durabilityCheckIntervalDefaultMs = 10_000;
+// Stripe's meter events take the same window: 35 days back (a billing month and its
+// late-arriving events), 5 minutes ahead (hosts' clocks disagree).
+export const maxBackdateDefaultMs = 35 * 24 * 3_600_000;
+export const maxFutureDefaultMs = 5 * 60_000;
 
 /** How long an idempotency key is remembered unless configured (also `tally serve`'s default). */
 export const idempotencyWindowDefaultMs = 24 * 3_600_000;
@@ -134,15 +139,18 @@ export function resolveConfig(options: TallyOptions): ResolvedConfig {
       100,
       3_600_000,
     ),
-    // Stripe's meter events take the same window: 35 days back (a billing month and its
-    // late-arriving events), 5 minutes ahead (hosts' clocks disagree).
     maxBackdateMs: integerIn(
       'maxBackdateMs',
-      options.maxBackdateMs ?? 35 * 24 * 3_600_000,
+      options.maxBackdateMs ?? maxBackdateDefaultMs,
       0,
       maxWindowMs,
     ),
-    maxFutureMs: integerIn('maxFutureMs', options.maxFutureMs ?? 5 * 60_000, 0, 24 * 3_600_000),
+    maxFutureMs: integerIn(
+      'maxFutureMs',
+      options.maxFutureMs ?? maxFutureDefaultMs,
+      0,
+      maxFutureLimitMs,
+    ),
     redisCommandTimeoutMs: integerIn(
       'redisCommandTimeoutMs',
       options.redisCommandTimeoutMs ?? redisCommandTimeoutDefaultMs,

@@ -193,6 +193,7 @@ describe('routes', () => {
       `/v1/counters/a/usage?from=2026-01-01T00:00:00Z&to=2026-01-01T01:00:00Z&granularity=minute`,
     );
     expect(minutes.status).toBe(400);
+    expect(minutes.json.error.message).toMatch(/allowed values \(hour, day\)/);
   });
 
   it('takes labelled counters as the library does, named by their canonical name', async () => {

@@ -153,7 +153,7 @@ describe('the published package', () => {
   it("runs the README's library example as written", async () => {
     const readme = await readFile(join(repoRoot, 'README.md'), 'utf8');
     const section = readme.slice(readme.indexOf('## Using it as a library'));
-    const example = /```ts\n([\s\S]*?)```/.exec(section)?.[1];
+    const example = /```js\n([\s\S]*?)```/.exec(section)?.[1];
     expect(example).toContain("from 'tally'");
     const redis = await startRedis();
     try {

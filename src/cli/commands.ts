@@ -203,7 +203,9 @@ function describeStatus(status: TallyStatus): string[] {
       ...status.shards.map((s) => [
         String(s.shard),
         String(s.pendingDeltas),
-        `${(s.oldestUnflushedAgeMs / 1000).toFixed(1)} s`,
+        s.pendingDeltas === 0 && s.inflightBatch === null
+          ? '-'
+          : `${(s.oldestUnflushedAgeMs / 1000).toFixed(1)} s`,
         s.inflightBatch === null ? '-' : plural(s.inflightBatch.deltas, 'delta'),
         s.totalsValid ? 'built' : 'MISSING',
         s.lastFlushAt?.toISOString() ?? 'never',

@@ -36,6 +36,8 @@ export const serveVariables: Variables = [
   ['TALLY_KEEP_ALIVE_TIMEOUT_MS', 'idle keep-alive connections are closed after (default 5000)'],
   ['TALLY_REDIS_TIMEOUT_MS', 'a Redis reply later than this fails the call (default 2000)'],
   ['TALLY_INCREMENT_TIMEOUT_MS', 'longest increment, with its retries (default 5000)'],
+  ['TALLY_MAX_BACKDATE_MS', "how far before now an increment's at may lie (default 35 days)"],
+  ['TALLY_MAX_FUTURE_MS', "how far after now an increment's at may lie (default 300000)"],
   ...shutdown,
 ];
 

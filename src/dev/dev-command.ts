@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { durabilityCheckIntervalDefaultMs } from '../config.js';
 import { parseBuckets } from '../env-config.js';
 import { TallyError } from '../errors.js';
-import { createLogger, parseLogFormat, parseLogLevel } from '../logging.js';
+import { createLogger, parseLogFormat, parseLogLevel, redactSecrets } from '../logging.js';
 import { claimDataDir, rememberedPort } from './dev-state.js';
 import { startFlushWorker } from '../../workers/flush-worker.js';
 import { migrate } from '../migrator.js';
@@ -132,10 +132,16 @@ export async function runDev(options: DevOptions): Promise<void> {
   );
 
   say(`tally dev is running (Ctrl-C stops it; data in ${options.dataDir})`);
-  say(`  API:         ${apiUrl}`);
-  say(`  REDIS_URL:    ${redisUrl}`);
-  say(`  DATABASE_URL: ${databaseUrl}`);
-  say(`  for the CLI: export REDIS_URL=${redisUrl} DATABASE_URL=${databaseUrl}`);
+  say(`  API:          ${apiUrl}`);
+  // URLs someone set may hold passwords: shown redacted, and then not as a line to copy.
+  const shown = [redisUrl, databaseUrl].map(redactSecrets);
+  say(`  REDIS_URL:    ${shown[0] ?? ''}`);
+  say(`  DATABASE_URL: ${shown[1] ?? ''}`);
+  say(
+    shown[0] === redisUrl && shown[1] === databaseUrl
+      ? `  for the CLI: export REDIS_URL=${redisUrl} DATABASE_URL=${databaseUrl}`
+      : '  for the CLI: export the REDIS_URL and DATABASE_URL you set',
+  );
   const { durability } = tally;
   if (!durability.durable || durability.maxmemoryPolicy !== 'noeviction') {
     say(

@@ -49,10 +49,13 @@ export function toHttpError(error: unknown): HttpError {
   }
   const fastifyError = error as Partial<FastifyError>;
   if (fastifyError.validation !== undefined) {
+    // "must be equal to one of the allowed values" says little without them.
+    const allowed: unknown = fastifyError.validation[0]?.params.allowedValues;
+    const choices = Array.isArray(allowed) ? ` (${allowed.map(String).join(', ')})` : '';
     return answer(
       400,
       'VALIDATION',
-      `Invalid request: ${fastifyError.message ?? 'it does not match the schema'}.`,
+      `Invalid request: ${fastifyError.message ?? 'it does not match the schema'}${choices}.`,
       fastifyError.validation.map((issue) => ({
         in: fastifyError.validationContext,
         path: issue.instancePath,

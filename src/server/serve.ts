@@ -1,6 +1,10 @@
 import {
   idempotencyWindowDefaultMs,
   incrementTimeoutDefaultMs,
+  maxBackdateDefaultMs,
+  maxFutureDefaultMs,
+  maxFutureLimitMs,
+  maxWindowMs,
   redisCommandTimeoutDefaultMs,
 } from '../config.js';
 import { storeEnv, type StoreEnv } from '../env-config.js';
@@ -26,6 +30,9 @@ export interface ServeConfig extends StoreEnv {
   redisCommandTimeoutMs: number;
   /** Longest time Tally spends on one increment, its retries after lost replies included. */
   incrementTimeoutMs: number;
+  /** How far before / after now an increment's `at` may lie. */
+  maxBackdateMs: number;
+  maxFutureMs: number;
   shutdownTimeoutMs: number;
 }
 
@@ -97,6 +104,20 @@ function serveConfig(env: NodeJS.ProcessEnv): ServeConfig {
       incrementTimeoutDefaultMs,
       1,
     ),
+    maxBackdateMs: integerFromEnv(
+      env,
+      'TALLY_MAX_BACKDATE_MS',
+      maxBackdateDefaultMs,
+      0,
+      maxWindowMs,
+    ),
+    maxFutureMs: integerFromEnv(
+      env,
+      'TALLY_MAX_FUTURE_MS',
+      maxFutureDefaultMs,
+      0,
+      maxFutureLimitMs,
+    ),
     shutdownTimeoutMs: integerFromEnv(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 30_000, 1),
   };
 }
@@ -119,6 +140,8 @@ export async function runServer(env: NodeJS.ProcessEnv = process.env): Promise<v
     durabilityCheckIntervalMs: config.durabilityCheckIntervalMs,
     redisCommandTimeoutMs: config.redisCommandTimeoutMs,
     incrementTimeoutMs: config.incrementTimeoutMs,
+    maxBackdateMs: config.maxBackdateMs,
+    maxFutureMs: config.maxFutureMs,
     logger,
   });
   const app = await buildApi({
