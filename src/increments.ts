@@ -61,6 +61,18 @@ export interface PreparedIncrement {
   bucketTag: string;
 }
 
+/** `35 days`, `5 minutes`, `90 s`: a window as people write it. */
+function duration(ms: number): string {
+  for (const [unit, size] of [
+    ['days', 86_400_000],
+    ['hours', 3_600_000],
+    ['minutes', 60_000],
+  ] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size} ${unit}`;
+  }
+  return `${ms / 1_000} s`;
+}
+
 function safeInteger(value: unknown, what: string): number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value)) {
     throw new ValidationError(
@@ -96,8 +108,8 @@ export class IncrementPreparer {
     if (atMs < nowMs - maxBackdateMs || atMs > nowMs + maxFutureMs) {
       throw new ValidationError(
         `at ${new Date(atMs).toISOString()} is outside the accepted window: from ` +
-          `${maxBackdateMs / 60_000} minutes before now to ${maxFutureMs / 60_000} minutes ` +
-          'after (options maxBackdateMs, maxFutureMs).',
+          `${duration(maxBackdateMs)} before now to ${duration(maxFutureMs)} after ` +
+          '(options maxBackdateMs, maxFutureMs; TALLY_MAX_BACKDATE_MS, TALLY_MAX_FUTURE_MS).',
       );
     }
     return atMs;

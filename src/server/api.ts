@@ -49,6 +49,9 @@ export const httpDefaults = {
  */
 const maxParamLength = 3 * 256;
 
+/** How answers name a counter: a plain name as sent (the engine validated it), labels canonical. */
+const nameOf = (ref: CounterRef) => (typeof ref === 'string' ? ref : canonicalName(ref));
+
 function resultBody(counter: string, result: BatchIncrementResult) {
   return { counter, value: result.value, duplicate: result.duplicate, status: result.status };
 }
@@ -186,9 +189,7 @@ export async function buildApi(options: ApiOptions) {
       byStatus.set(result.status, (byStatus.get(result.status) ?? 0) + 1);
     for (const [status, count] of byStatus) metrics.increments.inc({ status }, count);
     return {
-      results: results.map((result, i) =>
-        resultBody(canonicalName(items[i]?.counter ?? ''), result),
-      ),
+      results: results.map((result, i) => resultBody(nameOf(items[i]?.counter ?? ''), result)),
     };
   });
 
@@ -247,7 +248,7 @@ export async function buildApi(options: ApiOptions) {
       const { counters } = request.body;
       const values = await tally.getMany(counters);
       return {
-        values: Object.fromEntries(counters.map((ref, i) => [canonicalName(ref), values[i]])),
+        values: Object.fromEntries(counters.map((ref, i) => [nameOf(ref), values[i]])),
       };
     },
   );
