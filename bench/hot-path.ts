@@ -38,7 +38,8 @@ export async function hotPath(ctx: BenchContext): Promise<BenchmarkResult> {
   const grouped = await createTally({ redis: ctx.redis.url, postgres: url, keyPrefix: 'group' });
   const perCall = await createTally({
     redis: ctx.redis.url,
-    postgres: url,
+    // A store of its own: a store's key prefix is fixed once it is set up.
+    postgres: await freshDatabase(ctx),
     keyPrefix: 'percall',
     coalesce: false,
   });

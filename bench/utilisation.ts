@@ -30,7 +30,8 @@ const raw = new Redis(redis.url, { enableAutoPipelining: true });
 const grouped = await createTally({ redis: redis.url, postgres: url, keyPrefix: 'group' });
 const perCall = await createTally({
   redis: redis.url,
-  postgres: url,
+  // A store of its own: a store's key prefix is fixed once it is set up.
+  postgres: await freshDatabase(ctx),
   keyPrefix: 'percall',
   coalesce: false,
 });
