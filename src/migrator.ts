@@ -13,6 +13,12 @@ export interface Migration {
   sql: string;
   /** sha256 of the file: a released migration must never change. */
   checksum: string;
+  /**
+   * Code that predates this migration may keep running against the schema it makes (additive
+   * changes: a new table, a new nullable column). Declared in the file by a line
+   * `-- tally: older code compatible`; without it, older code refuses the schema.
+   */
+  olderCodeCompatible: boolean;
 }
 
 export interface MigrateResult {
@@ -29,6 +35,7 @@ export interface MigrateOptions {
 }
 
 const fileNamePattern = /^(\d{4})_([a-z0-9_]+)\.sql$/;
+const compatibleDirective = /^-- tally: older code compatible\s*$/m;
 
 /**
  * Key of the advisory lock that serialises migration runs ('tally' in ASCII, so it is easy to
@@ -58,7 +65,13 @@ export async function loadMigrations(dir: string = migrationsDir): Promise<Migra
     }
     const sql = await readFile(join(dir, file), 'utf8');
     const checksum = createHash('sha256').update(sql).digest('hex');
-    migrations.push({ version, name: match[2], sql, checksum });
+    migrations.push({
+      version,
+      name: match[2],
+      sql,
+      checksum,
+      olderCodeCompatible: compatibleDirective.test(sql),
+    });
   }
   return migrations;
 }
@@ -67,21 +80,27 @@ interface AppliedRow {
   version: number;
   name: string;
   checksum: string;
+  /** As the migration declared when it was applied (false for rows from before the column). */
+  older_code_compatible: boolean;
 }
 
 /**
- * Compares what the database has applied with what this code knows. Throws when the database
- * holds a migration this code does not have (a newer Tally migrated it) or one whose file has
- * changed since; returns the migrations still to apply.
+ * Compares what the database has applied with what this code knows, and returns the
+ * migrations still to apply. A migration this code does not have (a newer Tally applied it) is
+ * accepted when it declared older code compatible — a rolling deploy's old replicas keep
+ * running after `tally migrate` — and refused otherwise, naming the version needed; a known
+ * migration whose file changed since it was applied is refused.
  */
 function pendingMigrations(applied: readonly AppliedRow[], known: readonly Migration[]) {
   for (const row of applied) {
     const migration = known[row.version - 1];
     if (migration === undefined) {
+      if (row.older_code_compatible) continue;
       throw new SchemaError(
         'SCHEMA_TOO_NEW',
-        `The database schema is at version ${row.version} (${row.name}) but this Tally only ` +
-          `knows versions up to ${known.length}: upgrade Tally instead of running an older one.`,
+        `The database schema has migration ${row.version} (${row.name}), which older code ` +
+          `cannot run against, but this Tally only knows versions up to ${known.length}: ` +
+          `run a Tally that ships migration ${String(row.version).padStart(4, '0')}.`,
       );
     }
     if (migration.checksum !== row.checksum) {
@@ -92,8 +111,28 @@ function pendingMigrations(applied: readonly AppliedRow[], known: readonly Migra
       );
     }
   }
-  return known.slice(applied.length);
+  const done = new Set(applied.map((row) => row.version));
+  return known.filter((migration) => !done.has(migration.version));
 }
+
+/**
+ * The ledger of applied migrations, and the column that says which of them older code may run
+ * against (added to ledgers made before it existed: their rows say false, which only matters to
+ * code that does not know them, and none does).
+ */
+const ledgerStatements = [
+  `CREATE TABLE IF NOT EXISTS tally.schema_migrations (
+     version integer PRIMARY KEY,
+     name text NOT NULL,
+     checksum text NOT NULL,
+     applied_at timestamptz NOT NULL DEFAULT now()
+   )`,
+  `ALTER TABLE tally.schema_migrations
+     ADD COLUMN IF NOT EXISTS older_code_compatible boolean NOT NULL DEFAULT false`,
+];
+
+const appliedRowsQuery = `SELECT version, name, checksum, older_code_compatible
+                          FROM tally.schema_migrations ORDER BY version`;
 
 async function withClient<T>(
   db: string | pg.Pool,
@@ -137,27 +176,23 @@ export async function migrate(
     try {
       await client.query('SELECT pg_advisory_xact_lock($1)', [migrationLockKey]);
       await client.query('CREATE SCHEMA IF NOT EXISTS tally');
-      await client.query(`
-        CREATE TABLE IF NOT EXISTS tally.schema_migrations (
-          version integer PRIMARY KEY,
-          name text NOT NULL,
-          checksum text NOT NULL,
-          applied_at timestamptz NOT NULL DEFAULT now()
-        )`);
-      const { rows } = await client.query<AppliedRow>(
-        'SELECT version, name, checksum FROM tally.schema_migrations ORDER BY version',
-      );
+      for (const statement of ledgerStatements) await client.query(statement);
+      const { rows } = await client.query<AppliedRow>(appliedRowsQuery);
       const pending = pendingMigrations(rows, known);
       for (const migration of pending) {
         options.logger?.info({ version: migration.version, name: migration.name }, 'migrating');
         await client.query(migration.sql);
         await client.query(
-          'INSERT INTO tally.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)',
-          [migration.version, migration.name, migration.checksum],
+          `INSERT INTO tally.schema_migrations (version, name, checksum, older_code_compatible)
+           VALUES ($1, $2, $3, $4)`,
+          [migration.version, migration.name, migration.checksum, migration.olderCodeCompatible],
         );
       }
       await client.query('COMMIT');
-      return { applied: pending, version: known.length };
+      return {
+        applied: pending,
+        version: Math.max(known.length, ...rows.map((row) => row.version)),
+      };
     } catch (error) {
       await client.query('ROLLBACK').catch(() => undefined);
       throw error;
@@ -195,8 +230,8 @@ export async function migrationStatus(
 }
 
 /**
- * Start-up check for processes that use the schema: throws unless the database is migrated to
- * exactly the version this code knows.
+ * Start-up check for processes that use the schema: throws unless the database has every
+ * migration this code knows, and no newer one that older code cannot run against.
  */
 export async function assertSchemaCurrent(
   db: string | pg.Pool,
@@ -208,8 +243,16 @@ export async function assertSchemaCurrent(
       `SELECT to_regclass('tally.schema_migrations') IS NOT NULL AS found`,
     );
     if (exists.rows[0]?.found !== true) return [];
+    // A ledger made before the compatibility column: its rows are all known to this code.
+    const column = await client.query(
+      `SELECT 1 FROM information_schema.columns WHERE table_schema = 'tally'
+         AND table_name = 'schema_migrations' AND column_name = 'older_code_compatible'`,
+    );
     const result = await client.query<AppliedRow>(
-      'SELECT version, name, checksum FROM tally.schema_migrations ORDER BY version',
+      column.rowCount === 1
+        ? appliedRowsQuery
+        : `SELECT version, name, checksum, false AS older_code_compatible
+           FROM tally.schema_migrations ORDER BY version`,
     );
     return result.rows;
   });
@@ -217,8 +260,8 @@ export async function assertSchemaCurrent(
   if (pending.length > 0) {
     throw new SchemaError(
       'SCHEMA_OUT_OF_DATE',
-      `The database schema is at version ${applied.length} but this Tally needs version ` +
-        `${known.length}: run \`tally migrate\` first.`,
+      `The database schema lacks migration ${pending[0]?.version ?? '?'} of the ` +
+        `${known.length} this Tally needs: run \`tally migrate\` first.`,
     );
   }
 }

@@ -3,8 +3,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
-import { assertSchemaCurrent, loadMigrations, migrate, SchemaError } from '../src/index.js';
-import { createDatabase } from './support/index.js';
+import { createHash } from 'node:crypto';
+import {
+  assertSchemaCurrent,
+  createTally,
+  loadMigrations,
+  migrate,
+  SchemaError,
+  type Migration,
+} from '../src/index.js';
+import { createDatabase, startRedis } from './support/index.js';
 
 const tempDirs: string[] = [];
 afterAll(async () => {
@@ -104,6 +112,80 @@ describe('migrate', () => {
     await expect(migrate(url, { migrations: edited })).rejects.toMatchObject({
       code: 'MIGRATION_MODIFIED',
     });
+  });
+
+  it('lets older code run against a newer schema whose migrations declare it compatible', async () => {
+    const base = { '0001_a.sql': 'CREATE TABLE tally.a (x int);' };
+    const additive = {
+      ...base,
+      '0002_b.sql': '-- tally: older code compatible\nCREATE TABLE tally.b (y int);',
+    };
+    const breaking = { ...additive, '0003_c.sql': 'ALTER TABLE tally.a RENAME COLUMN x TO z;' };
+    const [older, newer, newest] = await Promise.all(
+      [base, additive, breaking].map(async (files) => loadMigrations(await migrationDir(files))),
+    );
+    expect(newer?.map((m) => m.olderCodeCompatible)).toEqual([false, true]);
+
+    await migrate(url, { migrations: newer });
+    // A rolling deploy: the old replicas restart after `tally migrate` and keep running.
+    await expect(assertSchemaCurrent(url, older)).resolves.toBeUndefined();
+    await expect(migrate(url, { migrations: older })).resolves.toMatchObject({
+      applied: [],
+      version: 2,
+    });
+
+    await migrate(url, { migrations: newest });
+    for (const code of [older, newer]) {
+      await expect(assertSchemaCurrent(url, code)).rejects.toMatchObject({
+        code: 'SCHEMA_TOO_NEW',
+        message: expect.stringMatching(
+          /migration 3 \(c\), which older code cannot run against.*ships migration 0003/,
+        ) as unknown,
+      });
+    }
+    await expect(assertSchemaCurrent(url, newest)).resolves.toBeUndefined();
+  });
+
+  it('a running Tally starts on a newer compatible schema and refuses an incompatible one', async () => {
+    const shipped = await loadMigrations();
+    const next = (olderCodeCompatible: boolean, sql: string): Migration => ({
+      version: shipped.length + 1,
+      name: 'next',
+      sql,
+      checksum: createHash('sha256').update(sql).digest('hex'),
+      olderCodeCompatible,
+    });
+    const redis = await startRedis();
+    try {
+      const compatible = await createDatabase();
+      await migrate(compatible, {
+        migrations: [...shipped, next(true, 'CREATE TABLE tally.next_table (x int);')],
+      });
+      const tally = await createTally({ redis: redis.url, postgres: compatible });
+      await tally.close();
+
+      const incompatible = await createDatabase();
+      await migrate(incompatible, {
+        migrations: [...shipped, next(false, 'ALTER TABLE tally.counters RENAME TO totals;')],
+      });
+      await expect(createTally({ redis: redis.url, postgres: incompatible })).rejects.toMatchObject(
+        { code: 'SCHEMA_TOO_NEW' },
+      );
+    } finally {
+      await redis.stop();
+    }
+  });
+
+  it('reads a ledger written before migrations declared their compatibility', async () => {
+    const shipped = await loadMigrations();
+    await migrate(url);
+    await query('ALTER TABLE tally.schema_migrations DROP COLUMN older_code_compatible');
+    await expect(assertSchemaCurrent(url)).resolves.toBeUndefined();
+    expect((await migrate(url)).applied).toEqual([]);
+    const rows = await query<{ older_code_compatible: boolean }>(
+      'SELECT older_code_compatible FROM tally.schema_migrations',
+    );
+    expect(rows).toHaveLength(shipped.length);
   });
 
   it('reports an unmigrated database as out of date', async () => {
