@@ -121,10 +121,11 @@ describe('migrate', () => {
       '0002_b.sql': '-- tally: older code compatible\nCREATE TABLE tally.b (y int);',
     };
     const breaking = { ...additive, '0003_c.sql': 'ALTER TABLE tally.a RENAME COLUMN x TO z;' };
-    const [older, newer, newest] = await Promise.all(
-      [base, additive, breaking].map(async (files) => loadMigrations(await migrationDir(files))),
-    );
-    expect(newer?.map((m) => m.olderCodeCompatible)).toEqual([false, true]);
+    const load = async (files: Record<string, string>) => loadMigrations(await migrationDir(files));
+    const older = await load(base);
+    const newer = await load(additive);
+    const newest = await load(breaking);
+    expect(newer.map((m) => m.olderCodeCompatible)).toEqual([false, true]);
 
     await migrate(url, { migrations: newer });
     // A rolling deploy: the old replicas restart after `tally migrate` and keep running.
