@@ -28,6 +28,14 @@ export interface IncrementItem extends IncrementOptions {
   by?: number;
 }
 
+/**
+ * Each shard's latest flush: one backward step of the (shard, applied_at) index per shard
+ * (migration 0003), not a scan of the whole ledger as `max(…) GROUP BY shard` was.
+ */
+const lastFlushPerShard = `
+  SELECT s.shard, (SELECT max(b.applied_at) FROM tally.applied_batches b WHERE b.shard = s.shard) AS at
+  FROM generate_series(0, $1::integer - 1) AS s(shard)`;
+
 /** How many shards `reconcile` checks at once. */
 const reconcileConcurrency = 4;
 
@@ -362,9 +370,7 @@ class TallyClient implements Tally {
     const nowMs = Date.now();
     // The status must still show the lag when PostgreSQL is down: its part is then unknown.
     const postgresPart = await Promise.all([
-      pool.query<{ shard: number; at: Date }>(
-        'SELECT shard, max(applied_at) AS at FROM tally.applied_batches GROUP BY shard',
-      ),
+      pool.query<{ shard: number; at: Date | null }>(lastFlushPerShard, [this.config.shards]),
       pool.query<{ version: number }>(
         'SELECT coalesce(max(version), 0) AS version FROM tally.schema_migrations',
       ),
@@ -373,7 +379,9 @@ class TallyClient implements Tally {
          WHERE reported_at IS NULL GROUP BY shard`,
       ),
     ]).catch(() => undefined);
-    const lastFlush = new Map(postgresPart?.[0].rows.map((row) => [row.shard, row.at]));
+    const lastFlush = new Map(
+      postgresPart?.[0].rows.flatMap((row) => (row.at === null ? [] : [[row.shard, row.at]])),
+    );
     const unreported = new Map(postgresPart?.[2].rows.map((row) => [row.shard, row.losses]));
     const shards = await Promise.all(
       Array.from({ length: this.config.shards }, async (_, shard): Promise<ShardStatus> => {

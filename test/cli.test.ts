@@ -138,7 +138,7 @@ describe('tally CLI', () => {
       schemaVersion: number;
       shards: { pendingDeltas: number; inflightBatch: unknown; lastFlushAt: string | null }[];
     };
-    expect(parsed.schemaVersion).toBe(2);
+    expect(parsed.schemaVersion).toBe(3);
     expect(parsed.shards).toHaveLength(4);
     expect(
       parsed.shards.every((shard) => shard.pendingDeltas === 0 && shard.inflightBatch === null),

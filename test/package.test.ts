@@ -179,7 +179,7 @@ describe('the published package', () => {
     const url = await createDatabase();
     const first = await run(process.execPath, [bin, 'migrate', '--postgres', url]);
     expect(first.stdout).toMatch(
-      /applied 0001_counters, 0002_redis_losses; schema is at version 2/,
+      /applied 0001_counters, 0002_redis_losses, 0003_ledger_last_flush_index; schema is at version 3/,
     );
     const second = await run(process.execPath, [bin, 'migrate'], {
       env: { ...process.env, DATABASE_URL: url },

@@ -11,13 +11,13 @@ export const wideWindowMs = 10 * 365 * 86_400_000;
  */
 export async function tallyOn(
   redisUrl: string,
-  postgresUrl: string,
+  postgres: string | pg.Pool,
   options: Partial<TallyOptions> = {},
 ): Promise<Tally> {
-  await migrate(postgresUrl);
+  await migrate(postgres);
   return createTally({
     redis: redisUrl,
-    postgres: postgresUrl,
+    postgres,
     keyPrefix: `t${randomBytes(4).toString('hex')}`,
     // Tests count at fixed dates of 2026: accept them whenever the tests run.
     maxBackdateMs: wideWindowMs,
