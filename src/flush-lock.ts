@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from 'pino';
 import { TallyError } from './errors.js';
 import type { RedisConnection, Scripts } from './redis-scripts.js';
 
@@ -12,7 +13,9 @@ import type { RedisConnection, Scripts } from './redis-scripts.js';
 interface LockContext {
   redis: RedisConnection;
   scripts: Scripts;
-  config: { flushLockTtlMs: number };
+  config: { flushLockTtlMs: number; logger: Logger };
+  /** Counts what went wrong with the locks this process held (Tally.lockRenewalFailures). */
+  stats: { lockRenewalFailures: number };
 }
 
 /**
@@ -41,8 +44,21 @@ export async function withShardLock<T>(
   }
   // Renewed while the work runs, so a long flush keeps its shard. Only a process that stops
   // running (paused, partitioned) loses the lock after one TTL.
+  // A renewal that fails is not fatal (the ledger keeps a racing flush exact), but it means
+  // another process may now flush or reconcile the shard beside this one: say so.
+  const renewalFailed = (reason: string) => {
+    ctx.stats.lockRenewalFailures++;
+    ctx.config.logger.warn({ lockKey, reason }, 'shard lock renewal failed');
+  };
   const renew = setInterval(() => {
-    ctx.scripts.run('extendLock', [lockKey], [token, ttlMs]).catch(() => undefined);
+    ctx.scripts.run('extendLock', [lockKey], [token, ttlMs]).then(
+      (extended) => {
+        if (Number(extended) !== 1) renewalFailed('the lock expired or passed to another process');
+      },
+      (error: unknown) => {
+        renewalFailed(error instanceof Error ? error.message : String(error));
+      },
+    );
   }, ttlMs / 3);
   renew.unref();
   try {

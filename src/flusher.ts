@@ -17,6 +17,7 @@ export interface FlushContext {
   pool: pg.Pool;
   config: ResolvedConfig;
   durability: RedisDurability;
+  stats: { lockRenewalFailures: number };
 }
 
 /** One batch moved from Redis into PostgreSQL. */

@@ -105,6 +105,12 @@ export interface Tally {
     onShard?: (report: ShardReconcileReport) => void;
   }): Promise<ShardReconcileReport[]>;
   status(): Promise<TallyStatus>;
+  /**
+   * Times this client could not renew a shard lock it held for a flush or reconcile (a Redis
+   * error, or the lock expired while the process was paused): another process may have worked
+   * on the shard beside it. Harmless for counts (the ledger), worth an alert if it repeats.
+   */
+  readonly lockRenewalFailures: number;
   /** The UTC granularities this client counts usage in (option buckets). */
   readonly buckets: readonly Granularity[];
   /** Whether Redis and PostgreSQL answer right now (for readiness probes). */
@@ -183,6 +189,10 @@ class TallyClient implements Tally {
   /** Called once the first start-up of a store has built every shard. */
   markSetUp(): void {
     this.setUp = true;
+  }
+
+  get lockRenewalFailures(): number {
+    return this.ctx.stats.lockRenewalFailures;
   }
 
   get buckets(): readonly Granularity[] {
@@ -545,7 +555,14 @@ export async function createTally(options: TallyOptions): Promise<Tally> {
       { lossBound: durability.lossBound, redisVersion: durability.redisVersion },
       `redis durability: ${durability.lossBound}`,
     );
-    const ctx: FlushContext = { redis, scripts: defineScripts(redis), pool, config, durability };
+    const ctx: FlushContext = {
+      redis,
+      scripts: defineScripts(redis),
+      pool,
+      config,
+      durability,
+      stats: { lockRenewalFailures: 0 },
+    };
     const setUp = await storeWasSetUp(pool);
     const client = new TallyClient(ctx, owns, setUp);
     for (let shard = 0; config.rebuildAtStart && shard < config.shards; shard++) {

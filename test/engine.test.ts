@@ -1,8 +1,10 @@
 import { Redis } from 'ioredis';
+import { pino } from 'pino';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { OverflowError, TallyError } from '../src/index.js';
-import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
+import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
+import { shardKeys } from '../src/shard-keys.js';
 import { postgresTotals, tallyOn } from './support/tally-store.js';
 
 let redis: RedisHandle;
@@ -280,6 +282,40 @@ describe('increments and reads', () => {
 });
 
 describe('flush', () => {
+  it('logs and counts a shard lock it could not renew, and still flushes exactly', async () => {
+    const lines: { msg: string; lockKey?: string }[] = [];
+    const logger = pino(
+      { level: 'warn' },
+      {
+        write(line: string) {
+          lines.push(JSON.parse(line) as { msg: string });
+        },
+      },
+    );
+    const keyPrefix = 'renewal';
+    const { tally, url } = await fresh({ shards: 1, keyPrefix, flushLockTtlMs: 300, logger });
+    await tally.incr('r', 4);
+    // The flush stalls mid-transaction while its lock is taken from it (as a pause past the
+    // TTL would let another process do).
+    process.env.TALLY_FAULT_DELAY = 'mid-transaction:600';
+    try {
+      const flushing = tally.flush();
+      const raw = new Redis(redis.url);
+      const lock = shardKeys(keyPrefix, 0).lock;
+      await waitFor('the flush to hold its lock', async () =>
+        (await raw.exists(lock)) === 1 ? true : undefined,
+      );
+      await raw.del(lock);
+      await raw.quit();
+      await flushing;
+    } finally {
+      delete process.env.TALLY_FAULT_DELAY;
+    }
+    expect(tally.lockRenewalFailures).toBeGreaterThan(0);
+    expect(lines.some((line) => line.msg === 'shard lock renewal failed')).toBe(true);
+    expect((await postgresTotals(url)).get('r')).toBe(4);
+  });
+
   it('moves totals and buckets into PostgreSQL exactly once', async () => {
     const { tally, pool } = await fresh({ buckets: ['hour', 'day'] });
     const at = Date.UTC(2026, 10, 21, 10, 30);

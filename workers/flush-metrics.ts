@@ -66,6 +66,16 @@ export class FlushMetrics {
 
   constructor(tally: Tally) {
     registerDurabilityGauge(this.registry, () => tally.durability);
+    let counted = 0;
+    new Counter({
+      name: 'tally_flush_lock_renewal_failures_total',
+      help: 'Times this replica could not renew a shard lock it held (Redis error, or lost while paused).',
+      registers: [this.registry],
+      collect() {
+        this.inc(tally.lockRenewalFailures - counted);
+        counted = tally.lockRenewalFailures;
+      },
+    });
     this.status = sharedFor(1_000, () => tally.status());
   }
 
