@@ -10,16 +10,20 @@ export interface TallyOptions {
   redis: string | Redis | Cluster;
   /** PostgreSQL URL, or a pg Pool (Tally adds an `error` listener to it). */
   postgres: string | pg.Pool;
-  /** Number of shards. Fixed for the life of a store: recorded in PostgreSQL at set-up. */
+  /** Number of shards (default 16). Fixed for the life of a store: recorded at set-up. */
   shards?: number;
-  /** UTC buckets every increment is also counted in. */
+  /** UTC buckets every increment is also counted in (default hour and day). */
   buckets?: readonly Granularity[];
-  /** Prefix of every Redis key; two stores sharing a Redis need different prefixes. */
+  /**
+   * Prefix of every Redis key (default 'tally'); two stores sharing a Redis need different
+   * prefixes. Fixed for the life of a store: recorded at set-up.
+   */
   keyPrefix?: string;
-  /** How long an idempotency key is remembered. */
+  /** How long an idempotency key is remembered (default 24 h). */
   idempotencyWindowMs?: number;
+  /** A pino logger (default: silent). */
   logger?: Logger;
-  /** Send the increments issued in one tick as one script call per shard. */
+  /** Send the increments issued in one tick as one script call per shard (default true). */
   coalesce?: boolean;
   /**
    * Which Redis settings Tally accepts: 'none' only a Redis that loses nothing acknowledged
@@ -27,29 +31,30 @@ export interface TallyOptions {
    * increments of a bounded window on a restart (AOF everysec, no AOF) but never evicts;
    * 'any' also an evicting Redis, which can drop idempotency keys (a retry counted twice) and
    * pending deltas. Checked at start-up (refused: NOT_DURABLE), on every reconnect and
-   * periodically (status and readiness follow).
+   * periodically (status and readiness follow). Default 'bounded'.
    */
   redisLossAccepted?: RedisLossAccepted;
-  /** How often Redis' durability settings are read again while running. */
+  /** How often Redis' durability settings are read again while running (default 10 s). */
   durabilityCheckIntervalMs?: number;
-  /** How far before now an increment's `at` may lie (later data is refused). */
+  /** How far before now an increment's `at` may lie (default 35 days; older is refused). */
   maxBackdateMs?: number;
-  /** How far after now an increment's `at` may lie (clock skew between hosts). */
+  /** How far after now an increment's `at` may lie (default 5 minutes: clock skew). */
   maxFutureMs?: number;
-  /** A Redis reply later than this makes the call fail: OUTCOME_UNKNOWN for increments. */
+  /** A Redis reply later than this (default 2 s) fails the call: OUTCOME_UNKNOWN for increments. */
   redisCommandTimeoutMs?: number;
   /**
    * Longest time an increment may take, its retries after a lost reply included: no retry
-   * starts that could end past it (4 attempts at a 2 s command timeout took 8.6 s).
+   * starts that could end past it (4 attempts at a 2 s command timeout took 8.6 s). Default 5 s.
    */
   incrementTimeoutMs?: number;
-  /** How long a flush or reconcile holds a shard's lock before another process may take it. */
+  /** How long a flush or reconcile holds a shard's lock before another may take it (default 30 s). */
   flushLockTtlMs?: number;
-  /** Counters per script call when reconcile compares or rebuilds. */
+  /** Counters per script call when reconcile compares or rebuilds (default 1000). */
   reconcileChunkSize?: number;
   /**
    * Rebuild, at start-up, every shard whose Redis totals lack the PostgreSQL base. Off for
    * tools that report on the store as they find it (`tally reconcile`, `tally status`).
+   * Default true.
    */
   rebuildAtStart?: boolean;
 }
@@ -79,6 +84,9 @@ function integerIn(name: string, value: number, min: number, max: number): numbe
   return value;
 }
 
+/** The most shards a store may have. */
+export const maxShards = 16_384;
+
 /** The widest `maxBackdateMs` (ten years) and `maxFutureMs` (a day). */
 export const maxWindowMs = 10 * 366 * 24 * 3_600_000;
 export const maxFutureLimitMs = 24 * 3_600_000;
@@ -94,6 +102,16 @@ function lossAccepted(value: unknown): RedisLossAccepted {
   return value as RedisLossAccepted;
 }
 
+/**
+ * The store's defaults, shared by the library, serve, worker, the CLI and dev (and their help
+ * texts): written once, here.
+ */
+export const storeDefaults = {
+  shards: 16,
+  keyPrefix: 'tally',
+  buckets: ['hour', 'day'] as readonly Granularity[],
+} as const;
+
 /** Defaults `tally serve` shares with the library. */
 export const redisCommandTimeoutDefaultMs = 2_000;
 export const incrementTimeoutDefaultMs = 5_000;
@@ -108,7 +126,7 @@ export const idempotencyWindowDefaultMs = 24 * 3_600_000;
 
 /** Every default lives here, once. */
 export function resolveConfig(options: TallyOptions): ResolvedConfig {
-  const buckets = options.buckets ?? ['hour', 'day'];
+  const buckets = options.buckets ?? storeDefaults.buckets;
   for (const bucket of buckets) {
     if (!isGranularity(bucket)) {
       throw new ValidationError(
@@ -116,12 +134,12 @@ export function resolveConfig(options: TallyOptions): ResolvedConfig {
       );
     }
   }
-  const keyPrefix = options.keyPrefix ?? 'tally';
+  const keyPrefix = options.keyPrefix ?? storeDefaults.keyPrefix;
   if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(keyPrefix)) {
     throw new ValidationError('Option keyPrefix must be 1-64 of A-Z a-z 0-9 _ . : -');
   }
   return {
-    shards: integerIn('shards', options.shards ?? 16, 1, 16_384),
+    shards: integerIn('shards', options.shards ?? storeDefaults.shards, 1, maxShards),
     buckets: [...new Set(buckets)],
     keyPrefix,
     idempotencyWindowMs: integerIn(

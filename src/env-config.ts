@@ -1,5 +1,10 @@
 import { granularities, isGranularity, type Granularity } from './buckets.js';
-import { durabilityCheckIntervalDefaultMs, redisLossChoices } from './config.js';
+import {
+  durabilityCheckIntervalDefaultMs,
+  maxShards,
+  redisLossChoices,
+  storeDefaults,
+} from './config.js';
 import type { RedisLossAccepted } from './durability.js';
 import { ValidationError } from './errors.js';
 import { parseLogFormat, parseLogLevel, type LogFormat, type LogLevel } from './logging.js';
@@ -66,7 +71,7 @@ export function serviceUrl(name: keyof typeof urlProtocols, raw: string): string
 
 /** `TALLY_BUCKETS`: the granularities kept, comma-separated (`hour,day` by default). */
 export function parseBuckets(raw: string | undefined): Granularity[] {
-  if (raw === undefined || raw === '') return ['hour', 'day'];
+  if (raw === undefined || raw === '') return [...storeDefaults.buckets];
   if (raw.trim() === 'none') return [];
   return raw.split(',').map((part) => {
     const name = part.trim();
@@ -95,8 +100,8 @@ export function storeEnv(env: NodeJS.ProcessEnv): StoreEnv {
   return {
     redisUrl: serviceUrl('REDIS_URL', requiredEnv(env, 'REDIS_URL')),
     databaseUrl: serviceUrl('DATABASE_URL', requiredEnv(env, 'DATABASE_URL')),
-    shards: integerFromEnv(env, 'TALLY_SHARDS', 16, 1, 16_384),
-    keyPrefix: env.TALLY_KEY_PREFIX ?? 'tally',
+    shards: integerFromEnv(env, 'TALLY_SHARDS', storeDefaults.shards, 1, maxShards),
+    keyPrefix: env.TALLY_KEY_PREFIX ?? storeDefaults.keyPrefix,
     buckets: parseBuckets(env.TALLY_BUCKETS),
     redisLossAccepted: parseRedisLossAccepted(env.TALLY_ACCEPT_REDIS_LOSS),
     durabilityCheckIntervalMs: integerFromEnv(

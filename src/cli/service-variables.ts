@@ -1,3 +1,5 @@
+import { storeDefaults } from '../config.js';
+
 /**
  * The environment variables `tally serve` and `tally worker` read, for their `--help` (a test
  * checks that every variable their configuration reads is listed here).
@@ -7,9 +9,12 @@ type Variables = readonly (readonly [name: string, meaning: string])[];
 const store: Variables = [
   ['REDIS_URL', 'Redis URL, redis:// or rediss:// (required)'],
   ['DATABASE_URL', 'PostgreSQL URL, postgres:// (required)'],
-  ['TALLY_SHARDS', 'shard count of the store (default 16)'],
-  ['TALLY_KEY_PREFIX', 'Redis key prefix of the store (default tally)'],
-  ['TALLY_BUCKETS', 'usage granularities kept: minute,hour,day,month or none (default hour,day)'],
+  ['TALLY_SHARDS', `shard count of the store (default ${storeDefaults.shards})`],
+  ['TALLY_KEY_PREFIX', `Redis key prefix of the store (default ${storeDefaults.keyPrefix})`],
+  [
+    'TALLY_BUCKETS',
+    `usage granularities kept: minute,hour,day,month or none (default ${storeDefaults.buckets.join(',')})`,
+  ],
   [
     'TALLY_ACCEPT_REDIS_LOSS',
     'none | bounded | any: which Redis settings to accept (default none)',

@@ -1,5 +1,6 @@
 import { Command, Option } from 'commander';
 import type { Logger } from 'pino';
+import { maxShards, storeDefaults } from '../config.js';
 import { parseBuckets, serviceUrl } from '../env-config.js';
 import { TallyError } from '../errors.js';
 import { createLogger, parseLogFormat, parseLogLevel } from '../logging.js';
@@ -19,12 +20,14 @@ export function withStoreOptions(command: Command): Command {
     .addOption(new Option('--redis <url>', 'Redis URL').env('REDIS_URL'))
     .addOption(new Option('--postgres <url>', 'PostgreSQL URL').env('DATABASE_URL'))
     .addOption(
-      new Option('--shards <n>', 'shard count of the store').env('TALLY_SHARDS').default('16'),
+      new Option('--shards <n>', 'shard count of the store')
+        .env('TALLY_SHARDS')
+        .default(String(storeDefaults.shards)),
     )
     .addOption(
       new Option('--key-prefix <prefix>', 'Redis key prefix of the store')
         .env('TALLY_KEY_PREFIX')
-        .default('tally'),
+        .default(storeDefaults.keyPrefix),
     );
 }
 
@@ -52,7 +55,7 @@ export function openStore(options: StoreOptions): Promise<Tally> {
       'DATABASE_URL',
       requireOption(options.postgres, '--postgres', 'DATABASE_URL'),
     ),
-    shards: strictInteger(options.shards, '--shards (TALLY_SHARDS)', 1, 16_384),
+    shards: strictInteger(options.shards, '--shards (TALLY_SHARDS)', 1, maxShards),
     keyPrefix: options.keyPrefix,
     buckets: parseBuckets(process.env.TALLY_BUCKETS),
     // The tools report on a store as it is, an unsafe Redis included: reconcile says what it

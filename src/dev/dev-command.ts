@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { durabilityCheckIntervalDefaultMs } from '../config.js';
+import { durabilityCheckIntervalDefaultMs, storeDefaults } from '../config.js';
 import { parseBuckets } from '../env-config.js';
 import { TallyError } from '../errors.js';
 import { createLogger, parseLogFormat, parseLogLevel, redactSecrets } from '../logging.js';
@@ -26,8 +26,7 @@ export interface DevOptions {
 }
 
 const flushIntervalMs = 1_000;
-const keyPrefix = 'tally';
-const shards = 16;
+const { keyPrefix, shards } = storeDefaults;
 
 /** Which server a failed status read points at, for the live line. */
 function unreachableServer(error: TallyError): string {
