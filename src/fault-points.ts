@@ -17,3 +17,12 @@ export function reachFaultPoint(point: FaultPoint): Promise<void> | undefined {
   if (delay?.startsWith(`${point}:`) === true) return sleep(Number(delay.slice(point.length + 1)));
   return undefined;
 }
+
+/**
+ * A flush broken on purpose, for the fault checker's own test (it must catch the loss):
+ *   TALLY_TEST_BREAK_FLUSH=acknowledge-before-commit   forget the batch in Redis before
+ *                                                      PostgreSQL holds it
+ */
+export function brokenOnPurpose(breakage: 'acknowledge-before-commit'): boolean {
+  return process.env.TALLY_TEST_BREAK_FLUSH === breakage;
+}

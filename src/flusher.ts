@@ -6,7 +6,7 @@ import type { Turns } from './concurrency.js';
 import type { ResolvedConfig } from './config.js';
 import type { RedisDurability } from './durability.js';
 import { FlushError, TallyError } from './errors.js';
-import { reachFaultPoint } from './fault-points.js';
+import { brokenOnPurpose, reachFaultPoint } from './fault-points.js';
 import { withShardLock } from './flush-lock.js';
 import type { RedisConnection, Scripts } from './redis-scripts.js';
 import { shardKeys, type ShardKeys } from './shard-keys.js';
@@ -116,6 +116,15 @@ async function waitForAof(redis: RedisConnection): Promise<void> {
   }
 }
 
+/** Deletes the in-flight batch if it is still `batchId` (flush step 3). */
+function acknowledge(ctx: FlushContext, keys: ShardKeys, batchId: string) {
+  return ctx.scripts.run(
+    'acknowledge',
+    [keys.inflight, keys.inflightTags, keys.inflightMeta],
+    [batchId],
+  );
+}
+
 function ignoreCheckedOutClientError(): void {
   // Reported by the query that fails; see applyBatch.
 }
@@ -135,11 +144,7 @@ async function applyBatch(
   const alreadyApplied = await (postgresTurns?.run(transaction) ?? transaction());
   await reachFaultPoint('after-commit');
 
-  const acknowledged = ctx.scripts.run(
-    'acknowledge',
-    [keys.inflight, keys.inflightTags, keys.inflightMeta],
-    [batchId],
-  );
+  const acknowledged = acknowledge(ctx, keys, batchId);
   setImmediate(() => {
     void reachFaultPoint('during-acknowledge');
   });
@@ -180,15 +185,8 @@ async function applyInPostgres(
       values: [shard, batchId, rows.counters.names.length],
     });
     alreadyApplied = ledger.rowCount === 0;
-    if (process.env.TALLY_TEST_BREAK_FLUSH === 'acknowledge-before-commit') {
-      // A deliberately broken flush, for tests only: it forgets the batch in Redis before
-      // PostgreSQL holds it, so a crash now loses it. The fault checker must catch this.
-      await ctx.scripts.run(
-        'acknowledge',
-        [keys.inflight, keys.inflightTags, keys.inflightMeta],
-        [batchId],
-      );
-    }
+    // Tests only: a crash now would lose the batch, which the fault checker must catch.
+    if (brokenOnPurpose('acknowledge-before-commit')) await acknowledge(ctx, keys, batchId);
     if (!alreadyApplied) {
       await client.query({
         name: 'tally_apply_counters',
