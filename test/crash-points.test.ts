@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTally, migrate, type Tally } from '../src/index.js';
 import { runTypeScript } from './support/child-process.js';
 import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
-import { wideWindowMs } from './support/tally-store.js';
+import { postgresTotals, wideWindowMs } from './support/tally-store.js';
 
 const flushOnce = new URL('./fixtures/flush-once.ts', import.meta.url);
 
@@ -46,16 +46,14 @@ async function store() {
 }
 
 async function totalsIn(pool: pg.Pool) {
-  const counters = await pool.query<{ name: string; value: string }>(
-    'SELECT name, value FROM tally.counters',
-  );
   const days = await pool.query<{ name: string; value: string }>(
     `SELECT name, sum(value)::text AS value FROM tally.counter_buckets
      WHERE granularity = 'day' GROUP BY name`,
   );
-  const asMap = (rows: { name: string; value: string }[]) =>
-    new Map(rows.map((row) => [row.name, Number(row.value)]));
-  return { counters: asMap(counters.rows), dayBuckets: asMap(days.rows) };
+  return {
+    counters: await postgresTotals(pool),
+    dayBuckets: new Map(days.rows.map((row) => [row.name, Number(row.value)])),
+  };
 }
 
 async function ledgerRows(pool: pg.Pool): Promise<number> {

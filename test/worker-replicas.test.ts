@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTally, migrate, type Tally } from '../src/index.js';
 import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
 import { startWorker, type LogLine, type TallyProcess } from './support/tally-process.js';
+import { postgresTotals } from './support/tally-store.js';
 
 const intervalMs = 250;
 // Long enough that a replica starved of CPU by the rest of the suite still renews its lock in
@@ -97,19 +98,13 @@ describe('3 worker replicas, one killed with SIGKILL every second for 20 s', () 
       await waitFor(
         'the replicas to drain everything',
         async () => {
-          const { rows } = await pool.query<{ name: string; value: string }>(
-            'SELECT name, value FROM tally.counters',
-          );
-          const totals = new Map(rows.map((row) => [row.name, Number(row.value)]));
+          const totals = await postgresTotals(pool);
           for (const [counter, value] of acknowledged) if (totals.get(counter) !== value) return;
           return true;
         },
         { timeoutMs: 30_000 },
       );
-      const { rows } = await pool.query<{ name: string; value: string }>(
-        'SELECT name, value FROM tally.counters',
-      );
-      expect(new Map(rows.map((row) => [row.name, Number(row.value)]))).toEqual(acknowledged);
+      expect(await postgresTotals(pool)).toEqual(acknowledged);
 
       // Flush lag back under two intervals once the kills stopped (and the last killed
       // replica's shard lock expired).

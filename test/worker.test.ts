@@ -10,6 +10,7 @@ import {
   type RedisHandle,
 } from './support/index.js';
 import { startWorker, type TallyProcess } from './support/tally-process.js';
+import { postgresTotals } from './support/tally-store.js';
 
 const intervalMs = 200;
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -69,12 +70,7 @@ async function store(
         acknowledged.set(counter, (acknowledged.get(counter) ?? 0) + 1);
       }
     },
-    async postgresTotals() {
-      const { rows } = await pool.query<{ name: string; value: string }>(
-        'SELECT name, value FROM tally.counters',
-      );
-      return new Map(rows.map((row) => [row.name, Number(row.value)]));
-    },
+    postgresTotals: () => postgresTotals(pool),
   };
 }
 
