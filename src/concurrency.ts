@@ -30,7 +30,7 @@ export async function forEachLimited<T>(
 /**
  * Runs tasks one at a time, in the order they were handed in, whether each succeeds or fails.
  */
-export class Turns {
+export class SerialQueue {
   private last: Promise<unknown> = Promise.resolve();
 
   run<T>(task: () => Promise<T>): Promise<T> {

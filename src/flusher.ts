@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { postgresFailure } from './connections.js';
 import { batchRows, type BatchRows } from './batch-rows.js';
-import type { Turns } from './concurrency.js';
+import type { SerialQueue } from './concurrency.js';
 import type { ResolvedConfig } from './config.js';
 import type { RedisDurability } from './durability.js';
 import { FlushError, TallyError } from './errors.js';
@@ -11,7 +11,7 @@ import { withShardLock } from './flush-lock.js';
 import type { RedisConnection, Scripts } from './redis-scripts.js';
 import { shardKeys, type ShardKeys } from './shard-keys.js';
 
-export interface FlushContext {
+export interface EngineContext {
   redis: RedisConnection;
   scripts: Scripts;
   pool: pg.Pool;
@@ -44,7 +44,7 @@ export interface FlushShardOptions {
    * PostgreSQL transactions of the flushes sharing these turns run one at a time, while their
    * Redis steps and row preparation go on beside them (see Tally.flush).
    */
-  postgresTurns?: Turns;
+  postgresQueue?: SerialQueue;
 }
 
 /**
@@ -52,7 +52,7 @@ export interface FlushShardOptions {
  * pending. Returns the batches it applied (none when nothing was pending).
  */
 export async function flushShard(
-  ctx: FlushContext,
+  ctx: EngineContext,
   shard: number,
   options: FlushShardOptions = {},
 ): Promise<AppliedBatch[]> {
@@ -62,7 +62,7 @@ export async function flushShard(
     // that no two processes ever flush one shard at once.
     ctx.config.logger.debug({ shard, event: 'flush-start', atMs: Date.now() }, 'flush start');
     try {
-      return await snapshotAndApply(ctx, shard, keys, options.postgresTurns);
+      return await snapshotAndApply(ctx, shard, keys, options.postgresQueue);
     } finally {
       ctx.config.logger.debug({ shard, event: 'flush-end', atMs: Date.now() }, 'flush end');
     }
@@ -71,10 +71,10 @@ export async function flushShard(
 }
 
 async function snapshotAndApply(
-  ctx: FlushContext,
+  ctx: EngineContext,
   shard: number,
   keys: ShardKeys,
-  postgresTurns: Turns | undefined,
+  postgresQueue: SerialQueue | undefined,
 ): Promise<AppliedBatch[]> {
   await reachFaultPoint('before-snapshot');
   const applied: AppliedBatch[] = [];
@@ -96,7 +96,7 @@ async function snapshotAndApply(
     if (state === 'empty' || batchId === undefined) break;
     await reachFaultPoint('after-snapshot');
     if (ctx.durability.waitaof) await waitForAof(ctx.redis);
-    applied.push(await applyBatch(ctx, shard, keys, batchId, state === 'resumed', postgresTurns));
+    applied.push(await applyBatch(ctx, shard, keys, batchId, state === 'resumed', postgresQueue));
     if (state === 'created') break;
   }
   return applied;
@@ -117,7 +117,7 @@ async function waitForAof(redis: RedisConnection): Promise<void> {
 }
 
 /** Deletes the in-flight batch if it is still `batchId` (flush step 3). */
-function acknowledge(ctx: FlushContext, keys: ShardKeys, batchId: string) {
+function acknowledge(ctx: EngineContext, keys: ShardKeys, batchId: string) {
   return ctx.scripts.run(
     'acknowledge',
     [keys.inflight, keys.inflightTags, keys.inflightMeta],
@@ -130,18 +130,18 @@ function ignoreCheckedOutClientError(): void {
 }
 
 async function applyBatch(
-  ctx: FlushContext,
+  ctx: EngineContext,
   shard: number,
   keys: ShardKeys,
   batchId: string,
   resumed: boolean,
-  postgresTurns: Turns | undefined,
+  postgresQueue: SerialQueue | undefined,
 ): Promise<AppliedBatch> {
   // The flat reply, not ioredis' object: building an object of tens of thousands of fields
   // cost as much as the rest of the preparation.
   const rows = batchRows((await ctx.redis.call('HGETALL', keys.inflight)) as string[]);
   const transaction = () => applyInPostgres(ctx, shard, keys, batchId, rows);
-  const alreadyApplied = await (postgresTurns?.run(transaction) ?? transaction());
+  const alreadyApplied = await (postgresQueue?.run(transaction) ?? transaction());
   await reachFaultPoint('after-commit');
 
   const acknowledged = acknowledge(ctx, keys, batchId);
@@ -164,7 +164,7 @@ async function applyBatch(
  * and the buckets. Returns whether the ledger already had the batch.
  */
 async function applyInPostgres(
-  ctx: FlushContext,
+  ctx: EngineContext,
   shard: number,
   keys: ShardKeys,
   batchId: string,

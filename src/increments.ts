@@ -251,14 +251,14 @@ interface Operation {
   members: Waiting[];
 }
 
-const alone = (waiting: Waiting): Operation => ({
+const singleEntry = (waiting: Waiting): Operation => ({
   increment: waiting.increment,
   delta: waiting.increment.delta,
   members: [waiting],
 });
 
 /** An increment without an idempotency key or a limit: it may be merged with others. */
-const plain = (increment: PreparedIncrement) =>
+const isMergeable = (increment: PreparedIncrement) =>
   increment.idempotencyKey === undefined && increment.limit === undefined;
 
 /**
@@ -270,14 +270,14 @@ function toOperations(group: readonly Waiting[]): Operation[] {
   const operations: Operation[] = [];
   // Per counter, the entry its next plain increment may join: the latest one. (An increment
   // that cannot join it starts a new entry, which becomes the one to join.)
-  const open = new Map<string, Operation>();
+  const mergeTargets = new Map<string, Operation>();
   for (const waiting of group) {
     const { increment } = waiting;
-    if (!plain(increment)) {
-      operations.push(alone(waiting));
+    if (!isMergeable(increment)) {
+      operations.push(singleEntry(waiting));
       continue;
     }
-    const operation = open.get(increment.counter);
+    const operation = mergeTargets.get(increment.counter);
     if (
       operation !== undefined &&
       operation.increment.bucketTag === increment.bucketTag &&
@@ -288,9 +288,9 @@ function toOperations(group: readonly Waiting[]): Operation[] {
       operation.members.push(waiting);
       continue;
     }
-    const created = alone(waiting);
+    const created = singleEntry(waiting);
     operations.push(created);
-    open.set(increment.counter, created);
+    mergeTargets.set(increment.counter, created);
   }
   return operations;
 }
@@ -334,7 +334,7 @@ export class IncrementSender {
   private enqueue(waiting: Waiting): void {
     const { shard } = waiting.increment;
     if (!this.config.coalesce) {
-      void this.sendOperations(shard, [alone(waiting)]);
+      void this.sendOperations(shard, [singleEntry(waiting)]);
       return;
     }
     const queue = this.queues.get(shard);
@@ -400,7 +400,7 @@ export class IncrementSender {
         if (operation.members.length === 1 && only !== undefined) settle(only, status, total);
         else if (status === IncrementStatus.applied) distribute(operation, total);
         // The merged sum would overflow: which of them fit is decided one by one.
-        else decideAlone.push(...operation.members.map(alone));
+        else decideAlone.push(...operation.members.map(singleEntry));
       });
       if (decideAlone.length > 0) await this.sendOperations(shard, decideAlone);
       return;
@@ -408,7 +408,7 @@ export class IncrementSender {
   }
 
   /** The shard's keys, and the keys every increment.lua call of the shard starts with. */
-  private shardKeys(shard: number): { keys: ShardKeys; scriptKeys: readonly string[] } {
+  private keysOfShard(shard: number): { keys: ShardKeys; scriptKeys: readonly string[] } {
     let found = this.keys.get(shard);
     if (found === undefined) {
       const keys = shardKeys(this.config.keyPrefix, shard);
@@ -430,7 +430,7 @@ export class IncrementSender {
    * Resolves with the script's reply: OK, then a status and a total per entry.
    */
   private callScript(shard: number, operations: readonly Operation[]): Promise<ScriptReply> {
-    const { keys, scriptKeys: shardScriptKeys } = this.shardKeys(shard);
+    const { keys, scriptKeys: shardScriptKeys } = this.keysOfShard(shard);
     // Idempotency keys follow the shard's keys; without any the shared array goes as it is.
     let scriptKeys = shardScriptKeys;
     // The call's table of bucket tags (usually one: now's), then the entries, each naming its
@@ -440,8 +440,8 @@ export class IncrementSender {
     for (const { increment, delta } of operations) {
       let tagNumber = tags.indexOf(increment.bucketTag) + 1;
       if (tagNumber === 0) tagNumber = tags.push(increment.bucketTag);
-      let spec = String(tagNumber);
-      if (!plain(increment)) {
+      let entrySpec = String(tagNumber);
+      if (!isMergeable(increment)) {
         let idempotencyIndex = 0;
         if (increment.idempotencyKey !== undefined) {
           const copy =
@@ -451,9 +451,9 @@ export class IncrementSender {
           );
           scriptKeys = copy;
         }
-        spec = `${spec}:${idempotencyIndex}:${increment.limit ?? ''}:${increment.fingerprint ?? ''}`;
+        entrySpec = `${entrySpec}:${idempotencyIndex}:${increment.limit ?? ''}:${increment.fingerprint ?? ''}`;
       }
-      entries.push(increment.counter, delta, spec);
+      entries.push(increment.counter, delta, entrySpec);
     }
     const args = [[this.config.idempotencyWindowMs, tags.length, ...tags], entries];
     const call = () => this.scripts.increment(scriptKeys, args);

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { parsePendingField } from './bucket-tags.js';
 import { postgresFailure } from './connections.js';
-import type { FlushContext } from './flusher.js';
+import type { EngineContext } from './flusher.js';
 import { withShardLock } from './flush-lock.js';
 import { ScriptStatus } from './redis-scripts.js';
 import { shardKeys, type ShardKeys } from './shard-keys.js';
@@ -79,7 +79,7 @@ async function readPostgresPage(
 }
 
 /** Every field name of a Redis hash, read in steps so a large hash does not block Redis. */
-async function hashFields(ctx: FlushContext, key: string): Promise<string[]> {
+async function hashFields(ctx: EngineContext, key: string): Promise<string[]> {
   const fields: string[] = [];
   let cursor = '0';
   do {
@@ -94,7 +94,7 @@ class BatchChanged extends Error {}
 
 /** Compares one chunk in Redis (and repairs it); returns its drift. */
 async function reconcileChunk(
-  ctx: FlushContext,
+  ctx: EngineContext,
   keys: ShardKeys,
   batchId: string,
   inflightApplied: boolean,
@@ -132,7 +132,7 @@ async function reconcileChunk(
  * the epoch marker is written, which lets increments and reads use the totals again.
  */
 export async function reconcileShard(
-  ctx: FlushContext,
+  ctx: EngineContext,
   shard: number,
   options: ReconcileShardOptions,
 ): Promise<ShardReconcileReport> {
@@ -176,7 +176,7 @@ async function recordedLosses(
 }
 
 async function reconcileOnce(
-  ctx: FlushContext,
+  ctx: EngineContext,
   shard: number,
   keys: ShardKeys,
   options: ReconcileShardOptions,

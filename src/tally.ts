@@ -6,8 +6,8 @@ import { openPostgres, openRedis, redisFailure } from './connections.js';
 import { canonicalName, type CounterRef } from './counter-name.js';
 import { inspectRedisDurability, type RedisDurability } from './durability.js';
 import { TallyError, ValidationError } from './errors.js';
-import { forEachLimited, Turns } from './concurrency.js';
-import { flushShard, type AppliedBatch, type FlushContext } from './flusher.js';
+import { forEachLimited, SerialQueue } from './concurrency.js';
+import { flushShard, type AppliedBatch, type EngineContext } from './flusher.js';
 import {
   IncrementPreparer,
   IncrementSender,
@@ -136,7 +136,7 @@ class TallyClient implements Tally {
   private durabilityTimer: NodeJS.Timeout | undefined;
 
   constructor(
-    private readonly ctx: FlushContext,
+    private readonly ctx: EngineContext,
     private readonly owns: { redis: boolean; pool: boolean },
     /**
      * The store was set up before (Redis held its totals once), so a missing epoch marker means
@@ -324,10 +324,10 @@ class TallyClient implements Tally {
     // shard's batch, the next is snapshotted, read and turned into rows (at 10k counters those
     // Redis steps were a fifth of the flush, docs/benchmarks.md). PostgreSQL sees what a
     // one-by-one flush gives it, one transaction at a time.
-    const postgresTurns = new Turns();
+    const postgresQueue = new SerialQueue();
     const shards = Array.from({ length: this.config.shards }, (_, shard) => shard);
     await forEachLimited(shards, 2, async (shard) => {
-      applied.push(...(await flushShard(this.ctx, shard, { postgresTurns })));
+      applied.push(...(await flushShard(this.ctx, shard, { postgresQueue })));
     });
     // Stable: a shard's resumed batch stays before the one snapshotted after it.
     return applied.sort((a, b) => a.shard - b.shard);
@@ -555,7 +555,7 @@ export async function createTally(options: TallyOptions): Promise<Tally> {
       { lossBound: durability.lossBound, redisVersion: durability.redisVersion },
       `redis durability: ${durability.lossBound}`,
     );
-    const ctx: FlushContext = {
+    const ctx: EngineContext = {
       redis,
       scripts: defineScripts(redis),
       pool,

@@ -9,7 +9,7 @@ import {
 import { postgresFailure, redisFailure } from './connections.js';
 import { canonicalName, type CounterRef } from './counter-name.js';
 import { TallyError, ValidationError } from './errors.js';
-import type { FlushContext } from './flusher.js';
+import type { EngineContext } from './flusher.js';
 import { shardOf } from './sharding.js';
 import { shardKeys } from './shard-keys.js';
 
@@ -36,7 +36,7 @@ const maxReadAttempts = 10;
  * buckets + pending bucket deltas + in-flight bucket deltas not yet in the ledger.
  */
 export async function readUsage(
-  ctx: FlushContext,
+  ctx: EngineContext,
   ref: CounterRef,
   query: UsageQuery,
 ): Promise<UsageBucket[]> {

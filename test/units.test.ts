@@ -12,7 +12,7 @@ import {
   nextBucketStart,
 } from '../src/buckets.js';
 import { canonicalName, validateName } from '../src/counter-name.js';
-import { forEachLimited, sharedFor, Turns } from '../src/concurrency.js';
+import { forEachLimited, sharedFor, SerialQueue } from '../src/concurrency.js';
 import { redactSecrets } from '../src/logging.js';
 import { shardOf } from '../src/sharding.js';
 
@@ -319,9 +319,9 @@ describe('batchRows', () => {
   });
 });
 
-describe('Turns', () => {
+describe('SerialQueue', () => {
   it('runs tasks one at a time, in the order handed in, a failure not stopping the next', async () => {
-    const turns = new Turns();
+    const turns = new SerialQueue();
     const log: string[] = [];
     let running = 0;
     const task =
