@@ -3,22 +3,12 @@ import type pg from 'pg';
 import { postgresFailure } from './connections.js';
 import { batchRows, type BatchRows } from './batch-rows.js';
 import type { SerialQueue } from './concurrency.js';
-import type { ResolvedConfig } from './config.js';
-import type { RedisDurability } from './durability.js';
+import type { EngineContext } from './engine-context.js';
 import { FlushError, TallyError } from './errors.js';
 import { brokenOnPurpose, reachFaultPoint } from './fault-points.js';
 import { withShardLock } from './flush-lock.js';
-import type { RedisConnection, Scripts } from './redis-scripts.js';
+import type { RedisConnection } from './redis-scripts.js';
 import { shardKeys, type ShardKeys } from './shard-keys.js';
-
-export interface EngineContext {
-  redis: RedisConnection;
-  scripts: Scripts;
-  pool: pg.Pool;
-  config: ResolvedConfig;
-  durability: RedisDurability;
-  stats: { lockRenewalFailures: number };
-}
 
 /** One batch moved from Redis into PostgreSQL. */
 export interface AppliedBatch {

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { parsePendingField } from './bucket-tags.js';
 import { postgresFailure } from './connections.js';
-import type { EngineContext } from './flusher.js';
+import type { EngineContext } from './engine-context.js';
 import { withShardLock } from './flush-lock.js';
 import { ScriptStatus } from './redis-scripts.js';
 import { shardKeys, type ShardKeys } from './shard-keys.js';

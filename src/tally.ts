@@ -7,7 +7,8 @@ import { canonicalName, type CounterRef } from './counter-name.js';
 import { inspectRedisDurability, type RedisDurability } from './durability.js';
 import { TallyError, ValidationError } from './errors.js';
 import { forEachLimited, SerialQueue } from './concurrency.js';
-import { flushShard, type AppliedBatch, type EngineContext } from './flusher.js';
+import type { EngineContext } from './engine-context.js';
+import { flushShard, type AppliedBatch } from './flusher.js';
 import {
   IncrementPreparer,
   IncrementSender,

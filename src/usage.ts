@@ -9,7 +9,7 @@ import {
 import { postgresFailure, redisFailure } from './connections.js';
 import { canonicalName, type CounterRef } from './counter-name.js';
 import { TallyError, ValidationError } from './errors.js';
-import type { EngineContext } from './flusher.js';
+import type { EngineContext } from './engine-context.js';
 import { shardOf } from './sharding.js';
 import { shardKeys } from './shard-keys.js';
 
