@@ -68,7 +68,8 @@ function duration(ms: number): string {
     ['hours', 3_600_000],
     ['minutes', 60_000],
   ] as const) {
-    if (ms >= size && ms % size === 0) return `${ms / size} ${unit}`;
+    const count = ms / size;
+    if (ms >= size && ms % size === 0) return `${count} ${count === 1 ? unit.slice(0, -1) : unit}`;
   }
   return `${ms / 1_000} s`;
 }

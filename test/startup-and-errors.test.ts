@@ -42,7 +42,10 @@ beforeAll(async () => {
     shards: 2,
     keyPrefix: 'surface',
   });
-  server = startTallyProcess('serve', env({ PORT: '0', TALLY_BUCKETS: 'minute,hour' }));
+  server = startTallyProcess(
+    'serve',
+    env({ PORT: '0', TALLY_BUCKETS: 'minute,hour', TALLY_MAX_BACKDATE_MS: '3600000' }),
+  );
   port = await server.apiPort();
   base = `http://127.0.0.1:${port}`;
 });
@@ -77,6 +80,22 @@ describe('TALLY_BUCKETS', () => {
       (parameter: { name: string }) => parameter.name === 'granularity',
     );
     expect(granularity.schema.enum).toEqual(['minute', 'hour']);
+  });
+});
+
+describe('TALLY_MAX_BACKDATE_MS', () => {
+  it("sets how far back an increment's at may lie", async () => {
+    const at = (minutesAgo: number) => new Date(Date.now() - minutesAgo * 60_000).toISOString();
+    const post = (minutesAgo: number) =>
+      send('/v1/increments', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ increments: [{ counter: 'late', at: at(minutesAgo) }] }),
+      });
+    expect((await post(30)).status).toBe(200);
+    const tooLate = await post(120);
+    expect(tooLate.status).toBe(400);
+    expect(tooLate.json.error.message).toMatch(/from 1 hour before now to 5 minutes after/);
   });
 });
 
@@ -205,6 +224,11 @@ describe('a process that cannot start exits at once, with the right code', () =>
       { extra: { REDIS_URL: 'base' }, message: /REDIS_URL is not a valid URL/ },
       { extra: { DATABASE_URL: 'base' }, message: /DATABASE_URL is not a valid URL/ },
       { extra: { REDIS_URL: 'http://127.0.0.1:6379' }, message: /REDIS_URL is not a valid URL/ },
+      // A bad %-escape in the password once failed later, inside ioredis, as exit 3.
+      {
+        extra: { REDIS_URL: 'redis://:bad%zz@127.0.0.1:1' },
+        message: /REDIS_URL is not a valid URL/,
+      },
       { extra: { TALLY_SHARDS: '0x10' }, message: /TALLY_SHARDS must be a whole number/ },
       { extra: { TALLY_SHARDS: '16.0' }, message: /TALLY_SHARDS must be a whole number/ },
       { extra: { TALLY_SHARDS: '1e1' }, message: /TALLY_SHARDS must be a whole number/ },
