@@ -53,7 +53,9 @@ function scrub(value: unknown, depth = 0): unknown {
   if (typeof value === 'string') return redactSecrets(value);
   // An error's message, stack and cause are not enumerable: serialise it first.
   if (value instanceof Error) return scrub(stdSerializers.err(value), depth);
-  if (typeof value !== 'object' || value === null || depth > 8) return value;
+  if (typeof value !== 'object' || value === null) return value;
+  // Deeper than any log field Tally writes: dropped rather than logged unredacted.
+  if (depth > 8) return '[nested too deep]';
   if (Array.isArray(value)) return value.map((item) => scrub(item, depth + 1));
   const copy: Record<string, unknown> = {};
   for (const [key, item] of Object.entries(value)) copy[key] = scrub(item, depth + 1);
@@ -76,6 +78,8 @@ export interface LoggerOptions {
   fd?: 1 | 2;
   /** Default: pretty on a terminal, JSON otherwise. */
   format?: LogFormat | undefined;
+  /** JSON lines go here instead of `fd` (a log shipper's stream). */
+  destination?: { write(line: string): void };
 }
 
 /**
@@ -103,7 +107,9 @@ export function createLogger(options: LoggerOptions): Logger {
       },
     },
   };
-  if (format === 'json') return pino(settings, pino.destination({ fd, sync: fd === 2 }));
+  if (format === 'json') {
+    return pino(settings, options.destination ?? pino.destination({ fd, sync: fd === 2 }));
+  }
   return pino(
     settings,
     pinoPretty({

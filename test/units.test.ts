@@ -13,7 +13,7 @@ import {
 } from '../src/buckets.js';
 import { canonicalName, validateName } from '../src/counter-name.js';
 import { forEachLimited, sharedFor, SerialQueue } from '../src/concurrency.js';
-import { redactSecrets } from '../src/logging.js';
+import { createLogger, redactSecrets } from '../src/logging.js';
 import { shardOf } from '../src/sharding.js';
 
 describe('shardOf', () => {
@@ -382,6 +382,23 @@ describe('redactSecrets', () => {
       ['redis://host:6379 has no password', 'redis://host:6379 has no password'],
     ];
     for (const [text, redacted] of cases) expect(redactSecrets(text), text).toBe(redacted);
+  });
+
+  it('reach every field of a log line, however deep, and the credentials of Redis commands', () => {
+    const lines: string[] = [];
+    const logger = createLogger({
+      level: 'info',
+      format: 'json',
+      destination: { write: (line: string) => lines.push(line) },
+    });
+    let deep: Record<string, unknown> = { url: 'redis://u:hunter2pass@host' };
+    for (let i = 0; i < 20; i++) deep = { nested: deep };
+    const refused = Object.assign(new Error('WRONGPASS'), {
+      command: { name: 'hello', args: ['3', 'AUTH', 'u', 'hunter2pass'] },
+    });
+    logger.warn({ deep, err: refused }, 'see redis://u:hunter2pass@host');
+    expect(lines.join('')).toContain('WRONGPASS');
+    expect(lines.join('')).not.toContain('hunter2pass');
   });
 });
 
