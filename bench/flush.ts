@@ -2,9 +2,9 @@
 // rows (totals and hour/day buckets, one transaction per shard) into an identical empty
 // schema. Also: flush time against increments per counter (it should not grow).
 import pg from 'pg';
-import { bucketStart } from '../src/buckets.js';
+import { bucketStart } from '../src/counters/buckets.js';
 import { createTally, type Tally } from '../src/index.js';
-import { shardOf } from '../src/sharding.js';
+import { shardOf } from '../src/counters/sharding.js';
 import { freshDatabase, type BenchContext } from './support/context.js';
 import { elapsedMs, mediansInTurns } from './support/measure.js';
 import { human, type BenchmarkResult, type Check } from './support/results.js';

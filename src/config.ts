@@ -1,8 +1,8 @@
 import type { Cluster, Redis } from 'ioredis';
 import type pg from 'pg';
 import { pino, type Logger } from 'pino';
-import { granularities, isGranularity, type Granularity } from './buckets.js';
-import type { RedisLossAccepted } from './durability.js';
+import { granularities, isGranularity, type Granularity } from './counters/buckets.js';
+import type { RedisLossAccepted } from './redis/durability.js';
 import { ValidationError } from './errors.js';
 
 export interface TallyOptions {

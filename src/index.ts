@@ -7,19 +7,23 @@ export {
   type TallyStatus,
 } from './tally.js';
 export type { TallyOptions } from './config.js';
-export type { BatchIncrementResult, IncrementOptions, IncrementResult } from './increments.js';
-export type { AppliedBatch } from './flusher.js';
-export type { Drift, ShardReconcileReport } from './reconciler.js';
-export type { UsageBucket, UsageQuery } from './usage.js';
-export type { RedisDurability, RedisLossAccepted } from './durability.js';
-export type { Granularity } from './buckets.js';
-export { canonicalName, type CounterRef, type Labels } from './counter-name.js';
+export type {
+  BatchIncrementResult,
+  IncrementOptions,
+  IncrementResult,
+} from './engine/increments.js';
+export type { AppliedBatch } from './engine/flusher.js';
+export type { Drift, ShardReconcileReport } from './engine/reconciler.js';
+export type { UsageBucket, UsageQuery } from './engine/usage.js';
+export type { RedisDurability, RedisLossAccepted } from './redis/durability.js';
+export type { Granularity } from './counters/buckets.js';
+export { canonicalName, type CounterRef, type Labels } from './counters/counter-name.js';
 export {
   tallyMetering,
   expressMetering,
   type MeteringOptions,
   type IncomingLike,
-} from './metering.js';
+} from './server/metering-plugin.js';
 export {
   TallyError,
   ValidationError,
@@ -36,4 +40,4 @@ export {
   type Migration,
   type MigrateOptions,
   type MigrateResult,
-} from './migrator.js';
+} from './store/migrator.js';

@@ -1,28 +1,29 @@
 import { once } from 'node:events';
 import type pg from 'pg';
 import { resolveConfig, type ResolvedConfig, type TallyOptions } from './config.js';
-import type { Granularity } from './buckets.js';
-import { openPostgres, openRedis, redisFailure } from './connections.js';
-import { canonicalName, type CounterRef } from './counter-name.js';
-import { inspectRedisDurability, type RedisDurability } from './durability.js';
+import type { Granularity } from './counters/buckets.js';
+import { openRedis, redisFailure } from './redis/connection.js';
+import { openPostgres } from './store/pool.js';
+import { canonicalName, type CounterRef } from './counters/counter-name.js';
+import { inspectRedisDurability, type RedisDurability } from './redis/durability.js';
 import { TallyError, ValidationError } from './errors.js';
-import { forEachLimited, SerialQueue } from './concurrency.js';
-import type { EngineContext } from './engine-context.js';
-import { flushShard, type AppliedBatch } from './flusher.js';
+import { forEachLimited, SerialQueue } from './engine/concurrency.js';
+import type { EngineContext } from './engine/engine-context.js';
+import { flushShard, type AppliedBatch } from './engine/flusher.js';
 import {
   IncrementPreparer,
   IncrementSender,
   type BatchIncrementResult,
   type IncrementOptions,
   type IncrementResult,
-} from './increments.js';
-import { assertSchemaCurrent } from './migrator.js';
-import { reconcileShard, type ShardReconcileReport } from './reconciler.js';
-import { defineScripts, ScriptStatus, type RedisConnection } from './redis-scripts.js';
-import { shardOf } from './sharding.js';
-import { shardKeys } from './shard-keys.js';
-import { ensureStoreIdentity, markStoreSetUp, storeWasSetUp } from './store-settings.js';
-import { readUsage, type UsageBucket, type UsageQuery } from './usage.js';
+} from './engine/increments.js';
+import { assertSchemaCurrent } from './store/migrator.js';
+import { reconcileShard, type ShardReconcileReport } from './engine/reconciler.js';
+import { defineScripts, ScriptStatus, type RedisConnection } from './redis/scripts.js';
+import { shardOf } from './counters/sharding.js';
+import { shardKeys } from './redis/shard-keys.js';
+import { ensureStoreIdentity, markStoreSetUp, storeWasSetUp } from './store/settings.js';
+import { readUsage, type UsageBucket, type UsageQuery } from './engine/usage.js';
 
 export interface IncrementItem extends IncrementOptions {
   counter: CounterRef;

@@ -12,7 +12,7 @@ import { runTypeScript } from './support/child-process.js';
 import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
 import { postgresTotals } from './support/tally-store.js';
 
-const cli = new URL('../src/cli.ts', import.meta.url);
+const cli = new URL('../src/cli/main.ts', import.meta.url);
 const run = promisify(execFile);
 
 let redis: RedisHandle;
@@ -73,8 +73,8 @@ describe('tally CLI', () => {
       return [...names];
     };
     const services = {
-      serve: ['src/env-config.ts', 'src/server/serve.ts'],
-      worker: ['src/env-config.ts', 'workers/flush-worker.ts'],
+      serve: ['src/process/env-config.ts', 'src/server/serve.ts'],
+      worker: ['src/process/env-config.ts', 'src/worker/flush-worker.ts'],
     };
     for (const [command, files] of Object.entries(services)) {
       const variables = await read(files);

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { runTypeScript } from './support/child-process.js';
 
-const cli = new URL('../src/cli.ts', import.meta.url);
+const cli = new URL('../src/cli/main.ts', import.meta.url);
 const root = new URL('..', import.meta.url);
 
 interface Service {

@@ -16,7 +16,7 @@ import { runTypeScript } from './support/child-process.js';
 import { descendants, stillAlive } from './support/process-tree.js';
 import { waitFor } from './support/index.js';
 
-const cli = new URL('../src/cli.ts', import.meta.url);
+const cli = new URL('../src/cli/main.ts', import.meta.url);
 // tally dev runs in a directory of its own, where `--import tsx` would not resolve.
 const tsxLoader = new URL('../node_modules/tsx/dist/loader.mjs', import.meta.url).href;
 

@@ -4,7 +4,7 @@ import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { OverflowError, TallyError } from '../src/index.js';
 import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
-import { shardKeys } from '../src/shard-keys.js';
+import { shardKeys } from '../src/redis/shard-keys.js';
 import { commandCalls } from './support/redis-stats.js';
 import { postgresTotals, tallyOn } from './support/tally-store.js';
 

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { inOneWrite } from '../src/connections.js';
+import { inOneWrite } from '../src/redis/connection.js';
 import { createTally, migrate, type Tally } from '../src/index.js';
 import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.js';

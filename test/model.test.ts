@@ -8,7 +8,7 @@ import fc from 'fast-check';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTally, migrate, type Tally, type TallyOptions } from '../src/index.js';
-import type { FaultPoint } from '../src/fault-points.js';
+import type { FaultPoint } from '../src/engine/fault-points.js';
 import { runTypeScript } from './support/child-process.js';
 import {
   startPostgres,

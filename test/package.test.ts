@@ -16,12 +16,14 @@ const repoRoot = new URL('..', import.meta.url).pathname;
  */
 let project: string;
 let bin: string;
+let shipped: string[];
 beforeAll(async () => {
   project = await mkdtemp(join(tmpdir(), 'tally-package-'));
   const { stdout } = await run('npm', ['pack', '--json', '--pack-destination', project], {
     cwd: repoRoot,
   });
-  const [packed] = JSON.parse(stdout) as [{ filename: string }];
+  const [packed] = JSON.parse(stdout) as [{ filename: string; files: { path: string }[] }];
+  shipped = packed.files.map((file) => file.path);
   const modules = join(project, 'node_modules');
   await mkdir(join(modules, 'tally'), { recursive: true });
   await run('tar', [
@@ -67,6 +69,15 @@ describe('the supported Node versions', () => {
 });
 
 describe('the published package', () => {
+  it('ships the build with its Lua scripts and the migrations, not the sources', () => {
+    expect(shipped).toContain('dist/index.js');
+    expect(shipped).toContain('dist/redis/lua/increment.lua');
+    expect(shipped).toContain('migrations/0001_counters.sql');
+    expect(
+      shipped.filter((path) => path.startsWith('src/') || path.startsWith('dist/src/')),
+    ).toEqual([]);
+  });
+
   it('imports from plain Node without a TypeScript loader', async () => {
     const { stdout } = await run(
       process.execPath,

@@ -2,7 +2,7 @@ import pg from 'pg';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createTally, migrate, type TallyOptions } from '../src/index.js';
-import { shardOf } from '../src/sharding.js';
+import { shardOf } from '../src/counters/sharding.js';
 import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
 
 const cleanups: (() => Promise<unknown>)[] = [];

@@ -17,7 +17,7 @@ import { createDatabase, startRedis, waitFor, type RedisHandle } from './support
 import { startTallyProcess, type TallyProcess } from './support/tally-process.js';
 import { postgresTotals } from './support/tally-store.js';
 
-const cli = new URL('../src/cli.ts', import.meta.url);
+const cli = new URL('../src/cli/main.ts', import.meta.url);
 const token = `tok-${randomBytes(12).toString('hex')}`;
 
 let redis: RedisHandle;

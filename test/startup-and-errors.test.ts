@@ -12,7 +12,7 @@ import { rawRequest } from './support/raw-http.js';
 import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
 import { startTallyProcess, type TallyProcess } from './support/tally-process.js';
 
-const cli = new URL('../src/cli.ts', import.meta.url);
+const cli = new URL('../src/cli/main.ts', import.meta.url);
 
 let redis: RedisHandle;
 let databaseUrl: string;

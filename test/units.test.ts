@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { batchRows } from '../src/batch-rows.js';
-import { BucketTags, bucketTag, parsePendingField, tagBuckets } from '../src/bucket-tags.js';
+import { batchRows } from '../src/engine/batch-rows.js';
+import { BucketTags, bucketTag, parsePendingField, tagBuckets } from '../src/redis/bucket-tags.js';
 import {
   bucketCount,
   bucketStart,
@@ -10,11 +10,11 @@ import {
   granularities,
   latestInstantMs,
   nextBucketStart,
-} from '../src/buckets.js';
-import { canonicalName, validateName } from '../src/counter-name.js';
-import { forEachLimited, sharedFor, SerialQueue } from '../src/concurrency.js';
-import { createLogger, redactSecrets } from '../src/logging.js';
-import { shardOf } from '../src/sharding.js';
+} from '../src/counters/buckets.js';
+import { canonicalName, validateName } from '../src/counters/counter-name.js';
+import { forEachLimited, sharedFor, SerialQueue } from '../src/engine/concurrency.js';
+import { createLogger, redactSecrets } from '../src/process/logging.js';
+import { shardOf } from '../src/counters/sharding.js';
 
 describe('shardOf', () => {
   it('is FNV-1a of the UTF-8 bytes, so every process routes a counter alike', () => {

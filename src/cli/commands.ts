@@ -1,6 +1,6 @@
 import { SingleBar } from 'cli-progress';
-import { migrate, migrationStatus } from '../migrator.js';
-import type { ShardReconcileReport } from '../reconciler.js';
+import { migrate, migrationStatus } from '../store/migrator.js';
+import type { ShardReconcileReport } from '../engine/reconciler.js';
 import type { Tally, TallyStatus } from '../tally.js';
 import { ExitCode } from './exit-codes.js';
 import { explainReconcile } from './reconcile-diagnosis.js';

@@ -1,10 +1,10 @@
 import { Command, Option } from 'commander';
 import type { Logger } from 'pino';
 import { maxShards, storeDefaults } from '../config.js';
-import { parseBuckets, serviceUrl } from '../env-config.js';
+import { parseBuckets, serviceUrl } from '../process/env-config.js';
 import { TallyError } from '../errors.js';
-import { createLogger, parseLogFormat, parseLogLevel } from '../logging.js';
-import { strictInteger } from '../process-lifecycle.js';
+import { createLogger, parseLogFormat, parseLogLevel } from '../process/logging.js';
+import { strictInteger } from '../process/lifecycle.js';
 import { createTally, type Tally } from '../tally.js';
 
 /** The options every command that opens the store takes, with the services' variables. */

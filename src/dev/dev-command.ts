@@ -1,12 +1,12 @@
 import { join } from 'node:path';
 import { durabilityCheckIntervalDefaultMs, storeDefaults } from '../config.js';
-import { parseBuckets } from '../env-config.js';
+import { parseBuckets } from '../process/env-config.js';
 import { TallyError } from '../errors.js';
-import { createLogger, parseLogFormat, parseLogLevel, redactSecrets } from '../logging.js';
+import { createLogger, parseLogFormat, parseLogLevel, redactSecrets } from '../process/logging.js';
 import { claimDataDir, rememberedPort } from './dev-state.js';
-import { startFlushWorker } from '../../workers/flush-worker.js';
-import { migrate } from '../migrator.js';
-import { exitOnSignals } from '../process-lifecycle.js';
+import { startFlushWorker } from '../worker/flush-worker.js';
+import { migrate } from '../store/migrator.js';
+import { exitOnSignals } from '../process/lifecycle.js';
 import { buildApi } from '../server/api.js';
 import { createTally } from '../tally.js';
 import {

@@ -2,16 +2,16 @@ import type { Socket } from 'node:net';
 import swagger from '@fastify/swagger';
 import Fastify, { LogController, type FastifyError, type FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
-import { canonicalName, type CounterRef } from '../counter-name.js';
+import { canonicalName, type CounterRef } from '../counters/counter-name.js';
 import { OverflowError, TallyError } from '../errors.js';
-import type { BatchIncrementResult } from '../increments.js';
-import { packageVersion } from '../package-files.js';
+import type { BatchIncrementResult } from '../engine/increments.js';
+import { packageVersion } from '../process/package-files.js';
 import type { Tally } from '../tally.js';
-import { sharedFor } from '../concurrency.js';
+import { sharedFor } from '../engine/concurrency.js';
 import { isAuthenticated, requireTokens } from './auth.js';
 import { answerMethodNotAllowed } from './method-not-allowed.js';
 import { clientErrorResponse, toHttpError } from './http-errors.js';
-import { registerDurabilityGauge } from '../redis-durability-metric.js';
+import { registerDurabilityGauge } from '../redis/durability-metric.js';
 import { HttpMetrics } from './http-metrics.js';
 import {
   incrementBatchSchema,

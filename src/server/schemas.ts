@@ -1,4 +1,4 @@
-import type { Granularity } from '../buckets.js';
+import type { Granularity } from '../counters/buckets.js';
 
 /**
  * JSON schemas of the API: Fastify validates requests and serialises answers with them, and the

@@ -7,11 +7,11 @@ import {
   maxWindowMs,
   redisCommandTimeoutDefaultMs,
 } from '../config.js';
-import { storeEnv, type StoreEnv } from '../env-config.js';
+import { storeEnv, type StoreEnv } from '../process/env-config.js';
 import { TallyError, ValidationError } from '../errors.js';
-import { createLogger } from '../logging.js';
+import { createLogger } from '../process/logging.js';
 import { createTally } from '../tally.js';
-import { exitOnSignals, integerFromEnv } from '../process-lifecycle.js';
+import { exitOnSignals, integerFromEnv } from '../process/lifecycle.js';
 import { buildApi, httpDefaults } from './api.js';
 import { parseTokens } from './auth.js';
 import { maxBatchDefault } from './schemas.js';

@@ -13,7 +13,7 @@ import { waitFor } from '../support/wait-for.js';
 import { checkReads, checkTotals, History, seededRandom } from './history.js';
 import { FaultySystem, idempotencyWindowMs, jobLockMs, shards } from './system.js';
 
-const cli = new URL('../../src/cli.ts', import.meta.url);
+const cli = new URL('../../src/cli/main.ts', import.meta.url);
 
 export interface ScenarioOptions {
   seed: number;

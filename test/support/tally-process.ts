@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { waitFor } from './wait-for.js';
 
-const cli = new URL('../../src/cli.ts', import.meta.url).pathname;
+const cli = new URL('../../src/cli/main.ts', import.meta.url).pathname;
 
 /** One JSON log line of a worker. */
 export type LogLine = Record<string, unknown> & { msg?: string; level?: number };

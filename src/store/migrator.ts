@@ -3,8 +3,8 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
 import type { Logger } from 'pino';
-import { SchemaError } from './errors.js';
-import { migrationsDir } from './package-files.js';
+import { SchemaError } from '../errors.js';
+import { migrationsDir } from '../process/package-files.js';
 
 /** One numbered, append-only SQL file from migrations/. */
 export interface Migration {

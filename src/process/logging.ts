@@ -1,6 +1,6 @@
 import { pino, stdSerializers, type Logger } from 'pino';
 import pinoPretty from 'pino-pretty';
-import { ValidationError } from './errors.js';
+import { ValidationError } from '../errors.js';
 
 /** The levels `TALLY_LOG_LEVEL` takes (pino's). */
 export const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;

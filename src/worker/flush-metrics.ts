@@ -1,7 +1,7 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { AppliedBatch, Tally } from '../src/index.js';
-import { sharedFor } from '../src/concurrency.js';
-import { registerDurabilityGauge } from '../src/redis-durability-metric.js';
+import type { AppliedBatch, Tally } from '../index.js';
+import { sharedFor } from '../engine/concurrency.js';
+import { registerDurabilityGauge } from '../redis/durability-metric.js';
 
 /**
  * The worker's Prometheus metrics. Gauges of pending work are read from Redis at scrape time,

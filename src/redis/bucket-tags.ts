@@ -1,4 +1,9 @@
-import { bucketStart, isGranularity, nextBucketStart, type Granularity } from './buckets.js';
+import {
+  bucketStart,
+  isGranularity,
+  nextBucketStart,
+  type Granularity,
+} from '../counters/buckets.js';
 import { fieldSeparator } from './shard-keys.js';
 
 /*

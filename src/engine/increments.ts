@@ -1,19 +1,24 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { BucketTags } from './bucket-tags.js';
-import { toEpochMs } from './buckets.js';
-import type { ResolvedConfig } from './config.js';
-import { inOneWrite, redisFailure } from './connections.js';
-import { canonicalName, validateName, type CounterRef } from './counter-name.js';
-import { IdempotencyKeyReusedError, OverflowError, TallyError, ValidationError } from './errors.js';
+import { BucketTags } from '../redis/bucket-tags.js';
+import { toEpochMs } from '../counters/buckets.js';
+import type { ResolvedConfig } from '../config.js';
+import { inOneWrite, redisFailure } from '../redis/connection.js';
+import { canonicalName, validateName, type CounterRef } from '../counters/counter-name.js';
+import {
+  IdempotencyKeyReusedError,
+  OverflowError,
+  TallyError,
+  ValidationError,
+} from '../errors.js';
 import {
   IncrementStatus,
   ScriptStatus,
   type RedisConnection,
   type ScriptReply,
   type Scripts,
-} from './redis-scripts.js';
-import { shardOf } from './sharding.js';
-import { shardKeys, type ShardKeys } from './shard-keys.js';
+} from '../redis/scripts.js';
+import { shardOf } from '../counters/sharding.js';
+import { shardKeys, type ShardKeys } from '../redis/shard-keys.js';
 
 export const maxSafeValue = Number.MAX_SAFE_INTEGER;
 

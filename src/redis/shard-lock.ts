@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { TallyError } from './errors.js';
-import type { RedisConnection, Scripts } from './redis-scripts.js';
+import { TallyError } from '../errors.js';
+import type { RedisConnection, Scripts } from './scripts.js';
 
 /**
  * The per-shard lock that keeps a flush and a reconcile of one shard apart. Correctness of the

@@ -1,4 +1,4 @@
-import { ValidationError } from './errors.js';
+import { ValidationError } from '../errors.js';
 
 /** The UTC time buckets usage can be kept in. */
 export const granularities = ['minute', 'hour', 'day', 'month'] as const;

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 
 /**
  * The directory holding Tally's package.json. Found by walking up, because this module runs
- * both from src/ (tests, tsx) and from dist/src/ (the published build).
+ * both from src/ (tests, tsx) and from dist/ (the published build).
  */
 function findPackageRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));

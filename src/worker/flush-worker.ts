@@ -10,12 +10,12 @@ import { performance } from 'node:perf_hooks';
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import { storeEnv, type StoreEnv } from '../src/env-config.js';
-import { createTally, FlushError, TallyError, type Tally } from '../src/index.js';
-import { logConnectionErrors } from '../src/connections.js';
-import { createLogger } from '../src/logging.js';
+import { storeEnv, type StoreEnv } from '../process/env-config.js';
+import { createTally, FlushError, TallyError, type Tally } from '../index.js';
+import { logConnectionErrors } from '../redis/connection.js';
+import { createLogger } from '../process/logging.js';
 import { FlushMetrics } from './flush-metrics.js';
-import { exitOnSignals, integerFromEnv } from '../src/process-lifecycle.js';
+import { exitOnSignals, integerFromEnv } from '../process/lifecycle.js';
 
 export interface FlushWorkerConfig extends StoreEnv {
   /** How often each shard is flushed. */

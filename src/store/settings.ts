@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { TallyError } from './errors.js';
+import { TallyError } from '../errors.js';
 
 /** What a process must agree on with the store: the settings recorded at its set-up. */
 const identity = [

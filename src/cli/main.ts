@@ -1,11 +1,11 @@
 import { Command, CommanderError, Option } from 'commander';
 import { resolve } from 'node:path';
-import { packageVersion } from './package-files.js';
-import { flushCommand, migrateCommand, reconcileCommand, statusCommand } from './cli/commands.js';
-import { ExitCode, exitCodeFor } from './cli/exit-codes.js';
-import { environmentHelp, serveVariables, workerVariables } from './cli/service-variables.js';
-import { withStoreOptions } from './cli/store-options.js';
-import { redactSecrets } from './logging.js';
+import { packageVersion } from '../process/package-files.js';
+import { flushCommand, migrateCommand, reconcileCommand, statusCommand } from './commands.js';
+import { ExitCode, exitCodeFor } from './exit-codes.js';
+import { environmentHelp, serveVariables, workerVariables } from './service-variables.js';
+import { withStoreOptions } from './store-options.js';
+import { redactSecrets } from '../process/logging.js';
 
 // `tally status | head` closes stdout early: that is the reader's choice, not an error.
 process.stdout.on('error', (error: NodeJS.ErrnoException) => {
@@ -65,7 +65,7 @@ program
   .description('run a flush worker until SIGTERM/SIGINT (configured from the environment)')
   .addHelpText('after', environmentHelp(workerVariables))
   .action(async () => {
-    const { runFlushWorker } = await import('../workers/flush-worker.js');
+    const { runFlushWorker } = await import('../worker/flush-worker.js');
     await runFlushWorker();
   });
 
@@ -74,7 +74,7 @@ program
   .description('run the HTTP API until SIGTERM/SIGINT (configured from the environment)')
   .addHelpText('after', environmentHelp(serveVariables))
   .action(async () => {
-    const { runServer } = await import('./server/serve.js');
+    const { runServer } = await import('../server/serve.js');
     await runServer();
   });
 
@@ -88,7 +88,7 @@ program
   .addOption(new Option('--port <port>', 'API port').env('PORT').default('8080'))
   .option('--data-dir <dir>', 'where the private servers keep their data', '.tally-dev')
   .action(async (options: { load: string; port: string; dataDir: string }) => {
-    const { runDev } = await import('./dev/dev-command.js');
+    const { runDev } = await import('../dev/dev-command.js');
     await runDev({
       load: Number(options.load),
       port: Number(options.port),

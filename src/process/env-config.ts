@@ -1,14 +1,14 @@
-import { granularities, isGranularity, type Granularity } from './buckets.js';
+import { granularities, isGranularity, type Granularity } from '../counters/buckets.js';
 import {
   durabilityCheckIntervalDefaultMs,
   maxShards,
   redisLossChoices,
   storeDefaults,
-} from './config.js';
-import type { RedisLossAccepted } from './durability.js';
-import { ValidationError } from './errors.js';
+} from '../config.js';
+import type { RedisLossAccepted } from '../redis/durability.js';
+import { ValidationError } from '../errors.js';
 import { parseLogFormat, parseLogLevel, type LogFormat, type LogLevel } from './logging.js';
-import { integerFromEnv, requiredEnv } from './process-lifecycle.js';
+import { integerFromEnv, requiredEnv } from './lifecycle.js';
 
 /**
  * What every long-running process (`tally serve`, `tally worker`) reads from the environment

@@ -1,10 +1,10 @@
 import type pg from 'pg';
-import { parsePendingField } from './bucket-tags.js';
-import { postgresFailure } from './connections.js';
+import { parsePendingField } from '../redis/bucket-tags.js';
+import { postgresFailure } from '../store/pool.js';
 import type { EngineContext } from './engine-context.js';
-import { withShardLock } from './flush-lock.js';
-import { ScriptStatus } from './redis-scripts.js';
-import { shardKeys, type ShardKeys } from './shard-keys.js';
+import { withShardLock } from '../redis/shard-lock.js';
+import { ScriptStatus } from '../redis/scripts.js';
+import { shardKeys, type ShardKeys } from '../redis/shard-keys.js';
 
 export interface Drift {
   counter: string;

@@ -1,4 +1,4 @@
-import { ValidationError } from './errors.js';
+import { ValidationError } from '../errors.js';
 
 /** Labels that refine a counter name: `api_calls` + `{ tenant: 'acme' }`. */
 export type Labels = Readonly<Record<string, string | number | boolean>>;

@@ -1,5 +1,5 @@
-import { parsePendingField, tagBuckets, type TagBuckets } from './bucket-tags.js';
-import { fieldSeparator } from './shard-keys.js';
+import { parsePendingField, tagBuckets, type TagBuckets } from '../redis/bucket-tags.js';
+import { fieldSeparator } from '../redis/shard-keys.js';
 
 /** A batch's deltas as the columns of PostgreSQL rows, ready for the flush's unnest upserts. */
 export interface BatchRows {

@@ -1,17 +1,18 @@
-import { tagBuckets } from './bucket-tags.js';
+import { tagBuckets } from '../redis/bucket-tags.js';
 import {
   bucketCount,
   bucketStarts,
   isGranularity,
   toEpochMs,
   type Granularity,
-} from './buckets.js';
-import { postgresFailure, redisFailure } from './connections.js';
-import { canonicalName, type CounterRef } from './counter-name.js';
-import { TallyError, ValidationError } from './errors.js';
+} from '../counters/buckets.js';
+import { redisFailure } from '../redis/connection.js';
+import { postgresFailure } from '../store/pool.js';
+import { canonicalName, type CounterRef } from '../counters/counter-name.js';
+import { TallyError, ValidationError } from '../errors.js';
 import type { EngineContext } from './engine-context.js';
-import { shardOf } from './sharding.js';
-import { shardKeys } from './shard-keys.js';
+import { shardOf } from '../counters/sharding.js';
+import { shardKeys } from '../redis/shard-keys.js';
 
 export interface UsageQuery {
   /** Start of the period (inclusive; the bucket holding it is the first one). */

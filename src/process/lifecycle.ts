@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { ValidationError } from './errors.js';
+import { ValidationError } from '../errors.js';
 
 /**
  * How Tally's long-running processes end: on SIGTERM or SIGINT, `close` runs (stop taking work,

@@ -1,7 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import type { Cluster, Redis } from 'ioredis';
-import { packageRoot } from './package-files.js';
 
 /** A connection Tally's commands run on: one Redis, or a Redis Cluster. */
 export type RedisConnection = Redis | Cluster;
@@ -62,7 +60,8 @@ export interface Scripts {
   ): Promise<ScriptReply>;
 }
 
-const scriptsDir = join(packageRoot, 'src', 'scripts');
+// Beside this module in src/ and in dist/ alike (the build copies lua/ into dist/redis/).
+const luaDir = new URL('./lua/', import.meta.url);
 
 /** ioredis flattens array arguments into one command, so none is spread into a call here. */
 type Invoke = (...args: (number | readonly (string | number)[])[]) => Promise<ScriptReply>;
@@ -70,7 +69,7 @@ type Invoke = (...args: (number | readonly (string | number)[])[]) => Promise<Sc
 export function defineScripts(redis: RedisConnection): Scripts {
   for (const [name, script] of Object.entries(scripts)) {
     redis.defineCommand(scriptCommand(name as ScriptName), {
-      lua: readFileSync(join(scriptsDir, script.file), 'utf8'),
+      lua: readFileSync(new URL(script.file, luaDir), 'utf8'),
       ...(script.keys === undefined ? {} : { numberOfKeys: script.keys }),
     });
   }

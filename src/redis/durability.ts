@@ -1,4 +1,4 @@
-import type { RedisConnection } from './redis-scripts.js';
+import type { RedisConnection } from './scripts.js';
 
 /** What Redis' configuration means for increments acknowledged but not yet flushed. */
 export interface RedisDurability {

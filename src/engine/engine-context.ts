@@ -1,7 +1,7 @@
 import type pg from 'pg';
-import type { ResolvedConfig } from './config.js';
-import type { RedisDurability } from './durability.js';
-import type { RedisConnection, Scripts } from './redis-scripts.js';
+import type { ResolvedConfig } from '../config.js';
+import type { RedisDurability } from '../redis/durability.js';
+import type { RedisConnection, Scripts } from '../redis/scripts.js';
 
 /**
  * What the engine's paths (increments, reads, usage, flush, reconcile) share: the two stores'

@@ -1,14 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
-import { postgresFailure } from './connections.js';
+import { postgresFailure } from '../store/pool.js';
 import { batchRows, type BatchRows } from './batch-rows.js';
 import type { SerialQueue } from './concurrency.js';
 import type { EngineContext } from './engine-context.js';
-import { FlushError, TallyError } from './errors.js';
+import { FlushError, TallyError } from '../errors.js';
 import { brokenOnPurpose, reachFaultPoint } from './fault-points.js';
-import { withShardLock } from './flush-lock.js';
-import type { RedisConnection } from './redis-scripts.js';
-import { shardKeys, type ShardKeys } from './shard-keys.js';
+import { withShardLock } from '../redis/shard-lock.js';
+import type { RedisConnection } from '../redis/scripts.js';
+import { shardKeys, type ShardKeys } from '../redis/shard-keys.js';
 
 /** One batch moved from Redis into PostgreSQL. */
 export interface AppliedBatch {

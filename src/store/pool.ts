@@ -1,0 +1,23 @@
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { TallyError } from '../errors.js';
+
+/** Tally's pool: the caller's, or one from a URL. Either way it gets an `error` listener. */
+export function openPostgres(option: string | pg.Pool, logger: Logger): pg.Pool {
+  const pool = typeof option === 'string' ? new pg.Pool({ connectionString: option }) : option;
+  // An idle client whose server restarted emits 'error' on the pool; unhandled, it would end
+  // the process.
+  pool.on('error', (error: Error & { code?: string }) => {
+    // Not the error itself: node-postgres hangs the whole client (and its queries) on it.
+    // 57P01 is an administrator's shutdown (a restart, `tally dev` stopping its server).
+    const level = error.code === '57P01' ? 'info' : 'warn';
+    logger[level]({ message: error.message, code: error.code }, 'postgres idle client error');
+  });
+  return pool;
+}
+
+/** The typed error for a PostgreSQL call that failed (server down, connection lost, ...). */
+export function postgresFailure(error: unknown, what: string): TallyError {
+  if (error instanceof TallyError) return error;
+  return new TallyError('UNAVAILABLE', `PostgreSQL could not serve ${what}.`, { cause: error });
+}
