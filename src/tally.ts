@@ -4,6 +4,7 @@ import { resolveConfig, type ResolvedConfig, type TallyOptions } from './config.
 import type { Granularity } from './counters/buckets.js';
 import { openRedis, redisFailure } from './redis/connection.js';
 import { openPostgres } from './store/pool.js';
+import { statusSql } from './store/sql.js';
 import { canonicalName, type CounterRef } from './counters/counter-name.js';
 import { inspectRedisDurability, type RedisDurability } from './redis/durability.js';
 import { TallyError, ValidationError } from './errors.js';
@@ -29,14 +30,6 @@ export interface IncrementItem extends IncrementOptions {
   counter: CounterRef;
   by?: number;
 }
-
-/**
- * Each shard's latest flush: one backward step of the (shard, applied_at) index per shard
- * (migration 0003), not a scan of the whole ledger as `max(…) GROUP BY shard` was.
- */
-const lastFlushPerShard = `
-  SELECT s.shard, (SELECT max(b.applied_at) FROM tally.applied_batches b WHERE b.shard = s.shard) AS at
-  FROM generate_series(0, $1::integer - 1) AS s(shard)`;
 
 /** How many shards `reconcile` checks at once. */
 const reconcileConcurrency = 4;
@@ -382,14 +375,11 @@ class TallyClient implements Tally {
     const nowMs = Date.now();
     // The status must still show the lag when PostgreSQL is down: its part is then unknown.
     const postgresPart = await Promise.all([
-      pool.query<{ shard: number; at: Date | null }>(lastFlushPerShard, [this.config.shards]),
-      pool.query<{ version: number }>(
-        'SELECT coalesce(max(version), 0) AS version FROM tally.schema_migrations',
-      ),
-      pool.query<{ shard: number; losses: number }>(
-        `SELECT shard, count(*)::integer AS losses FROM tally.redis_losses
-         WHERE reported_at IS NULL GROUP BY shard`,
-      ),
+      pool.query<{ shard: number; at: Date | null }>(statusSql.lastFlushPerShard, [
+        this.config.shards,
+      ]),
+      pool.query<{ version: number }>(statusSql.schemaVersion),
+      pool.query<{ shard: number; losses: number }>(statusSql.unreportedLossesPerShard),
     ]).catch(() => undefined);
     const lastFlush = new Map(
       postgresPart?.[0].rows.flatMap((row) => (row.at === null ? [] : [[row.shard, row.at]])),

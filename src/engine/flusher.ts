@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import type pg from 'pg';
 import { postgresFailure } from '../store/pool.js';
+import { flushSql } from '../store/sql.js';
+import { withTransaction } from '../store/transaction.js';
 import { batchRows, type BatchRows } from './batch-rows.js';
 import type { SerialQueue } from './concurrency.js';
 import type { EngineContext } from './engine-context.js';
@@ -106,19 +107,6 @@ async function waitForAof(redis: RedisConnection): Promise<void> {
   }
 }
 
-/** Deletes the in-flight batch if it is still `batchId` (flush step 3). */
-function acknowledge(ctx: EngineContext, keys: ShardKeys, batchId: string) {
-  return ctx.scripts.run(
-    'acknowledge',
-    [keys.inflight, keys.inflightTags, keys.inflightMeta],
-    [batchId],
-  );
-}
-
-function ignoreCheckedOutClientError(): void {
-  // Reported by the query that fails; see applyBatch.
-}
-
 async function applyBatch(
   ctx: EngineContext,
   shard: number,
@@ -149,6 +137,15 @@ async function applyBatch(
   };
 }
 
+/** Deletes the in-flight batch if it is still `batchId` (flush step 3). */
+function acknowledge(ctx: EngineContext, keys: ShardKeys, batchId: string) {
+  return ctx.scripts.run(
+    'acknowledge',
+    [keys.inflight, keys.inflightTags, keys.inflightMeta],
+    [batchId],
+  );
+}
+
 /**
  * The batch's transaction: the ledger row, then (unless the ledger already had it) the totals
  * and the buckets. Returns whether the ledger already had the batch.
@@ -160,41 +157,23 @@ async function applyInPostgres(
   batchId: string,
   rows: BatchRows,
 ): Promise<boolean> {
-  let client: pg.PoolClient | undefined;
-  let alreadyApplied: boolean;
   try {
-    client = await ctx.pool.connect();
-    // A checked-out client has no pool listener: a connection reset would otherwise be an
-    // unhandled 'error' event and end the process. The failing query reports it.
-    client.on('error', ignoreCheckedOutClientError);
-    await client.query('BEGIN');
-    const ledger = await client.query({
-      name: 'tally_ledger_insert',
-      text: `INSERT INTO tally.applied_batches (shard, batch_id, counters)
-             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
-      values: [shard, batchId, rows.counters.names.length],
-    });
-    alreadyApplied = ledger.rowCount === 0;
-    // Tests only: a crash now would lose the batch, which the fault checker must catch.
-    if (brokenOnPurpose('acknowledge-before-commit')) await acknowledge(ctx, keys, batchId);
-    if (!alreadyApplied) {
+    return await withTransaction(ctx.pool, async (client) => {
+      const ledger = await client.query({
+        ...flushSql.claimBatch,
+        values: [shard, batchId, rows.counters.names.length],
+      });
+      const alreadyApplied = ledger.rowCount === 0;
+      // Tests only: a crash now would lose the batch, which the fault checker must catch.
+      if (brokenOnPurpose('acknowledge-before-commit')) await acknowledge(ctx, keys, batchId);
+      if (alreadyApplied) return true;
       await client.query({
-        name: 'tally_apply_counters',
-        text: `INSERT INTO tally.counters AS c (name, shard, value)
-               SELECT name, $3, delta FROM unnest($1::text[], $2::bigint[]) AS d (name, delta)
-               ON CONFLICT (name) DO UPDATE
-                 SET value = c.value + EXCLUDED.value, updated_at = now()`,
+        ...flushSql.addToTotals,
         values: [rows.counters.names, rows.counters.deltas, shard],
       });
       await reachFaultPoint('mid-transaction');
       await client.query({
-        name: 'tally_apply_buckets',
-        text: `INSERT INTO tally.counter_buckets AS b (name, granularity, bucket_start, value)
-               SELECT name, granularity, to_timestamp(start_ms / 1000.0), delta
-               FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
-                 AS d (name, granularity, start_ms, delta)
-               ON CONFLICT (name, granularity, bucket_start) DO UPDATE
-                 SET value = b.value + EXCLUDED.value`,
+        ...flushSql.addToBuckets,
         values: [
           rows.buckets.names,
           rows.buckets.granularities,
@@ -202,14 +181,9 @@ async function applyInPostgres(
           rows.buckets.deltas,
         ],
       });
-    }
-    await client.query('COMMIT');
+      return false;
+    });
   } catch (error) {
-    if (client !== undefined) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      client.off('error', ignoreCheckedOutClientError);
-      client.release(error instanceof Error ? error : true);
-    }
     throw new FlushError(
       shard,
       batchId,
@@ -220,7 +194,4 @@ async function applyInPostgres(
       ),
     );
   }
-  client.off('error', ignoreCheckedOutClientError);
-  client.release();
-  return alreadyApplied;
 }

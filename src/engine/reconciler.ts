@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import { parsePendingField } from '../redis/bucket-tags.js';
 import { postgresFailure } from '../store/pool.js';
+import { reconcileSql } from '../store/sql.js';
 import type { EngineContext } from './engine-context.js';
 import { withShardLock } from '../redis/shard-lock.js';
 import { ScriptStatus } from '../redis/scripts.js';
@@ -61,14 +62,7 @@ async function readPostgresPage(
 ): Promise<PostgresPage> {
   const { rows } = await pool
     .query<{ applied: boolean; rows: { name: string; value: string }[] }>({
-      name: 'tally_reconcile_page',
-      text: `SELECT EXISTS (SELECT 1 FROM tally.applied_batches WHERE shard = $1 AND batch_id = $2)
-                    AS applied,
-                  COALESCE((SELECT json_agg(json_build_object('name', name, 'value', value::text)
-                                            ORDER BY name)
-                            FROM (SELECT name, value FROM tally.counters
-                                  WHERE shard = $1 AND name > $3
-                                  ORDER BY name LIMIT $4) AS page), '[]') AS rows`,
+      ...reconcileSql.totalsPage,
       values: [shard, batchId, after, limit],
     })
     .catch((error: unknown) => {
@@ -162,11 +156,7 @@ async function recordedLosses(
 ): Promise<string[]> {
   const { rows } = await pool
     .query<{ found_at: Date }>(
-      markReported
-        ? `UPDATE tally.redis_losses SET reported_at = now()
-           WHERE shard = $1 AND reported_at IS NULL RETURNING detected_at AS found_at`
-        : `SELECT detected_at AS found_at FROM tally.redis_losses
-           WHERE shard = $1 AND reported_at IS NULL`,
+      markReported ? reconcileSql.markLossesReported : reconcileSql.unreportedLosses,
       [shard],
     )
     .catch((error: unknown) => {
@@ -229,11 +219,9 @@ async function reconcileOnce(
     // Recorded before the marker is back: whoever rebuilds the shard, a later reconcile learns
     // of the loss (a crash in between leaves the marker missing, which reports it too).
     if (redisLostData) {
-      await ctx.pool
-        .query('INSERT INTO tally.redis_losses (shard) VALUES ($1)', [shard])
-        .catch((error: unknown) => {
-          throw postgresFailure(error, `recording that Redis lost shard ${shard}`);
-        });
+      await ctx.pool.query(reconcileSql.recordRedisLoss, [shard]).catch((error: unknown) => {
+        throw postgresFailure(error, `recording that Redis lost shard ${shard}`);
+      });
     }
     await ctx.redis.set(keys.epoch, new Date().toISOString());
   }

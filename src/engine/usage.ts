@@ -8,6 +8,7 @@ import {
 } from '../counters/buckets.js';
 import { redisFailure } from '../redis/connection.js';
 import { postgresFailure } from '../store/pool.js';
+import { usageSql } from '../store/sql.js';
 import { canonicalName, type CounterRef } from '../counters/counter-name.js';
 import { TallyError, ValidationError } from '../errors.js';
 import type { EngineContext } from './engine-context.js';
@@ -84,16 +85,7 @@ export async function readUsage(
     const [snapshots, batchId, pendingTags] = redisReply as [number, string, number];
     const { rows } = await ctx.pool
       .query<{ applied: boolean; buckets: Record<string, string> }>({
-        name: 'tally_usage',
-        text: `SELECT EXISTS (SELECT 1 FROM tally.applied_batches
-                            WHERE shard = $1 AND batch_id = $2) AS applied,
-                    COALESCE((SELECT json_object_agg(
-                                       (extract(epoch FROM bucket_start) * 1000)::bigint::text,
-                                       value::text)
-                              FROM tally.counter_buckets
-                              WHERE name = $3 AND granularity = $4
-                                AND bucket_start >= to_timestamp($5 / 1000.0)
-                                AND bucket_start < to_timestamp($6 / 1000.0)), '{}') AS buckets`,
+        ...usageSql.flushedBuckets,
         values: [shard, batchId, counter, query.granularity, starts[0], toMs],
       })
       .catch((error: unknown) => {

@@ -1,10 +1,12 @@
 import { createHash } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import pg from 'pg';
+import type pg from 'pg';
 import type { Logger } from 'pino';
 import { SchemaError } from '../errors.js';
 import { migrationsDir } from '../process/package-files.js';
+import { migrationSql } from './sql.js';
+import { withClient, withTransaction } from './transaction.js';
 
 /** One numbered, append-only SQL file from migrations/. */
 export interface Migration {
@@ -36,12 +38,6 @@ export interface MigrateOptions {
 
 const fileNamePattern = /^(\d{4})_([a-z0-9_]+)\.sql$/;
 const compatibleDirective = /^-- tally: older code compatible\s*$/m;
-
-/**
- * Key of the advisory lock that serialises migration runs ('tally' in ASCII, so it is easy to
- * recognise in pg_locks).
- */
-const migrationLockKey = '500152355961';
 
 /** Reads and validates the migration files in `dir`: 0001_name.sql, 0002_name.sql, ... */
 export async function loadMigrations(dir: string = migrationsDir): Promise<Migration[]> {
@@ -116,52 +112,6 @@ function pendingMigrations(applied: readonly AppliedRow[], known: readonly Migra
 }
 
 /**
- * The ledger of applied migrations, and the column that says which of them older code may run
- * against (added to ledgers made before it existed: their rows say false, which only matters to
- * code that does not know them, and none does).
- */
-const ledgerStatements = [
-  `CREATE TABLE IF NOT EXISTS tally.schema_migrations (
-     version integer PRIMARY KEY,
-     name text NOT NULL,
-     checksum text NOT NULL,
-     applied_at timestamptz NOT NULL DEFAULT now()
-   )`,
-  `ALTER TABLE tally.schema_migrations
-     ADD COLUMN IF NOT EXISTS older_code_compatible boolean NOT NULL DEFAULT false`,
-];
-
-const appliedRowsQuery = `SELECT version, name, checksum, older_code_compatible
-                          FROM tally.schema_migrations ORDER BY version`;
-
-async function withClient<T>(
-  db: string | pg.Pool,
-  use: (client: pg.ClientBase) => Promise<T>,
-): Promise<T> {
-  // A connection lost mid-run surfaces as the failed query; without a listener the client's
-  // 'error' event would end the process.
-  const ignore = () => undefined;
-  if (typeof db !== 'string') {
-    const client = await db.connect();
-    client.on('error', ignore);
-    try {
-      return await use(client);
-    } finally {
-      client.off('error', ignore);
-      client.release();
-    }
-  }
-  const client = new pg.Client({ connectionString: db });
-  client.on('error', ignore);
-  await client.connect();
-  try {
-    return await use(client);
-  } finally {
-    await client.end();
-  }
-}
-
-/**
  * Applies every pending migration and records it, all in one transaction under an advisory
  * lock: running it twice, or from many processes at once, applies each migration exactly once,
  * and a failing migration leaves the schema as it was.
@@ -171,32 +121,26 @@ export async function migrate(
   options: MigrateOptions = {},
 ): Promise<MigrateResult> {
   const known = options.migrations ?? (await loadMigrations());
-  return withClient(db, async (client) => {
-    await client.query('BEGIN');
-    try {
-      await client.query('SELECT pg_advisory_xact_lock($1)', [migrationLockKey]);
-      await client.query('CREATE SCHEMA IF NOT EXISTS tally');
-      for (const statement of ledgerStatements) await client.query(statement);
-      const { rows } = await client.query<AppliedRow>(appliedRowsQuery);
-      const pending = pendingMigrations(rows, known);
-      for (const migration of pending) {
-        options.logger?.info({ version: migration.version, name: migration.name }, 'migrating');
-        await client.query(migration.sql);
-        await client.query(
-          `INSERT INTO tally.schema_migrations (version, name, checksum, older_code_compatible)
-           VALUES ($1, $2, $3, $4)`,
-          [migration.version, migration.name, migration.checksum, migration.olderCodeCompatible],
-        );
-      }
-      await client.query('COMMIT');
-      return {
-        applied: pending,
-        version: Math.max(known.length, ...rows.map((row) => row.version)),
-      };
-    } catch (error) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw error;
+  return withTransaction(db, async (client) => {
+    await client.query(migrationSql.lock);
+    await client.query(migrationSql.createSchema);
+    for (const statement of migrationSql.createLedger) await client.query(statement);
+    const { rows } = await client.query<AppliedRow>(migrationSql.applied);
+    const pending = pendingMigrations(rows, known);
+    for (const migration of pending) {
+      options.logger?.info({ version: migration.version, name: migration.name }, 'migrating');
+      await client.query(migration.sql);
+      await client.query(migrationSql.record, [
+        migration.version,
+        migration.name,
+        migration.checksum,
+        migration.olderCodeCompatible,
+      ]);
     }
+    return {
+      applied: pending,
+      version: Math.max(known.length, ...rows.map((row) => row.version)),
+    };
   });
 }
 
@@ -213,12 +157,10 @@ export async function migrationStatus(
 ): Promise<MigrationState[]> {
   const known = migrations ?? (await loadMigrations());
   const applied = await withClient(db, async (client) => {
-    const exists = await client.query<{ found: boolean }>(
-      `SELECT to_regclass('tally.schema_migrations') IS NOT NULL AS found`,
-    );
+    const exists = await client.query<{ found: boolean }>(migrationSql.ledgerExists);
     if (exists.rows[0]?.found !== true) return new Map<number, Date>();
     const result = await client.query<{ version: number; applied_at: Date }>(
-      'SELECT version, applied_at FROM tally.schema_migrations',
+      migrationSql.appliedAt,
     );
     return new Map(result.rows.map((row) => [row.version, row.applied_at]));
   });
@@ -239,20 +181,11 @@ export async function assertSchemaCurrent(
 ): Promise<void> {
   const known = migrations ?? (await loadMigrations());
   const applied = await withClient(db, async (client) => {
-    const exists = await client.query<{ found: boolean }>(
-      `SELECT to_regclass('tally.schema_migrations') IS NOT NULL AS found`,
-    );
+    const exists = await client.query<{ found: boolean }>(migrationSql.ledgerExists);
     if (exists.rows[0]?.found !== true) return [];
-    // A ledger made before the compatibility column: its rows are all known to this code.
-    const column = await client.query(
-      `SELECT 1 FROM information_schema.columns WHERE table_schema = 'tally'
-         AND table_name = 'schema_migrations' AND column_name = 'older_code_compatible'`,
-    );
+    const column = await client.query(migrationSql.ledgerHasCompatibility);
     const result = await client.query<AppliedRow>(
-      column.rowCount === 1
-        ? appliedRowsQuery
-        : `SELECT version, name, checksum, false AS older_code_compatible
-           FROM tally.schema_migrations ORDER BY version`,
+      column.rowCount === 1 ? migrationSql.applied : migrationSql.appliedBeforeCompatibility,
     );
     return result.rows;
   });

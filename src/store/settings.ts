@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { TallyError } from '../errors.js';
+import { settingsSql } from './sql.js';
 
 /** What a process must agree on with the store: the settings recorded at its set-up. */
 const identity = [
@@ -30,14 +31,8 @@ export async function ensureStoreIdentity(
 ): Promise<void> {
   for (const { key, option, env, describe, why } of identity) {
     const configured: unknown = config[option];
-    await pool.query(
-      `INSERT INTO tally.settings (key, value) VALUES ($1, $2::jsonb) ON CONFLICT DO NOTHING`,
-      [key, JSON.stringify(configured)],
-    );
-    const { rows } = await pool.query<{ value: unknown }>(
-      `SELECT value FROM tally.settings WHERE key = $1`,
-      [key],
-    );
+    await pool.query(settingsSql.recordIfAbsent, [key, JSON.stringify(configured)]);
+    const { rows } = await pool.query<{ value: unknown }>(settingsSql.read, [key]);
     const recorded = rows[0]?.value;
     if (recorded !== configured) {
       throw new TallyError(
@@ -55,13 +50,10 @@ export async function ensureStoreIdentity(
  * that was set up means Redis lost its data; in a new store it only means first start.
  */
 export async function storeWasSetUp(pool: pg.Pool): Promise<boolean> {
-  const { rowCount } = await pool.query(`SELECT 1 FROM tally.settings WHERE key = 'set_up_at'`);
+  const { rowCount } = await pool.query(settingsSql.wasSetUp);
   return rowCount === 1;
 }
 
 export async function markStoreSetUp(pool: pg.Pool): Promise<void> {
-  await pool.query(
-    `INSERT INTO tally.settings (key, value) VALUES ('set_up_at', to_jsonb(now()))
-     ON CONFLICT DO NOTHING`,
-  );
+  await pool.query(settingsSql.markSetUp);
 }

@@ -1,0 +1,130 @@
+/**
+ * Every statement Tally sends to its PostgreSQL store, by the path that sends it. Nothing else
+ * in the code names a `tally.` table: a second SQL store gets a module like this one beside it.
+ * Statements on the hot paths (flush, usage, reconcile) carry a `name`, so node-postgres
+ * prepares them once per connection.
+ */
+
+/** The flush's transaction (engine/flusher.ts). */
+export const flushSql = {
+  /** The batch's ledger row, unless the ledger has it already (then nothing is inserted). */
+  claimBatch: {
+    name: 'tally_ledger_insert',
+    text: `INSERT INTO tally.applied_batches (shard, batch_id, counters)
+           VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+  },
+  addToTotals: {
+    name: 'tally_apply_counters',
+    text: `INSERT INTO tally.counters AS c (name, shard, value)
+           SELECT name, $3, delta FROM unnest($1::text[], $2::bigint[]) AS d (name, delta)
+           ON CONFLICT (name) DO UPDATE
+             SET value = c.value + EXCLUDED.value, updated_at = now()`,
+  },
+  addToBuckets: {
+    name: 'tally_apply_buckets',
+    text: `INSERT INTO tally.counter_buckets AS b (name, granularity, bucket_start, value)
+           SELECT name, granularity, to_timestamp(start_ms / 1000.0), delta
+           FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+             AS d (name, granularity, start_ms, delta)
+           ON CONFLICT (name, granularity, bucket_start) DO UPDATE
+             SET value = b.value + EXCLUDED.value`,
+  },
+} as const;
+
+/** Usage reads (engine/usage.ts). */
+export const usageSql = {
+  /** Whether the in-flight batch is applied, and the flushed buckets of one counter. */
+  flushedBuckets: {
+    name: 'tally_usage',
+    text: `SELECT EXISTS (SELECT 1 FROM tally.applied_batches
+                          WHERE shard = $1 AND batch_id = $2) AS applied,
+                  COALESCE((SELECT json_object_agg(
+                                     (extract(epoch FROM bucket_start) * 1000)::bigint::text,
+                                     value::text)
+                            FROM tally.counter_buckets
+                            WHERE name = $3 AND granularity = $4
+                              AND bucket_start >= to_timestamp($5 / 1000.0)
+                              AND bucket_start < to_timestamp($6 / 1000.0)), '{}') AS buckets`,
+  },
+} as const;
+
+/** Reconcile (engine/reconciler.ts). */
+export const reconcileSql = {
+  /** Whether the in-flight batch is applied, and one page of the shard's totals by name. */
+  totalsPage: {
+    name: 'tally_reconcile_page',
+    text: `SELECT EXISTS (SELECT 1 FROM tally.applied_batches WHERE shard = $1 AND batch_id = $2)
+                  AS applied,
+                COALESCE((SELECT json_agg(json_build_object('name', name, 'value', value::text)
+                                          ORDER BY name)
+                          FROM (SELECT name, value FROM tally.counters
+                                WHERE shard = $1 AND name > $3
+                                ORDER BY name LIMIT $4) AS page), '[]') AS rows`,
+  },
+  recordRedisLoss: `INSERT INTO tally.redis_losses (shard) VALUES ($1)`,
+  unreportedLosses: `SELECT detected_at AS found_at FROM tally.redis_losses
+                     WHERE shard = $1 AND reported_at IS NULL`,
+  markLossesReported: `UPDATE tally.redis_losses SET reported_at = now()
+                       WHERE shard = $1 AND reported_at IS NULL RETURNING detected_at AS found_at`,
+} as const;
+
+/** status() (tally.ts). */
+export const statusSql = {
+  /**
+   * Each shard's latest flush: one backward step of the (shard, applied_at) index per shard
+   * (migration 0003), not a scan of the whole ledger as `max(…) GROUP BY shard` was.
+   */
+  lastFlushPerShard: `SELECT s.shard, (SELECT max(b.applied_at) FROM tally.applied_batches b
+                                       WHERE b.shard = s.shard) AS at
+                      FROM generate_series(0, $1::integer - 1) AS s(shard)`,
+  schemaVersion: `SELECT coalesce(max(version), 0) AS version FROM tally.schema_migrations`,
+  unreportedLossesPerShard: `SELECT shard, count(*)::integer AS losses FROM tally.redis_losses
+                             WHERE reported_at IS NULL GROUP BY shard`,
+} as const;
+
+/** The store's recorded settings (store/settings.ts). */
+export const settingsSql = {
+  recordIfAbsent: `INSERT INTO tally.settings (key, value) VALUES ($1, $2::jsonb)
+                   ON CONFLICT DO NOTHING`,
+  read: `SELECT value FROM tally.settings WHERE key = $1`,
+  wasSetUp: `SELECT 1 FROM tally.settings WHERE key = 'set_up_at'`,
+  markSetUp: `INSERT INTO tally.settings (key, value) VALUES ('set_up_at', to_jsonb(now()))
+              ON CONFLICT DO NOTHING`,
+} as const;
+
+/** The migration runner (store/migrator.ts). */
+export const migrationSql = {
+  /**
+   * Serialises migration runs. The key is 'tally' in ASCII, so it is easy to recognise in
+   * pg_locks.
+   */
+  lock: `SELECT pg_advisory_xact_lock(500152355961)`,
+  createSchema: `CREATE SCHEMA IF NOT EXISTS tally`,
+  /**
+   * The ledger of applied migrations, and the column that says which of them older code may
+   * run against (added to ledgers made before it existed: their rows say false, which only
+   * matters to code that does not know them, and none does).
+   */
+  createLedger: [
+    `CREATE TABLE IF NOT EXISTS tally.schema_migrations (
+       version integer PRIMARY KEY,
+       name text NOT NULL,
+       checksum text NOT NULL,
+       applied_at timestamptz NOT NULL DEFAULT now()
+     )`,
+    `ALTER TABLE tally.schema_migrations
+       ADD COLUMN IF NOT EXISTS older_code_compatible boolean NOT NULL DEFAULT false`,
+  ],
+  ledgerExists: `SELECT to_regclass('tally.schema_migrations') IS NOT NULL AS found`,
+  ledgerHasCompatibility: `SELECT 1 FROM information_schema.columns
+                           WHERE table_schema = 'tally' AND table_name = 'schema_migrations'
+                             AND column_name = 'older_code_compatible'`,
+  applied: `SELECT version, name, checksum, older_code_compatible
+            FROM tally.schema_migrations ORDER BY version`,
+  /** A ledger made before the compatibility column: its rows are all known to this code. */
+  appliedBeforeCompatibility: `SELECT version, name, checksum, false AS older_code_compatible
+                               FROM tally.schema_migrations ORDER BY version`,
+  appliedAt: `SELECT version, applied_at FROM tally.schema_migrations`,
+  record: `INSERT INTO tally.schema_migrations (version, name, checksum, older_code_compatible)
+           VALUES ($1, $2, $3, $4)`,
+} as const;

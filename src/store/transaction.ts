@@ -1,0 +1,64 @@
+import pg from 'pg';
+
+/**
+ * A connection lost while a client is checked out surfaces as the query that fails; the client's
+ * own 'error' event carries nothing more, but without a listener it would end the process (the
+ * pool's listener covers idle clients only).
+ */
+function ignoreHeldClientError(): void {
+  // deliberately empty: see above
+}
+
+/**
+ * Runs `use` on a client of its own: checked out of the pool (a URL opens and ends a client),
+ * listened to while held, and given back — destroyed rather than reused when `use` failed, since
+ * a client that broke mid-statement may be in any state.
+ */
+export async function withClient<T>(
+  db: string | pg.Pool,
+  use: (client: pg.ClientBase) => Promise<T>,
+): Promise<T> {
+  if (typeof db === 'string') {
+    const client = new pg.Client({ connectionString: db });
+    client.on('error', ignoreHeldClientError);
+    try {
+      await client.connect();
+      return await use(client);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+  const client = await db.connect();
+  client.on('error', ignoreHeldClientError);
+  let failure: Error | undefined;
+  try {
+    return await use(client);
+  } catch (error) {
+    failure = error instanceof Error ? error : new Error(String(error));
+    throw error;
+  } finally {
+    client.off('error', ignoreHeldClientError);
+    client.release(failure);
+  }
+}
+
+/**
+ * Runs `work` in one transaction: BEGIN, COMMIT when it returns, ROLLBACK when it throws (the
+ * error it threw is what the caller sees, never the rollback's).
+ */
+export function withTransaction<T>(
+  db: string | pg.Pool,
+  work: (client: pg.ClientBase) => Promise<T>,
+): Promise<T> {
+  return withClient(db, async (client) => {
+    await client.query('BEGIN');
+    try {
+      const result = await work(client);
+      await client.query('COMMIT');
+      return result;
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw error;
+    }
+  });
+}
