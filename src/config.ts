@@ -4,6 +4,7 @@ import { pino, type Logger } from 'pino';
 import { granularities, isGranularity, type Granularity } from './counters/buckets.js';
 import type { RedisLossAccepted } from './redis/durability.js';
 import { ValidationError } from './errors.js';
+import { ledgerClockMarginMs } from './engine/ledger-pruning.js';
 
 export interface TallyOptions {
   /** Redis URL, or an ioredis Redis / Cluster instance (Tally uses a duplicate of it). */
@@ -49,6 +50,13 @@ export interface TallyOptions {
   incrementTimeoutMs?: number;
   /** How long a flush or reconcile holds a shard's lock before another may take it (default 30 s). */
   flushLockTtlMs?: number;
+  /**
+   * How long the flush ledger keeps the row of an applied batch (default 7 days, at least
+   * 3 hours): the longest a batch can reappear in Redis (a Redis restored from a backup this
+   * old) and still be recognised as applied. Older rows are pruned (`pruneLedger`, run by the
+   * worker); an older batch that reappears is refused, not applied (BATCH_REFUSED).
+   */
+  ledgerRetentionMs?: number;
   /** Counters per script call when reconcile compares or rebuilds (default 1000). */
   reconcileChunkSize?: number;
   /**
@@ -75,6 +83,7 @@ export interface ResolvedConfig {
   flushLockTtlMs: number;
   reconcileChunkSize: number;
   rebuildAtStart: boolean;
+  ledgerRetentionMs: number;
 }
 
 function integerIn(name: string, value: number, min: number, max: number): number {
@@ -123,6 +132,7 @@ export const maxFutureDefaultMs = 5 * 60_000;
 
 /** How long an idempotency key is remembered unless configured (also `tally serve`'s default). */
 export const idempotencyWindowDefaultMs = 24 * 3_600_000;
+export const ledgerRetentionDefaultMs = 7 * 24 * 3_600_000;
 
 /** Every default lives here, once. */
 export function resolveConfig(options: TallyOptions): ResolvedConfig {
@@ -183,6 +193,12 @@ export function resolveConfig(options: TallyOptions): ResolvedConfig {
     ),
     flushLockTtlMs: integerIn('flushLockTtlMs', options.flushLockTtlMs ?? 30_000, 100, 3_600_000),
     rebuildAtStart: options.rebuildAtStart ?? true,
+    ledgerRetentionMs: integerIn(
+      'ledgerRetentionMs',
+      options.ledgerRetentionMs ?? ledgerRetentionDefaultMs,
+      3 * ledgerClockMarginMs,
+      maxWindowMs,
+    ),
     reconcileChunkSize: integerIn(
       'reconcileChunkSize',
       options.reconcileChunkSize ?? 1_000,

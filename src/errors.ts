@@ -25,6 +25,9 @@ export type TallyErrorCode =
   | 'SCHEMA_OUT_OF_DATE'
   | 'MIGRATION_MODIFIED'
   | 'MIGRATION_FILES_INVALID'
+  // A flush found an in-flight batch older than the pruned part of the flush ledger and no row
+  // for it: it may have been applied already, so it was kept in flight and not applied.
+  | 'BATCH_REFUSED'
   // Another process holds the shard's flush lock (a flush or reconcile is running there).
   | 'BUSY'
   // The client was closed.

@@ -5,6 +5,7 @@ export {
   type IncrementItem,
   type ShardStatus,
   type TallyStatus,
+  type ResolvedBatch,
 } from './tally.js';
 export type { TallyOptions } from './config.js';
 export type {
@@ -13,6 +14,7 @@ export type {
   IncrementResult,
 } from './engine/increments.js';
 export type { AppliedBatch } from './engine/flusher.js';
+export type { LedgerPruneReport } from './engine/ledger-pruning.js';
 export type { Drift, ShardReconcileReport } from './engine/reconciler.js';
 export type { UsageBucket, UsageQuery } from './engine/usage.js';
 export type { RedisDurability, RedisLossAccepted } from './redis/durability.js';

@@ -10,7 +10,8 @@ import { inspectRedisDurability, type RedisDurability } from './redis/durability
 import { TallyError, ValidationError } from './errors.js';
 import { forEachLimited, SerialQueue } from './engine/concurrency.js';
 import type { EngineContext } from './engine/engine-context.js';
-import { flushShard, type AppliedBatch } from './engine/flusher.js';
+import { discardInflightBatch, flushShard, type AppliedBatch } from './engine/flusher.js';
+import { pruneLedger, type LedgerPruneReport } from './engine/ledger-pruning.js';
 import {
   IncrementPreparer,
   IncrementSender,
@@ -31,6 +32,8 @@ export interface IncrementItem extends IncrementOptions {
   by?: number;
 }
 
+const resolveDecisions = ['discard', 'apply'] as const;
+
 /** How many shards `reconcile` checks at once. */
 const reconcileConcurrency = 4;
 
@@ -44,8 +47,11 @@ export interface ShardStatus {
    * on both sides of an hour boundary since the last flush has two).
    */
   pendingDeltas: number;
-  /** The batch being flushed, if any, and its deltas (counted as pendingDeltas). */
-  inflightBatch: { batchId: string; deltas: number } | null;
+  /**
+   * The batch being flushed, if any, and its deltas (counted as pendingDeltas). `refused`: the
+   * flushes refuse it (BATCH_REFUSED) until an operator settles it with `resolveRefusedBatch`.
+   */
+  inflightBatch: { batchId: string; deltas: number; refused: boolean } | null;
   /** Age of the oldest delta not yet in PostgreSQL (0 when there is none). */
   oldestUnflushedAgeMs: number;
   /** Redis holds this shard's totals (its epoch marker is present). */
@@ -57,6 +63,14 @@ export interface ShardStatus {
    * has reported yet (`reconcile`'s `lossesFoundAt`); null while PostgreSQL cannot be read.
    */
   unreportedRedisLosses: number | null;
+}
+
+export interface ResolvedBatch {
+  shard: number;
+  batchId: string;
+  decision: 'discard' | 'apply';
+  /** Deltas the batch held (one per counter and smallest bucket). */
+  deltas: number;
 }
 
 export interface TallyStatus {
@@ -100,6 +114,23 @@ export interface Tally {
     onShard?: (report: ShardReconcileReport) => void;
   }): Promise<ShardReconcileReport[]>;
   status(): Promise<TallyStatus>;
+  /**
+   * Deletes the flush ledger's rows older than `ledgerRetentionMs`, in bounded statements (the
+   * worker runs it every minute); one process prunes at a time, the others find it busy.
+   */
+  pruneLedger(): Promise<LedgerPruneReport>;
+  /**
+   * Settles a batch the flushes refuse (BATCH_REFUSED: it reappeared from before the pruned
+   * part of the ledger, so it may have been applied already). `discard` drops it and rebuilds
+   * the shard's Redis totals from PostgreSQL + pending (right when it had been applied);
+   * `apply` applies it (right when it had not; it counts twice otherwise). `batchId` must be
+   * the refused batch's, as `status()` shows it.
+   */
+  resolveRefusedBatch(
+    shard: number,
+    batchId: string,
+    decision: 'discard' | 'apply',
+  ): Promise<ResolvedBatch>;
   /**
    * Times this client could not renew a shard lock it held for a flush or reconcile (a Redis
    * error, or the lock expired while the process was paused): another process may have worked
@@ -360,6 +391,47 @@ class TallyClient implements Tally {
     return reports.sort((a, b) => a.shard - b.shard);
   }
 
+  async pruneLedger(): Promise<LedgerPruneReport> {
+    this.assertOpen();
+    return pruneLedger(this.ctx, this.config.ledgerRetentionMs);
+  }
+
+  async resolveRefusedBatch(
+    shard: number,
+    batchId: string,
+    decision: 'discard' | 'apply',
+  ): Promise<ResolvedBatch> {
+    this.assertOpen();
+    // Not only for TypeScript callers: a plain-JS typo must not discard a batch.
+    if (!(resolveDecisions as readonly string[]).includes(decision)) {
+      throw new ValidationError(
+        `The decision must be discard or apply, got ${JSON.stringify(decision)}.`,
+      );
+    }
+    const keys = shardKeys(this.config.keyPrefix, this.validShard(shard));
+    const [inflight, refused] = await this.ctx.redis.hmget(keys.inflightMeta, 'batch', 'refused');
+    if (inflight !== batchId || refused === null) {
+      throw new ValidationError(
+        `Shard ${shard} has no refused batch ${batchId}` +
+          (inflight === null
+            ? ' (nothing in flight).'
+            : ` (in flight: ${inflight}, ${refused === null ? 'not refused' : 'refused'}).`),
+      );
+    }
+    const deltas = await this.ctx.redis.hlen(keys.inflight);
+    if (decision === 'apply') {
+      await flushShard(this.ctx, shard, { applyRefused: batchId });
+      return { shard, batchId, decision, deltas };
+    }
+    await discardInflightBatch(this.ctx, shard, keys, batchId);
+    await reconcileShard(this.ctx, shard, {
+      repair: true,
+      storeWasSetUp: this.setUp,
+      reportRecordedLosses: false,
+    });
+    return { shard, batchId, decision, deltas };
+  }
+
   private validShard(shard: number): number {
     if (!Number.isInteger(shard) || shard < 0 || shard >= this.config.shards) {
       throw new ValidationError(
@@ -403,7 +475,13 @@ class TallyClient implements Tally {
           shard,
           pendingDeltas,
           inflightBatch:
-            meta.batch === undefined ? null : { batchId: meta.batch, deltas: inflightDeltas },
+            meta.batch === undefined
+              ? null
+              : {
+                  batchId: meta.batch,
+                  deltas: inflightDeltas,
+                  refused: meta.refused !== undefined,
+                },
           oldestUnflushedAgeMs: Math.max(0, nowMs - oldest),
           totalsValid: epoch === 1,
           lastFlushAt: lastFlush.get(shard) ?? null,

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTally, migrate, type Tally } from '../src/index.js';
+import { createTally, loadMigrations, migrate, type Tally } from '../src/index.js';
 import { findPostgresBinDir } from './support/binaries.js';
 import { runTypeScript } from './support/child-process.js';
 import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
@@ -105,6 +105,22 @@ describe('tally CLI', () => {
     expect(unreachable.code).toBe(3);
   });
 
+  it('resolve-batch takes one decision, and only for a batch the flushes refuse', async () => {
+    const { env } = await store();
+    const both = await runTypeScript(
+      cli,
+      ['resolve-batch', '0', 'b1', '--discard', '--apply'],
+      env,
+    );
+    expect(both.code).toBe(2);
+    expect(both.stderr).toMatch(/Pass one of --discard and --apply/);
+    const badShard = await runTypeScript(cli, ['resolve-batch', 'x', 'b1', '--discard'], env);
+    expect(badShard.code).toBe(2);
+    const none = await runTypeScript(cli, ['resolve-batch', '1', 'b1', '--discard'], env);
+    expect(none.code).toBe(2);
+    expect(none.stderr).toMatch(/Shard 1 has no refused batch b1 \(nothing in flight\)/);
+  });
+
   it('migrate applies and lists migrations', async () => {
     const databaseUrl = await createDatabase();
     const before = await runTypeScript(cli, ['migrate', '--status'], { DATABASE_URL: databaseUrl });
@@ -138,7 +154,7 @@ describe('tally CLI', () => {
       schemaVersion: number;
       shards: { pendingDeltas: number; inflightBatch: unknown; lastFlushAt: string | null }[];
     };
-    expect(parsed.schemaVersion).toBe(3);
+    expect(parsed.schemaVersion).toBe((await loadMigrations()).length);
     expect(parsed.shards).toHaveLength(4);
     expect(
       parsed.shards.every((shard) => shard.pendingDeltas === 0 && shard.inflightBatch === null),

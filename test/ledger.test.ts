@@ -2,10 +2,15 @@
  * The flush ledger grows by a row per shard per flush; what reads it on every status call must
  * not grow with it.
  */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import type { Tally, TallyError } from '../src/index.js';
+import { shardKeys } from '../src/redis/shard-keys.js';
+import { FlushMetrics } from '../src/worker/flush-metrics.js';
 import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
-import { tallyOn } from './support/tally-store.js';
+import { postgresTotals, tallyOn } from './support/tally-store.js';
 
 let redis: RedisHandle;
 beforeAll(async () => {
@@ -103,5 +108,200 @@ describe('the flush ledger', () => {
       await tally.close();
       await pool.end();
     }
+  });
+});
+
+const hourMs = 3_600_000;
+const dayMs = 24 * hourMs;
+
+/** A store of one shard with the shortest retention (3 h), its pool, keys and a Redis client. */
+async function prunedStore() {
+  const pool = new pg.Pool({ connectionString: await createDatabase() });
+  const keyPrefix = `t${randomBytes(4).toString('hex')}`;
+  const tally = await tallyOn(redis.url, pool, {
+    shards: 1,
+    keyPrefix,
+    ledgerRetentionMs: 3 * hourMs,
+  });
+  const client = new Redis(redis.url);
+  onTestFinished(async () => {
+    await tally.close();
+    await pool.end();
+    client.disconnect();
+  });
+  return { tally, pool, redis: client, keys: shardKeys(keyPrefix, 0) };
+}
+
+type Store = Awaited<ReturnType<typeof prunedStore>>;
+
+/** Ledger rows of shard 0 applied `ageMs` ago, as months of flushing leave them. */
+async function oldLedgerRows(pool: pg.Pool, count: number, ageMs: number): Promise<void> {
+  await pool.query(
+    `INSERT INTO tally.applied_batches (shard, batch_id, counters, applied_at)
+     SELECT 0, 'old-' || g, 1, now() - make_interval(secs => $2 / 1000.0) - g * interval '1 ms'
+     FROM generate_series(1, $1) AS g`,
+    [count, ageMs],
+  );
+}
+
+async function ledgerRows(pool: pg.Pool): Promise<number> {
+  const { rows } = await pool.query<{ n: number }>(
+    'SELECT count(*)::integer AS n FROM tally.applied_batches',
+  );
+  return rows[0]?.n ?? -1;
+}
+
+/**
+ * Counts `by` on `counter` and flushes it; returns the Redis state the batch had in flight, as a
+ * backup taken mid-flush holds it, and sets the batch's ledger row `ageMs` into the past.
+ */
+async function flushedLongAgo(
+  { tally, pool, redis, keys }: Store,
+  counter: string,
+  by: number,
+  ageMs: number,
+) {
+  await tally.incr(counter, by);
+  const deltas = await redis.dumpBuffer(keys.pending);
+  const tags = await redis.dumpBuffer(keys.pendingTags);
+  const [batch] = await tally.flush();
+  if (batch === undefined || deltas === null) throw new Error('nothing flushed');
+  await pool.query(
+    `UPDATE tally.applied_batches SET applied_at = now() - make_interval(secs => $2 / 1000.0)
+     WHERE batch_id = $1`,
+    [batch.batchId, ageMs],
+  );
+  const restore = async () => {
+    await redis.restore(keys.inflight, 0, deltas, 'REPLACE');
+    if (tags !== null) await redis.restore(keys.inflightTags, 0, tags, 'REPLACE');
+    const at = Date.now() - ageMs;
+    await redis.hset(keys.inflightMeta, { batch: batch.batchId, since: at, snapshot: at });
+  };
+  return { batchId: batch.batchId, restore };
+}
+
+/** Puts a batch in flight that was snapshotted `ageMs` ago and never applied (PostgreSQL down since). */
+async function stuckInFlight(
+  { tally, redis, keys }: Store,
+  counter: string,
+  by: number,
+  ageMs: number,
+) {
+  await tally.incr(counter, by);
+  await redis.rename(keys.pending, keys.inflight);
+  await redis.rename(keys.pendingTags, keys.inflightTags);
+  await redis.del(keys.pendingSince);
+  const at = Date.now() - ageMs;
+  const batchId = randomUUID();
+  await redis.hset(keys.inflightMeta, { batch: batchId, since: at, snapshot: at });
+  return batchId;
+}
+
+describe('pruning the flush ledger', () => {
+  it('deletes rows past the retention in bounded statements, and keeps the recent ones', async () => {
+    const store = await prunedStore();
+    const { tally, pool } = store;
+    await oldLedgerRows(pool, 105_000, 2 * dayMs);
+    await tally.incr('recent', 1);
+    await tally.flush();
+
+    // 20 statements of 5,000 rows a shard a run: a backlog drains over runs, not in one.
+    expect(await tally.pruneLedger()).toEqual({ deleted: 100_000, busy: false });
+    expect(await tally.pruneLedger()).toEqual({ deleted: 5_000, busy: false });
+    expect(await tally.pruneLedger()).toEqual({ deleted: 0, busy: false });
+    expect(await ledgerRows(pool)).toBe(1);
+    const { rows } = await pool.query<{ pruned_before: Date }>(
+      'SELECT pruned_before FROM tally.ledger_horizons WHERE shard = 0',
+    );
+    const horizon = rows[0]?.pruned_before.getTime() ?? 0;
+    expect(Math.abs(horizon - (Date.now() - 3 * hourMs))).toBeLessThan(60_000);
+  });
+
+  it('one process prunes at a time: another finds it busy and deletes nothing', async () => {
+    const store = await prunedStore();
+    await oldLedgerRows(store.pool, 10, 2 * dayMs);
+    const holder = await store.pool.connect();
+    onTestFinished(() => holder.release());
+    await holder.query('BEGIN');
+    await holder.query('SELECT pg_advisory_xact_lock(500152355962)');
+    expect(await store.tally.pruneLedger()).toEqual({ deleted: 0, busy: true });
+    await holder.query('ROLLBACK');
+    expect(await store.tally.pruneLedger()).toEqual({ deleted: 10, busy: false });
+  });
+
+  it("keeps the in-flight batch's row: applied long ago, not acknowledged, it is not applied again", async () => {
+    const store = await prunedStore();
+    const old = await flushedLongAgo(store, 'kept', 5, 2 * dayMs);
+    await old.restore(); // the acknowledgement never happened
+    await oldLedgerRows(store.pool, 100, 3 * dayMs);
+
+    expect((await store.tally.pruneLedger()).deleted).toBe(100);
+    const [batch] = await store.tally.flush();
+    expect(batch).toMatchObject({ batchId: old.batchId, resumed: true, alreadyApplied: true });
+    expect((await postgresTotals(store.pool)).get('kept')).toBe(5);
+  });
+
+  it('applies a batch stuck in flight since before the horizon: pruning never passes it', async () => {
+    const store = await prunedStore();
+    const stuck = await stuckInFlight(store, 'stuck', 7, 2 * dayMs);
+    await oldLedgerRows(store.pool, 100, 3 * dayMs);
+
+    expect((await store.tally.pruneLedger()).deleted).toBe(100);
+    const [batch] = await store.tally.flush();
+    expect(batch).toMatchObject({ batchId: stuck, resumed: true, alreadyApplied: false });
+    expect((await postgresTotals(store.pool)).get('stuck')).toBe(7);
+  });
+
+  describe('a batch older than the pruned ledger that reappears (Redis restored from an old backup)', () => {
+    async function refusedBatch() {
+      const store = await prunedStore();
+      const old = await flushedLongAgo(store, 'billed', 5, 2 * dayMs);
+      expect((await store.tally.pruneLedger()).deleted).toBe(1);
+      await old.restore();
+      const failure = await store.tally.flush().then(
+        () => undefined,
+        (error: unknown) => error as TallyError,
+      );
+      return { ...store, batchId: old.batchId, failure };
+    }
+
+    it('is refused, kept in flight and reported, not applied twice', async () => {
+      const { tally, pool, batchId, failure } = await refusedBatch();
+      expect(failure?.code).toBe('BATCH_REFUSED');
+      expect(failure?.message).toMatch(/tally resolve-batch 0 /);
+      expect((await postgresTotals(pool)).get('billed')).toBe(5);
+      // Every later flush refuses it again; it stays.
+      await expect(tally.flush()).rejects.toMatchObject({ code: 'BATCH_REFUSED' });
+      expect((await postgresTotals(pool)).get('billed')).toBe(5);
+
+      const [shard] = (await tally.status()).shards;
+      expect(shard?.inflightBatch).toMatchObject({ batchId, refused: true });
+      const [report] = await tally.reconcile();
+      expect(report?.refusedBatch).toBe(batchId);
+      const metrics = await new FlushMetrics(tally as Tally).render();
+      expect(metrics.body).toMatch(/^tally_refused_batches\{shard="0"\} 1$/m);
+    });
+
+    it("discarded on the operator's word: Redis is rebuilt from PostgreSQL, nothing counts twice", async () => {
+      const { tally, pool, batchId, keys, redis: client } = await refusedBatch();
+      await expect(tally.resolveRefusedBatch(0, 'another-batch', 'discard')).rejects.toMatchObject({
+        code: 'VALIDATION',
+      });
+      expect(await tally.resolveRefusedBatch(0, batchId, 'discard')).toMatchObject({
+        decision: 'discard',
+        deltas: 1, // one per counter and smallest bucket
+      });
+      expect(await client.exists(keys.inflightMeta, keys.inflight)).toBe(0);
+      expect(await tally.get('billed')).toBe(5);
+      expect(await tally.flush()).toEqual([]);
+      expect((await postgresTotals(pool)).get('billed')).toBe(5);
+    });
+
+    it("applied on the operator's word", async () => {
+      const { tally, pool, batchId } = await refusedBatch();
+      await tally.resolveRefusedBatch(0, batchId, 'apply');
+      expect((await postgresTotals(pool)).get('billed')).toBe(10);
+      expect((await tally.status()).shards[0]?.inflightBatch).toBeNull();
+    });
   });
 });

@@ -213,6 +213,30 @@ describe('tally worker', () => {
     await expect(Promise.race([w.exited, Promise.resolve('running')])).resolves.toBe('running');
   });
 
+  it('prunes the flush ledger past TALLY_LEDGER_RETENTION_MS on its interval, and counts it', async () => {
+    const s = await store();
+    await s.pool.query(
+      `INSERT INTO tally.applied_batches (shard, batch_id, counters, applied_at)
+       SELECT g % 4, 'old-' || g, 1, now() - interval '2 days' FROM generate_series(1, 1000) AS g`,
+    );
+    const w = worker({
+      ...s.env,
+      TALLY_LEDGER_RETENTION_MS: String(3 * 3_600_000),
+      TALLY_LEDGER_PRUNE_INTERVAL_MS: '1000',
+      TALLY_METRICS_PORT: '0',
+    });
+    await s.increment(10);
+    const pruned = await w.waitForLog('the ledger pruned', (l) => l.msg === 'flush ledger pruned');
+    expect(pruned.deleted).toBe(1000);
+    await drained(s);
+    const { rows } = await s.pool.query<{ old: number }>(
+      `SELECT count(*) FILTER (WHERE batch_id LIKE 'old-%')::integer AS old FROM tally.applied_batches`,
+    );
+    expect(rows[0]?.old).toBe(0);
+    const metrics = await fetch(`http://127.0.0.1:${await w.metricsPort()}/metrics`);
+    expect(await metrics.text()).toMatch(/^tally_ledger_pruned_rows_total 1000$/m);
+  });
+
   it('re-creates its schedules when Redis loses its data, and flushing resumes', async () => {
     const s = await store({ persistence: 'none' });
     const w = worker(s.env);

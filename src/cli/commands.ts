@@ -2,6 +2,9 @@ import { SingleBar } from 'cli-progress';
 import { migrate, migrationStatus } from '../store/migrator.js';
 import type { ShardReconcileReport } from '../engine/reconciler.js';
 import type { Tally, TallyStatus } from '../tally.js';
+import { maxShards } from '../config.js';
+import { ValidationError } from '../errors.js';
+import { strictInteger } from '../process/lifecycle.js';
 import { ExitCode } from './exit-codes.js';
 import { explainReconcile } from './reconcile-diagnosis.js';
 import { cliLogger, openStore, requireOption, type StoreOptions } from './store-options.js';
@@ -206,12 +209,22 @@ function describeStatus(status: TallyStatus): string[] {
         s.pendingDeltas === 0 && s.inflightBatch === null
           ? '-'
           : `${(s.oldestUnflushedAgeMs / 1000).toFixed(1)} s`,
-        s.inflightBatch === null ? '-' : plural(s.inflightBatch.deltas, 'delta'),
+        s.inflightBatch === null
+          ? '-'
+          : plural(s.inflightBatch.deltas, 'delta') + (s.inflightBatch.refused ? ' REFUSED' : ''),
         s.totalsValid ? 'built' : 'MISSING',
         s.lastFlushAt?.toISOString() ?? 'never',
       ]),
     ]),
   ];
+  for (const { shard, inflightBatch } of status.shards) {
+    if (inflightBatch?.refused !== true) continue;
+    lines.push(
+      `shard ${shard}'s flushes refuse batch ${inflightBatch.batchId} (older than the pruned ` +
+        `ledger): decide with tally resolve-batch ${shard} ${inflightBatch.batchId} ` +
+        '--discard|--apply (docs/operations.md, "A refused batch")',
+    );
+  }
   const lost = status.shards.filter((s) => (s.unreportedRedisLosses ?? 0) > 0);
   if (lost.length > 0) {
     lines.push(
@@ -227,6 +240,31 @@ export async function statusCommand(options: StoreOptions & { json?: boolean }) 
     const status = await tally.status();
     if (options.json === true) print(JSON.stringify(status, null, 2));
     else for (const line of describeStatus(status)) print(line);
+    return ExitCode.ok;
+  });
+}
+
+export async function resolveBatchCommand(
+  shard: string,
+  batchId: string,
+  options: StoreOptions & { discard?: boolean; apply?: boolean },
+) {
+  if (options.discard === options.apply) {
+    throw new ValidationError('Pass one of --discard and --apply.');
+  }
+  const decision = options.discard === true ? 'discard' : 'apply';
+  return withStore(options, async (tally) => {
+    const resolved = await tally.resolveRefusedBatch(
+      strictInteger(shard, 'shard', 0, maxShards - 1),
+      batchId,
+      decision,
+    );
+    print(
+      decision === 'discard'
+        ? `shard ${resolved.shard}: batch ${batchId} discarded (${plural(resolved.deltas, 'delta')}); ` +
+            'Redis totals rebuilt from PostgreSQL + pending'
+        : `shard ${resolved.shard}: batch ${batchId} applied (${plural(resolved.deltas, 'delta')})`,
+    );
     return ExitCode.ok;
   });
 }

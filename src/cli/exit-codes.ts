@@ -22,6 +22,7 @@ const byCode: Record<TallyErrorCode, number> = {
   OVERFLOW: ExitCode.checkFailed,
   OVER_LIMIT: ExitCode.checkFailed,
   IDEMPOTENCY_KEY_REUSED: ExitCode.checkFailed,
+  BATCH_REFUSED: ExitCode.checkFailed,
   OUTCOME_UNKNOWN: ExitCode.unavailable,
   UNAVAILABLE: ExitCode.unavailable,
   BUSY: ExitCode.unavailable,

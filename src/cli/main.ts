@@ -1,7 +1,13 @@
 import { Command, CommanderError, Option } from 'commander';
 import { resolve } from 'node:path';
 import { packageVersion } from '../process/package-files.js';
-import { flushCommand, migrateCommand, reconcileCommand, statusCommand } from './commands.js';
+import {
+  flushCommand,
+  migrateCommand,
+  reconcileCommand,
+  resolveBatchCommand,
+  statusCommand,
+} from './commands.js';
 import { ExitCode, exitCodeFor } from './exit-codes.js';
 import { environmentHelp, serveVariables, workerVariables } from './service-variables.js';
 import { withStoreOptions } from './store-options.js';
@@ -59,6 +65,19 @@ withStoreOptions(
     .description('per shard: pending, flush lag, in-flight batch, last flush; Redis durability')
     .option('--json', 'print the status as JSON'),
 ).action(action(statusCommand));
+
+withStoreOptions(
+  program
+    .command('resolve-batch')
+    .description(
+      'settle an in-flight batch the flushes refuse (BATCH_REFUSED): --discard drops it and ' +
+        'rebuilds the shard from PostgreSQL, --apply applies it (it may count twice)',
+    )
+    .argument('<shard>', 'the shard, as tally status names it')
+    .argument('<batch-id>', 'the refused batch, as tally status names it')
+    .option('--discard', 'drop the batch: right when it had been applied already')
+    .option('--apply', 'apply the batch: right when it never had been'),
+).action(action(resolveBatchCommand));
 
 program
   .command('worker')

@@ -54,6 +54,8 @@ export const workerVariables: Variables = [
   ['TALLY_METRICS_HOST', 'address of /metrics and /healthz (default 127.0.0.1)'],
   ['TALLY_JOB_LOCK_MS', 'BullMQ job lock; a silent replica loses its job after it (default 30000)'],
   ['TALLY_FLUSH_LOCK_TTL_MS', "the engine's shard lock TTL (default 30000)"],
+  ['TALLY_LEDGER_RETENTION_MS', 'flush ledger rows are kept this long (default 7 days)'],
+  ['TALLY_LEDGER_PRUNE_INTERVAL_MS', 'how often the ledger is pruned (default 60000)'],
   ...shutdown,
 ];
 

@@ -1,10 +1,10 @@
 import { join } from 'node:path';
-import { durabilityCheckIntervalDefaultMs, storeDefaults } from '../config.js';
+import { storeDefaults } from '../config.js';
 import { parseBuckets } from '../process/env-config.js';
 import { TallyError } from '../errors.js';
 import { createLogger, parseLogFormat, parseLogLevel, redactSecrets } from '../process/logging.js';
 import { claimDataDir, rememberedPort } from './dev-state.js';
-import { startFlushWorker } from '../worker/flush-worker.js';
+import { configFromEnv as workerConfigFromEnv, startFlushWorker } from '../worker/flush-worker.js';
 import { migrate } from '../store/migrator.js';
 import { exitOnSignals } from '../process/lifecycle.js';
 import { buildApi } from '../server/api.js';
@@ -110,22 +110,15 @@ export async function runDev(options: DevOptions): Promise<void> {
   const apiUrl = `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : options.port}`;
   const worker = await startFlushWorker(
     {
-      redisUrl,
-      databaseUrl,
+      // The worker's own defaults for everything dev does not choose.
+      ...workerConfigFromEnv({ REDIS_URL: redisUrl, DATABASE_URL: databaseUrl }),
       shards,
       keyPrefix,
       buckets,
       redisLossAccepted,
-      durabilityCheckIntervalMs: durabilityCheckIntervalDefaultMs,
       logLevel: 'warn',
-      logFormat: undefined,
       flushIntervalMs,
-      concurrency: 4,
       metricsPort: undefined,
-      metricsHost: '127.0.0.1',
-      shutdownTimeoutMs: 30_000,
-      jobLockMs: 30_000,
-      flushLockTtlMs: 30_000,
     },
     logger,
   );

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { postgresFailure } from '../store/pool.js';
 import { flushSql } from '../store/sql.js';
 import { withTransaction } from '../store/transaction.js';
+import { ledgerClockMarginMs } from './ledger-pruning.js';
 import { batchRows, type BatchRows } from './batch-rows.js';
 import type { SerialQueue } from './concurrency.js';
 import type { EngineContext } from './engine-context.js';
@@ -36,6 +37,18 @@ export interface FlushShardOptions {
    * Redis steps and row preparation go on beside them (see Tally.flush).
    */
   postgresQueue?: SerialQueue;
+  /**
+   * Applies this in-flight batch even though the ledger's horizon refused it (an operator's
+   * decision, Tally.resolveRefusedBatch): it may have been applied before.
+   */
+  applyRefused?: string;
+}
+
+/** A batch in flight: its id, when it was snapshotted (Redis' clock), and whether resumed. */
+interface InflightBatch {
+  id: string;
+  snapshotMs: number;
+  resumed: boolean;
 }
 
 /**
@@ -53,7 +66,7 @@ export async function flushShard(
     // that no two processes ever flush one shard at once.
     ctx.config.logger.debug({ shard, event: 'flush-start', atMs: Date.now() }, 'flush start');
     try {
-      return await snapshotAndApply(ctx, shard, keys, options.postgresQueue);
+      return await snapshotAndApply(ctx, shard, keys, options);
     } finally {
       ctx.config.logger.debug({ shard, event: 'flush-end', atMs: Date.now() }, 'flush end');
     }
@@ -65,13 +78,13 @@ async function snapshotAndApply(
   ctx: EngineContext,
   shard: number,
   keys: ShardKeys,
-  postgresQueue: SerialQueue | undefined,
+  options: FlushShardOptions,
 ): Promise<AppliedBatch[]> {
   await reachFaultPoint('before-snapshot');
   const applied: AppliedBatch[] = [];
   // At most two rounds: a resumed batch, then the deltas that were pending behind it.
   for (let round = 0; round < 2; round++) {
-    const [state, batchId] = (await ctx.scripts.run(
+    const [state, batchId, snapshotMs] = (await ctx.scripts.run(
       'snapshot',
       [
         keys.pending,
@@ -83,11 +96,17 @@ async function snapshotAndApply(
         keys.snapshots,
       ],
       [randomUUID()],
-    )) as [string, string | undefined];
+    )) as [string, string | undefined, string | undefined];
     if (state === 'empty' || batchId === undefined) break;
     await reachFaultPoint('after-snapshot');
     if (ctx.durability.waitaof) await waitForAof(ctx.redis);
-    applied.push(await applyBatch(ctx, shard, keys, batchId, state === 'resumed', postgresQueue));
+    const batch = {
+      id: batchId,
+      // The operator's override: a snapshot time no horizon can refuse.
+      snapshotMs: batchId === options.applyRefused ? Number.MAX_SAFE_INTEGER : Number(snapshotMs),
+      resumed: state === 'resumed',
+    };
+    applied.push(await applyBatch(ctx, shard, keys, batch, options.postgresQueue));
     if (state === 'created') break;
   }
   return applied;
@@ -111,30 +130,74 @@ async function applyBatch(
   ctx: EngineContext,
   shard: number,
   keys: ShardKeys,
-  batchId: string,
-  resumed: boolean,
+  batch: InflightBatch,
   postgresQueue: SerialQueue | undefined,
 ): Promise<AppliedBatch> {
   // The flat reply, not ioredis' object: building an object of tens of thousands of fields
   // cost as much as the rest of the preparation.
   const rows = batchRows((await ctx.redis.call('HGETALL', keys.inflight)) as string[]);
-  const transaction = () => applyInPostgres(ctx, shard, keys, batchId, rows);
-  const alreadyApplied = await (postgresQueue?.run(transaction) ?? transaction());
+  const transaction = () => applyInPostgres(ctx, shard, keys, batch, rows);
+  const outcome = await (postgresQueue?.run(transaction) ?? transaction());
+  if (outcome instanceof Date) await refuse(ctx, shard, keys, batch, outcome);
   await reachFaultPoint('after-commit');
 
-  const acknowledged = acknowledge(ctx, keys, batchId);
+  const acknowledged = acknowledge(ctx, keys, batch.id);
   setImmediate(() => {
     void reachFaultPoint('during-acknowledge');
   });
   await acknowledged;
   return {
     shard,
-    batchId,
+    batchId: batch.id,
     counters: rows.counters.names.length,
     buckets: rows.buckets.names.length,
-    resumed,
-    alreadyApplied,
+    resumed: batch.resumed,
+    alreadyApplied: outcome === 'already-applied',
   };
+}
+
+/**
+ * Keeps a batch the ledger's horizon refused in flight, marked (status and reconcile report it),
+ * and throws BATCH_REFUSED: every later flush of the shard stops here until an operator decides
+ * (docs/operations.md, "A refused batch").
+ */
+async function refuse(
+  ctx: EngineContext,
+  shard: number,
+  keys: ShardKeys,
+  batch: InflightBatch,
+  horizon: Date,
+): Promise<never> {
+  await ctx.scripts.run('markRefused', [keys.inflightMeta], [batch.id, horizon.getTime()]);
+  const snapshot = new Date(batch.snapshotMs).toISOString();
+  throw new FlushError(
+    shard,
+    batch.id,
+    new TallyError(
+      'BATCH_REFUSED',
+      `Shard ${shard}'s in-flight batch ${batch.id} was snapshotted at ${snapshot}, before the ` +
+        `flush ledger was pruned (to ${horizon.toISOString()}), and the ledger has no row for ` +
+        'it: it may have been applied already (a Redis restored from an old backup?). It stays ' +
+        `in flight, unapplied; decide with \`tally resolve-batch ${shard} ${batch.id} ` +
+        '--discard|--apply` (docs/operations.md, "A refused batch").',
+    ),
+  );
+}
+
+/**
+ * Drops the shard's in-flight batch if it is still `batchId`, under the shard's lock, without
+ * applying it (an operator's decision on a refused batch).
+ */
+export async function discardInflightBatch(
+  ctx: EngineContext,
+  shard: number,
+  keys: ShardKeys,
+  batchId: string,
+): Promise<void> {
+  await withShardLock(ctx, keys.lock, async () => {
+    await acknowledge(ctx, keys, batchId);
+    ctx.config.logger.warn({ shard, batchId }, 'refused batch discarded');
+  });
 }
 
 /** Deletes the in-flight batch if it is still `batchId` (flush step 3). */
@@ -148,25 +211,32 @@ function acknowledge(ctx: EngineContext, keys: ShardKeys, batchId: string) {
 
 /**
  * The batch's transaction: the ledger row, then (unless the ledger already had it) the totals
- * and the buckets. Returns whether the ledger already had the batch.
+ * and the buckets. Returns the ledger horizon instead when it refused the batch (nothing done).
  */
 async function applyInPostgres(
   ctx: EngineContext,
   shard: number,
   keys: ShardKeys,
-  batchId: string,
+  batch: InflightBatch,
   rows: BatchRows,
-): Promise<boolean> {
+): Promise<'applied' | 'already-applied' | Date> {
   try {
     return await withTransaction(ctx.pool, async (client) => {
-      const ledger = await client.query({
+      const claim = await client.query<{ refused: boolean; inserted: boolean; horizon: Date }>({
         ...flushSql.claimBatch,
-        values: [shard, batchId, rows.counters.names.length],
+        values: [
+          shard,
+          batch.id,
+          rows.counters.names.length,
+          batch.snapshotMs,
+          ledgerClockMarginMs,
+        ],
       });
-      const alreadyApplied = ledger.rowCount === 0;
+      const { refused, inserted, horizon } = claim.rows[0] ?? {};
+      if (refused === true && horizon !== undefined) return horizon;
       // Tests only: a crash now would lose the batch, which the fault checker must catch.
-      if (brokenOnPurpose('acknowledge-before-commit')) await acknowledge(ctx, keys, batchId);
-      if (alreadyApplied) return true;
+      if (brokenOnPurpose('acknowledge-before-commit')) await acknowledge(ctx, keys, batch.id);
+      if (inserted !== true) return 'already-applied';
       await client.query({
         ...flushSql.addToTotals,
         values: [rows.counters.names, rows.counters.deltas, shard],
@@ -181,15 +251,15 @@ async function applyInPostgres(
           rows.buckets.deltas,
         ],
       });
-      return false;
+      return 'applied';
     });
   } catch (error) {
     throw new FlushError(
       shard,
-      batchId,
+      batch.id,
       postgresFailure(
         error,
-        `the flush of shard ${shard} batch ${batchId}; the batch stays in flight and the next ` +
+        `the flush of shard ${shard} batch ${batch.id}; the batch stays in flight and the next ` +
           'flush retries it (the ledger keeps it from counting twice)',
       ),
     );

@@ -32,6 +32,12 @@ export interface ShardReconcileReport {
    * last reported such losses (ISO 8601). Empty for the rebuilds processes run themselves.
    */
   lossesFoundAt: string[];
+  /**
+   * The shard's in-flight batch, when flushes refuse it (snapshotted before the pruned part of
+   * the ledger, with no ledger row: it may have been applied already). It is counted as not
+   * applied here; `Tally.resolveRefusedBatch` settles it.
+   */
+  refusedBatch: string | null;
 }
 
 export interface ReconcileShardOptions {
@@ -173,7 +179,8 @@ async function reconcileOnce(
 ): Promise<ShardReconcileReport> {
   const chunkSize = ctx.config.reconcileChunkSize;
   const epochMissing = (await ctx.redis.exists(keys.epoch)) === 0;
-  const batchId = (await ctx.redis.hget(keys.inflightMeta, 'batch')) ?? '';
+  const [inflight, refused] = await ctx.redis.hmget(keys.inflightMeta, 'batch', 'refused');
+  const batchId = inflight ?? '';
   const drift: Drift[] = [];
   const seen = new Set<string>();
   let inflightApplied: boolean;
@@ -232,5 +239,6 @@ async function reconcileOnce(
     repaired,
     redisLostData,
     lossesFoundAt: [],
+    refusedBatch: refused === null ? null : batchId,
   };
 }

@@ -30,6 +30,7 @@ const scripts = {
   readTotals: { file: 'read-totals.lua', keys: 2 },
   snapshot: { file: 'snapshot.lua', keys: 7 },
   acknowledge: { file: 'acknowledge.lua', keys: 3 },
+  markRefused: { file: 'mark-refused.lua', keys: 1 },
   reconcileChunk: { file: 'reconcile-chunk.lua', keys: 6 },
   readBuckets: { file: 'read-buckets.lua', keys: 6 },
   releaseLock: { file: 'release-lock.lua', keys: 1 },

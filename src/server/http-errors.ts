@@ -33,6 +33,8 @@ const statusByCode: Record<TallyErrorCode, number> = {
   SCHEMA_OUT_OF_DATE: 500,
   MIGRATION_MODIFIED: 500,
   MIGRATION_FILES_INVALID: 500,
+  // Flushes only: an operator's decision is needed (docs/operations.md).
+  BATCH_REFUSED: 500,
 };
 
 function answer(status: number, code: string, message: string, details?: unknown): HttpError {

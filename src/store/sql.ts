@@ -7,11 +7,31 @@
 
 /** The flush's transaction (engine/flusher.ts). */
 export const flushSql = {
-  /** The batch's ledger row, unless the ledger has it already (then nothing is inserted). */
+  /**
+   * The batch's ledger row, unless the ledger has it already (`inserted` false). Refused instead
+   * (`refused` true, nothing inserted) when the row is missing and the batch was snapshotted
+   * before the shard's ledger horizon, give or take the clock margin: its row may have been
+   * pruned, so it may have been applied already. $4: the snapshot time (Redis' clock, ms); $5:
+   * the margin for clocks that disagree, ms (see engine/ledger-pruning.ts).
+   */
   claimBatch: {
-    name: 'tally_ledger_insert',
-    text: `INSERT INTO tally.applied_batches (shard, batch_id, counters)
-           VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+    name: 'tally_claim_batch',
+    text: `WITH refused AS (
+             SELECT NOT EXISTS (SELECT 1 FROM tally.applied_batches
+                                WHERE shard = $1 AND batch_id = $2)
+                    AND EXISTS (SELECT 1 FROM tally.ledger_horizons
+                                WHERE shard = $1
+                                  AND to_timestamp(($4::bigint - $5::bigint) / 1000.0)
+                                      < pruned_before) AS refused
+           ), inserted AS (
+             INSERT INTO tally.applied_batches (shard, batch_id, counters)
+             SELECT $1, $2, $3 FROM refused WHERE NOT refused
+             ON CONFLICT DO NOTHING
+             RETURNING 1
+           )
+           SELECT refused, EXISTS (SELECT 1 FROM inserted) AS inserted,
+                  (SELECT pruned_before FROM tally.ledger_horizons WHERE shard = $1) AS horizon
+           FROM refused`,
   },
   addToTotals: {
     name: 'tally_apply_counters',
@@ -29,6 +49,28 @@ export const flushSql = {
            ON CONFLICT (name, granularity, bucket_start) DO UPDATE
              SET value = b.value + EXCLUDED.value`,
   },
+} as const;
+
+/** Pruning the flush ledger (engine/ledger-pruning.ts). */
+export const pruneSql = {
+  /** One pruner at a time per store, held to the end of the transaction. */
+  tryLock: `SELECT pg_try_advisory_xact_lock(500152355962) AS locked`,
+  /**
+   * Moves the shard's horizon to now − $2 ms, or to $3 (ms, the in-flight batch's snapshot time
+   * less the clock margin) when that is earlier, and never back. Returns the horizon in force.
+   */
+  advanceHorizon: `INSERT INTO tally.ledger_horizons AS h (shard, pruned_before)
+                   VALUES ($1, least(now() - make_interval(secs => $2::bigint / 1000.0),
+                                     to_timestamp($3::bigint / 1000.0)))
+                   ON CONFLICT (shard) DO UPDATE
+                     SET pruned_before = greatest(h.pruned_before, EXCLUDED.pruned_before)
+                   RETURNING pruned_before`,
+  /** Up to $3 of the shard's rows applied before $2, oldest first, never batch $4. */
+  deleteBefore: `DELETE FROM tally.applied_batches
+                 WHERE shard = $1 AND batch_id IN (
+                   SELECT batch_id FROM tally.applied_batches
+                   WHERE shard = $1 AND applied_at < $2 AND batch_id IS DISTINCT FROM $4
+                   ORDER BY applied_at LIMIT $3)`,
 } as const;
 
 /** Usage reads (engine/usage.ts). */

@@ -55,6 +55,17 @@ export class FlushMetrics {
     labelNames: ['shard'],
     registers: [this.registry],
   });
+  private readonly pruned = new Counter({
+    name: 'tally_ledger_pruned_rows_total',
+    help: 'Flush ledger rows this replica deleted (older than TALLY_LEDGER_RETENTION_MS).',
+    registers: [this.registry],
+  });
+  private readonly refused = new Gauge({
+    name: 'tally_refused_batches',
+    help: 'In-flight batches the flushes refuse (BATCH_REFUSED, older than the pruned ledger), per shard: flushing of the shard is stopped until an operator resolves it.',
+    labelNames: ['shard'],
+    registers: [this.registry],
+  });
   private readonly inflight = new Gauge({
     name: 'tally_inflight_batches',
     help: 'Batches snapshotted but not yet acknowledged (a flush running, or one that died).',
@@ -85,6 +96,10 @@ export class FlushMetrics {
     this.counters.inc(applied.reduce((sum, batch) => sum + batch.counters, 0));
   }
 
+  recordPruned(rows: number): void {
+    this.pruned.inc(rows);
+  }
+
   recordSkipped(): void {
     this.skipped.inc();
   }
@@ -100,6 +115,7 @@ export class FlushMetrics {
     for (const shard of status.shards) {
       this.pending.set({ shard: String(shard.shard) }, shard.pendingDeltas);
       this.lag.set({ shard: String(shard.shard) }, shard.oldestUnflushedAgeMs / 1_000);
+      this.refused.set({ shard: String(shard.shard) }, shard.inflightBatch?.refused ? 1 : 0);
       // Unknown while PostgreSQL is down: the last value read stands.
       if (shard.unreportedRedisLosses !== null) {
         this.redisLosses.set({ shard: String(shard.shard) }, shard.unreportedRedisLosses);

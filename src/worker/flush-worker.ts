@@ -16,6 +16,7 @@ import { logConnectionErrors } from '../redis/connection.js';
 import { createLogger } from '../process/logging.js';
 import { FlushMetrics } from './flush-metrics.js';
 import { exitOnSignals, integerFromEnv } from '../process/lifecycle.js';
+import { ledgerRetentionDefaultMs } from '../config.js';
 
 export interface FlushWorkerConfig extends StoreEnv {
   /** How often each shard is flushed. */
@@ -32,6 +33,10 @@ export interface FlushWorkerConfig extends StoreEnv {
   jobLockMs: number;
   /** The engine's shard lock TTL (see TallyOptions.flushLockTtlMs). */
   flushLockTtlMs: number;
+  /** How long flush ledger rows are kept (see TallyOptions.ledgerRetentionMs). */
+  ledgerRetentionMs: number;
+  /** How often this replica prunes the ledger (one replica at a time does). */
+  ledgerPruneIntervalMs: number;
 }
 
 /** The worker's configuration, from the environment; every default is set here. */
@@ -49,6 +54,8 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): FlushWorker
     shutdownTimeoutMs: integerFromEnv(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 30_000),
     jobLockMs: integerFromEnv(env, 'TALLY_JOB_LOCK_MS', 30_000),
     flushLockTtlMs: integerFromEnv(env, 'TALLY_FLUSH_LOCK_TTL_MS', 30_000, 100),
+    ledgerRetentionMs: integerFromEnv(env, 'TALLY_LEDGER_RETENTION_MS', ledgerRetentionDefaultMs),
+    ledgerPruneIntervalMs: integerFromEnv(env, 'TALLY_LEDGER_PRUNE_INTERVAL_MS', 60_000, 1_000),
   };
 }
 
@@ -121,6 +128,7 @@ export async function startFlushWorker(
     redisLossAccepted: config.redisLossAccepted,
     durabilityCheckIntervalMs: config.durabilityCheckIntervalMs,
     flushLockTtlMs: config.flushLockTtlMs,
+    ledgerRetentionMs: config.ledgerRetentionMs,
     logger,
   });
   // BullMQ's blocking commands need a connection that never gives up on a request.
@@ -192,6 +200,22 @@ export async function startFlushWorker(
   }, schedulerCheckIntervalMs(config.flushIntervalMs));
   watch.unref();
 
+  // The ledger's old rows, a bounded number of statements a run (engine/ledger-pruning.ts).
+  let pruning: Promise<void> | undefined;
+  const prune = setInterval(() => {
+    pruning ??= tally
+      .pruneLedger()
+      .then(({ deleted, busy }) => {
+        metrics.recordPruned(deleted);
+        if (deleted > 0) logger.info({ deleted, busy }, 'flush ledger pruned');
+      })
+      .catch((error: unknown) => {
+        logger.warn({ err: error }, 'could not prune the flush ledger; the next run retries');
+      })
+      .finally(() => (pruning = undefined));
+  }, config.ledgerPruneIntervalMs);
+  prune.unref();
+
   let closing = false;
   const server: Server | undefined =
     config.metricsPort === undefined
@@ -257,6 +281,8 @@ export async function startFlushWorker(
     async close() {
       closing = true;
       clearInterval(watch);
+      clearInterval(prune);
+      await pruning;
       await worker.close(); // waits for the flushes in progress
       await queue.close();
       await tally.close();

@@ -7,13 +7,14 @@
   ARGV[1] id for a new batch
 
   An in-flight batch left by an earlier flush (crashed, or not yet acknowledged) is resumed, not
-  replaced: returns {'resumed', its id}. With nothing pending returns {'empty'}. Otherwise
-  renames pending (deltas and tags) → in-flight (atomically, so no increment can fall between
-  the two) and returns {'created', ARGV[1]}.
+  replaced: returns {'resumed', its id, its snapshot time}. With nothing pending returns
+  {'empty'}. Otherwise renames pending (deltas and tags) → in-flight (atomically, so no increment
+  can fall between the two) and returns {'created', ARGV[1], the snapshot time}. Snapshot times
+  are Redis' clock in ms; the flush's ledger check compares them with the pruning horizon.
 ]]
-local existing = redis.call('HGET', KEYS[6], 'batch')
-if existing then
-  return { 'resumed', existing }
+local existing = redis.call('HMGET', KEYS[6], 'batch', 'snapshot')
+if existing[1] then
+  return { 'resumed', existing[1], existing[2] or '0' }
 end
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -30,4 +31,4 @@ local since = redis.call('GET', KEYS[3]) or nowMs
 redis.call('HSET', KEYS[6], 'batch', ARGV[1], 'since', since, 'snapshot', nowMs)
 redis.call('DEL', KEYS[3])
 redis.call('INCR', KEYS[7])
-return { 'created', ARGV[1] }
+return { 'created', ARGV[1], string.format('%.0f', nowMs) }
