@@ -321,7 +321,7 @@ class TallyClient implements Tally {
         for (let rebuilt = false; ; rebuilt = true) {
           let reply: (string | number)[];
           try {
-            reply = await this.ctx.scripts.run('readTotals', [keys.epoch, keys.totals], shardNames);
+            reply = await this.ctx.scripts.readTotals(keys, shardNames);
           } catch (error) {
             throw redisFailure(error, 'read', 'a read of counter totals');
           }

@@ -84,30 +84,19 @@ async function snapshotAndApply(
   const applied: AppliedBatch[] = [];
   // At most two rounds: a resumed batch, then the deltas that were pending behind it.
   for (let round = 0; round < 2; round++) {
-    const [state, batchId, snapshotMs] = (await ctx.scripts.run(
-      'snapshot',
-      [
-        keys.pending,
-        keys.pendingTags,
-        keys.pendingSince,
-        keys.inflight,
-        keys.inflightTags,
-        keys.inflightMeta,
-        keys.snapshots,
-      ],
-      [randomUUID()],
-    )) as [string, string | undefined, string | undefined];
-    if (state === 'empty' || batchId === undefined) break;
+    const snapshot = await ctx.scripts.snapshot(keys, randomUUID());
+    if (snapshot.state === 'empty') break;
     await reachFaultPoint('after-snapshot');
     if (ctx.durability.waitaof) await waitForAof(ctx.redis);
     const batch = {
-      id: batchId,
+      id: snapshot.batchId,
       // The operator's override: a snapshot time no horizon can refuse.
-      snapshotMs: batchId === options.applyRefused ? Number.MAX_SAFE_INTEGER : Number(snapshotMs),
-      resumed: state === 'resumed',
+      snapshotMs:
+        snapshot.batchId === options.applyRefused ? Number.MAX_SAFE_INTEGER : snapshot.snapshotMs,
+      resumed: snapshot.state === 'resumed',
     };
     applied.push(await applyBatch(ctx, shard, keys, batch, options.postgresQueue));
-    if (state === 'created') break;
+    if (snapshot.state === 'created') break;
   }
   return applied;
 }
@@ -141,7 +130,7 @@ async function applyBatch(
   if (outcome instanceof Date) await refuse(ctx, shard, keys, batch, outcome);
   await reachFaultPoint('after-commit');
 
-  const acknowledged = acknowledge(ctx, keys, batch.id);
+  const acknowledged = ctx.scripts.acknowledge(keys, batch.id);
   setImmediate(() => {
     void reachFaultPoint('during-acknowledge');
   });
@@ -168,7 +157,7 @@ async function refuse(
   batch: InflightBatch,
   horizon: Date,
 ): Promise<never> {
-  await ctx.scripts.run('markRefused', [keys.inflightMeta], [batch.id, horizon.getTime()]);
+  await ctx.scripts.markRefused(keys, batch.id, horizon.getTime());
   const snapshot = new Date(batch.snapshotMs).toISOString();
   throw new FlushError(
     shard,
@@ -195,18 +184,9 @@ export async function discardInflightBatch(
   batchId: string,
 ): Promise<void> {
   await withShardLock(ctx, keys.lock, async () => {
-    await acknowledge(ctx, keys, batchId);
+    await ctx.scripts.acknowledge(keys, batchId);
     ctx.config.logger.warn({ shard, batchId }, 'refused batch discarded');
   });
-}
-
-/** Deletes the in-flight batch if it is still `batchId` (flush step 3). */
-function acknowledge(ctx: EngineContext, keys: ShardKeys, batchId: string) {
-  return ctx.scripts.run(
-    'acknowledge',
-    [keys.inflight, keys.inflightTags, keys.inflightMeta],
-    [batchId],
-  );
 }
 
 /**
@@ -235,7 +215,8 @@ async function applyInPostgres(
       const { refused, inserted, horizon } = claim.rows[0] ?? {};
       if (refused === true && horizon !== undefined) return horizon;
       // Tests only: a crash now would lose the batch, which the fault checker must catch.
-      if (brokenOnPurpose('acknowledge-before-commit')) await acknowledge(ctx, keys, batch.id);
+      if (brokenOnPurpose('acknowledge-before-commit'))
+        await ctx.scripts.acknowledge(keys, batch.id);
       if (inserted !== true) return 'already-applied';
       await client.query({
         ...flushSql.addToTotals,

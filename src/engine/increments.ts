@@ -12,6 +12,7 @@ import {
 } from '../errors.js';
 import {
   IncrementStatus,
+  incrementKeys,
   ScriptStatus,
   type RedisConnection,
   type ScriptReply,
@@ -418,14 +419,7 @@ export class IncrementSender {
     let found = this.keys.get(shard);
     if (found === undefined) {
       const keys = shardKeys(this.config.keyPrefix, shard);
-      const scriptKeys = [
-        keys.epoch,
-        keys.totals,
-        keys.pending,
-        keys.pendingTags,
-        keys.pendingSince,
-      ];
-      found = { keys, scriptKeys };
+      found = { keys, scriptKeys: incrementKeys(keys) };
       this.keys.set(shard, found);
     }
     return found;

@@ -101,18 +101,7 @@ async function reconcileChunk(
   repair: boolean,
   pairs: [string, string][],
 ): Promise<Drift[]> {
-  const reply = await ctx.scripts.run(
-    'reconcileChunk',
-    [
-      keys.totals,
-      keys.pending,
-      keys.pendingTags,
-      keys.inflight,
-      keys.inflightTags,
-      keys.inflightMeta,
-    ],
-    [batchId, inflightApplied ? '1' : '0', repair ? '1' : '0', ...pairs.flat()],
-  );
+  const reply = await ctx.scripts.reconcileChunk(keys, { batchId, inflightApplied, repair, pairs });
   if (reply[0] === ScriptStatus.batchChanged) throw new BatchChanged();
   const drift: Drift[] = [];
   for (let i = 1; i < reply.length; i += 3) {

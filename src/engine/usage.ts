@@ -67,18 +67,7 @@ export async function readUsage(
   for (let attempt = 0; attempt < maxReadAttempts; attempt++) {
     let redisReply: (string | number)[];
     try {
-      redisReply = await ctx.scripts.run(
-        'readBuckets',
-        [
-          keys.pending,
-          keys.pendingTags,
-          keys.inflight,
-          keys.inflightTags,
-          keys.inflightMeta,
-          keys.snapshots,
-        ],
-        [counter],
-      );
+      redisReply = await ctx.scripts.readBuckets(keys, counter);
     } catch (error) {
       throw redisFailure(error, 'read', 'a usage read');
     }

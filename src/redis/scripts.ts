@@ -1,10 +1,15 @@
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Cluster, Redis } from 'ioredis';
+import type { ShardKeys } from './shard-keys.js';
 
 /** A connection Tally's commands run on: one Redis, or a Redis Cluster. */
 export type RedisConnection = Redis | Cluster;
 
-/** The codes scripts return; named here once, never as bare numbers elsewhere. */
+/**
+ * The codes scripts return, named once: the scripts get them as Lua constants of the same names
+ * in upper case (`--- @include "statuses"`: OK, NEEDS_REBUILD, APPLIED, ...).
+ */
 export const ScriptStatus = {
   ok: 0,
   needsRebuild: 1,
@@ -19,68 +24,200 @@ export const IncrementStatus = {
   keyReused: 5,
 } as const;
 
-/**
- * The version is part of every command name, so two Tally versions sharing one Redis never run
- * each other's scripts (ioredis runs them by SHA under these names).
- */
-const scriptVersion = 'v2';
-
-const scripts = {
-  increment: { file: 'increment.lua', keys: undefined },
-  readTotals: { file: 'read-totals.lua', keys: 2 },
-  snapshot: { file: 'snapshot.lua', keys: 7 },
-  acknowledge: { file: 'acknowledge.lua', keys: 3 },
-  markRefused: { file: 'mark-refused.lua', keys: 1 },
-  reconcileChunk: { file: 'reconcile-chunk.lua', keys: 6 },
-  readBuckets: { file: 'read-buckets.lua', keys: 6 },
-  releaseLock: { file: 'release-lock.lua', keys: 1 },
-  extendLock: { file: 'extend-lock.lua', keys: 1 },
-} as const;
-
-type ScriptName = keyof typeof scripts;
-
-/** The command a script runs under on a Tally connection. */
-export const scriptCommand = (name: ScriptName) => `tally_${scriptVersion}_${name}`;
 export type ScriptReply = (string | number)[];
 
-/** Runs Tally's Lua scripts on a connection. */
+// Beside this module in src/ and in dist/ alike (the build copies lua/ into dist/redis/).
+const luaDir = new URL('./lua/', import.meta.url);
+
+/** A line that pulls in `lua/includes/<name>.lua`, as BullMQ's scripts write it. */
+const includeLine = /^--- @include "([a-z-]+)"$/gm;
+
+const upperSnake = (name: string) => name.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase();
+
+/** Includes made from the TypeScript constants above, so the two never disagree. */
+const generatedIncludes: Record<string, string> = {
+  statuses: Object.entries({ ...ScriptStatus, ...IncrementStatus })
+    .map(([name, code]) => `local ${upperSnake(name)} = ${code}`)
+    .join('\n'),
+};
+
+/** A script's source with its includes resolved (each at most once per script). */
+function resolveIncludes(source: string, included = new Set<string>()): string {
+  return source.replace(includeLine, (_, name: string) => {
+    if (included.has(name)) return '';
+    included.add(name);
+    const body =
+      generatedIncludes[name] ??
+      readFileSync(new URL(`includes/${name}.lua`, luaDir), 'utf8').trimEnd();
+    return resolveIncludes(body, included);
+  });
+}
+
+const files = {
+  increment: 'increment.lua',
+  readTotals: 'read-totals.lua',
+  snapshot: 'snapshot.lua',
+  acknowledge: 'acknowledge.lua',
+  markRefused: 'mark-refused.lua',
+  reconcileChunk: 'reconcile-chunk.lua',
+  readBuckets: 'read-buckets.lua',
+  releaseLock: 'release-lock.lua',
+  extendLock: 'extend-lock.lua',
+} as const;
+
+type ScriptName = keyof typeof files;
+
+/**
+ * Each script's resolved source, and the command it runs under: its name and the hash of its
+ * source, so two Tally versions sharing one Redis never run each other's scripts under one
+ * name (ioredis runs them by SHA under these names), and no version number is bumped by hand.
+ */
+const loaded = Object.fromEntries(
+  Object.entries(files).map(([name, file]) => {
+    const lua = resolveIncludes(readFileSync(new URL(file, luaDir), 'utf8'));
+    const hash = createHash('sha1').update(lua).digest('hex').slice(0, 12);
+    return [name, { lua, command: `tally_${name}_${hash}` }];
+  }),
+) as Record<ScriptName, { lua: string; command: string }>;
+
+/** The command a script runs under on a Tally connection. */
+export const scriptCommand = (name: ScriptName) => loaded[name].command;
+
+/** The script's source as Redis runs it, includes resolved (tests read it). */
+export const scriptSource = (name: ScriptName) => loaded[name].lua;
+
+/** increment.lua's fixed keys, in order; the call's idempotency keys follow them. */
+export const incrementKeys = (keys: ShardKeys): string[] => [
+  keys.epoch,
+  keys.totals,
+  keys.pending,
+  keys.pendingTags,
+  keys.pendingSince,
+];
+
+export type SnapshotReply =
+  { state: 'empty' } | { state: 'created' | 'resumed'; batchId: string; snapshotMs: number };
+
+/**
+ * Tally's Lua scripts on a connection, one typed wrapper each: the wrapper builds the KEYS (in
+ * the order the script's header lists them, their count is the array's length) and the ARGV.
+ */
 export interface Scripts {
-  /** Scripts with a fixed key count. */
-  run(
-    name: Exclude<ScriptName, 'increment'>,
-    keys: readonly string[],
-    args: readonly (string | number)[],
-  ): Promise<ScriptReply>;
   /**
-   * increment.lua, whose key count varies with the idempotency keys it carries. Its arguments
-   * may come in several arrays, sent one after the other (a group's can run to thousands).
+   * increment.lua: `keys` are incrementKeys() and then the call's idempotency keys. Its
+   * arguments may come in several arrays, sent one after the other (a group's can run to
+   * thousands).
    */
   increment(
     keys: readonly string[],
     args: readonly (readonly (string | number)[])[],
   ): Promise<ScriptReply>;
+  /** {OK, total...} as decimal strings, or {NEEDS_REBUILD}. */
+  readTotals(keys: ShardKeys, counters: readonly string[]): Promise<ScriptReply>;
+  /** Flush step 1: freezes pending into the in-flight batch, or resumes the one there. */
+  snapshot(keys: ShardKeys, newBatchId: string): Promise<SnapshotReply>;
+  /** Flush step 3: deletes the in-flight batch if it is still `batchId`; whether it did. */
+  acknowledge(keys: ShardKeys, batchId: string): Promise<boolean>;
+  /** Marks the in-flight batch `batchId` refused (the ledger's horizon, ms). */
+  markRefused(keys: ShardKeys, batchId: string, horizonMs: number): Promise<void>;
+  /** {OK, counter, redis total, expected...} for the drifted counters, or {BATCH_CHANGED}. */
+  reconcileChunk(
+    keys: ShardKeys,
+    chunk: {
+      batchId: string;
+      inflightApplied: boolean;
+      repair: boolean;
+      pairs: readonly [string, string][];
+    },
+  ): Promise<ScriptReply>;
+  /** {snapshot count, in-flight batch id, P, P (tag, delta) pairs, then in-flight pairs}. */
+  readBuckets(keys: ShardKeys, counter: string): Promise<ScriptReply>;
+  /** Whether the lock was still `token`'s and is now released. */
+  releaseLock(lockKey: string, token: string): Promise<boolean>;
+  /** Whether the lock was still `token`'s and now lives `ttlMs` more. */
+  extendLock(lockKey: string, token: string, ttlMs: number): Promise<boolean>;
 }
 
-// Beside this module in src/ and in dist/ alike (the build copies lua/ into dist/redis/).
-const luaDir = new URL('./lua/', import.meta.url);
-
 /** ioredis flattens array arguments into one command, so none is spread into a call here. */
-type Invoke = (...args: (number | readonly (string | number)[])[]) => Promise<ScriptReply>;
+type Invoke = (...args: (number | readonly (string | number)[])[]) => Promise<unknown>;
 
 export function defineScripts(redis: RedisConnection): Scripts {
-  for (const [name, script] of Object.entries(scripts)) {
-    redis.defineCommand(scriptCommand(name as ScriptName), {
-      lua: readFileSync(new URL(script.file, luaDir), 'utf8'),
-      ...(script.keys === undefined ? {} : { numberOfKeys: script.keys }),
-    });
+  const commands = {} as Record<ScriptName, Invoke>;
+  for (const name of Object.keys(files) as ScriptName[]) {
+    const { command, lua } = loaded[name];
+    // No numberOfKeys: every call sends its own count, the length of the keys it builds.
+    redis.defineCommand(command, { lua });
+    commands[name] = (redis as unknown as Record<string, Invoke>)[command]?.bind(redis) as Invoke;
   }
-  const command = (name: ScriptName) =>
-    (redis as unknown as Record<string, Invoke>)[scriptCommand(name)]?.bind(redis) as Invoke;
-  const commands = Object.fromEntries(
-    Object.keys(scripts).map((name) => [name, command(name as ScriptName)]),
-  ) as Record<ScriptName, Invoke>;
+  const run = (
+    name: ScriptName,
+    keys: readonly string[],
+    ...args: (readonly (string | number)[])[]
+  ) => commands[name](keys.length, keys, ...args);
   return {
-    run: (name, keys, args) => commands[name](keys, args),
-    increment: (keys, args) => commands.increment(keys.length, keys, ...args),
+    // The hot path: straight to the command, no wrapper's arrays.
+    increment: (keys, args) =>
+      commands.increment(keys.length, keys, ...args) as Promise<ScriptReply>,
+    readTotals: (keys, counters) =>
+      run('readTotals', [keys.epoch, keys.totals], counters) as Promise<ScriptReply>,
+    async snapshot(keys, newBatchId) {
+      const [state, batchId, snapshotMs] = (await run(
+        'snapshot',
+        [
+          keys.pending,
+          keys.pendingTags,
+          keys.pendingSince,
+          keys.inflight,
+          keys.inflightTags,
+          keys.inflightMeta,
+          keys.snapshots,
+        ],
+        [newBatchId],
+      )) as [string, string?, string?];
+      if (state === 'empty' || batchId === undefined) return { state: 'empty' };
+      return {
+        state: state === 'resumed' ? 'resumed' : 'created',
+        batchId,
+        snapshotMs: Number(snapshotMs),
+      };
+    },
+    acknowledge: async (keys, batchId) =>
+      Number(
+        await run('acknowledge', [keys.inflight, keys.inflightTags, keys.inflightMeta], [batchId]),
+      ) === 1,
+    async markRefused(keys, batchId, horizonMs) {
+      await run('markRefused', [keys.inflightMeta], [batchId, horizonMs]);
+    },
+    reconcileChunk: (keys, chunk) =>
+      run(
+        'reconcileChunk',
+        [
+          keys.totals,
+          keys.pending,
+          keys.pendingTags,
+          keys.inflight,
+          keys.inflightTags,
+          keys.inflightMeta,
+        ],
+        [chunk.batchId, chunk.inflightApplied ? '1' : '0', chunk.repair ? '1' : '0'],
+        chunk.pairs.flat(),
+      ) as Promise<ScriptReply>,
+    readBuckets: (keys, counter) =>
+      run(
+        'readBuckets',
+        [
+          keys.pending,
+          keys.pendingTags,
+          keys.inflight,
+          keys.inflightTags,
+          keys.inflightMeta,
+          keys.snapshots,
+        ],
+        [counter],
+      ) as Promise<ScriptReply>,
+    releaseLock: async (lockKey, token) =>
+      Number(await run('releaseLock', [lockKey], [token])) === 1,
+    extendLock: async (lockKey, token, ttlMs) =>
+      Number(await run('extendLock', [lockKey], [token, ttlMs])) === 1,
   };
 }

@@ -51,9 +51,9 @@ export async function withShardLock<T>(
     ctx.config.logger.warn({ lockKey, reason }, 'shard lock renewal failed');
   };
   const renew = setInterval(() => {
-    ctx.scripts.run('extendLock', [lockKey], [token, ttlMs]).then(
+    ctx.scripts.extendLock(lockKey, token, ttlMs).then(
       (extended) => {
-        if (Number(extended) !== 1) renewalFailed('the lock expired or passed to another process');
+        if (!extended) renewalFailed('the lock expired or passed to another process');
       },
       (error: unknown) => {
         renewalFailed(error instanceof Error ? error.message : String(error));
@@ -65,6 +65,6 @@ export async function withShardLock<T>(
     return await work();
   } finally {
     clearInterval(renew);
-    await ctx.scripts.run('releaseLock', [lockKey], [token]);
+    await ctx.scripts.releaseLock(lockKey, token);
   }
 }

@@ -7,7 +7,9 @@
   Deletes the batch only if it is still the one in flight (a flush that lost its lock must not
   delete a newer batch). Returns 1 when deleted, 0 when the batch was no longer in flight.
 ]]
-if redis.call('HGET', KEYS[3], 'batch') ~= ARGV[1] then
+--- @include "inflight-batch"
+
+if inflightBatch(KEYS[3]) ~= ARGV[1] then
   return 0
 end
 redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3])

@@ -29,14 +29,17 @@
   and as a Lua double it is exact within the range and never rounds back into it from outside,
   so the range check is exact.
 ]]
-local OK, NEEDS_REBUILD = 0, 1
-local APPLIED, DUPLICATE, OVER_LIMIT, OVERFLOW, KEY_REUSED = 1, 2, 3, 4, 5
+--- @include "statuses"
+--- @include "totals-lack-base"
+--- @include "server-time-ms"
+--- @include "exact-string"
+
 -- The value keys written before fingerprints were kept: a match for any parameters.
 local ANY_PARAMETERS = '1'
 local MAX = 9007199254740991
 local EXACT_REPLY = 1e15
 
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if totalsLackBase(KEYS[1]) then
   return { NEEDS_REBUILD }
 end
 
@@ -104,7 +107,7 @@ while i <= last do
   if total < EXACT_REPLY and total > -EXACT_REPLY then
     result[size + 2] = total
   else
-    result[size + 2] = string.format('%.0f', total)
+    result[size + 2] = exactString(total)
   end
   size = size + 2
   i = i + 3
@@ -117,8 +120,7 @@ if appliedAny then
     redis.call('SADD', KEYS[4], tags[t])
   end
   if redis.call('EXISTS', KEYS[5]) == 0 then
-    local now = redis.call('TIME')
-    redis.call('SET', KEYS[5], now[1] * 1000 + math.floor(now[2] / 1000))
+    redis.call('SET', KEYS[5], serverTimeMs())
   end
 end
 

@@ -6,7 +6,9 @@
   KEYS[1] in-flight meta
   ARGV[1] batch id    ARGV[2] the shard's ledger horizon, ms
 ]]
-if redis.call('HGET', KEYS[1], 'batch') == ARGV[1] then
+--- @include "inflight-batch"
+
+if inflightBatch(KEYS[1]) == ARGV[1] then
   redis.call('HSET', KEYS[1], 'refused', ARGV[2])
 end
 return 0

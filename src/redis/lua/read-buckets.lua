@@ -11,27 +11,26 @@
   as decimal strings. The caller compares the snapshot count after reading PostgreSQL to know
   that no flush moved deltas in between.
 ]]
+--- @include "inflight-batch"
+--- @include "each-delta"
+
 local counter = ARGV[1]
-
-local function deltas(hash, tagSet, out)
-  local tags = redis.call('SMEMBERS', tagSet)
-  local found = 0
-  for t = 1, #tags do
-    local delta = redis.call('HGET', hash, tags[t] .. counter)
-    if delta then
-      out[#out + 1] = tags[t]
-      out[#out + 1] = delta
-      found = found + 1
-    end
-  end
-  return found
-end
-
 local result = {
   tonumber(redis.call('GET', KEYS[6]) or 0),
-  redis.call('HGET', KEYS[5], 'batch') or '',
+  inflightBatch(KEYS[5]) or '',
   0,
 }
-result[3] = deltas(KEYS[1], KEYS[2], result)
-deltas(KEYS[3], KEYS[4], result)
+local function collect(tag, delta)
+  result[#result + 1] = tag
+  result[#result + 1] = delta
+end
+
+local function deltas(hash, tagSet)
+  local before = #result
+  eachDelta(hash, redis.call('SMEMBERS', tagSet), counter, collect)
+  return (#result - before) / 2
+end
+
+result[3] = deltas(KEYS[1], KEYS[2])
+deltas(KEYS[3], KEYS[4])
 return result

@@ -9,9 +9,10 @@
   incremented; strings because ioredis parses integer replies near 2^53 inexactly). One HGET
   per counter, not HMGET with unpack(ARGV): Lua cannot unpack more than about 8,000 values.
 ]]
-local OK, NEEDS_REBUILD = 0, 1
+--- @include "statuses"
+--- @include "totals-lack-base"
 
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if totalsLackBase(KEYS[1]) then
   return { NEEDS_REBUILD }
 end
 

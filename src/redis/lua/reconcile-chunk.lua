@@ -16,9 +16,12 @@
   2^53 inexactly). A counter's pending (or in-flight) delta is the sum of its fields under every
   bucket tag the hash has (bucket-tags.ts); there are one or two tags, rarely more.
 ]]
-local OK, BATCH_CHANGED = 0, 2
+--- @include "statuses"
+--- @include "exact-string"
+--- @include "inflight-batch"
+--- @include "each-delta"
 
-local batch = redis.call('HGET', KEYS[6], 'batch') or ''
+local batch = inflightBatch(KEYS[6]) or ''
 if batch ~= ARGV[1] then
   return { BATCH_CHANGED }
 end
@@ -28,11 +31,13 @@ local pendingTags = redis.call('SMEMBERS', KEYS[3])
 local inflightTags = countInflight and redis.call('SMEMBERS', KEYS[5]) or {}
 
 -- The sum of a counter's deltas in one deltas hash.
+local sum
+local function add(_, delta)
+  sum = sum + tonumber(delta)
+end
 local function delta(deltas, tags, counter)
-  local sum = 0
-  for t = 1, #tags do
-    sum = sum + tonumber(redis.call('HGET', deltas, tags[t] .. counter) or 0)
-  end
+  sum = 0
+  eachDelta(deltas, tags, counter, add)
   return sum
 end
 
@@ -45,7 +50,7 @@ for i = 4, #ARGV, 2 do
   if tonumber(actual or 0) ~= expected then
     result[#result + 1] = counter
     result[#result + 1] = actual or ''
-    local expectedText = string.format('%.0f', expected)
+    local expectedText = exactString(expected)
     result[#result + 1] = expectedText
     if repair then
       redis.call('HSET', KEYS[1], counter, expectedText)

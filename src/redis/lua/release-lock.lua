@@ -4,7 +4,9 @@
   KEYS[1] lock   ARGV[1] the holder's token
   Returns 1 when released, 0 when the lock had expired or passed to another holder.
 ]]
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+--- @include "holds-lock"
+
+if holdsLock(KEYS[1], ARGV[1]) then
   return redis.call('DEL', KEYS[1])
 end
 return 0

@@ -12,6 +12,9 @@
   can fall between the two) and returns {'created', ARGV[1], the snapshot time}. Snapshot times
   are Redis' clock in ms; the flush's ledger check compares them with the pruning horizon.
 ]]
+--- @include "server-time-ms"
+--- @include "exact-string"
+
 local existing = redis.call('HMGET', KEYS[6], 'batch', 'snapshot')
 if existing[1] then
   return { 'resumed', existing[1], existing[2] or '0' }
@@ -21,8 +24,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return { 'empty' }
 end
 
-local now = redis.call('TIME')
-local nowMs = now[1] * 1000 + math.floor(now[2] / 1000)
+local nowMs = serverTimeMs()
 redis.call('RENAME', KEYS[1], KEYS[4])
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('RENAME', KEYS[2], KEYS[5])
@@ -31,4 +33,4 @@ local since = redis.call('GET', KEYS[3]) or nowMs
 redis.call('HSET', KEYS[6], 'batch', ARGV[1], 'since', since, 'snapshot', nowMs)
 redis.call('DEL', KEYS[3])
 redis.call('INCR', KEYS[7])
-return { 'created', ARGV[1], string.format('%.0f', nowMs) }
+return { 'created', ARGV[1], exactString(nowMs) }
