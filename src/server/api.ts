@@ -1,26 +1,16 @@
 import type { Socket } from 'node:net';
-import swagger from '@fastify/swagger';
 import Fastify, { LogController, type FastifyError, type FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
-import { canonicalName, type CounterRef } from '../counters/counter-name.js';
-import { OverflowError, TallyError } from '../errors.js';
-import type { BatchIncrementResult } from '../engine/increments.js';
-import { packageVersion } from '../process/package-files.js';
 import type { Tally } from '../tally.js';
-import { sharedFor } from '../engine/concurrency.js';
-import { isAuthenticated, requireTokens } from './auth.js';
+import { requireTokens } from './auth.js';
+import { counterRoutes } from './counter-routes.js';
 import { answerMethodNotAllowed } from './method-not-allowed.js';
 import { clientErrorResponse, toHttpError } from './http-errors.js';
 import { registerDurabilityGauge } from '../redis/durability-metric.js';
 import { HttpMetrics } from './http-metrics.js';
-import {
-  incrementBatchSchema,
-  incrementOneSchema,
-  maxBatchDefault,
-  readManySchema,
-  readOneSchema,
-  usageSchema,
-} from './schemas.js';
+import { registerOpenApi } from './openapi.js';
+import { operationRoutes } from './operation-routes.js';
+import { maxBatchDefault } from './schemas.js';
 
 export interface ApiOptions {
   tally: Tally;
@@ -48,13 +38,6 @@ export const httpDefaults = {
  * unreadable by path.)
  */
 const maxParamLength = 3 * 256;
-
-/** How answers name a counter: a plain name as sent (the engine validated it), labels canonical. */
-const nameOf = (ref: CounterRef) => (typeof ref === 'string' ? ref : canonicalName(ref));
-
-function resultBody(counter: string, result: BatchIncrementResult) {
-  return { counter, value: result.value, duplicate: result.duplicate, status: result.status };
-}
 
 /** The HTTP API, ready to listen (or to `inject` in tests). */
 export async function buildApi(options: ApiOptions) {
@@ -105,26 +88,7 @@ export async function buildApi(options: ApiOptions) {
   // JSON only: Fastify's default text/plain parser would let other bodies reach validation.
   app.removeContentTypeParser('text/plain');
 
-  await app.register(swagger, {
-    openapi: {
-      openapi: '3.0.3',
-      info: { title: 'Tally', version: packageVersion, description: 'Write-behind counters.' },
-      components: {
-        securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
-      },
-      ...(tokens.length > 0 ? { security: [{ bearer: [] }] } : {}),
-    },
-    // Fastify needs a body schema to validate one, and the generator then calls the body
-    // required; the single increment takes none (an empty POST counts 1).
-    transformObject: (document) => {
-      if (!('openapiObject' in document)) return document.swaggerObject;
-      const single = document.openapiObject.paths?.['/v1/counters/{counter}/increment']?.post;
-      if (single?.requestBody !== undefined && 'required' in single.requestBody) {
-        single.requestBody.required = false;
-      }
-      return document.openapiObject;
-    },
-  });
+  await app.register(registerOpenApi, { authenticated: tokens.length > 0 });
 
   app.setErrorHandler((error, request, reply) => {
     if (toHttpError(error).status >= 500) request.log.error({ err: error }, 'request failed');
@@ -162,146 +126,8 @@ export async function buildApi(options: ApiOptions) {
     done();
   });
 
-  app.post<{
-    Body: {
-      increments: {
-        counter: CounterRef;
-        by?: number;
-        idempotencyKey?: string;
-        at?: string;
-        limit?: number;
-      }[];
-    };
-  }>('/v1/increments', { schema: incrementBatchSchema(maxBatch) }, async (request) => {
-    const items = request.body.increments;
-    const results = await tally.incrMany(
-      items.map((item) => ({
-        counter: item.counter,
-        by: item.by ?? 1,
-        ...(item.idempotencyKey === undefined ? {} : { idempotencyKey: item.idempotencyKey }),
-        ...(item.limit === undefined ? {} : { limit: item.limit }),
-        ...(item.at === undefined ? {} : { at: new Date(item.at) }),
-      })),
-    );
-    // One metric update per status, not per item: labelled updates cost a hash of the labels.
-    const byStatus = new Map<string, number>();
-    for (const result of results)
-      byStatus.set(result.status, (byStatus.get(result.status) ?? 0) + 1);
-    for (const [status, count] of byStatus) metrics.increments.inc({ status }, count);
-    return {
-      results: results.map((result, i) => resultBody(nameOf(items[i]?.counter ?? ''), result)),
-    };
-  });
-
-  app.post<{
-    Params: { counter: string };
-    Body: { by?: number; idempotencyKey?: string; limit?: number } | undefined;
-  }>(
-    '/v1/counters/:counter/increment',
-    {
-      schema: incrementOneSchema,
-      // A POST without a body increments by 1. (Fastify itself answers 415 to a body sent
-      // without a content type, so an undefined body here really is no body.)
-      preValidation: (request, _reply, done) => {
-        // Only a missing body defaults; a JSON `null` goes on to validation and is refused.
-        if (request.body === undefined) request.body = {};
-        done();
-      },
-    },
-    async (request) => {
-      const { counter } = request.params;
-      const body = request.body ?? {};
-      // incr, not incrMany: its errors name the counter, not "item 0" of a batch.
-      const result = await tally
-        .incr(counter, body.by ?? 1, {
-          ...(body.idempotencyKey === undefined ? {} : { idempotencyKey: body.idempotencyKey }),
-          ...(body.limit === undefined ? {} : { limit: body.limit }),
-        })
-        .catch((error: unknown) => {
-          if (error instanceof OverflowError) metrics.increments.inc({ status: 'overflow' });
-          throw error;
-        });
-      metrics.increments.inc({ status: result.status });
-      if (result.status === 'over-limit') {
-        throw new TallyError('OVER_LIMIT', `${counter} would pass its limit of ${result.limit}.`, {
-          details: { counter, value: result.value, limit: result.limit },
-        });
-      }
-      return resultBody(counter, result);
-    },
-  );
-
-  app.get<{ Params: { counter: string } }>(
-    '/v1/counters/:counter',
-    { schema: readOneSchema },
-    async (request) => ({
-      counter: request.params.counter,
-      value: await tally.get(request.params.counter),
-    }),
-  );
-
-  // '::' escapes the colon: the path is literally /v1/counters:read.
-  app.post<{ Body: { counters: CounterRef[] } }>(
-    '/v1/counters::read',
-    { schema: readManySchema(maxBatch) },
-    async (request) => {
-      const { counters } = request.body;
-      const values = await tally.getMany(counters);
-      return {
-        values: Object.fromEntries(counters.map((ref, i) => [nameOf(ref), values[i]])),
-      };
-    },
-  );
-
-  app.get<{
-    Params: { counter: string };
-    Querystring: { from: string; to: string; granularity: 'minute' | 'hour' | 'day' | 'month' };
-  }>('/v1/counters/:counter/usage', { schema: usageSchema(tally.buckets) }, async (request) => {
-    const { from, to, granularity } = request.query;
-    const buckets = await tally.usage(request.params.counter, {
-      from: new Date(from),
-      to: new Date(to),
-      granularity,
-    });
-    return {
-      counter: request.params.counter,
-      granularity,
-      buckets: buckets.map((bucket) => ({
-        start: bucket.start.toISOString(),
-        value: bucket.value,
-      })),
-    };
-  });
-
-  // The open routes: probes, scrapers and the API's description answer without a token.
-  const open = { schema: { hide: true }, config: { open: true } };
-  app.get('/healthz', open, (_request, reply) => reply.send({ status: 'ok' }));
-  // Anyone may call it: one computation a second at most, shared by every caller.
-  const readiness = sharedFor(1_000, () => tally.readiness());
-  app.get('/readyz', open, async (request, reply) => {
-    const found = await readiness();
-    // Not ready on a Redis whose settings became unsafe while running (a live CONFIG SET, a
-    // failover): traffic should go where counts stay exact.
-    const ready =
-      found.redis &&
-      found.postgres &&
-      found.shardsBuilt === found.shards &&
-      tally.durability.accepted;
-    // Versions and settings help an attacker: without a valid token a probe learns only whether
-    // to send traffic here.
-    if (!isAuthenticated(request, tokens)) return reply.status(ready ? 200 : 503).send({ ready });
-    return reply.status(ready ? 200 : 503).send({
-      ready,
-      redis: found.redis,
-      postgres: found.postgres,
-      shardsReconciled: `${found.shardsBuilt}/${found.shards}`,
-      durability: tally.durability,
-    });
-  });
-  app.get('/metrics', open, async (_request, reply) =>
-    reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()),
-  );
-  app.get('/openapi.json', open, (_request, reply) => reply.send(app.swagger()));
+  await app.register(counterRoutes, { tally, maxBatch, metrics });
+  await app.register(operationRoutes, { tally, tokens, metrics });
 
   declared.answerOtherMethods();
   await app.ready();

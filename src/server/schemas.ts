@@ -184,40 +184,41 @@ export function readManySchema(maxBatch: number) {
 }
 
 /** The usage route's schema: `granularity` takes only the granularities the store keeps. */
-export const usageSchema = (kept: readonly Granularity[]) => ({
-  summary: 'Usage of a counter per time bucket',
-  params: counterParams,
-  querystring: {
-    type: 'object',
-    required: ['from', 'to', 'granularity'],
-    additionalProperties: false,
-    properties: {
-      from: { type: 'string', format: 'date-time' },
-      to: { type: 'string', format: 'date-time' },
-      granularity: {
-        type: 'string',
-        enum: kept,
-        description: 'The buckets the store keeps (option buckets, TALLY_BUCKETS).',
-      },
-    },
-  },
-  response: {
-    200: {
+export const usageSchema = (kept: readonly Granularity[]) =>
+  ({
+    summary: 'Usage of a counter per time bucket',
+    params: counterParams,
+    querystring: {
       type: 'object',
-      required: ['counter', 'granularity', 'buckets'],
+      required: ['from', 'to', 'granularity'],
+      additionalProperties: false,
       properties: {
-        counter: { type: 'string' },
-        granularity: { type: 'string' },
-        buckets: {
-          type: 'array',
-          items: {
-            type: 'object',
-            required: ['start', 'value'],
-            properties: { start: { type: 'string', format: 'date-time' }, value: integer },
-          },
+        from: { type: 'string', format: 'date-time' },
+        to: { type: 'string', format: 'date-time' },
+        granularity: {
+          type: 'string',
+          enum: kept,
+          description: 'The buckets the store keeps (option buckets, TALLY_BUCKETS).',
         },
       },
     },
-    ...errors,
-  },
-});
+    response: {
+      200: {
+        type: 'object',
+        required: ['counter', 'granularity', 'buckets'],
+        properties: {
+          counter: { type: 'string' },
+          granularity: { type: 'string' },
+          buckets: {
+            type: 'array',
+            items: {
+              type: 'object',
+              required: ['start', 'value'],
+              properties: { start: { type: 'string', format: 'date-time' }, value: integer },
+            },
+          },
+        },
+      },
+      ...errors,
+    },
+  }) as const;
