@@ -8,6 +8,7 @@ import { answerMethodNotAllowed } from './method-not-allowed.js';
 import { clientErrorResponse, toHttpError } from './http-errors.js';
 import { registerDurabilityGauge } from '../redis/durability-metric.js';
 import { HttpMetrics } from './http-metrics.js';
+import { httpHooks } from './http-hooks.js';
 import { registerOpenApi } from './openapi.js';
 import { operationRoutes } from './operation-routes.js';
 import { maxBatchDefault } from './schemas.js';
@@ -102,30 +103,7 @@ export async function buildApi(options: ApiOptions) {
   });
 
   await app.register(requireTokens, { tokens });
-  // A compressed body would reach the JSON parser as bytes: refuse it before reading it.
-  app.addHook('onRequest', (request, _reply, done) => {
-    const encoding = request.headers['content-encoding'];
-    if (encoding === undefined || encoding.toLowerCase() === 'identity') done();
-    else done(Object.assign(new Error('content-encoding'), { statusCode: 415 }));
-  });
-  // Closing: answers in flight tell their clients to close the connection, so that a keep-alive
-  // client cannot hold the server open after its last answer.
-  let closing = false;
-  app.addHook('preClose', (done) => {
-    closing = true;
-    done();
-  });
-  app.addHook('onSend', (_request, reply, payload, done) => {
-    if (closing) void reply.header('connection', 'close');
-    done(null, payload);
-  });
-  app.addHook('onResponse', (request, reply, done) => {
-    const route = request.routeOptions.url ?? 'unmatched';
-    metrics.requests.inc({ method: request.method, route, status: reply.statusCode });
-    metrics.duration.observe({ method: request.method, route }, reply.elapsedTime / 1_000);
-    done();
-  });
-
+  await app.register(httpHooks, { metrics });
   await app.register(counterRoutes, { tally, maxBatch, metrics });
   await app.register(operationRoutes, { tally, tokens, metrics });
 
