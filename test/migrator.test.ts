@@ -60,6 +60,7 @@ describe('migrate', () => {
       'applied_batches',
       'counter_buckets',
       'counters',
+      'ledger_horizons',
       'redis_losses',
       'schema_migrations',
       'settings',

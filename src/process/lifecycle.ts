@@ -36,6 +36,34 @@ export function exitOnSignals(
 }
 
 /**
+ * Runs every step of a shutdown in order, each even when one before it failed (a connection
+ * left open keeps the process alive), then throws one error naming every step that failed.
+ */
+export async function closeInOrder(
+  steps: readonly (readonly [name: string, close: () => unknown])[],
+): Promise<void> {
+  const failures: { step: string; error: unknown }[] = [];
+  for (const [step, close] of steps) {
+    try {
+      await close();
+    } catch (error) {
+      failures.push({ step, error });
+    }
+  }
+  if (failures.length > 0) {
+    throw new AggregateError(
+      failures.map((failure) => failure.error),
+      `Closing failed at ${failures
+        .map(
+          ({ step, error }) =>
+            `${step} (${error instanceof Error ? error.message : String(error)})`,
+        )
+        .join(', ')}; every other step ran.`,
+    );
+  }
+}
+
+/**
  * A whole number written in plain decimal digits, from `min` to `max`: `0x10`, `16.0`, `1e1`
  * and ` 16` are refused, not read as 16 or 10 (`Number()` would take them all).
  */

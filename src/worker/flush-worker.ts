@@ -4,8 +4,6 @@
  * BullMQ runs a job at least once, so a job can run twice (a replica paused past its job lock);
  * the engine's shard lock and ledger make that harmless.
  */
-import { createServer, type Server } from 'node:http';
-import { once } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
@@ -15,7 +13,14 @@ import { createTally, FlushError, TallyError, type Tally } from '../index.js';
 import { logConnectionErrors } from '../redis/connection.js';
 import { createLogger } from '../process/logging.js';
 import { FlushMetrics } from './flush-metrics.js';
-import { exitOnSignals, integerFromEnv } from '../process/lifecycle.js';
+import {
+  flushQueueName,
+  reviveStoppedSchedules,
+  upsertScheduler,
+  type FlushJobData,
+} from './flush-schedules.js';
+import { startMetricsServer, type MetricsServer } from './metrics-server.js';
+import { closeInOrder, exitOnSignals, integerFromEnv } from '../process/lifecycle.js';
 import { ledgerRetentionDefaultMs } from '../config.js';
 
 export interface FlushWorkerConfig extends StoreEnv {
@@ -66,53 +71,66 @@ export interface RunningFlushWorker {
   close(): Promise<void>;
 }
 
-const queueName = 'flush';
-const schedulerId = (shard: number) => `flush-shard-${shard}`;
-
-interface FlushJobData {
-  shard: number;
+/** One flush job: flushes its shard, records the outcome, rethrows failures for a retry. */
+function flushJob(tally: Tally, metrics: FlushMetrics, logger: Logger) {
+  return async (job: Job<FlushJobData>) => {
+    const { shard } = job.data;
+    const started = performance.now();
+    try {
+      // Another replica already flushing this shard makes this run redundant, not late.
+      const batches = await tally.flushShard(shard, { lockWaitMs: 0 });
+      metrics.recordFlush(batches, (performance.now() - started) / 1_000);
+      return { batches: batches.length };
+    } catch (error) {
+      if (error instanceof TallyError && error.code === 'BUSY') {
+        metrics.recordSkipped();
+        return { skipped: true };
+      }
+      const code = error instanceof TallyError ? error.code : 'UNEXPECTED';
+      metrics.recordFailure(code);
+      logger.warn(
+        {
+          shard,
+          batchId: error instanceof FlushError ? error.batchId : undefined,
+          attempt: job.attemptsMade + 1,
+          cause: code,
+          err: error,
+        },
+        'flush failed; it will be retried',
+      );
+      throw error;
+    }
+  };
 }
-
-/** Creates or updates a shard's scheduler (and its next job); safe from every replica. */
-function upsertScheduler(queue: Queue, config: FlushWorkerConfig, shard: number) {
-  return queue.upsertJobScheduler(
-    schedulerId(shard),
-    { every: config.flushIntervalMs },
-    {
-      name: 'flush-shard',
-      data: { shard } satisfies FlushJobData,
-      opts: {
-        attempts: 4,
-        backoff: { type: 'exponential', delay: config.flushIntervalMs, jitter: 0.5 },
-        removeOnComplete: true,
-        removeOnFail: { count: 1_000 },
-      },
-    },
-  );
-}
-
-/** How often the schedulers are checked: about 3 round trips per shard each time. */
-const schedulerCheckIntervalMs = (flushIntervalMs: number) =>
-  Math.min(Math.max(flushIntervalMs, 1_000), 10_000);
-
-/** States in which a scheduler's next job will still run. */
-const liveStates = new Set(['delayed', 'waiting', 'prioritized', 'active', 'waiting-children']);
 
 /**
- * The shards whose flushes would never run again: no scheduler, or a scheduler whose next job
- * is gone (BullMQ creates the next job only when the current one starts, so once an evicted or
- * deleted job breaks the chain the scheduler stays and nothing runs, with no log line). A job id
- * of a scheduler is `repeat:<scheduler id>:<next run, ms>` (BullMQ 6).
+ * Prunes the flush ledger every `intervalMs`, one run at a time (engine/ledger-pruning.ts).
+ * Returns the function that stops it, waiting for a run in progress.
  */
-async function stoppedShards(queue: Queue, shards: number): Promise<number[]> {
-  const checks = Array.from({ length: shards }, async (_, shard) => {
-    const scheduler = await queue.getJobScheduler(schedulerId(shard));
-    if (scheduler?.next === undefined) return shard;
-    const jobId = `repeat:${schedulerId(shard)}:${scheduler.next}`;
-    const [job, state] = await Promise.all([queue.getJob(jobId), queue.getJobState(jobId)]);
-    return job !== undefined && liveStates.has(state) ? undefined : shard;
-  });
-  return (await Promise.all(checks)).filter((shard) => shard !== undefined);
+function pruneLedgerPeriodically(
+  tally: Tally,
+  metrics: FlushMetrics,
+  logger: Logger,
+  intervalMs: number,
+): () => Promise<void> {
+  let pruning: Promise<void> | undefined;
+  const timer = setInterval(() => {
+    pruning ??= tally
+      .pruneLedger()
+      .then(({ deleted, busy }) => {
+        metrics.recordPruned(deleted);
+        if (deleted > 0) logger.info({ deleted, busy }, 'flush ledger pruned');
+      })
+      .catch((error: unknown) => {
+        logger.warn({ err: error }, 'could not prune the flush ledger; the next run retries');
+      })
+      .finally(() => (pruning = undefined));
+  }, intervalMs);
+  timer.unref();
+  return async () => {
+    clearInterval(timer);
+    await pruning;
+  };
 }
 
 export async function startFlushWorker(
@@ -136,161 +154,69 @@ export async function startFlushWorker(
   logConnectionErrors(connection, logger, 'redis (bullmq)');
   // One hash tag for every queue key, so the queue also runs on Redis Cluster.
   const prefix = `{${config.keyPrefix}:bull}`;
-  const queue = new Queue(queueName, { connection, prefix });
+  const queue = new Queue(flushQueueName, { connection, prefix });
   queue.on('error', (error: Error) => {
     logger.warn({ err: error }, 'queue error');
   });
-  for (let shard = 0; shard < config.shards; shard++) await upsertScheduler(queue, config, shard);
+  for (let shard = 0; shard < config.shards; shard++) {
+    await upsertScheduler(queue, config.flushIntervalMs, shard);
+  }
 
   const metrics = new FlushMetrics(tally);
-  const worker = new Worker<FlushJobData>(
-    queueName,
-    async (job: Job<FlushJobData>) => {
-      const { shard } = job.data;
-      const started = performance.now();
-      try {
-        // Another replica already flushing this shard makes this run redundant, not late.
-        const batches = await tally.flushShard(shard, { lockWaitMs: 0 });
-        metrics.recordFlush(batches, (performance.now() - started) / 1_000);
-        return { batches: batches.length };
-      } catch (error) {
-        if (error instanceof TallyError && error.code === 'BUSY') {
-          metrics.recordSkipped();
-          return { skipped: true };
-        }
-        const code = error instanceof TallyError ? error.code : 'UNEXPECTED';
-        metrics.recordFailure(code);
-        logger.warn(
-          {
-            shard,
-            batchId: error instanceof FlushError ? error.batchId : undefined,
-            attempt: job.attemptsMade + 1,
-            cause: code,
-            err: error,
-          },
-          'flush failed; it will be retried',
-        );
-        throw error;
-      }
-    },
-    {
-      connection,
-      prefix,
-      concurrency: config.concurrency,
-      lockDuration: config.jobLockMs,
-      stalledInterval: config.jobLockMs,
-    },
-  );
+  const worker = new Worker<FlushJobData>(flushQueueName, flushJob(tally, metrics, logger), {
+    connection,
+    prefix,
+    concurrency: config.concurrency,
+    lockDuration: config.jobLockMs,
+    stalledInterval: config.jobLockMs,
+  });
   worker.on('error', (error: Error) => {
     logger.warn({ err: error }, 'worker error');
   });
+  const stopReviving = reviveStoppedSchedules(queue, config, logger);
+  const stopPruning = pruneLedgerPeriodically(tally, metrics, logger, config.ledgerPruneIntervalMs);
+  const connections = [
+    ['the flush jobs', () => worker.close()], // waits for the flushes in progress
+    ['the queue', () => queue.close()],
+    ['the engine', () => tally.close()],
+    ['the queue connection', () => connection.quit()],
+  ] as const;
 
-  // Redis lost its data, or evicted or deleted job keys, while we run: a shard whose scheduler
-  // or next job is gone would never be flushed again. Put them back.
-  const watch = setInterval(() => {
-    stoppedShards(queue, config.shards)
-      .then(async (stopped) => {
-        if (stopped.length === 0) return;
-        logger.warn({ shards: stopped }, 'flush jobs missing; re-creating their schedulers');
-        for (const shard of stopped) await upsertScheduler(queue, config, shard);
-      })
-      .catch((error: unknown) => {
-        logger.warn({ err: error }, 'could not check the flush schedulers');
-      });
-  }, schedulerCheckIntervalMs(config.flushIntervalMs));
-  watch.unref();
-
-  // The ledger's old rows, a bounded number of statements a run (engine/ledger-pruning.ts).
-  let pruning: Promise<void> | undefined;
-  const prune = setInterval(() => {
-    pruning ??= tally
-      .pruneLedger()
-      .then(({ deleted, busy }) => {
-        metrics.recordPruned(deleted);
-        if (deleted > 0) logger.info({ deleted, busy }, 'flush ledger pruned');
-      })
-      .catch((error: unknown) => {
-        logger.warn({ err: error }, 'could not prune the flush ledger; the next run retries');
-      })
-      .finally(() => (pruning = undefined));
-  }, config.ledgerPruneIntervalMs);
-  prune.unref();
-
-  let closing = false;
-  const server: Server | undefined =
-    config.metricsPort === undefined
-      ? undefined
-      : createServer((request, response) => {
-          if (request.url === '/healthz') {
-            response.writeHead(closing ? 503 : 200, { 'content-type': 'text/plain' });
-            response.end(closing ? 'shutting down\n' : 'ok\n');
-            return;
-          }
-          if (request.url === '/metrics') {
-            metrics.render().then(
-              ({ contentType, body }) => {
-                response.writeHead(200, { 'content-type': contentType });
-                response.end(body);
-              },
-              (error: unknown) => {
-                logger.warn({ err: error }, 'metrics collection failed');
-                response.writeHead(500).end();
-              },
-            );
-            return;
-          }
-          response.writeHead(404).end();
-        });
-  let metricsPort: number | undefined;
-  if (server !== undefined) {
-    server.listen(config.metricsPort, config.metricsHost);
+  let server: MetricsServer | undefined;
+  if (config.metricsPort !== undefined) {
     try {
-      await Promise.race([
-        once(server, 'listening'),
-        once(server, 'error').then(([error]) => {
-          throw error;
-        }),
-      ]);
-    } catch (error) {
-      await Promise.all([worker.close(), queue.close()]);
-      await tally.close();
-      await connection.quit();
-      throw new TallyError(
-        'CONFIGURATION',
-        `Cannot serve metrics on TALLY_METRICS_HOST ${config.metricsHost} TALLY_METRICS_PORT ` +
-          `${config.metricsPort}: ${(error as Error).message}.`,
-        { cause: error },
+      server = await startMetricsServer(
+        metrics,
+        { port: config.metricsPort, host: config.metricsHost },
+        logger,
       );
+    } catch (error) {
+      stopReviving();
+      await closeInOrder([['the ledger pruning', stopPruning], ...connections]);
+      throw error;
     }
-    const address = server.address();
-    metricsPort = typeof address === 'object' && address !== null ? address.port : undefined;
   }
   logger.info(
     {
       shards: config.shards,
       flushIntervalMs: config.flushIntervalMs,
       concurrency: config.concurrency,
-      metricsPort,
+      metricsPort: server?.port,
       redisDurability: tally.durability.lossBound,
     },
     'flush worker started',
   );
 
   return {
-    metricsPort,
+    metricsPort: server?.port,
     async close() {
-      closing = true;
-      clearInterval(watch);
-      clearInterval(prune);
-      await pruning;
-      await worker.close(); // waits for the flushes in progress
-      await queue.close();
-      await tally.close();
-      await connection.quit();
-      if (server !== undefined) {
-        server.close();
-        server.closeAllConnections();
-      }
+      server?.markClosing();
+      stopReviving();
+      await closeInOrder([
+        ['the ledger pruning', stopPruning],
+        ...connections,
+        ['the metrics server', () => server?.close()],
+      ]);
       logger.info('flush worker stopped');
     },
   };
