@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import type { Logger } from 'pino';
 import { storeDefaults } from '../config.js';
 import { parseBuckets } from '../process/env-config.js';
 import { TallyError } from '../errors.js';
@@ -6,9 +7,9 @@ import { createLogger, parseLogFormat, parseLogLevel, redactSecrets } from '../p
 import { claimDataDir, rememberedPort } from './dev-state.js';
 import { configFromEnv as workerConfigFromEnv, startFlushWorker } from '../worker/flush-worker.js';
 import { migrate } from '../store/migrator.js';
-import { exitOnSignals } from '../process/lifecycle.js';
+import { closeInOrder, exitOnSignals } from '../process/lifecycle.js';
 import { buildApi } from '../server/api.js';
-import { createTally } from '../tally.js';
+import { createTally, type Tally } from '../tally.js';
 import {
   hasLocalBinaries,
   startContainerServers,
@@ -35,19 +36,8 @@ function unreachableServer(error: TallyError): string {
   return `status unavailable (${error.code})`;
 }
 
-/**
- * `tally dev`: the whole stack in one process tree — Redis and PostgreSQL (private ones when
- * REDIS_URL / DATABASE_URL are unset), migrations, the HTTP API and one flush worker — with a
- * live status line. Ctrl-C stops it all after a last flush.
- */
-export async function runDev(options: DevOptions): Promise<void> {
-  const logger = createLogger({
-    level: parseLogLevel(process.env.TALLY_LOG_LEVEL, 'warn'),
-    format: parseLogFormat(process.env.TALLY_LOG_FORMAT),
-    fd: 2,
-  });
-  const say = (line: string) => process.stdout.write(`${line}\n`);
-  const releaseDataDir = await claimDataDir(options.dataDir);
+/** Redis and PostgreSQL: the ones REDIS_URL / DATABASE_URL name, else private ones. */
+async function storeServers(options: DevOptions, say: (line: string) => void) {
   const started: LocalServer[] = [];
   const given = (name: string) => {
     const value = process.env[name];
@@ -89,11 +79,133 @@ export async function runDev(options: DevOptions): Promise<void> {
           say,
         ),
     ));
+  return { redisUrl, databaseUrl, started };
+}
+
+/** Where everything is, and what to try first. */
+function printBanner(
+  say: (line: string) => void,
+  {
+    dataDir,
+    apiUrl,
+    redisUrl,
+    databaseUrl,
+    tally,
+  }: {
+    dataDir: string;
+    apiUrl: string;
+    redisUrl: string;
+    databaseUrl: string;
+    tally: Tally;
+  },
+) {
+  say(`tally dev is running (Ctrl-C stops it; data in ${dataDir})`);
+  say(`  API:          ${apiUrl}`);
+  // URLs someone set may hold passwords: shown redacted, and then not as a line to copy.
+  const shown = [redisUrl, databaseUrl].map(redactSecrets);
+  say(`  REDIS_URL:    ${shown[0] ?? ''}`);
+  say(`  DATABASE_URL: ${shown[1] ?? ''}`);
+  say(
+    shown[0] === redisUrl && shown[1] === databaseUrl
+      ? `  for the CLI: export REDIS_URL=${redisUrl} DATABASE_URL=${databaseUrl}`
+      : '  for the CLI: export the REDIS_URL and DATABASE_URL you set',
+  );
+  const { durability } = tally;
+  if (!durability.durable || durability.maxmemoryPolicy !== 'noeviction') {
+    say(
+      `  note: tally serve and tally worker would refuse this Redis (${durability.lossBound}) ` +
+        'unless TALLY_ACCEPT_REDIS_LOSS allows it',
+    );
+  }
+  say(
+    `  try: curl -X POST ${apiUrl}/v1/counters/hello/increment && curl ${apiUrl}/v1/counters/hello`,
+  );
+}
+
+/** `--load`: `rate` increments a second over five labelled counters. */
+function startDemoLoad(tally: Tally, rate: number, say: (line: string) => void, logger: Logger) {
+  let sent = 0;
+  if (rate <= 0) return { sent: () => sent, stop: () => undefined };
+  say(
+    `  demo load: ${rate} increments/s to demo_requests{tenant="t0"} … ` +
+      'demo_requests{tenant="t4"}',
+  );
+  const timer = setInterval(() => {
+    for (let i = 0; i < rate / 10; i++) {
+      tally.incr({ name: 'demo_requests', labels: { tenant: `t${i % 5}` } }).then(
+        () => sent++,
+        (error: unknown) => {
+          logger.warn({ err: error }, 'demo increment failed');
+        },
+      );
+    }
+  }, 100);
+  return {
+    sent: () => sent,
+    stop: () => {
+      clearInterval(timer);
+    },
+  };
+}
+
+/** The live line: increments per second (API and demo load), pending deltas, flush lag. */
+function startStatusLine(
+  apiUrl: string,
+  tally: Tally,
+  demoSent: () => number,
+  say: (line: string) => void,
+): () => void {
+  const show = (line: string) => {
+    if (process.stdout.isTTY) process.stdout.write(`\r${line.padEnd(70)}`);
+    else say(line);
+  };
+  let lastCount = 0;
+  const timer = setInterval(() => {
+    void (async () => {
+      const metrics = await (await fetch(`${apiUrl}/metrics`)).text();
+      const viaApi = [...metrics.matchAll(/^tally_increments_total\{[^}]*\} (\d+)/gm)].reduce(
+        (sum, match) => sum + Number(match[1]),
+        0,
+      );
+      const count = viaApi + demoSent();
+      const status = await tally.status();
+      const pending = status.shards.reduce((sum, s) => sum + s.pendingDeltas, 0);
+      const lagMs = Math.max(...status.shards.map((s) => s.oldestUnflushedAgeMs));
+      show(
+        `${count - lastCount} increments/s | ${pending} deltas pending | flush lag ` +
+          `${(lagMs / 1000).toFixed(1)} s`,
+      );
+      lastCount = count;
+    })().catch((error: unknown) => {
+      // A line, not a stack every second: the servers' own errors say the rest.
+      // status() reads PostgreSQL leniently: what fails it is Redis.
+      show(error instanceof TallyError ? unreachableServer(error) : 'Redis unreachable');
+    });
+  }, 1_000);
+  return () => {
+    clearInterval(timer);
+  };
+}
+
+/**
+ * `tally dev`: the whole stack in one process tree — Redis and PostgreSQL (private ones when
+ * REDIS_URL / DATABASE_URL are unset), migrations, the HTTP API and one flush worker — with a
+ * live status line. Ctrl-C stops it all after a last flush.
+ */
+export async function runDev(options: DevOptions): Promise<void> {
+  const logger = createLogger({
+    level: parseLogLevel(process.env.TALLY_LOG_LEVEL, 'warn'),
+    format: parseLogFormat(process.env.TALLY_LOG_FORMAT),
+    fd: 2,
+  });
+  const say = (line: string) => process.stdout.write(`${line}\n`);
+  const releaseDataDir = await claimDataDir(options.dataDir);
+  const { redisUrl, databaseUrl, started } = await storeServers(options, say);
   await migrate(databaseUrl);
 
   const buckets = parseBuckets(process.env.TALLY_BUCKETS);
-  // Any Redis will do for trying Tally out; the line below says what serve and worker would
-  // make of it.
+  // Any Redis will do for trying Tally out; the banner says what serve and worker would make
+  // of it.
   const redisLossAccepted = 'any';
   const tally = await createTally({
     redis: redisUrl,
@@ -123,86 +235,25 @@ export async function runDev(options: DevOptions): Promise<void> {
     logger,
   );
 
-  say(`tally dev is running (Ctrl-C stops it; data in ${options.dataDir})`);
-  say(`  API:          ${apiUrl}`);
-  // URLs someone set may hold passwords: shown redacted, and then not as a line to copy.
-  const shown = [redisUrl, databaseUrl].map(redactSecrets);
-  say(`  REDIS_URL:    ${shown[0] ?? ''}`);
-  say(`  DATABASE_URL: ${shown[1] ?? ''}`);
-  say(
-    shown[0] === redisUrl && shown[1] === databaseUrl
-      ? `  for the CLI: export REDIS_URL=${redisUrl} DATABASE_URL=${databaseUrl}`
-      : '  for the CLI: export the REDIS_URL and DATABASE_URL you set',
-  );
-  const { durability } = tally;
-  if (!durability.durable || durability.maxmemoryPolicy !== 'noeviction') {
-    say(
-      `  note: tally serve and tally worker would refuse this Redis (${durability.lossBound}) ` +
-        'unless TALLY_ACCEPT_REDIS_LOSS allows it',
-    );
-  }
-  say(
-    `  try: curl -X POST ${apiUrl}/v1/counters/hello/increment && curl ${apiUrl}/v1/counters/hello`,
-  );
-
-  let demoSent = 0;
-  if (options.load > 0) {
-    say(
-      `  demo load: ${options.load} increments/s to demo_requests{tenant="t0"} … ` +
-        'demo_requests{tenant="t4"}',
-    );
-  }
-  const load =
-    options.load > 0
-      ? setInterval(() => {
-          for (let i = 0; i < options.load / 10; i++) {
-            tally.incr({ name: 'demo_requests', labels: { tenant: `t${i % 5}` } }).then(
-              () => demoSent++,
-              (error: unknown) => {
-                logger.warn({ err: error }, 'demo increment failed');
-              },
-            );
-          }
-        }, 100)
-      : undefined;
-
-  // The live line: increments per second (API and demo load), pending deltas, flush lag.
-  let lastCount = 0;
-  const statusLine = setInterval(() => {
-    void (async () => {
-      const metrics = await (await fetch(`${apiUrl}/metrics`)).text();
-      const viaApi = [...metrics.matchAll(/^tally_increments_total\{[^}]*\} (\d+)/gm)].reduce(
-        (sum, match) => sum + Number(match[1]),
-        0,
-      );
-      const count = viaApi + demoSent;
-      const status = await tally.status();
-      const pending = status.shards.reduce((sum, s) => sum + s.pendingDeltas, 0);
-      const lagMs = Math.max(...status.shards.map((s) => s.oldestUnflushedAgeMs));
-      const line = `${count - lastCount} increments/s | ${pending} deltas pending | flush lag ${(lagMs / 1000).toFixed(1)} s`;
-      lastCount = count;
-      if (process.stdout.isTTY) process.stdout.write(`\r${line.padEnd(70)}`);
-      else say(line);
-    })().catch((error: unknown) => {
-      // A line, not a stack every second: the servers' own errors say the rest.
-      // status() reads PostgreSQL leniently: what fails it is Redis.
-      const line = error instanceof TallyError ? unreachableServer(error) : 'Redis unreachable';
-      if (process.stdout.isTTY) process.stdout.write(`\r${line.padEnd(70)}`);
-      else say(line);
-    });
-  }, 1_000);
+  printBanner(say, { dataDir: options.dataDir, apiUrl, redisUrl, databaseUrl, tally });
+  const demo = startDemoLoad(tally, options.load, say, logger);
+  const stopStatusLine = startStatusLine(apiUrl, tally, demo.sent, say);
 
   exitOnSignals(
     async () => {
-      clearInterval(statusLine);
-      if (load !== undefined) clearInterval(load);
+      stopStatusLine();
+      demo.stop();
       say('\nstopping: finishing requests and flushes, then the servers');
-      await api.close();
-      await worker.close();
-      await tally.flush(); // nothing left in Redis only
-      await tally.close();
-      for (const server of started.reverse()) await server.stop();
-      await releaseDataDir();
+      await closeInOrder([
+        ['the API', () => api.close()],
+        ['the worker', () => worker.close()],
+        ['the last flush', () => tally.flush()], // nothing left in Redis only
+        ['the engine', () => tally.close()],
+        ...started
+          .reverse()
+          .map((server) => [`the server at ${server.url}`, () => server.stop()] as const),
+        ['the data folder', releaseDataDir],
+      ]);
       say('stopped');
     },
     { logger, timeoutMs: 60_000 },

@@ -11,7 +11,7 @@ import { storeEnv, type StoreEnv } from '../process/env-config.js';
 import { TallyError, ValidationError } from '../errors.js';
 import { createLogger } from '../process/logging.js';
 import { createTally } from '../tally.js';
-import { exitOnSignals, integerFromEnv } from '../process/lifecycle.js';
+import { closeInOrder, exitOnSignals, integerFromEnv } from '../process/lifecycle.js';
 import { buildApi, httpDefaults } from './api.js';
 import { parseTokens } from './auth.js';
 import { maxBatchDefault } from './schemas.js';
@@ -153,11 +153,15 @@ export async function runServer(env: NodeJS.ProcessEnv = process.env): Promise<v
     keepAliveTimeoutMs: config.keepAliveTimeoutMs,
     logger,
   });
+  const closeAll = () =>
+    closeInOrder([
+      ['the HTTP server', () => app.close()], // waits for the requests in flight
+      ['the engine', () => tally.close()],
+    ]);
   try {
     await app.listen({ port: config.port, host: config.host });
   } catch (error) {
-    await app.close();
-    await tally.close();
+    await closeAll();
     throw new TallyError(
       'CONFIGURATION',
       `Cannot listen on HOST ${config.host} PORT ${config.port}: ${(error as Error).message}.`,
@@ -175,11 +179,5 @@ export async function runServer(env: NodeJS.ProcessEnv = process.env): Promise<v
     'tally api listening',
   );
 
-  exitOnSignals(
-    async () => {
-      await app.close();
-      await tally.close();
-    },
-    { logger, timeoutMs: config.shutdownTimeoutMs },
-  );
+  exitOnSignals(closeAll, { logger, timeoutMs: config.shutdownTimeoutMs });
 }
