@@ -10,7 +10,10 @@ import type { TallyError } from '../src/index.js';
 import { shardKeys } from '../src/redis/shard-keys.js';
 import { FlushMetrics } from '../src/worker/flush-metrics.js';
 import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
+import { runTypeScript } from './support/child-process.js';
 import { postgresTotals, tallyOn } from './support/tally-store.js';
+
+const cli = new URL('../src/cli/main.ts', import.meta.url);
 
 let redis: RedisHandle;
 beforeAll(async () => {
@@ -116,7 +119,8 @@ const dayMs = 24 * hourMs;
 
 /** A store of one shard with the shortest retention (3 h), its pool, keys and a Redis client. */
 async function prunedStore() {
-  const pool = new pg.Pool({ connectionString: await createDatabase() });
+  const databaseUrl = await createDatabase();
+  const pool = new pg.Pool({ connectionString: databaseUrl });
   const keyPrefix = `t${randomBytes(4).toString('hex')}`;
   const tally = await tallyOn(redis.url, pool, {
     shards: 1,
@@ -129,7 +133,14 @@ async function prunedStore() {
     await pool.end();
     client.disconnect();
   });
-  return { tally, pool, redis: client, keys: shardKeys(keyPrefix, 0) };
+  // What the CLI needs to reach the same store.
+  const env = {
+    REDIS_URL: redis.url,
+    DATABASE_URL: databaseUrl,
+    TALLY_SHARDS: '1',
+    TALLY_KEY_PREFIX: keyPrefix,
+  };
+  return { tally, pool, redis: client, keys: shardKeys(keyPrefix, 0), env };
 }
 
 type Store = Awaited<ReturnType<typeof prunedStore>>;
@@ -296,6 +307,25 @@ describe('pruning the flush ledger', () => {
       expect(await client.exists(keys.inflightMeta, keys.inflight)).toBe(0);
       expect(await tally.get('billed')).toBe(5);
       expect(await tally.flush()).toEqual([]);
+      expect((await postgresTotals(pool)).get('billed')).toBe(5);
+    });
+
+    it('shown by tally status and reconcile (exit 1), settled by tally resolve-batch', async () => {
+      const { batchId, env, pool } = await refusedBatch();
+      const status = await runTypeScript(cli, ['status'], env);
+      expect(status.stdout).toMatch(/1 delta REFUSED/);
+      expect(status.stdout).toContain(
+        `shard 0's flushes refuse batch ${batchId} (older than the pruned ledger)`,
+      );
+      const check = await runTypeScript(cli, ['reconcile', '--json'], env);
+      expect(check.code).toBe(1);
+      expect((JSON.parse(check.stdout) as { refusedBatches: unknown }).refusedBatches).toEqual([
+        { shard: 0, batchId },
+      ]);
+      const resolved = await runTypeScript(cli, ['resolve-batch', '0', batchId, '--discard'], env);
+      expect(resolved.code).toBe(0);
+      expect(resolved.stdout).toMatch(/batch .* discarded \(1 delta\); Redis totals rebuilt/);
+      expect((await runTypeScript(cli, ['reconcile'], env)).code).toBe(0);
       expect((await postgresTotals(pool)).get('billed')).toBe(5);
     });
 

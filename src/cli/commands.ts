@@ -85,94 +85,139 @@ interface ReconcileOptions extends StoreOptions {
   shard?: string;
 }
 
+/**
+ * Reconcile's progress on stderr: a bar on a terminal, else a line per shard in shard order
+ * (shards finish out of order, several being checked at once).
+ */
+function reconcileProgress(shardCount: number, firstShard: number) {
+  const bar = process.stderr.isTTY
+    ? new SingleBar({
+        format: 'reconcile [{bar}] {value}/{total} shards | {counters} counters | {drift} drifted',
+        stream: process.stderr,
+      })
+    : undefined;
+  const totals = { counters: 0, drifted: 0 };
+  bar?.start(shardCount, 0, { counters: 0, drift: 0 });
+  const finished = new Map<number, ShardReconcileReport>();
+  let nextLine = firstShard;
+  return {
+    onShard(report: ShardReconcileReport) {
+      totals.counters += report.countersChecked;
+      totals.drifted += report.drift.length;
+      if (bar !== undefined) {
+        bar.increment({ counters: totals.counters, drift: totals.drifted });
+        return;
+      }
+      finished.set(report.shard, report);
+      for (let done = finished.get(nextLine); done !== undefined; done = finished.get(nextLine)) {
+        process.stderr.write(
+          `shard ${done.shard}: ${plural(done.countersChecked, 'counter')}, ${done.drift.length} drifted\n`,
+        );
+        finished.delete(nextLine++);
+      }
+    },
+    stop() {
+      bar?.stop();
+    },
+  };
+}
+
+type ReconcileReport = Awaited<ReturnType<typeof summariseReconcile>>;
+
+/** What `tally reconcile` reports (and prints with --json), from the shards' reports. */
+async function summariseReconcile(
+  tally: Tally,
+  reports: ShardReconcileReport[],
+  repair: boolean,
+  durationMs: number,
+) {
+  const drift = reports.flatMap((report) => report.drift);
+  const redisLostData = reports.filter((r) => r.redisLostData).map((r) => r.shard);
+  return {
+    mode: repair ? 'repair' : 'check',
+    shards: reports.length,
+    countersChecked: reports.reduce((sum, r) => sum + r.countersChecked, 0),
+    drift,
+    // Redis ahead of PostgreSQL + deltas: increments PostgreSQL lacks (explanations say why).
+    redisAheadBy: drift.reduce(
+      (sum, d) => sum + Math.max(0, (d.redisValue ?? 0) - d.expectedValue),
+      0,
+    ),
+    repaired: reports.some((r) => r.repaired),
+    redisLostData,
+    // When running processes found a shard's Redis data gone and rebuilt it themselves.
+    lossesFoundAt: reports.flatMap((r) => r.lossesFoundAt.map((at) => ({ shard: r.shard, at }))),
+    // Batches the flushes refuse (older than the pruned ledger): `tally resolve-batch`.
+    refusedBatches: reports.flatMap((r) =>
+      r.refusedBatch === null ? [] : [{ shard: r.shard, batchId: r.refusedBatch }],
+    ),
+    explanations: explainReconcile({
+      drift,
+      redisLostData,
+      durability: (await tally.status()).redis,
+    }),
+    durationMs,
+  };
+}
+
+function printReconcile(report: ReconcileReport): void {
+  const { drift } = report;
+  print(
+    `${report.mode}: ${plural(report.shards, 'shard')}, ${plural(report.countersChecked, 'counter')} ` +
+      `checked in ${report.durationMs} ms`,
+  );
+  for (const { shard, at } of report.lossesFoundAt) {
+    print(`  shard ${shard}: found empty and rebuilt by a running process at ${at}`);
+  }
+  if (report.lossesFoundAt.length > 0 && report.mode === 'check') {
+    print('  (reported until a reconcile --repair has reported them)');
+  }
+  for (const d of drift.slice(0, 50)) {
+    print(`  ${d.counter}: redis ${d.redisValue ?? 'missing'}, expected ${d.expectedValue}`);
+  }
+  if (drift.length > 50) print(`  … and ${drift.length - 50} more (--json lists them all)`);
+  if (report.redisAheadBy > 0) {
+    print(`Redis is ahead of PostgreSQL + pending deltas by ${report.redisAheadBy}`);
+  }
+  for (const { shard, batchId } of report.refusedBatches) {
+    print(
+      `shard ${shard}: flushes refuse batch ${batchId} (older than the pruned ledger; counted ` +
+        `as not applied here): tally resolve-batch ${shard} ${batchId} --discard|--apply`,
+    );
+  }
+  for (const explanation of report.explanations) {
+    print(`${explanation.cause}: ${explanation.detail}`);
+  }
+  print(
+    drift.length === 0
+      ? 'no drift: Redis and PostgreSQL agree'
+      : `${plural(drift.length, 'counter')} drifted${report.repaired ? ', repaired' : ''}`,
+  );
+}
+
 export async function reconcileCommand(options: ReconcileOptions) {
   return withStore(options, async (tally) => {
     const started = Date.now();
-    const shardCount = options.shard === undefined ? Number(options.shards) : 1;
-    const bar = process.stderr.isTTY
-      ? new SingleBar({
-          format:
-            'reconcile [{bar}] {value}/{total} shards | {counters} counters | {drift} drifted',
-          stream: process.stderr,
-        })
-      : undefined;
-    let counters = 0;
-    let drifted = 0;
-    bar?.start(shardCount, 0, { counters, drift: drifted });
-    // Shards finish out of order (several are checked at once); their lines come in order.
-    const finished = new Map<number, ShardReconcileReport>();
-    let nextLine = options.shard === undefined ? 0 : Number(options.shard);
+    const shard = options.shard === undefined ? undefined : Number(options.shard);
+    const progress = reconcileProgress(
+      shard === undefined ? Number(options.shards) : 1,
+      shard ?? 0,
+    );
+    const repair = options.repair === true;
     const reports = await tally.reconcile({
-      repair: options.repair === true,
-      ...(options.shard === undefined ? {} : { shard: Number(options.shard) }),
-      onShard: (report: ShardReconcileReport) => {
-        counters += report.countersChecked;
-        drifted += report.drift.length;
-        if (bar !== undefined) {
-          bar.increment({ counters, drift: drifted });
-          return;
-        }
-        finished.set(report.shard, report);
-        for (let done = finished.get(nextLine); done !== undefined; done = finished.get(nextLine)) {
-          process.stderr.write(
-            `shard ${done.shard}: ${plural(done.countersChecked, 'counter')}, ${done.drift.length} drifted\n`,
-          );
-          finished.delete(nextLine++);
-        }
+      repair,
+      ...(shard === undefined ? {} : { shard }),
+      onShard: (report) => {
+        progress.onShard(report);
       },
     });
-    bar?.stop();
-    const drift = reports.flatMap((report) => report.drift);
-    const redisLostData = reports.filter((r) => r.redisLostData).map((r) => r.shard);
-    // Redis ahead of PostgreSQL + deltas: increments PostgreSQL lacks (explanations say why).
-    const redisAheadBy = drift.reduce(
-      (sum, d) => sum + Math.max(0, (d.redisValue ?? 0) - d.expectedValue),
-      0,
-    );
-    const report = {
-      mode: options.repair === true ? 'repair' : 'check',
-      shards: reports.length,
-      countersChecked: counters,
-      drift,
-      redisAheadBy,
-      repaired: reports.some((r) => r.repaired),
-      redisLostData,
-      // When running processes found a shard's Redis data gone and rebuilt it themselves.
-      lossesFoundAt: reports.flatMap((r) => r.lossesFoundAt.map((at) => ({ shard: r.shard, at }))),
-      explanations: explainReconcile({
-        drift,
-        redisLostData,
-        durability: (await tally.status()).redis,
-      }),
-      durationMs: Date.now() - started,
-    };
+    progress.stop();
+    const report = await summariseReconcile(tally, reports, repair, Date.now() - started);
     if (options.json === true) print(JSON.stringify(report, null, 2));
-    else {
-      print(
-        `${report.mode}: ${plural(report.shards, 'shard')}, ${plural(counters, 'counter')} ` +
-          `checked in ${report.durationMs} ms`,
-      );
-      for (const { shard, at } of report.lossesFoundAt) {
-        print(`  shard ${shard}: found empty and rebuilt by a running process at ${at}`);
-      }
-      if (report.lossesFoundAt.length > 0 && options.repair !== true) {
-        print('  (reported until a reconcile --repair has reported them)');
-      }
-      for (const d of drift.slice(0, 50)) {
-        print(`  ${d.counter}: redis ${d.redisValue ?? 'missing'}, expected ${d.expectedValue}`);
-      }
-      if (drift.length > 50) print(`  … and ${drift.length - 50} more (--json lists them all)`);
-      if (redisAheadBy > 0)
-        print(`Redis is ahead of PostgreSQL + pending deltas by ${redisAheadBy}`);
-      for (const explanation of report.explanations)
-        print(`${explanation.cause}: ${explanation.detail}`);
-      print(
-        drift.length === 0
-          ? 'no drift: Redis and PostgreSQL agree'
-          : `${plural(drift.length, 'counter')} drifted${report.repaired ? ', repaired' : ''}`,
-      );
-    }
-    const failed = options.repair !== true && (drift.length > 0 || report.redisLostData.length > 0);
+    else printReconcile(report);
+    const failed =
+      report.refusedBatches.length > 0 ||
+      (!repair && (report.drift.length > 0 || report.redisLostData.length > 0));
     return failed ? ExitCode.checkFailed : ExitCode.ok;
   });
 }
