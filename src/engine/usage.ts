@@ -33,16 +33,8 @@ export const maxUsageBuckets = 10_000;
 /** Reads retried when a flush moved deltas in the middle of one; more means a broken flush. */
 const maxReadAttempts = 10;
 
-/**
- * Usage of one counter per bucket, exact over flushed and not-yet-flushed deltas: PostgreSQL's
- * buckets + pending bucket deltas + in-flight bucket deltas not yet in the ledger.
- */
-export async function readUsage(
-  ctx: EngineContext,
-  ref: CounterRef,
-  query: UsageQuery,
-): Promise<UsageBucket[]> {
-  const counter = canonicalName(ref);
+/** The period's bucket starts, once the query is known to be one Tally can answer. */
+function periodStarts(ctx: EngineContext, query: UsageQuery): { starts: number[]; toMs: number } {
   if (!isGranularity(query.granularity) || !ctx.config.buckets.includes(query.granularity)) {
     throw new ValidationError(
       `Usage is kept in ${ctx.config.buckets.join(', ')} buckets; ` +
@@ -60,50 +52,81 @@ export async function readUsage(
         `${maxUsageBuckets} at a time.`,
     );
   }
-  const starts = bucketStarts(query.granularity, fromMs, toMs);
+  return { starts: bucketStarts(query.granularity, fromMs, toMs), toMs };
+}
+
+/** What one consistent read found: the unflushed deltas per bucket, the flushed buckets. */
+interface UsageRead {
+  /** Bucket start → delta not yet in PostgreSQL, summed exactly. */
+  unflushed: Map<number, bigint>;
+  /** Bucket start (ms, as text) → flushed value (decimal text). */
+  flushed: Record<string, string>;
+}
+
+/**
+ * The counter's unflushed deltas (from Redis) and flushed buckets (from PostgreSQL), read so
+ * that they fit together: a flush that moved deltas between the two reads makes it read again.
+ */
+async function readOnce(
+  ctx: EngineContext,
+  counter: string,
+  granularity: Granularity,
+  starts: readonly number[],
+  toMs: number,
+): Promise<UsageRead | undefined> {
   const shard = shardOf(counter, ctx.config.shards);
   const keys = shardKeys(ctx.config.keyPrefix, shard);
-
-  for (let attempt = 0; attempt < maxReadAttempts; attempt++) {
-    let redisReply: (string | number)[];
-    try {
-      redisReply = await ctx.scripts.readBuckets(keys, counter);
-    } catch (error) {
+  const redisReply = await ctx.scripts.readBuckets(keys, counter).catch((error: unknown) => {
+    throw redisFailure(error, 'read', 'a usage read');
+  });
+  const [snapshots, batchId, pendingTags] = redisReply as [number, string, number];
+  const { rows } = await ctx.pool
+    .query<{ applied: boolean; buckets: Record<string, string> }>({
+      ...usageSql.flushedBuckets,
+      values: [shard, batchId, counter, granularity, starts[0], toMs],
+    })
+    .catch((error: unknown) => {
+      throw postgresFailure(error, 'a usage read');
+    });
+  // Deltas moved from pending to in-flight (a snapshot) while PostgreSQL was read would be
+  // counted twice or not at all: read again.
+  const snapshotsAfter = Number(
+    (await ctx.redis.get(keys.snapshots).catch((error: unknown) => {
       throw redisFailure(error, 'read', 'a usage read');
-    }
-    const [snapshots, batchId, pendingTags] = redisReply as [number, string, number];
-    const { rows } = await ctx.pool
-      .query<{ applied: boolean; buckets: Record<string, string> }>({
-        ...usageSql.flushedBuckets,
-        values: [shard, batchId, counter, query.granularity, starts[0], toMs],
-      })
-      .catch((error: unknown) => {
-        throw postgresFailure(error, 'a usage read');
-      });
-    // Deltas moved from pending to in-flight (a snapshot) while PostgreSQL was read would be
-    // counted twice or not at all: read again.
-    const snapshotsAfter = Number(
-      (await ctx.redis.get(keys.snapshots).catch((error: unknown) => {
-        throw redisFailure(error, 'read', 'a usage read');
-      })) ?? 0,
-    );
-    if (snapshotsAfter !== snapshots) continue;
+    })) ?? 0,
+  );
+  if (snapshotsAfter !== snapshots) return undefined;
 
-    const applied = rows[0]?.applied ?? false;
-    // Exact sums: deltas are 64-bit, and doubles that are each off could add up to a wrong
-    // value that looks safe.
-    const unflushed = new Map<number, bigint>();
-    // Pairs of (bucket tag, delta): the pending ones, then the in-flight ones.
-    const pairsEnd = applied ? 3 + 2 * pendingTags : redisReply.length;
-    for (let i = 3; i < pairsEnd; i += 2) {
-      const tagged = tagBuckets(String(redisReply[i]));
-      const start = tagged.starts[tagged.granularities.indexOf(query.granularity)];
-      if (start === undefined) continue;
-      unflushed.set(start, (unflushed.get(start) ?? 0n) + BigInt(String(redisReply[i + 1])));
-    }
-    const flushed = rows[0]?.buckets ?? {};
+  // Exact sums: deltas are 64-bit, and doubles that are each off could add up to a wrong
+  // value that looks safe.
+  const unflushed = new Map<number, bigint>();
+  // Pairs of (bucket tag, delta): the pending ones, then the in-flight ones unless applied.
+  const pairsEnd = rows[0]?.applied === true ? 3 + 2 * pendingTags : redisReply.length;
+  for (let i = 3; i < pairsEnd; i += 2) {
+    const tagged = tagBuckets(String(redisReply[i]));
+    const start = tagged.starts[tagged.granularities.indexOf(granularity)];
+    if (start === undefined) continue;
+    unflushed.set(start, (unflushed.get(start) ?? 0n) + BigInt(String(redisReply[i + 1])));
+  }
+  return { unflushed, flushed: rows[0]?.buckets ?? {} };
+}
+
+/**
+ * Usage of one counter per bucket, exact over flushed and not-yet-flushed deltas: PostgreSQL's
+ * buckets + pending bucket deltas + in-flight bucket deltas not yet in the ledger.
+ */
+export async function readUsage(
+  ctx: EngineContext,
+  ref: CounterRef,
+  query: UsageQuery,
+): Promise<UsageBucket[]> {
+  const counter = canonicalName(ref);
+  const { starts, toMs } = periodStarts(ctx, query);
+  for (let attempt = 0; attempt < maxReadAttempts; attempt++) {
+    const read = await readOnce(ctx, counter, query.granularity, starts, toMs);
+    if (read === undefined) continue;
     return starts.map((start) => {
-      const exact = BigInt(flushed[String(start)] ?? '0') + (unflushed.get(start) ?? 0n);
+      const exact = BigInt(read.flushed[String(start)] ?? '0') + (read.unflushed.get(start) ?? 0n);
       const value = Number(exact);
       if (!Number.isSafeInteger(value)) {
         throw new TallyError(
