@@ -95,10 +95,7 @@ class BatchChanged extends Error {}
 /** Compares one chunk in Redis (and repairs it); returns its drift. */
 async function reconcileChunk(
   ctx: EngineContext,
-  keys: ShardKeys,
-  batchId: string,
-  inflightApplied: boolean,
-  repair: boolean,
+  { keys, batchId, inflightApplied, repair }: ChunkContext,
   pairs: [string, string][],
 ): Promise<Drift[]> {
   const reply = await ctx.scripts.reconcileChunk(keys, { batchId, inflightApplied, repair, pairs });
@@ -160,39 +157,50 @@ async function recordedLosses(
   return rows.map((row) => row.found_at.toISOString()).sort();
 }
 
-async function reconcileOnce(
+/** What a chunk is judged with: the in-flight batch read, whether the ledger has it, the mode. */
+interface ChunkContext {
+  keys: ShardKeys;
+  batchId: string;
+  inflightApplied: boolean;
+  repair: boolean;
+}
+
+/**
+ * Compares every counter PostgreSQL has for the shard, page by page. The next page is read
+ * while Redis checks this one: the two round trips overlap instead of adding up. Each chunk is
+ * judged with its own page's ledger answer; the last answer is returned for the chunks after.
+ */
+async function compareStoredCounters(
   ctx: EngineContext,
   shard: number,
-  keys: ShardKeys,
-  options: ReconcileShardOptions,
-): Promise<ShardReconcileReport> {
+  chunk: Omit<ChunkContext, 'inflightApplied'>,
+): Promise<{ drift: Drift[]; seen: Set<string>; inflightApplied: boolean }> {
   const chunkSize = ctx.config.reconcileChunkSize;
-  const epochMissing = (await ctx.redis.exists(keys.epoch)) === 0;
-  const [inflight, refused] = await ctx.redis.hmget(keys.inflightMeta, 'batch', 'refused');
-  const batchId = inflight ?? '';
   const drift: Drift[] = [];
   const seen = new Set<string>();
-  let inflightApplied: boolean;
-
-  // The next page is read from PostgreSQL while Redis checks this one: the two round trips
-  // overlap instead of adding up. Each chunk is judged with its own page's ledger answer.
-  let page = await readPostgresPage(ctx.pool, shard, batchId, '', chunkSize);
+  let page = await readPostgresPage(ctx.pool, shard, chunk.batchId, '', chunkSize);
   for (;;) {
-    inflightApplied = page.inflightApplied;
     const last = page.rows.at(-1);
-    if (last === undefined) break;
-    const next = readPostgresPage(ctx.pool, shard, batchId, last.name, chunkSize);
+    if (last === undefined) return { drift, seen, inflightApplied: page.inflightApplied };
+    const next = readPostgresPage(ctx.pool, shard, chunk.batchId, last.name, chunkSize);
     // If the chunk below throws first, this read's own failure must not go unhandled.
     next.catch(() => undefined);
     const pairs = page.rows.map((row): [string, string] => [row.name, row.value]);
     for (const [name] of pairs) seen.add(name);
     drift.push(
-      ...(await reconcileChunk(ctx, keys, batchId, inflightApplied, options.repair, pairs)),
+      ...(await reconcileChunk(ctx, { ...chunk, inflightApplied: page.inflightApplied }, pairs)),
     );
     page = await next;
   }
+}
 
-  // Counters Redis knows that PostgreSQL does not (never flushed): their base is 0.
+/** Compares the counters only Redis knows (never flushed: their base is 0). */
+async function compareRedisOnlyCounters(
+  ctx: EngineContext,
+  chunk: ChunkContext,
+  seen: ReadonlySet<string>,
+): Promise<{ drift: Drift[]; checked: number }> {
+  const { keys } = chunk;
   const redisOnly = new Set<string>();
   for (const name of await hashFields(ctx, keys.totals)) if (!seen.has(name)) redisOnly.add(name);
   for (const key of [keys.pending, keys.inflight]) {
@@ -202,15 +210,37 @@ async function reconcileOnce(
     }
   }
   const names = [...redisOnly];
+  const drift: Drift[] = [];
+  const chunkSize = ctx.config.reconcileChunkSize;
   for (let i = 0; i < names.length; i += chunkSize) {
     const pairs = names.slice(i, i + chunkSize).map((name): [string, string] => [name, '0']);
-    drift.push(
-      ...(await reconcileChunk(ctx, keys, batchId, inflightApplied, options.repair, pairs)),
-    );
+    drift.push(...(await reconcileChunk(ctx, chunk, pairs)));
   }
+  return { drift, checked: names.length };
+}
+
+async function reconcileOnce(
+  ctx: EngineContext,
+  shard: number,
+  keys: ShardKeys,
+  options: ReconcileShardOptions,
+): Promise<ShardReconcileReport> {
+  const epochMissing = (await ctx.redis.exists(keys.epoch)) === 0;
+  const [inflight, refused] = await ctx.redis.hmget(keys.inflightMeta, 'batch', 'refused');
+  const batchId = inflight ?? '';
+  const stored = await compareStoredCounters(ctx, shard, {
+    keys,
+    batchId,
+    repair: options.repair,
+  });
+  const redisOnly = await compareRedisOnlyCounters(
+    ctx,
+    { keys, batchId, inflightApplied: stored.inflightApplied, repair: options.repair },
+    stored.seen,
+  );
+  const drift = [...stored.drift, ...redisOnly.drift];
 
   const redisLostData = epochMissing && options.storeWasSetUp;
-  const repaired = options.repair && (drift.length > 0 || epochMissing);
   if (options.repair && epochMissing) {
     // Recorded before the marker is back: whoever rebuilds the shard, a later reconcile learns
     // of the loss (a crash in between leaves the marker missing, which reports it too).
@@ -223,9 +253,9 @@ async function reconcileOnce(
   }
   return {
     shard,
-    countersChecked: seen.size + names.length,
+    countersChecked: stored.seen.size + redisOnly.checked,
     drift,
-    repaired,
+    repaired: options.repair && (drift.length > 0 || epochMissing),
     redisLostData,
     lossesFoundAt: [],
     refusedBatch: refused === null ? null : batchId,
