@@ -1,9 +1,11 @@
+import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { OverflowError, TallyError } from '../src/index.js';
 import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
+import { shardOf } from '../src/counters/sharding.js';
 import { shardKeys } from '../src/redis/shard-keys.js';
 import { commandCalls } from './support/redis-stats.js';
 import { postgresTotals, tallyOn } from './support/tally-store.js';
@@ -16,17 +18,30 @@ afterAll(async () => {
   await redis.stop();
 });
 
-const open: { close(): Promise<void> }[] = [];
-afterEach(async () => {
-  for (const item of open.splice(0)) await item.close();
-});
-
 async function fresh(options: Parameters<typeof tallyOn>[2] = {}) {
   const url = await createDatabase();
-  const tally = await tallyOn(redis.url, url, { shards: 4, ...options });
+  const keyPrefix = options.keyPrefix ?? `e${randomBytes(4).toString('hex')}`;
+  const tally = await tallyOn(redis.url, url, { shards: 4, ...options, keyPrefix });
   const pool = new pg.Pool({ connectionString: url });
-  open.push(tally, { close: () => pool.end() });
-  return { tally, pool, url };
+  onTestFinished(async () => {
+    await tally.close();
+    await pool.end();
+  });
+  return { tally, pool, url, keyPrefix };
+}
+
+/** A client of the test's Redis of its own, for statistics and direct reads. */
+function rawRedis(): Redis {
+  const raw = new Redis(redis.url);
+  onTestFinished(async () => {
+    await raw.quit();
+  });
+  return raw;
+}
+
+/** Script calls Redis ran since its statistics were reset (EVALSHA, or EVAL on a first load). */
+async function scriptCalls(raw: Redis): Promise<number> {
+  return (await commandCalls(raw, 'evalsha')) + (await commandCalls(raw, 'eval'));
 }
 
 describe('increments and reads', () => {
@@ -57,12 +72,7 @@ describe('increments and reads', () => {
 
   it('merges the plain increments of one tick per counter: one script entry each', async () => {
     const { tally } = await fresh({ buckets: ['hour', 'day', 'month'] });
-    const raw = new Redis(redis.url);
-    open.push({
-      close: async () => {
-        await raw.quit();
-      },
-    });
+    const raw = rawRedis();
     await tally.incr('warm-up'); // script loaded, shard built
     await raw.config('RESETSTAT');
 
@@ -78,12 +88,7 @@ describe('increments and reads', () => {
 
   it('splits a big group into script calls of at most 1,000 entries, counting every one', async () => {
     const { tally } = await fresh({ shards: 1 });
-    const raw = new Redis(redis.url);
-    open.push({
-      close: async () => {
-        await raw.quit();
-      },
-    });
+    const raw = rawRedis();
     await tally.incr('warm-up');
     await raw.config('RESETSTAT');
     // One tick, one shard, 20,000 distinct counters (plus repeats that merge into them).
@@ -128,7 +133,7 @@ describe('increments and reads', () => {
       buckets: ['day'],
       keyPrefix: 'regranulated',
     });
-    open.push(other);
+    onTestFinished(() => other.close());
     await other.flush();
     const { rows } = await pool.query<{ granularity: string; value: string }>(
       'SELECT granularity, value::text FROM tally.counter_buckets WHERE name = $1',
@@ -155,10 +160,30 @@ describe('increments and reads', () => {
     expect(await tally.get('edge')).toBe(Number.MAX_SAFE_INTEGER);
   });
 
-  it('works the same with coalescing off', async () => {
-    const { tally } = await fresh({ coalesce: false });
-    await Promise.all(Array.from({ length: 50 }, () => tally.incr('x', 2)));
-    expect(await tally.get('x')).toBe(100);
+  it('works the same with coalescing off, one script call per increment', async () => {
+    const raw = rawRedis();
+    // Plain, keyed (one retried) and limited increments, all at once on a few counters.
+    const workload = (tally: Awaited<ReturnType<typeof fresh>>['tally']) =>
+      Promise.all(
+        Array.from({ length: 60 }, (_, i) => {
+          if (i % 3 === 0) return tally.incr('x', 2);
+          if (i % 3 === 1) return tally.incr('y', 1, { idempotencyKey: `k${Math.floor(i / 6)}` });
+          return tally.incr('z', 5, { limit: 40 });
+        }),
+      );
+    const results = [];
+    const calls = [];
+    for (const coalesce of [true, false]) {
+      const { tally } = await fresh({ coalesce });
+      await tally.getMany(['x', 'y', 'z']); // shards built, scripts loaded
+      await raw.config('RESETSTAT');
+      results.push(await workload(tally));
+      calls.push(await scriptCalls(raw));
+      expect(await tally.getMany(['x', 'y', 'z'])).toEqual([40, 10, 40]);
+    }
+    expect(results[1]).toEqual(results[0]);
+    expect(calls[0]).toBeLessThanOrEqual(4); // one call per shard
+    expect(calls[1]).toBe(60);
   });
 
   it('counts a retried idempotency key once', async () => {
@@ -356,19 +381,31 @@ describe('flush', () => {
     const start = end - 10_000 * 60_000;
     await tally.incr('busy', 3, { at: start + 90_000 });
     await tally.incr('busy', 4, { at: end - 1 });
+    const raw = rawRedis();
+    await raw.config('RESETSTAT');
     const minutes = await tally.usage('busy', { from: start, to: end, granularity: 'minute' });
+    expect(await scriptCalls(raw)).toBe(1);
     expect(minutes).toHaveLength(10_000);
     expect(minutes.filter((b) => b.value !== 0).map((b) => b.value)).toEqual([3, 4]);
     const names = Array.from({ length: 20_000 }, (_, i) => (i === 19_999 ? 'busy' : `none-${i}`));
+    await raw.config('RESETSTAT');
     const values = await tally.getMany(names);
+    expect(await scriptCalls(raw)).toBe(4); // one per shard
     expect(values.at(-1)).toBe(7);
     expect(values.filter((v) => v !== 0)).toHaveLength(1);
   });
 
   it('reports status: pending counters and the age of the oldest unflushed delta', async () => {
-    const { tally } = await fresh();
+    const { tally, keyPrefix } = await fresh();
     await tally.incr('s', 1);
+    // The delta arrived 5 s ago, as far as Redis' record of it says (no test waits 5 s).
+    const shard = shardOf('s', 4);
+    await rawRedis().set(shardKeys(keyPrefix, shard).pendingSince, Date.now() - 5_000);
     const before = await tally.status();
+    const age = before.shards[shard]?.oldestUnflushedAgeMs ?? 0;
+    expect(age).toBeGreaterThanOrEqual(5_000);
+    expect(age).toBeLessThan(5_000 + 2_000);
+    expect(before.shards.filter((s) => s.oldestUnflushedAgeMs > 0)).toHaveLength(1);
     expect(before.shards.reduce((n, s) => n + s.pendingDeltas, 0)).toBe(1);
     expect(before.shards.every((s) => s.totalsValid)).toBe(true);
     expect(before.redis.appendonly).toBe(false);

@@ -6,19 +6,14 @@ import { createInterface } from 'node:readline';
 import { once } from 'node:events';
 import { Redis } from 'ioredis';
 import pg from 'pg';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { runTypeScript } from './support/child-process.js';
 import { descendants, stillAlive } from './support/process-tree.js';
 import { startPostgres, startRedis, waitFor, type RedisHandle } from './support/index.js';
 
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
-
 async function redisFor(persistence: 'none' | 'aof-everysec' | 'aof-always') {
   const server = await startRedis({ persistence });
-  cleanups.push(() => server.stop());
+  onTestFinished(() => server.stop());
   return server;
 }
 
@@ -30,7 +25,7 @@ function clientFor(server: RedisHandle, options: { commandTimeout?: number } = {
     ...options,
   });
   client.on('error', () => undefined);
-  cleanups.push(async () => {
+  onTestFinished(async () => {
     client.disconnect();
     await Promise.resolve();
   });
@@ -121,11 +116,11 @@ describe('startRedis', () => {
 describe('startPostgres', () => {
   it('keeps committed rows across an immediate stop and a start on the same port', async () => {
     const cluster = await startPostgres();
-    cleanups.push(() => cluster.destroy());
+    onTestFinished(() => cluster.destroy());
     const url = await cluster.createDatabase();
     const pool = new pg.Pool({ connectionString: url });
     pool.on('error', () => undefined); // the immediate stop ends idle connections
-    cleanups.push(() => pool.end());
+    onTestFinished(() => pool.end());
 
     await pool.query('CREATE TABLE t (id int PRIMARY KEY)');
     await pool.query('INSERT INTO t SELECT generate_series(1, 1000)');
@@ -209,7 +204,7 @@ describe('a checkout the postgres user cannot enter', () => {
     // A copy of the harness in a folder only root can enter (mkdtemp makes it 0700), as a
     // checkout in /root or a `mktemp -d` folder is, with TMPDIR pointing there too.
     const hidden = await mkdtemp(join(tmpdir(), 'tally-hidden-'));
-    cleanups.push(() => rm(hidden, { recursive: true, force: true }));
+    onTestFinished(() => rm(hidden, { recursive: true, force: true }));
     await cp(new URL('./support', import.meta.url), join(hidden, 'support'), { recursive: true });
     await symlink(
       new URL('../node_modules', import.meta.url).pathname,

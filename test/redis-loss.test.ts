@@ -1,26 +1,21 @@
 import pg from 'pg';
 import { Redis } from 'ioredis';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { createTally, migrate, type TallyOptions } from '../src/index.js';
 import { shardOf } from '../src/counters/sharding.js';
 import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
 
-const cleanups: (() => Promise<unknown>)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
-
 async function setUp(persistence: 'none' | 'aof-always' = 'none') {
   const redis = await startRedis({ persistence });
-  cleanups.push(() => redis.stop());
+  onTestFinished(() => redis.stop());
   const postgres = await createDatabase();
   await migrate(postgres);
   const pool = new pg.Pool({ connectionString: postgres });
-  cleanups.push(() => pool.end());
+  onTestFinished(() => pool.end());
   const options: TallyOptions = { redis: redis.url, postgres, shards: 4, keyPrefix: 'loss' };
   const open = async (extra: Partial<TallyOptions> = {}) => {
     const tally = await createTally({ ...options, ...extra });
-    cleanups.push(() => tally.close());
+    onTestFinished(() => tally.close());
     return tally;
   };
   return { redis, pool, open, options };
@@ -28,7 +23,9 @@ async function setUp(persistence: 'none' | 'aof-always' = 'none') {
 
 function rawClient(redis: RedisHandle): Redis {
   const client = new Redis(redis.url);
-  cleanups.push(async () => client.quit());
+  onTestFinished(async () => {
+    await client.quit();
+  });
   return client;
 }
 

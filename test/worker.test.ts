@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { createTally, migrate, type Tally } from '../src/index.js';
 import {
   createDatabase,
@@ -13,10 +13,6 @@ import { startWorker, type TallyProcess } from './support/tally-process.js';
 import { postgresTotals } from './support/tally-store.js';
 
 const intervalMs = 200;
-const cleanups: (() => Promise<unknown>)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
 
 interface Store {
   redis: RedisHandle;
@@ -33,7 +29,7 @@ async function store(
   options: { persistence?: 'none' | 'aof-always'; databaseUrl?: string } = {},
 ): Promise<Store> {
   const redis = await startRedis({ persistence: options.persistence ?? 'aof-always' });
-  cleanups.push(() => redis.stop());
+  onTestFinished(() => redis.stop());
   const databaseUrl = options.databaseUrl ?? (await createDatabase());
   await migrate(databaseUrl);
   const keyPrefix = `w${randomBytes(4).toString('hex')}`;
@@ -43,10 +39,10 @@ async function store(
     shards: 4,
     keyPrefix,
   });
-  cleanups.push(() => tally.close());
+  onTestFinished(() => tally.close());
   const pool = new pg.Pool({ connectionString: databaseUrl });
   pool.on('error', () => undefined);
-  cleanups.push(() => pool.end());
+  onTestFinished(() => pool.end());
   const acknowledged = new Map<string, number>();
   let next = 0;
   return {
@@ -76,7 +72,7 @@ async function store(
 
 function worker(env: Record<string, string>): TallyProcess {
   const started = startWorker(env);
-  cleanups.push(async () => {
+  onTestFinished(async () => {
     started.kill('SIGKILL');
     await started.exited;
   });
@@ -186,7 +182,7 @@ describe('tally worker', () => {
 
   it('keeps running while PostgreSQL is down for 10 intervals, then drains the lag', async () => {
     const cluster = await startPostgres();
-    cleanups.push(() => cluster.destroy());
+    onTestFinished(() => cluster.destroy());
     const s = await store({ databaseUrl: await cluster.createDatabase() });
     const w = worker(s.env);
     await s.increment(20);
