@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { validate } from '@readme/openapi-parser';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTally, migrate, type Tally } from '../src/index.js';
 import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
@@ -352,7 +353,17 @@ describe('errors', () => {
         call('POST', '/v1/counters/w/increment', { by: 1, idempotencyKey: 'k' }, {}, base);
       expect((await send()).json).toMatchObject({ value: 1, duplicate: false });
       expect((await send()).json).toMatchObject({ value: 1, duplicate: true });
-      await new Promise((resolve) => setTimeout(resolve, 1_700));
+      // The key lives TALLY_IDEMPOTENCY_WINDOW_MS in Redis; wait for Redis to let it go.
+      const raw = new Redis(redis.url);
+      try {
+        const [, [key]] = await raw.scan('0', 'MATCH', 'window:*:idem:*', 'COUNT', 1_000);
+        expect(await raw.pttl(key ?? '')).toBeGreaterThan(0);
+        await waitFor('the key to expire', async () =>
+          (await raw.exists(key ?? '')) === 0 ? true : undefined,
+        );
+      } finally {
+        raw.disconnect();
+      }
       // Past the window the key is forgotten: the same request counts again.
       expect((await send()).json).toMatchObject({ value: 2, duplicate: false });
     } finally {

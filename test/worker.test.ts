@@ -189,10 +189,17 @@ describe('tally worker', () => {
     await drained(s);
 
     await cluster.stop('immediate');
-    for (let i = 0; i < 10; i++) {
-      await s.increment(5);
-      await new Promise((resolve) => setTimeout(resolve, intervalMs));
-    }
+    // Ten flush failures in a row, increments arriving all along: the worker rides them out.
+    const failures = () => w.logs.filter((l) => l.msg?.startsWith('flush failed') === true).length;
+    const before = failures();
+    await waitFor(
+      'ten flush failures',
+      async () => {
+        await s.increment(1);
+        return failures() - before >= 10 || undefined;
+      },
+      { timeoutMs: 30_000 },
+    );
     const failure = await w.waitForLog(
       'a flush failure',
       (l) => l.msg?.startsWith('flush failed') === true,
@@ -265,8 +272,14 @@ describe('tally worker', () => {
     const other = worker({ ...s.env, ...locks });
     await other.waitForLog('start-up', (l) => l.msg === 'flush worker started');
     await s.increment(30);
-    // Well past both locks: the other replica has taken the stalled jobs and the shard.
-    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    // Past both locks: the other replica has taken the stalled jobs and flushed every shard.
+    await waitFor(
+      'the other replica to flush every shard',
+      () =>
+        new Set(other.logs.filter((l) => l.event === 'flush-start').map((l) => l.shard)).size ===
+          4 || undefined,
+      { timeoutMs: 20_000 },
+    );
     paused.kill('SIGCONT');
     await drained(s);
     expect(other.logs.some((line) => line.event === 'flush-start')).toBe(true);
