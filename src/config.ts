@@ -133,6 +133,7 @@ export const maxFutureDefaultMs = 5 * 60_000;
 /** How long an idempotency key is remembered unless configured (also `tally serve`'s default). */
 export const idempotencyWindowDefaultMs = 24 * 3_600_000;
 export const ledgerRetentionDefaultMs = 7 * 24 * 3_600_000;
+export const flushLockTtlDefaultMs = 30_000;
 
 /** Every default lives here, once. */
 export function resolveConfig(options: TallyOptions): ResolvedConfig {
@@ -191,7 +192,12 @@ export function resolveConfig(options: TallyOptions): ResolvedConfig {
       1,
       3_600_000,
     ),
-    flushLockTtlMs: integerIn('flushLockTtlMs', options.flushLockTtlMs ?? 30_000, 100, 3_600_000),
+    flushLockTtlMs: integerIn(
+      'flushLockTtlMs',
+      options.flushLockTtlMs ?? flushLockTtlDefaultMs,
+      100,
+      3_600_000,
+    ),
     rebuildAtStart: options.rebuildAtStart ?? true,
     ledgerRetentionMs: integerIn(
       'ledgerRetentionMs',

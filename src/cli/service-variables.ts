@@ -1,4 +1,10 @@
-import { storeDefaults } from '../config.js';
+import {
+  durabilityCheckIntervalDefaultMs,
+  flushLockTtlDefaultMs,
+  ledgerRetentionDefaultMs,
+  storeDefaults,
+} from '../config.js';
+import { serviceDefaults } from '../process/env-config.js';
 
 /**
  * The environment variables `tally serve` and `tally worker` read, for their `--help` (a test
@@ -19,13 +25,19 @@ const store: Variables = [
     'TALLY_ACCEPT_REDIS_LOSS',
     'none | bounded | any: which Redis settings to accept (default none)',
   ],
-  ['TALLY_DURABILITY_CHECK_INTERVAL_MS', 'how often Redis settings are read again (default 10000)'],
+  [
+    'TALLY_DURABILITY_CHECK_INTERVAL_MS',
+    `how often Redis settings are read again (default ${durabilityCheckIntervalDefaultMs})`,
+  ],
   ['TALLY_LOG_LEVEL', 'fatal, error, warn, info, debug, trace or silent (default info)'],
   ['TALLY_LOG_FORMAT', 'json or pretty (default: pretty on a terminal, json otherwise)'],
 ];
 
 const shutdown: Variables = [
-  ['TALLY_SHUTDOWN_TIMEOUT_MS', 'longest graceful shutdown before exiting 1 (default 30000)'],
+  [
+    'TALLY_SHUTDOWN_TIMEOUT_MS',
+    `longest graceful shutdown before exiting 1 (default ${serviceDefaults.shutdownTimeoutMs})`,
+  ],
 ];
 
 export const serveVariables: Variables = [
@@ -48,14 +60,29 @@ export const serveVariables: Variables = [
 
 export const workerVariables: Variables = [
   ...store,
-  ['TALLY_FLUSH_INTERVAL_MS', 'how often each shard is flushed (default 1000)'],
-  ['TALLY_WORKER_CONCURRENCY', 'flush jobs one replica runs at once (default 4)'],
+  [
+    'TALLY_FLUSH_INTERVAL_MS',
+    `how often each shard is flushed (default ${serviceDefaults.flushIntervalMs})`,
+  ],
+  [
+    'TALLY_WORKER_CONCURRENCY',
+    `flush jobs one replica runs at once (default ${serviceDefaults.workerConcurrency})`,
+  ],
   ['TALLY_METRICS_PORT', 'port of /metrics and /healthz (default: none)'],
   ['TALLY_METRICS_HOST', 'address of /metrics and /healthz (default 127.0.0.1)'],
-  ['TALLY_JOB_LOCK_MS', 'BullMQ job lock; a silent replica loses its job after it (default 30000)'],
-  ['TALLY_FLUSH_LOCK_TTL_MS', "the engine's shard lock TTL (default 30000)"],
-  ['TALLY_LEDGER_RETENTION_MS', 'flush ledger rows are kept this long (default 7 days)'],
-  ['TALLY_LEDGER_PRUNE_INTERVAL_MS', 'how often the ledger is pruned (default 60000)'],
+  [
+    'TALLY_JOB_LOCK_MS',
+    `BullMQ job lock; a silent replica loses its job after it (default ${serviceDefaults.jobLockMs})`,
+  ],
+  ['TALLY_FLUSH_LOCK_TTL_MS', `the engine's shard lock TTL (default ${flushLockTtlDefaultMs})`],
+  [
+    'TALLY_LEDGER_RETENTION_MS',
+    `flush ledger rows are kept this long (default ${ledgerRetentionDefaultMs}, 7 days)`,
+  ],
+  [
+    'TALLY_LEDGER_PRUNE_INTERVAL_MS',
+    `how often the ledger is pruned (default ${serviceDefaults.ledgerPruneIntervalMs})`,
+  ],
   ...shutdown,
 ];
 

@@ -32,6 +32,15 @@ const urlProtocols = {
   DATABASE_URL: ['postgres:', 'postgresql:'],
 } as const;
 
+/** Defaults of the services' own settings; the library's are in config.ts. */
+export const serviceDefaults = {
+  shutdownTimeoutMs: 30_000,
+  flushIntervalMs: 1_000,
+  workerConcurrency: 4,
+  jobLockMs: 30_000,
+  ledgerPruneIntervalMs: 60_000,
+} as const;
+
 /**
  * A service URL, checked before anything connects: a typo then fails at once with exit 2 and
  * the variable's name, not as `ENOTFOUND` (exit 3) later. The message never repeats a password.

@@ -7,7 +7,7 @@ import {
   maxWindowMs,
   redisCommandTimeoutDefaultMs,
 } from '../config.js';
-import { storeEnv, type StoreEnv } from '../process/env-config.js';
+import { serviceDefaults, storeEnv, type StoreEnv } from '../process/env-config.js';
 import { TallyError, ValidationError } from '../errors.js';
 import { createLogger } from '../process/logging.js';
 import { createTally } from '../tally.js';
@@ -118,7 +118,12 @@ function serveConfig(env: NodeJS.ProcessEnv): ServeConfig {
       0,
       maxFutureLimitMs,
     ),
-    shutdownTimeoutMs: integerFromEnv(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 30_000, 1),
+    shutdownTimeoutMs: integerFromEnv(
+      env,
+      'TALLY_SHUTDOWN_TIMEOUT_MS',
+      serviceDefaults.shutdownTimeoutMs,
+      1,
+    ),
   };
 }
 

@@ -8,7 +8,7 @@ import { performance } from 'node:perf_hooks';
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import { storeEnv, type StoreEnv } from '../process/env-config.js';
+import { serviceDefaults, storeEnv, type StoreEnv } from '../process/env-config.js';
 import { createTally, FlushError, TallyError, type Tally } from '../index.js';
 import { logConnectionErrors } from '../redis/connection.js';
 import { createLogger } from '../process/logging.js';
@@ -21,7 +21,7 @@ import {
 } from './flush-schedules.js';
 import { startMetricsServer, type MetricsServer } from './metrics-server.js';
 import { closeInOrder, exitOnSignals, integerFromEnv } from '../process/lifecycle.js';
-import { ledgerRetentionDefaultMs } from '../config.js';
+import { flushLockTtlDefaultMs, ledgerRetentionDefaultMs } from '../config.js';
 
 export interface FlushWorkerConfig extends StoreEnv {
   /** How often each shard is flushed. */
@@ -46,21 +46,34 @@ export interface FlushWorkerConfig extends StoreEnv {
 
 /** The worker's configuration, from the environment; every default is set here. */
 export function configFromEnv(env: NodeJS.ProcessEnv = process.env): FlushWorkerConfig {
-  const flushIntervalMs = integerFromEnv(env, 'TALLY_FLUSH_INTERVAL_MS', 1_000);
+  const flushIntervalMs = integerFromEnv(
+    env,
+    'TALLY_FLUSH_INTERVAL_MS',
+    serviceDefaults.flushIntervalMs,
+  );
   return {
     ...storeEnv(env),
     flushIntervalMs,
-    concurrency: integerFromEnv(env, 'TALLY_WORKER_CONCURRENCY', 4),
+    concurrency: integerFromEnv(env, 'TALLY_WORKER_CONCURRENCY', serviceDefaults.workerConcurrency),
     metricsPort:
       env.TALLY_METRICS_PORT === undefined || env.TALLY_METRICS_PORT === ''
         ? undefined
         : integerFromEnv(env, 'TALLY_METRICS_PORT', 0, 0, 65_535),
     metricsHost: env.TALLY_METRICS_HOST ?? '127.0.0.1',
-    shutdownTimeoutMs: integerFromEnv(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 30_000),
-    jobLockMs: integerFromEnv(env, 'TALLY_JOB_LOCK_MS', 30_000),
-    flushLockTtlMs: integerFromEnv(env, 'TALLY_FLUSH_LOCK_TTL_MS', 30_000, 100),
+    shutdownTimeoutMs: integerFromEnv(
+      env,
+      'TALLY_SHUTDOWN_TIMEOUT_MS',
+      serviceDefaults.shutdownTimeoutMs,
+    ),
+    jobLockMs: integerFromEnv(env, 'TALLY_JOB_LOCK_MS', serviceDefaults.jobLockMs),
+    flushLockTtlMs: integerFromEnv(env, 'TALLY_FLUSH_LOCK_TTL_MS', flushLockTtlDefaultMs, 100),
     ledgerRetentionMs: integerFromEnv(env, 'TALLY_LEDGER_RETENTION_MS', ledgerRetentionDefaultMs),
-    ledgerPruneIntervalMs: integerFromEnv(env, 'TALLY_LEDGER_PRUNE_INTERVAL_MS', 60_000, 1_000),
+    ledgerPruneIntervalMs: integerFromEnv(
+      env,
+      'TALLY_LEDGER_PRUNE_INTERVAL_MS',
+      serviceDefaults.ledgerPruneIntervalMs,
+      1_000,
+    ),
   };
 }
 
