@@ -5,8 +5,8 @@ export {
   type IncrementItem,
   type ShardStatus,
   type TallyStatus,
-  type ResolvedBatch,
 } from './tally.js';
+export type { RefusedBatchDecision, ResolvedBatch } from './engine/refused-batches.js';
 export type { TallyOptions } from './config.js';
 export type {
   BatchIncrementResult,

@@ -7,10 +7,15 @@ import { openPostgres } from './store/pool.js';
 import { statusSql } from './store/sql.js';
 import { canonicalName, type CounterRef } from './counters/counter-name.js';
 import { inspectRedisDurability, type RedisDurability } from './redis/durability.js';
-import { TallyError, ValidationError } from './errors.js';
+import { FlushError, TallyError, ValidationError } from './errors.js';
 import { forEachLimited, SerialQueue } from './engine/concurrency.js';
 import type { EngineContext } from './engine/engine-context.js';
-import { discardInflightBatch, flushShard, type AppliedBatch } from './engine/flusher.js';
+import { flushShard, type AppliedBatch } from './engine/flusher.js';
+import {
+  resolveRefusedBatch,
+  type RefusedBatchDecision,
+  type ResolvedBatch,
+} from './engine/refused-batches.js';
 import { pruneLedger, type LedgerPruneReport } from './engine/ledger-pruning.js';
 import {
   IncrementPreparer,
@@ -32,7 +37,7 @@ export interface IncrementItem extends IncrementOptions {
   by?: number;
 }
 
-const resolveDecisions = ['discard', 'apply'] as const;
+const resolveDecisions: readonly RefusedBatchDecision[] = ['discard', 'apply'];
 
 /** How many shards `reconcile` checks at once. */
 const reconcileConcurrency = 4;
@@ -65,14 +70,6 @@ export interface ShardStatus {
   unreportedRedisLosses: number | null;
 }
 
-export interface ResolvedBatch {
-  shard: number;
-  batchId: string;
-  decision: 'discard' | 'apply';
-  /** Deltas the batch held (one per counter and smallest bucket). */
-  deltas: number;
-}
-
 export interface TallyStatus {
   shards: ShardStatus[];
   redis: RedisDurability;
@@ -95,7 +92,11 @@ export interface Tally {
   getMany(counters: readonly CounterRef[]): Promise<number[]>;
   /** Usage per bucket over flushed and not-yet-flushed deltas. */
   usage(counter: CounterRef, query: UsageQuery): Promise<UsageBucket[]>;
-  /** Flushes every shard now, resuming batches left in flight; returns what it applied. */
+  /**
+   * Flushes every shard now, resuming batches left in flight; returns what it applied. A shard
+   * whose in-flight batch is refused (BATCH_REFUSED) does not stop the others: once they are
+   * flushed, one BATCH_REFUSED names every refused shard (`details`: `refused`, `applied`).
+   */
   flush(): Promise<AppliedBatch[]>;
   /**
    * Flushes one shard (what the worker runs per job). Waits up to `lockWaitMs` (default: the
@@ -129,7 +130,7 @@ export interface Tally {
   resolveRefusedBatch(
     shard: number,
     batchId: string,
-    decision: 'discard' | 'apply',
+    decision: RefusedBatchDecision,
   ): Promise<ResolvedBatch>;
   /**
    * Times this client could not renew a shard lock it held for a flush or reconcile (a Redis
@@ -352,11 +353,31 @@ class TallyClient implements Tally {
     // one-by-one flush gives it, one transaction at a time.
     const postgresQueue = new SerialQueue();
     const shards = Array.from({ length: this.config.shards }, (_, shard) => shard);
+    // A refused batch stops its own shard until an operator decides, not the others.
+    const refused: FlushError[] = [];
     await forEachLimited(shards, 2, async (shard) => {
-      applied.push(...(await flushShard(this.ctx, shard, { postgresQueue })));
+      try {
+        applied.push(...(await flushShard(this.ctx, shard, { postgresQueue })));
+      } catch (error) {
+        if (!(error instanceof FlushError && error.code === 'BATCH_REFUSED')) throw error;
+        refused.push(error);
+      }
     });
     // Stable: a shard's resumed batch stays before the one snapshotted after it.
-    return applied.sort((a, b) => a.shard - b.shard);
+    applied.sort((a, b) => a.shard - b.shard);
+    if (refused.length > 0) {
+      refused.sort((a, b) => a.shard - b.shard);
+      throw new TallyError(
+        'BATCH_REFUSED',
+        `Every shard was flushed but ${refused.map((error) => error.shard).join(', ')}, whose ` +
+          'in-flight batches the ledger refuses: ' +
+          refused.map((error) => error.message).join(' '),
+        {
+          details: { refused: refused.map(({ shard, batchId }) => ({ shard, batchId })), applied },
+        },
+      );
+    }
+    return applied;
   }
 
   async flushShard(shard: number, options: { lockWaitMs?: number } = {}): Promise<AppliedBatch[]> {
@@ -399,7 +420,7 @@ class TallyClient implements Tally {
   async resolveRefusedBatch(
     shard: number,
     batchId: string,
-    decision: 'discard' | 'apply',
+    decision: RefusedBatchDecision,
   ): Promise<ResolvedBatch> {
     this.assertOpen();
     // Not only for TypeScript callers: a plain-JS typo must not discard a batch.
@@ -408,28 +429,7 @@ class TallyClient implements Tally {
         `The decision must be discard or apply, got ${JSON.stringify(decision)}.`,
       );
     }
-    const keys = shardKeys(this.config.keyPrefix, this.validShard(shard));
-    const [inflight, refused] = await this.ctx.redis.hmget(keys.inflightMeta, 'batch', 'refused');
-    if (inflight !== batchId || refused === null) {
-      throw new ValidationError(
-        `Shard ${shard} has no refused batch ${batchId}` +
-          (inflight === null
-            ? ' (nothing in flight).'
-            : ` (in flight: ${inflight}, ${refused === null ? 'not refused' : 'refused'}).`),
-      );
-    }
-    const deltas = await this.ctx.redis.hlen(keys.inflight);
-    if (decision === 'apply') {
-      await flushShard(this.ctx, shard, { applyRefused: batchId });
-      return { shard, batchId, decision, deltas };
-    }
-    await discardInflightBatch(this.ctx, shard, keys, batchId);
-    await reconcileShard(this.ctx, shard, {
-      repair: true,
-      storeWasSetUp: this.setUp,
-      reportRecordedLosses: false,
-    });
-    return { shard, batchId, decision, deltas };
+    return resolveRefusedBatch(this.ctx, this.validShard(shard), batchId, decision, this.setUp);
   }
 
   private validShard(shard: number): number {

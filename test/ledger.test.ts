@@ -7,6 +7,7 @@ import { Redis } from 'ioredis';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import type { TallyError } from '../src/index.js';
+import { shardOf } from '../src/counters/sharding.js';
 import { shardKeys } from '../src/redis/shard-keys.js';
 import { FlushMetrics } from '../src/worker/flush-metrics.js';
 import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
@@ -118,12 +119,12 @@ const hourMs = 3_600_000;
 const dayMs = 24 * hourMs;
 
 /** A store of one shard with the shortest retention (3 h), its pool, keys and a Redis client. */
-async function prunedStore() {
+async function prunedStore(shards = 1) {
   const databaseUrl = await createDatabase();
   const pool = new pg.Pool({ connectionString: databaseUrl });
   const keyPrefix = `t${randomBytes(4).toString('hex')}`;
   const tally = await tallyOn(redis.url, pool, {
-    shards: 1,
+    shards,
     keyPrefix,
     ledgerRetentionMs: 3 * hourMs,
   });
@@ -137,7 +138,7 @@ async function prunedStore() {
   const env = {
     REDIS_URL: redis.url,
     DATABASE_URL: databaseUrl,
-    TALLY_SHARDS: '1',
+    TALLY_SHARDS: String(shards),
     TALLY_KEY_PREFIX: keyPrefix,
   };
   return { tally, pool, redis: client, keys: shardKeys(keyPrefix, 0), env };
@@ -208,6 +209,14 @@ async function stuckInFlight(
   return batchId;
 }
 
+/** `name`, or the first `name-N` that lives on shard 0 of a store of `shards`. */
+function onShard0(name: string, shards: number): string {
+  for (let i = 0; ; i++) {
+    const candidate = i === 0 ? name : `${name}-${i}`;
+    if (shardOf(candidate, shards) === 0) return candidate;
+  }
+}
+
 describe('pruning the flush ledger', () => {
   it('deletes rows past the retention in bounded statements, and keeps the recent ones', async () => {
     const store = await prunedStore();
@@ -239,7 +248,14 @@ describe('pruning the flush ledger', () => {
     await holder.query('SELECT pg_advisory_xact_lock(500152355962)');
     expect(await store.tally.pruneLedger()).toEqual({ deleted: 0, busy: true });
     await holder.query('ROLLBACK');
-    expect(await store.tally.pruneLedger()).toEqual({ deleted: 10, busy: false });
+    // Each shard keeps its newest row, however old: its last flush stays readable.
+    expect(await store.tally.pruneLedger()).toEqual({ deleted: 9, busy: false });
+    expect(await ledgerRows(store.pool)).toBe(1);
+    const [shard] = (await store.tally.status()).shards;
+    const { rows } = await store.pool.query<{ at: Date }>(
+      'SELECT max(applied_at) AS at FROM tally.applied_batches',
+    );
+    expect(shard?.lastFlushAt?.getTime()).toBe(rows[0]?.at.getTime());
   });
 
   it("keeps the in-flight batch's row: applied long ago, not acknowledged, it is not applied again", async () => {
@@ -259,16 +275,20 @@ describe('pruning the flush ledger', () => {
     const stuck = await stuckInFlight(store, 'stuck', 7, 2 * dayMs);
     await oldLedgerRows(store.pool, 100, 3 * dayMs);
 
-    expect((await store.tally.pruneLedger()).deleted).toBe(100);
+    expect((await store.tally.pruneLedger()).deleted).toBe(99); // the newest row stays
     const [batch] = await store.tally.flush();
     expect(batch).toMatchObject({ batchId: stuck, resumed: true, alreadyApplied: false });
     expect((await postgresTotals(store.pool)).get('stuck')).toBe(7);
   });
 
   describe('a batch older than the pruned ledger that reappears (Redis restored from an old backup)', () => {
-    async function refusedBatch() {
-      const store = await prunedStore();
-      const old = await flushedLongAgo(store, 'billed', 5, 2 * dayMs);
+    /** A store whose shard 0 has `billed` (5, applied) back in flight, refused. */
+    async function refusedBatch(shards = 1) {
+      const store = await prunedStore(shards);
+      const old = await flushedLongAgo(store, onShard0('billed', shards), 5, 2 * dayMs);
+      // A later flush: the old batch's row is no longer the shard's newest, which stays.
+      await store.tally.incr(onShard0('later', shards), 1);
+      await store.tally.flush();
       expect((await store.tally.pruneLedger()).deleted).toBe(1);
       await old.restore();
       const failure = await store.tally.flush().then(
@@ -289,8 +309,20 @@ describe('pruning the flush ledger', () => {
 
       const [shard] = (await tally.status()).shards;
       expect(shard?.inflightBatch).toMatchObject({ batchId, refused: true });
-      const [report] = await tally.reconcile();
-      expect(report?.refusedBatch).toBe(batchId);
+      // Whether it was applied is the operator's call: reconcile neither guesses nor repairs.
+      const redisTotal = await tally.get('billed');
+      const [report] = await tally.reconcile({ repair: true });
+      expect(report).toMatchObject({ refusedBatch: batchId, repaired: false, drift: [] });
+      expect(await tally.get('billed')).toBe(redisTotal);
+      // Reads count it as applied, the usual case (a batch back from a restored backup).
+      const total = (
+        await tally.usage('billed', {
+          from: Date.now() - 4 * dayMs,
+          to: Date.now() + 1,
+          granularity: 'day',
+        })
+      ).reduce((sum, bucket) => sum + bucket.value, 0);
+      expect(total).toBe(5);
       const metrics = await new FlushMetrics(tally).render();
       expect(metrics.body).toMatch(/^tally_refused_batches\{shard="0"\} 1$/m);
     });
@@ -327,6 +359,30 @@ describe('pruning the flush ledger', () => {
       expect(resolved.stdout).toMatch(/batch .* discarded \(1 delta\); Redis totals rebuilt/);
       expect((await runTypeScript(cli, ['reconcile'], env)).code).toBe(0);
       expect((await postgresTotals(pool)).get('billed')).toBe(5);
+    });
+
+    it('does not stop flush() of the other shards, which names it once they are flushed', async () => {
+      const { tally, pool } = await refusedBatch(4);
+      const others = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'].filter(
+        (name) => shardOf(name, 4) !== 0,
+      );
+      for (const name of others) await tally.incr(name, 2);
+      const failure = (await tally.flush().catch((error: unknown) => error)) as TallyError;
+      expect(failure.code).toBe('BATCH_REFUSED');
+      expect(failure.details).toMatchObject({ refused: [{ shard: 0 }] });
+      const totals = await postgresTotals(pool);
+      for (const name of others) expect(totals.get(name), name).toBe(2);
+    });
+
+    it('settled once: a second, opposite decision finds nothing to settle', async () => {
+      const { tally, pool, batchId } = await refusedBatch();
+      const [first, second] = await Promise.allSettled([
+        tally.resolveRefusedBatch(0, batchId, 'apply'),
+        tally.resolveRefusedBatch(0, batchId, 'discard'),
+      ]);
+      expect([first.status, second.status].sort()).toEqual(['fulfilled', 'rejected']);
+      const total = (await postgresTotals(pool)).get('billed');
+      expect(total).toBe(first.status === 'fulfilled' ? 10 : 5);
     });
 
     it("applied on the operator's word", async () => {

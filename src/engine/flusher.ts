@@ -6,7 +6,7 @@ import { ledgerClockMarginMs } from './ledger-pruning.js';
 import { batchRows, type BatchRows } from './batch-rows.js';
 import type { SerialQueue } from './concurrency.js';
 import type { EngineContext } from './engine-context.js';
-import { FlushError, TallyError } from '../errors.js';
+import { FlushError, TallyError, ValidationError } from '../errors.js';
 import { brokenOnPurpose, reachFaultPoint } from './fault-points.js';
 import { withShardLock } from '../redis/shard-lock.js';
 import type { RedisConnection } from '../redis/scripts.js';
@@ -38,10 +38,11 @@ export interface FlushShardOptions {
    */
   postgresQueue?: SerialQueue;
   /**
-   * Applies this in-flight batch even though the ledger's horizon refused it (an operator's
-   * decision, Tally.resolveRefusedBatch): it may have been applied before.
+   * Applies this refused in-flight batch, and nothing else, even though the ledger's horizon
+   * refuses it (an operator's decision, engine/refused-batches.ts): it may have been applied
+   * before. `check`, run under the shard's lock, confirms it is still the refused batch.
    */
-  applyRefused?: string;
+  applyRefused?: { batchId: string; check: () => Promise<void> };
 }
 
 /** A batch in flight: its id, when it was snapshotted (Redis' clock), and whether resumed. */
@@ -81,22 +82,28 @@ async function snapshotAndApply(
   options: FlushShardOptions,
 ): Promise<AppliedBatch[]> {
   await reachFaultPoint('before-snapshot');
+  await options.applyRefused?.check();
   const applied: AppliedBatch[] = [];
   // At most two rounds: a resumed batch, then the deltas that were pending behind it.
   for (let round = 0; round < 2; round++) {
     const snapshot = await ctx.scripts.snapshot(keys, randomUUID());
     if (snapshot.state === 'empty') break;
+    const override = options.applyRefused?.batchId;
+    if (override !== undefined && snapshot.batchId !== override) {
+      throw new ValidationError(`Batch ${override} is no longer in flight on shard ${shard}.`);
+    }
     await reachFaultPoint('after-snapshot');
     if (ctx.durability.waitaof) await waitForAof(ctx.redis);
     const batch = {
       id: snapshot.batchId,
       // The operator's override: a snapshot time no horizon can refuse.
-      snapshotMs:
-        snapshot.batchId === options.applyRefused ? Number.MAX_SAFE_INTEGER : snapshot.snapshotMs,
+      snapshotMs: override === undefined ? snapshot.snapshotMs : Number.MAX_SAFE_INTEGER,
       resumed: snapshot.state === 'resumed',
     };
     applied.push(await applyBatch(ctx, shard, keys, batch, options.postgresQueue));
-    if (snapshot.state === 'created') break;
+    // The operator's decision was about that batch alone; what is pending behind it waits for
+    // the next flush.
+    if (snapshot.state === 'created' || override !== undefined) break;
   }
   return applied;
 }
@@ -171,22 +178,6 @@ async function refuse(
         '--discard|--apply` (docs/operations.md, "A refused batch").',
     ),
   );
-}
-
-/**
- * Drops the shard's in-flight batch if it is still `batchId`, under the shard's lock, without
- * applying it (an operator's decision on a refused batch).
- */
-export async function discardInflightBatch(
-  ctx: EngineContext,
-  shard: number,
-  keys: ShardKeys,
-  batchId: string,
-): Promise<void> {
-  await withShardLock(ctx, keys.lock, async () => {
-    await ctx.scripts.acknowledge(keys, batchId);
-    ctx.config.logger.warn({ shard, batchId }, 'refused batch discarded');
-  });
 }
 
 /**

@@ -4,6 +4,7 @@ import { postgresFailure } from '../store/pool.js';
 import { reconcileSql } from '../store/sql.js';
 import type { EngineContext } from './engine-context.js';
 import { withShardLock } from '../redis/shard-lock.js';
+import { refusedInflightBatch } from './ledger-pruning.js';
 import { ScriptStatus } from '../redis/scripts.js';
 import { shardKeys, type ShardKeys } from '../redis/shard-keys.js';
 
@@ -34,8 +35,9 @@ export interface ShardReconcileReport {
   lossesFoundAt: string[];
   /**
    * The shard's in-flight batch, when flushes refuse it (snapshotted before the pruned part of
-   * the ledger, with no ledger row: it may have been applied already). It is counted as not
-   * applied here; `Tally.resolveRefusedBatch` settles it.
+   * the ledger, with no ledger row: it may have been applied already). The shard is then not
+   * checked (nothing to compare with until it is settled) nor repaired;
+   * `Tally.resolveRefusedBatch` settles it.
    */
   refusedBatch: string | null;
 }
@@ -226,8 +228,22 @@ async function reconcileOnce(
   options: ReconcileShardOptions,
 ): Promise<ShardReconcileReport> {
   const epochMissing = (await ctx.redis.exists(keys.epoch)) === 0;
-  const [inflight, refused] = await ctx.redis.hmget(keys.inflightMeta, 'batch', 'refused');
-  const batchId = inflight ?? '';
+  // A refused batch may or may not be in PostgreSQL already: no expected total can be computed
+  // (nor repaired) until an operator decides. A shard that lost its data is rebuilt regardless:
+  // it must serve again, and the decision re-runs this reconcile.
+  const refused = epochMissing ? undefined : await refusedInflightBatch(ctx, shard);
+  if (refused !== undefined) {
+    return {
+      shard,
+      countersChecked: 0,
+      drift: [],
+      repaired: false,
+      redisLostData: false,
+      lossesFoundAt: [],
+      refusedBatch: refused,
+    };
+  }
+  const batchId = (await ctx.redis.hget(keys.inflightMeta, 'batch')) ?? '';
   const stored = await compareStoredCounters(ctx, shard, {
     keys,
     batchId,
@@ -258,6 +274,6 @@ async function reconcileOnce(
     repaired: options.repair && (drift.length > 0 || epochMissing),
     redisLostData,
     lossesFoundAt: [],
-    refusedBatch: refused === null ? null : batchId,
+    refusedBatch: null,
   };
 }

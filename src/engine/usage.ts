@@ -12,6 +12,7 @@ import { usageSql } from '../store/sql.js';
 import { canonicalName, type CounterRef } from '../counters/counter-name.js';
 import { TallyError, ValidationError } from '../errors.js';
 import type { EngineContext } from './engine-context.js';
+import { ledgerClockMarginMs } from './ledger-pruning.js';
 import { shardOf } from '../counters/sharding.js';
 import { shardKeys } from '../redis/shard-keys.js';
 
@@ -79,11 +80,25 @@ async function readOnce(
   const redisReply = await ctx.scripts.readBuckets(keys, counter).catch((error: unknown) => {
     throw redisFailure(error, 'read', 'a usage read');
   });
-  const [snapshots, batchId, pendingTags] = redisReply as [number, string, number];
+  const [snapshots, batchId, snapshotMs, pendingTags] = redisReply as [
+    number,
+    string,
+    string,
+    number,
+  ];
   const { rows } = await ctx.pool
     .query<{ applied: boolean; buckets: Record<string, string> }>({
       ...usageSql.flushedBuckets,
-      values: [shard, batchId, counter, granularity, starts[0], toMs],
+      values: [
+        shard,
+        batchId,
+        counter,
+        granularity,
+        starts[0],
+        toMs,
+        snapshotMs,
+        ledgerClockMarginMs,
+      ],
     })
     .catch((error: unknown) => {
       throw postgresFailure(error, 'a usage read');
@@ -101,8 +116,8 @@ async function readOnce(
   // value that looks safe.
   const unflushed = new Map<number, bigint>();
   // Pairs of (bucket tag, delta): the pending ones, then the in-flight ones unless applied.
-  const pairsEnd = rows[0]?.applied === true ? 3 + 2 * pendingTags : redisReply.length;
-  for (let i = 3; i < pairsEnd; i += 2) {
+  const pairsEnd = rows[0]?.applied === true ? 4 + 2 * pendingTags : redisReply.length;
+  for (let i = 4; i < pairsEnd; i += 2) {
     const tagged = tagBuckets(String(redisReply[i]));
     const start = tagged.starts[tagged.granularities.indexOf(granularity)];
     if (start === undefined) continue;

@@ -130,7 +130,7 @@ export interface Scripts {
       pairs: readonly [string, string][];
     },
   ): Promise<ScriptReply>;
-  /** {snapshot count, in-flight batch id, P, P (tag, delta) pairs, then in-flight pairs}. */
+  /** {snapshot count, in-flight batch id, its snapshot ms, P, P (tag, delta) pairs, in-flight pairs}. */
   readBuckets(keys: ShardKeys, counter: string): Promise<ScriptReply>;
   /** Whether the lock was still `token`'s and is now released. */
   releaseLock(lockKey: string, token: string): Promise<boolean>;

@@ -5,24 +5,30 @@
  * prepares them once per connection.
  */
 
+/**
+ * Whether the ledger's horizon refuses a batch: it has no ledger row, and it was snapshotted
+ * (Redis' clock, ms) before the shard's `pruned_before` plus the clock margin (ms), so its row
+ * may have been pruned and it may have been applied already (engine/ledger-pruning.ts). One
+ * rule for the flush, reads and the operator's commands; the arguments are placeholders.
+ */
+const refusedByHorizon = (shard: string, batch: string, snapshotMs: string, marginMs: string) =>
+  `(NOT EXISTS (SELECT 1 FROM tally.applied_batches WHERE shard = ${shard} AND batch_id = ${batch})
+    AND EXISTS (SELECT 1 FROM tally.ledger_horizons
+                WHERE shard = ${shard}
+                  AND to_timestamp((${snapshotMs}::bigint - ${marginMs}::bigint) / 1000.0)
+                      < pruned_before))`;
+
 /** The flush's transaction (engine/flusher.ts). */
 export const flushSql = {
   /**
-   * The batch's ledger row, unless the ledger has it already (`inserted` false). Refused instead
-   * (`refused` true, nothing inserted) when the row is missing and the batch was snapshotted
-   * before the shard's ledger horizon, give or take the clock margin: its row may have been
-   * pruned, so it may have been applied already. $4: the snapshot time (Redis' clock, ms); $5:
-   * the margin for clocks that disagree, ms (see engine/ledger-pruning.ts).
+   * The batch's ledger row, unless the ledger has it already (`inserted` false), or the horizon
+   * refuses the batch (`refused` true, nothing inserted). $4: the snapshot time, ms; $5: the
+   * clock margin, ms.
    */
   claimBatch: {
     name: 'tally_claim_batch',
     text: `WITH refused AS (
-             SELECT NOT EXISTS (SELECT 1 FROM tally.applied_batches
-                                WHERE shard = $1 AND batch_id = $2)
-                    AND EXISTS (SELECT 1 FROM tally.ledger_horizons
-                                WHERE shard = $1
-                                  AND to_timestamp(($4::bigint - $5::bigint) / 1000.0)
-                                      < pruned_before) AS refused
+             SELECT ${refusedByHorizon('$1', '$2', '$4', '$5')} AS refused
            ), inserted AS (
              INSERT INTO tally.applied_batches (shard, batch_id, counters)
              SELECT $1, $2, $3 FROM refused WHERE NOT refused
@@ -53,8 +59,22 @@ export const flushSql = {
 
 /** Pruning the flush ledger (engine/ledger-pruning.ts). */
 export const pruneSql = {
-  /** One pruner at a time per store, held to the end of the transaction. */
-  tryLock: `SELECT pg_try_advisory_xact_lock(500152355962) AS locked`,
+  /** One pruner at a time per store, for a whole run (a session lock, released at the end). */
+  tryLock: `SELECT pg_try_advisory_lock(500152355962) AS locked`,
+  unlock: `SELECT pg_advisory_unlock(500152355962)`,
+  /** PostgreSQL's clock now, ms: the pruning rule needs it to agree with Redis'. */
+  clockMs: `SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms`,
+  /**
+   * The shards ($1 of them) with rows applied more than $2 ms ago besides their newest row (kept:
+   * each shard's last flush stays readable): one index probe each, in one statement.
+   */
+  shardsWithOldRows: `SELECT s.shard FROM generate_series(0, $1::integer - 1) AS s(shard)
+                      WHERE EXISTS (
+                        SELECT 1 FROM tally.applied_batches b
+                        WHERE b.shard = s.shard
+                          AND b.applied_at < now() - make_interval(secs => $2::bigint / 1000.0)
+                          AND b.applied_at < (SELECT max(m.applied_at) FROM tally.applied_batches m
+                                              WHERE m.shard = s.shard))`,
   /**
    * Moves the shard's horizon to now − $2 ms, or to $3 (ms, the in-flight batch's snapshot time
    * less the clock margin) when that is earlier, and never back. Returns the horizon in force.
@@ -65,21 +85,31 @@ export const pruneSql = {
                    ON CONFLICT (shard) DO UPDATE
                      SET pruned_before = greatest(h.pruned_before, EXCLUDED.pruned_before)
                    RETURNING pruned_before`,
-  /** Up to $3 of the shard's rows applied before $2, oldest first, never batch $4. */
+  /**
+   * Up to $3 of the shard's rows applied before $2, oldest first; never batch $4, never the
+   * shard's newest row.
+   */
   deleteBefore: `DELETE FROM tally.applied_batches
                  WHERE shard = $1 AND batch_id IN (
                    SELECT batch_id FROM tally.applied_batches
                    WHERE shard = $1 AND applied_at < $2 AND batch_id IS DISTINCT FROM $4
+                     AND applied_at < (SELECT max(applied_at) FROM tally.applied_batches
+                                       WHERE shard = $1)
                    ORDER BY applied_at LIMIT $3)`,
 } as const;
 
 /** Usage reads (engine/usage.ts). */
 export const usageSql = {
-  /** Whether the in-flight batch is applied, and the flushed buckets of one counter. */
+  /**
+   * Whether the in-flight batch is applied (or refused, which reads count as applied: the usual
+   * case, a batch back from a restored backup), and the flushed buckets of one counter. $7: the
+   * in-flight batch's snapshot time, ms; $8: the clock margin, ms.
+   */
   flushedBuckets: {
     name: 'tally_usage',
-    text: `SELECT EXISTS (SELECT 1 FROM tally.applied_batches
-                          WHERE shard = $1 AND batch_id = $2) AS applied,
+    text: `SELECT (EXISTS (SELECT 1 FROM tally.applied_batches
+                           WHERE shard = $1 AND batch_id = $2)
+                   OR ${refusedByHorizon('$1', '$2', '$7', '$8')}) AS applied,
                   COALESCE((SELECT json_object_agg(
                                      (extract(epoch FROM bucket_start) * 1000)::bigint::text,
                                      value::text)
@@ -103,6 +133,8 @@ export const reconcileSql = {
                                 WHERE shard = $1 AND name > $3
                                 ORDER BY name LIMIT $4) AS page), '[]') AS rows`,
   },
+  /** Whether the horizon refuses batch $2 of shard $1, snapshotted at $3 ms ($4: the margin). */
+  batchRefused: `SELECT ${refusedByHorizon('$1', '$2', '$3', '$4')} AS refused`,
   recordRedisLoss: `INSERT INTO tally.redis_losses (shard) VALUES ($1)`,
   unreportedLosses: `SELECT detected_at AS found_at FROM tally.redis_losses
                      WHERE shard = $1 AND reported_at IS NULL`,

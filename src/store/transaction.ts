@@ -43,22 +43,28 @@ export async function withClient<T>(
 }
 
 /**
- * Runs `work` in one transaction: BEGIN, COMMIT when it returns, ROLLBACK when it throws (the
- * error it threw is what the caller sees, never the rollback's).
+ * Runs `work` in one transaction on `client`: BEGIN, COMMIT when it returns, ROLLBACK when it
+ * throws (the error it threw is what the caller sees, never the rollback's).
  */
+export async function inTransaction<T>(
+  client: pg.ClientBase,
+  work: (client: pg.ClientBase) => Promise<T>,
+): Promise<T> {
+  await client.query('BEGIN');
+  try {
+    const result = await work(client);
+    await client.query('COMMIT');
+    return result;
+  } catch (error) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw error;
+  }
+}
+
+/** Runs `work` in one transaction on a client of its own (see withClient, inTransaction). */
 export function withTransaction<T>(
   db: string | pg.Pool,
   work: (client: pg.ClientBase) => Promise<T>,
 ): Promise<T> {
-  return withClient(db, async (client) => {
-    await client.query('BEGIN');
-    try {
-      const result = await work(client);
-      await client.query('COMMIT');
-      return result;
-    } catch (error) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw error;
-    }
-  });
+  return withClient(db, (client) => inTransaction(client, work));
 }
