@@ -133,6 +133,8 @@ export const maxFutureDefaultMs = 5 * 60_000;
 /** How long an idempotency key is remembered unless configured (also `tally serve`'s default). */
 export const idempotencyWindowDefaultMs = 24 * 3_600_000;
 export const ledgerRetentionDefaultMs = 7 * 24 * 3_600_000;
+/** See engine/ledger-pruning.ts: a retention under three clock margins could refuse new batches. */
+export const ledgerRetentionMinMs = 3 * ledgerClockMarginMs;
 export const flushLockTtlDefaultMs = 30_000;
 
 /** Every default lives here, once. */
@@ -202,7 +204,7 @@ export function resolveConfig(options: TallyOptions): ResolvedConfig {
     ledgerRetentionMs: integerIn(
       'ledgerRetentionMs',
       options.ledgerRetentionMs ?? ledgerRetentionDefaultMs,
-      3 * ledgerClockMarginMs,
+      ledgerRetentionMinMs,
       maxWindowMs,
     ),
     reconcileChunkSize: integerIn(

@@ -2,6 +2,7 @@ import {
   durabilityCheckIntervalDefaultMs,
   flushLockTtlDefaultMs,
   ledgerRetentionDefaultMs,
+  ledgerRetentionMinMs,
   storeDefaults,
 } from '../config.js';
 import { serviceDefaults } from '../process/env-config.js';
@@ -77,7 +78,7 @@ export const workerVariables: Variables = [
   ['TALLY_FLUSH_LOCK_TTL_MS', `the engine's shard lock TTL (default ${flushLockTtlDefaultMs})`],
   [
     'TALLY_LEDGER_RETENTION_MS',
-    `flush ledger rows are kept this long (default ${ledgerRetentionDefaultMs}, 7 days)`,
+    `flush ledger rows are kept this long (default ${ledgerRetentionDefaultMs}, 7 days; at least ${ledgerRetentionMinMs})`,
   ],
   [
     'TALLY_LEDGER_PRUNE_INTERVAL_MS',

@@ -21,7 +21,15 @@ import {
 } from './flush-schedules.js';
 import { startMetricsServer, type MetricsServer } from './metrics-server.js';
 import { closeInOrder, exitOnSignals, integerFromEnv } from '../process/lifecycle.js';
-import { flushLockTtlDefaultMs, ledgerRetentionDefaultMs } from '../config.js';
+import {
+  flushLockTtlDefaultMs,
+  ledgerRetentionDefaultMs,
+  ledgerRetentionMinMs,
+  maxWindowMs,
+} from '../config.js';
+
+/** The longest delay Node's timers take (2^31 − 1 ms); past it they fire at once. */
+const maxTimerMs = 2_147_483_647;
 
 export interface FlushWorkerConfig extends StoreEnv {
   /** How often each shard is flushed. */
@@ -67,12 +75,19 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): FlushWorker
     ),
     jobLockMs: integerFromEnv(env, 'TALLY_JOB_LOCK_MS', serviceDefaults.jobLockMs),
     flushLockTtlMs: integerFromEnv(env, 'TALLY_FLUSH_LOCK_TTL_MS', flushLockTtlDefaultMs, 100),
-    ledgerRetentionMs: integerFromEnv(env, 'TALLY_LEDGER_RETENTION_MS', ledgerRetentionDefaultMs),
+    ledgerRetentionMs: integerFromEnv(
+      env,
+      'TALLY_LEDGER_RETENTION_MS',
+      ledgerRetentionDefaultMs,
+      ledgerRetentionMinMs,
+      maxWindowMs,
+    ),
     ledgerPruneIntervalMs: integerFromEnv(
       env,
       'TALLY_LEDGER_PRUNE_INTERVAL_MS',
       serviceDefaults.ledgerPruneIntervalMs,
       1_000,
+      maxTimerMs,
     ),
   };
 }
@@ -86,6 +101,9 @@ export interface RunningFlushWorker {
 
 /** One flush job: flushes its shard, records the outcome, rethrows failures for a retry. */
 function flushJob(tally: Tally, metrics: FlushMetrics, logger: Logger) {
+  // A refused batch fails every job of its shard until an operator decides: said once per
+  // batch at warn, then at debug (the metric keeps counting).
+  const refusalsSaid = new Map<number, string>();
   return async (job: Job<FlushJobData>) => {
     const { shard } = job.data;
     const started = performance.now();
@@ -101,10 +119,13 @@ function flushJob(tally: Tally, metrics: FlushMetrics, logger: Logger) {
       }
       const code = error instanceof TallyError ? error.code : 'UNEXPECTED';
       metrics.recordFailure(code);
-      logger.warn(
+      const batchId = error instanceof FlushError ? error.batchId : undefined;
+      const repeated = code === 'BATCH_REFUSED' && refusalsSaid.get(shard) === batchId;
+      if (code === 'BATCH_REFUSED' && batchId !== undefined) refusalsSaid.set(shard, batchId);
+      logger[repeated ? 'debug' : 'warn'](
         {
           shard,
-          batchId: error instanceof FlushError ? error.batchId : undefined,
+          batchId,
           attempt: job.attemptsMade + 1,
           cause: code,
           err: error,
