@@ -25,7 +25,7 @@ export {
   expressMetering,
   type MeteringOptions,
   type IncomingLike,
-} from './server/metering-plugin.js';
+} from './metering.js';
 export {
   TallyError,
   ValidationError,

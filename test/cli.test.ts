@@ -118,7 +118,9 @@ describe('tally CLI', () => {
     expect(badShard.code).toBe(2);
     const none = await runTypeScript(cli, ['resolve-batch', '1', 'b1', '--discard'], env);
     expect(none.code).toBe(2);
-    expect(none.stderr).toMatch(/Shard 1 has no refused batch b1 \(nothing in flight\)/);
+    expect(none.stderr).toMatch(
+      /Shard 1 has no refused batch "b1" \(none of its batches is refused\)/,
+    );
   });
 
   it('migrate applies and lists migrations', async () => {

@@ -2,9 +2,7 @@ import { SingleBar } from 'cli-progress';
 import { migrate, migrationStatus } from '../store/migrator.js';
 import type { ShardReconcileReport } from '../engine/reconciler.js';
 import type { Tally, TallyStatus } from '../tally.js';
-import { maxShards } from '../config.js';
 import { ValidationError } from '../errors.js';
-import { strictInteger } from '../process/lifecycle.js';
 import { ExitCode } from './exit-codes.js';
 import { explainReconcile } from './reconcile-diagnosis.js';
 import { cliLogger, openStore, requireOption, type StoreOptions } from './store-options.js';
@@ -181,24 +179,27 @@ function printReconcile(report: ReconcileReport): void {
   }
   for (const { shard, batchId } of report.refusedBatches) {
     print(
-      `shard ${shard}: flushes refuse batch ${batchId} (older than the pruned ledger; counted ` +
-        `as not applied here): tally resolve-batch ${shard} ${batchId} --discard|--apply`,
+      `shard ${shard}: not checked, its flushes refuse batch ${batchId} (older than the pruned ` +
+        `ledger, maybe applied already): settle it first with tally resolve-batch ${shard} ` +
+        `${batchId} --discard|--apply`,
     );
   }
   for (const explanation of report.explanations) {
     print(`${explanation.cause}: ${explanation.detail}`);
   }
+  const unchecked = report.refusedBatches.length;
+  const others = unchecked === 0 ? '' : ` on the other shards (${unchecked} not checked)`;
   print(
     drift.length === 0
-      ? 'no drift: Redis and PostgreSQL agree'
-      : `${plural(drift.length, 'counter')} drifted${report.repaired ? ', repaired' : ''}`,
+      ? `no drift${others}: Redis and PostgreSQL agree`
+      : `${plural(drift.length, 'counter')} drifted${others}${report.repaired ? ', repaired' : ''}`,
   );
 }
 
 export async function reconcileCommand(options: ReconcileOptions) {
   return withStore(options, async (tally) => {
     const started = Date.now();
-    const shard = options.shard === undefined ? undefined : Number(options.shard);
+    const shard = options.shard === undefined ? undefined : parseShard(options.shard);
     const progress = reconcileProgress(
       shard === undefined ? Number(options.shards) : 1,
       shard ?? 0,
@@ -289,6 +290,14 @@ export async function statusCommand(options: StoreOptions & { json?: boolean }) 
   });
 }
 
+/** A shard as typed on the command line; the store's own range is checked once it is open. */
+function parseShard(raw: string): number {
+  if (!/^\d{1,5}$/.test(raw)) {
+    throw new ValidationError(`A shard is a whole number from 0, got ${JSON.stringify(raw)}.`);
+  }
+  return Number(raw);
+}
+
 export async function resolveBatchCommand(
   shard: string,
   batchId: string,
@@ -298,17 +307,17 @@ export async function resolveBatchCommand(
     throw new ValidationError('Pass one of --discard and --apply.');
   }
   const decision = options.discard === true ? 'discard' : 'apply';
+  // Checked before the store is opened (and, on a new store, set up).
+  const shardNumber = parseShard(shard);
+  if (batchId === '') throw new ValidationError('The batch id is empty.');
   return withStore(options, async (tally) => {
-    const resolved = await tally.resolveRefusedBatch(
-      strictInteger(shard, 'shard', 0, maxShards - 1),
-      batchId,
-      decision,
-    );
+    const resolved = await tally.resolveRefusedBatch(shardNumber, batchId, decision);
+    const what = `shard ${resolved.shard}: batch ${JSON.stringify(batchId)}`;
     print(
       decision === 'discard'
-        ? `shard ${resolved.shard}: batch ${batchId} discarded (${plural(resolved.deltas, 'delta')}); ` +
-            'Redis totals rebuilt from PostgreSQL + pending'
-        : `shard ${resolved.shard}: batch ${batchId} applied (${plural(resolved.deltas, 'delta')})`,
+        ? `${what} discarded (${plural(resolved.deltas, 'delta')}); Redis totals rebuilt from ` +
+            'PostgreSQL + pending'
+        : `${what} applied (${plural(resolved.deltas, 'delta')})`,
     );
     return ExitCode.ok;
   });

@@ -1,6 +1,6 @@
 import { Command, CommanderError, Option } from 'commander';
 import { resolve } from 'node:path';
-import { packageVersion } from '../process/package-files.js';
+import { packageVersion } from '../package-files.js';
 import {
   flushCommand,
   migrateCommand,

@@ -165,15 +165,18 @@ async function refuse(
   horizon: Date,
 ): Promise<never> {
   await ctx.scripts.markRefused(keys, batch.id, horizon.getTime());
-  const snapshot = new Date(batch.snapshotMs).toISOString();
+  // 0: the batch's meta had no snapshot time (written by hand; every version stamps it).
+  const snapshot =
+    batch.snapshotMs > 0 ? `at ${new Date(batch.snapshotMs).toISOString()}` : 'at an unknown time';
   throw new FlushError(
     shard,
     batch.id,
     new TallyError(
       'BATCH_REFUSED',
-      `Shard ${shard}'s in-flight batch ${batch.id} was snapshotted at ${snapshot}, before the ` +
-        `flush ledger was pruned (to ${horizon.toISOString()}), and the ledger has no row for ` +
-        'it: it may have been applied already (a Redis restored from an old backup?). It stays ' +
+      `Shard ${shard}'s in-flight batch ${batch.id} was snapshotted ${snapshot}, and the ` +
+        `flush ledger, pruned up to ${horizon.toISOString()} (less an hour's margin for the ` +
+        "servers' clocks), has no row for it: it may have been applied already (a Redis " +
+        'restored from an old backup?). It stays ' +
         `in flight, unapplied; decide with \`tally resolve-batch ${shard} ${batch.id} ` +
         '--discard|--apply` (docs/operations.md, "A refused batch").',
     ),

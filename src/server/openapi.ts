@@ -1,7 +1,7 @@
 import swagger from '@fastify/swagger';
 import type { FastifyInstance } from 'fastify';
 import fastifyPlugin from 'fastify-plugin';
-import { packageVersion } from '../process/package-files.js';
+import { packageVersion } from '../package-files.js';
 
 /**
  * The OpenAPI document, generated from the route schemas (served by operation-routes.ts).

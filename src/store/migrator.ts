@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { SchemaError } from '../errors.js';
-import { migrationsDir } from '../process/package-files.js';
+import { migrationsDir } from '../package-files.js';
 import { migrationSql } from './sql.js';
 import { withClient, withTransaction } from './transaction.js';
 

@@ -1,7 +1,7 @@
 import type { FastifyPluginCallback, FastifyRequest } from 'fastify';
 import fastifyPlugin from 'fastify-plugin';
-import type { CounterRef } from '../counters/counter-name.js';
-import type { Tally } from '../tally.js';
+import type { CounterRef } from './counters/counter-name.js';
+import type { Tally } from './tally.js';
 
 /** Minimal request shape the Express-style middleware needs (Express, Connect, raw node:http). */
 export interface IncomingLike {
