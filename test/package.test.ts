@@ -73,6 +73,9 @@ describe('the published package', () => {
     expect(shipped).toContain('dist/index.js');
     expect(shipped).toContain('dist/redis/lua/increment.lua');
     expect(shipped).toContain('migrations/0001_counters.sql');
+    // The licence, and the docs the README links to.
+    expect(shipped).toContain('LICENSE');
+    expect(shipped).toContain('docs/operations.md');
     expect(
       shipped.filter((path) => path.startsWith('src/') || path.startsWith('dist/src/')),
     ).toEqual([]);
