@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { TallyError } from '../errors.js';
 import { postgresFailure } from '../store/pool.js';
-import { pruneSql, reconcileSql } from '../store/sql.js';
+import { pruneSql } from '../store/sql.js';
 import { inTransaction, withClient } from '../store/transaction.js';
 import { shardKeys } from '../redis/shard-keys.js';
 import type { EngineContext } from './engine-context.js';
@@ -36,7 +36,7 @@ export async function refusedInflightBatch(
   if (batch === null) return undefined;
   if (refused !== null) return batch;
   const { rows } = await ctx.pool
-    .query<{ refused: boolean }>(reconcileSql.batchRefused, [
+    .query<{ refused: boolean }>(pruneSql.batchRefused, [
       shard,
       batch,
       Number(snapshot ?? 0),
@@ -63,7 +63,9 @@ export interface LedgerPruneReport {
  * (flushSql.claimBatch). The cutoff never passes the shard's in-flight batch (its snapshot time
  * less the clock margin), and that batch's row is never deleted: the batch still to be applied
  * or acknowledged is never refused. Only a batch that reappears from the past (a Redis restored
- * from an old backup) can meet the horizon.
+ * from an old backup) can meet the horizon. Each shard keeps its newest row (its last flush).
+ * One process prunes at a time (a session lock for the run), and none while the two servers'
+ * clocks disagree by more than half the margin.
  */
 export async function pruneLedger(
   ctx: EngineContext,

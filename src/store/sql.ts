@@ -57,8 +57,10 @@ export const flushSql = {
   },
 } as const;
 
-/** Pruning the flush ledger (engine/ledger-pruning.ts). */
+/** Pruning the flush ledger, and its horizon's verdict on a batch (engine/ledger-pruning.ts). */
 export const pruneSql = {
+  /** Whether the horizon refuses batch $2 of shard $1, snapshotted at $3 ms ($4: the margin). */
+  batchRefused: `SELECT ${refusedByHorizon('$1', '$2', '$3', '$4')} AS refused`,
   /** One pruner at a time per store, for a whole run (a session lock, released at the end). */
   tryLock: `SELECT pg_try_advisory_lock(500152355962) AS locked`,
   unlock: `SELECT pg_advisory_unlock(500152355962)`,
@@ -133,8 +135,6 @@ export const reconcileSql = {
                                 WHERE shard = $1 AND name > $3
                                 ORDER BY name LIMIT $4) AS page), '[]') AS rows`,
   },
-  /** Whether the horizon refuses batch $2 of shard $1, snapshotted at $3 ms ($4: the margin). */
-  batchRefused: `SELECT ${refusedByHorizon('$1', '$2', '$3', '$4')} AS refused`,
   recordRedisLoss: `INSERT INTO tally.redis_losses (shard) VALUES ($1)`,
   unreportedLosses: `SELECT detected_at AS found_at FROM tally.redis_losses
                      WHERE shard = $1 AND reported_at IS NULL`,
