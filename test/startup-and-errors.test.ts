@@ -244,6 +244,19 @@ describe('a process that cannot start exits at once, with the right code', () =>
     const flag = await runTypeScript(cli, ['status', '--shards', '1e1'], env());
     expect(flag.code).toBe(2);
     expect(flag.stderr).toMatch(/--shards \(TALLY_SHARDS\) must be a whole number/);
+    // The worker's pruning settings: a retention the horizon rule cannot work with, and an
+    // interval Node's timers would fire at once.
+    for (const [name, value] of [
+      ['TALLY_LEDGER_RETENTION_MS', '1000'],
+      ['TALLY_LEDGER_PRUNE_INTERVAL_MS', '2147483648'],
+    ]) {
+      const result = await runTypeScript(cli, ['worker'], env({ [name ?? '']: value ?? '' }));
+      expect(result.code, name).toBe(2);
+      expect(result.stderr, name).toMatch(new RegExp(`${name ?? ''} must be a whole number from`));
+    }
+    const shardFlag = await runTypeScript(cli, ['reconcile', '--shard', '0x3'], env());
+    expect(shardFlag.code).toBe(2);
+    expect(shardFlag.stderr).toMatch(/A shard is a whole number from 0, got "0x3"/);
   });
 
   it('exit 3 naming the server that cannot be reached', async () => {
