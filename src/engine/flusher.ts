@@ -90,7 +90,9 @@ async function snapshotAndApply(
     if (snapshot.state === 'empty') break;
     const override = options.applyRefused?.batchId;
     if (override !== undefined && snapshot.batchId !== override) {
-      throw new ValidationError(`Batch ${override} is no longer in flight on shard ${shard}.`);
+      throw new ValidationError(
+        `Batch ${JSON.stringify(override)} is no longer in flight on shard ${shard}.`,
+      );
     }
     await reachFaultPoint('after-snapshot');
     if (ctx.durability.waitaof) await waitForAof(ctx.redis);
