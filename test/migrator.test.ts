@@ -59,6 +59,7 @@ describe('migrate', () => {
     expect(tables.map((t) => t.table_name)).toEqual([
       'applied_batches',
       'counter_buckets',
+      'counter_labels',
       'counters',
       'ledger_horizons',
       'redis_losses',

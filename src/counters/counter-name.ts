@@ -85,3 +85,42 @@ export function canonicalName(ref: CounterRef): string {
     });
   return validateName(`${base}{${parts.join(',')}}`);
 }
+
+/** A counter name split into its base and labels; labels are undefined for a plain name. */
+export interface ParsedName {
+  base: string;
+  labels: Record<string, string> | undefined;
+}
+
+// One label of a canonical name: a key, then a JSON string whose only escapes are \" and \\
+// (names hold no control characters, the only other characters JSON.stringify escapes).
+const labelPair = /([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\["\\])*)"/y;
+const labelledShape = /^([^{}]+)\{(.+)\}$/s;
+
+/**
+ * The base and labels of a canonical labelled name, the inverse of `canonicalName`: any other
+ * name (no braces, keys out of order or repeated, other escapes) is plain. Migration 0005's
+ * `tally.parse_counter_name` follows the same rules for the store; a test holds the two equal.
+ */
+export function parseCounterName(name: string): ParsedName {
+  const plain = { base: name, labels: undefined };
+  const shape = labelledShape.exec(name);
+  const base = shape?.[1];
+  const body = shape?.[2];
+  if (base === undefined || body === undefined) return plain;
+  const labels: Record<string, string> = {};
+  let previous = '';
+  for (let at = 0; ; ) {
+    labelPair.lastIndex = at;
+    const pair = labelPair.exec(body);
+    const key = pair?.[1];
+    const escaped = pair?.[2];
+    if (key === undefined || escaped === undefined || key <= previous) return plain;
+    labels[key] = escaped.replace(/\\(["\\])/g, '$1');
+    previous = key;
+    at = labelPair.lastIndex;
+    if (at === body.length) return { base, labels };
+    if (body[at] !== ',') return plain;
+    at++;
+  }
+}

@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { canonicalName, validateName } from '../../src/counters/counter-name.js';
+import { canonicalName, parseCounterName, validateName } from '../../src/counters/counter-name.js';
+import { aNameLikeLabelled } from '../support/arbitraries.js';
 
 describe('counter names', () => {
   it('accepts 1–256 bytes of UTF-8 without control characters', () => {
@@ -42,5 +43,43 @@ describe('counter names', () => {
     );
     expect(canonicalName({ name: 'api', labels: { b: 1, a: 'x"y' } })).toBe('api{a="x\\"y",b="1"}');
     expect(() => canonicalName({ name: 'api', labels: { 'bad key': 1 } })).toThrow(/Label key/);
+  });
+});
+
+describe('parseCounterName', () => {
+  it('gives back the base and labels canonicalName was given, as strings', () => {
+    fc.assert(
+      fc.property(aNameLikeLabelled, (name) => {
+        if ('raw' in name) return;
+        const canonical = canonicalName({ name: name.base, labels: name.labels });
+        const parsed = parseCounterName(canonical);
+        const labelled = Object.keys(name.labels).length > 0;
+        expect(parsed).toEqual({
+          base: labelled ? name.base : canonical,
+          labels: labelled ? name.labels : undefined,
+        });
+      }),
+    );
+  });
+
+  it('reads a name as labelled only when it is the canonical form of its labels', () => {
+    fc.assert(
+      fc.property(aNameLikeLabelled, (name) => {
+        const raw =
+          'raw' in name ? name.raw : canonicalName({ name: name.base, labels: name.labels });
+        const { base, labels } = parseCounterName(raw);
+        if (labels !== undefined) expect(canonicalName({ name: base, labels })).toBe(raw);
+        else expect(base).toBe(raw);
+      }),
+    );
+    expect(parseCounterName('api{b="1",a="2"}').labels).toBeUndefined();
+    expect(parseCounterName('api{a="1",a="2"}').labels).toBeUndefined();
+    expect(parseCounterName('api{a="\\n"}').labels).toBeUndefined();
+    expect(parseCounterName('api{}').labels).toBeUndefined();
+    expect(parseCounterName('api{a="}"}')).toEqual({ base: 'api', labels: { a: '}' } });
+    expect(parseCounterName('api{a="x\\"y",b="\\\\"}')).toEqual({
+      base: 'api',
+      labels: { a: 'x"y', b: '\\' },
+    });
   });
 });
