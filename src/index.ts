@@ -17,6 +17,21 @@ export type { AppliedBatch } from './engine/flusher.js';
 export type { LedgerPruneReport } from './engine/ledger-pruning.js';
 export type { Drift, ShardReconcileReport } from './engine/reconciler.js';
 export type { UsageBucket, UsageQuery } from './engine/usage.js';
+export type {
+  CounterSelection,
+  LabelValue,
+  QueryGranularity,
+  UsagePage,
+  UsageQueryInput,
+  UsageRow,
+  UsageWindow,
+} from './engine/query-spec.js';
+export type {
+  CounterListing,
+  LabelValues,
+  LabelValuesOptions,
+  ListCountersInput,
+} from './engine/discovery.js';
 export type { RedisDurability, RedisLossAccepted } from './redis/durability.js';
 export type { Granularity } from './counters/buckets.js';
 export { canonicalName, type CounterRef, type Labels } from './counters/counter-name.js';

@@ -31,6 +31,16 @@ import { shardOf } from './counters/sharding.js';
 import { shardKeys } from './redis/shard-keys.js';
 import { ensureStoreIdentity, markStoreSetUp, storeWasSetUp } from './store/settings.js';
 import { readUsage, type UsageBucket, type UsageQuery } from './engine/usage.js';
+import { queryUsage, streamUsage } from './engine/usage-query.js';
+import type { UsagePage, UsageQueryInput, UsageRow } from './engine/query-spec.js';
+import {
+  labelValues,
+  listCounters,
+  type CounterListing,
+  type LabelValues,
+  type LabelValuesOptions,
+  type ListCountersInput,
+} from './engine/discovery.js';
 
 export interface IncrementItem extends IncrementOptions {
   counter: CounterRef;
@@ -92,6 +102,18 @@ export interface Tally {
   getMany(counters: readonly CounterRef[]): Promise<number[]>;
   /** Usage per bucket over flushed and not-yet-flushed deltas. */
   usage(counter: CounterRef, query: UsageQuery): Promise<UsageBucket[]>;
+  /**
+   * Usage of many counters: a base name's labelled counters filtered by `where` and grouped by
+   * `groupBy` labels (or plain names by prefix), per calendar window of a time zone, exact over
+   * flushed, pending and in-flight deltas. One page; `nextCursor` asks for the next.
+   */
+  query(query: UsageQueryInput): Promise<UsagePage>;
+  /** Every row of a query from its cursor on, in group order, streamed (exports). */
+  queryStream(query: UsageQueryInput): AsyncGenerator<UsageRow>;
+  /** The counters of a base name (filtered by labels), or plain names by prefix. */
+  listCounters(selection: ListCountersInput): Promise<CounterListing>;
+  /** The values `label` takes among the counters of `counter` (a base name). */
+  labelValues(counter: string, label: string, options?: LabelValuesOptions): Promise<LabelValues>;
   /**
    * Flushes every shard now, resuming batches left in flight; returns what it applied. A shard
    * whose in-flight batch is refused (BATCH_REFUSED) does not stop the others: once they are
@@ -342,6 +364,26 @@ class TallyClient implements Tally {
   usage(counter: CounterRef, query: UsageQuery): Promise<UsageBucket[]> {
     this.assertOpen();
     return readUsage(this.ctx, counter, query);
+  }
+
+  query(query: UsageQueryInput): Promise<UsagePage> {
+    this.assertOpen();
+    return queryUsage(this.ctx, query);
+  }
+
+  queryStream(query: UsageQueryInput): AsyncGenerator<UsageRow> {
+    this.assertOpen();
+    return streamUsage(this.ctx, query);
+  }
+
+  listCounters(selection: ListCountersInput): Promise<CounterListing> {
+    this.assertOpen();
+    return listCounters(this.ctx, selection);
+  }
+
+  labelValues(counter: string, label: string, options?: LabelValuesOptions): Promise<LabelValues> {
+    this.assertOpen();
+    return labelValues(this.ctx, counter, label, options);
   }
 
   async flush(): Promise<AppliedBatch[]> {

@@ -14,7 +14,7 @@ const dayMs = 86_400_000;
  * Ms since the epoch of a UTC date. Not `Date.UTC`: it maps the years 0–99 to 1900–1999, so
  * an increment at 0001-01-01 landed in 1901's buckets.
  */
-function utcDate(year: number, month: number, day: number): number {
+export function utcDate(year: number, month: number, day: number): number {
   const date = new Date(0);
   date.setUTCFullYear(year, month, day);
   return date.getTime();

@@ -110,7 +110,7 @@ export function parseCounterName(name: string): ParsedName {
   if (base === undefined || body === undefined) return plain;
   const labels: Record<string, string> = {};
   let previous = '';
-  for (let at = 0; ; ) {
+  for (let at = 0; ;) {
     labelPair.lastIndex = at;
     const pair = labelPair.exec(body);
     const key = pair?.[1];

@@ -32,7 +32,7 @@ export interface UsageBucket {
 /** The most buckets one usage query may return. */
 export const maxUsageBuckets = 10_000;
 /** Reads retried when a flush moved deltas in the middle of one; more means a broken flush. */
-const maxReadAttempts = 10;
+export const maxReadAttempts = 10;
 
 /** The period's bucket starts, once the query is known to be one Tally can answer. */
 function periodStarts(ctx: EngineContext, query: UsageQuery): { starts: number[]; toMs: number } {

@@ -61,6 +61,7 @@ const files = {
   markRefused: 'mark-refused.lua',
   reconcileChunk: 'reconcile-chunk.lua',
   readBuckets: 'read-buckets.lua',
+  readMatching: 'read-matching.lua',
   releaseLock: 'release-lock.lua',
   extendLock: 'extend-lock.lua',
 } as const;
@@ -132,6 +133,8 @@ export interface Scripts {
   ): Promise<ScriptReply>;
   /** {snapshot count, in-flight batch id, its snapshot ms, P, P (tag, delta) pairs, in-flight pairs}. */
   readBuckets(keys: ShardKeys, counter: string): Promise<ScriptReply>;
+  /** The shard's unflushed fields holding every needle, with its in-flight batch (read-matching.lua). */
+  readMatching(keys: ShardKeys, needles: readonly string[]): Promise<ScriptReply>;
   /** Whether the lock was still `token`'s and is now released. */
   releaseLock(lockKey: string, token: string): Promise<boolean>;
   /** Whether the lock was still `token`'s and now lives `ttlMs` more. */
@@ -214,6 +217,12 @@ export function defineScripts(redis: RedisConnection): Scripts {
           keys.snapshots,
         ],
         [counter],
+      ) as Promise<ScriptReply>,
+    readMatching: (keys, needles) =>
+      run(
+        'readMatching',
+        [keys.pending, keys.inflight, keys.inflightMeta, keys.snapshots],
+        needles,
       ) as Promise<ScriptReply>,
     releaseLock: async (lockKey, token) =>
       Number(await run('releaseLock', [lockKey], [token])) === 1,

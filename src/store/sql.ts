@@ -206,3 +206,155 @@ export const migrationSql = {
   record: `INSERT INTO tally.schema_migrations (version, name, checksum, older_code_compatible)
            VALUES ($1, $2, $3, $4)`,
 } as const;
+
+/** The counters a query or listing selects (engine/query-spec.ts), as SQL on counter_labels. */
+type SelectionSql =
+  | {
+      kind: 'labelled';
+      base: string;
+      where: readonly (readonly [string, readonly string[]])[];
+      groupBy: readonly string[];
+    }
+  | { kind: 'plain'; prefix: string };
+
+/** Placeholders numbered as values are added. */
+class Parameters {
+  readonly values: unknown[] = [];
+  add(value: unknown, cast = ''): string {
+    this.values.push(value);
+    return `$${this.values.length}${cast}`;
+  }
+}
+
+/**
+ * The string after every string that starts with `prefix`, in byte order: the prefix with its
+ * last code point raised by one (dropped first when it is the last code point there is). None
+ * for '' (everything starts with it).
+ */
+function prefixEnd(prefix: string): string | undefined {
+  const points = Array.from(prefix);
+  while (points.length > 0) {
+    const last = (points.pop() ?? '').codePointAt(0) ?? 0;
+    if (last < 0x10ffff) {
+      // Past the surrogates, which are not characters.
+      const next = last + 1 === 0xd800 ? 0xe000 : last + 1;
+      return points.join('') + String.fromCodePoint(next);
+    }
+  }
+  return undefined;
+}
+
+/** Conditions on counter_labels `l` for the counters a selection takes. */
+function selectionConditions(selection: SelectionSql, parameters: Parameters): string[] {
+  if (selection.kind === 'plain') {
+    const conditions = ['l.base IS NULL'];
+    if (selection.prefix === '') return conditions;
+    conditions.push(`(l.name COLLATE "C") >= ${parameters.add(selection.prefix)}`);
+    const end = prefixEnd(selection.prefix);
+    if (end !== undefined) conditions.push(`(l.name COLLATE "C") < ${parameters.add(end)}`);
+    return conditions;
+  }
+  const conditions = [`l.base = ${parameters.add(selection.base)}`];
+  const single = selection.where.filter(([, values]) => values.length === 1);
+  if (single.length > 0) {
+    // One containment test, answered by the GIN index on labels.
+    const wanted = Object.fromEntries(single.map(([key, values]) => [key, values[0]]));
+    conditions.push(`l.labels @> ${parameters.add(JSON.stringify(wanted), '::jsonb')}`);
+  }
+  for (const [key, values] of selection.where) {
+    if (values.length === 1) continue;
+    conditions.push(
+      `l.labels ->> ${parameters.add(key)} = ANY(${parameters.add(values, '::text[]')})`,
+    );
+  }
+  return conditions;
+}
+
+/**
+ * A counter's group key in SQL, as engine/query-spec.ts `groupKey` writes it: each groupBy
+ * label's value after \x02 (\x01 when absent), joined by \x1f, in byte order.
+ */
+function groupKeySql(selection: SelectionSql, parameters: Parameters): string {
+  if (selection.kind === 'plain') return `(E'\\x02' || l.name) COLLATE "C"`;
+  if (selection.groupBy.length === 0) return `''::text COLLATE "C"`;
+  const parts = selection.groupBy.map(
+    (key) => `coalesce(E'\\x02' || (l.labels ->> ${parameters.add(key)}), E'\\x01')`,
+  );
+  return `concat_ws(E'\\x1f', ${parts.join(', ')}) COLLATE "C"`;
+}
+
+/** Usage queries, counter listings and label values (engine/usage-query.ts, discovery.ts). */
+export const querySql = {
+  /**
+   * Per shard ($1), whether its in-flight batch ($2, snapshotted at $3 ms) is applied, or
+   * refused (reads count refused batches as applied, as usageSql does); $4: the clock margin.
+   * The first statement of a query's snapshot.
+   */
+  appliedBatches: `SELECT s.shard, (${inLedger('s.shard', 's.batch')}
+                                    OR ${beforeHorizon('s.shard', 's.snapshot_ms', '$4')}) AS applied
+                   FROM unnest($1::integer[], $2::text[], $3::bigint[]) AS s(shard, batch, snapshot_ms)`,
+  readOnlySnapshot: 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY',
+  /**
+   * The selected counters' flushed buckets of `granularity` summed per group and window: rows
+   * (key, window, value) in group order, window order. `boundaries` are the windows' starts and
+   * the last one's end (ISO 8601); `after` the group key a page starts after.
+   */
+  windows(
+    selection: SelectionSql,
+    granularity: string,
+    boundaries: readonly string[],
+    order: { descending: boolean; after: string | undefined },
+  ): { text: string; values: unknown[] } {
+    const parameters = new Parameters();
+    const key = groupKeySql(selection, parameters);
+    const conditions = selectionConditions(selection, parameters);
+    if (order.after !== undefined) {
+      conditions.push(`${key} ${order.descending ? '<' : '>'} ${parameters.add(order.after)}`);
+    }
+    const bounds = parameters.add(boundaries, '::timestamptz[]');
+    const text = `SELECT ${key} AS key,
+                         width_bucket(b.bucket_start, ${bounds}) - 1 AS window,
+                         sum(b.value)::text AS value
+                  FROM tally.counter_labels l
+                  JOIN tally.counter_buckets b ON b.name = l.name
+                  WHERE ${conditions.join(' AND ')}
+                    AND b.granularity = ${parameters.add(granularity)}
+                    AND b.bucket_start >= ${parameters.add(boundaries[0])}
+                    AND b.bucket_start < ${parameters.add(boundaries.at(-1))}
+                  GROUP BY 1, 2
+                  ORDER BY 1 ${order.descending ? 'DESC' : 'ASC'}, 2`;
+    return { text, values: parameters.values };
+  },
+  /** Up to `limit` names of the selected counters after `after`, in byte order. */
+  counterNames(
+    selection: SelectionSql,
+    after: string | undefined,
+    limit: number,
+  ): { text: string; values: unknown[] } {
+    const parameters = new Parameters();
+    const conditions = selectionConditions(selection, parameters);
+    if (after !== undefined) conditions.push(`(l.name COLLATE "C") > ${parameters.add(after)}`);
+    const text = `SELECT l.name FROM tally.counter_labels l
+                  WHERE ${conditions.join(' AND ')}
+                  ORDER BY (l.name COLLATE "C") LIMIT ${parameters.add(limit)}`;
+    return { text, values: parameters.values };
+  },
+  /** Up to `limit` distinct values of `label` among the selected counters, in byte order. */
+  labelValues(
+    selection: SelectionSql,
+    label: string,
+    options: { prefix: string; after: string | undefined; limit: number },
+  ): { text: string; values: unknown[] } {
+    const parameters = new Parameters();
+    const conditions = selectionConditions(selection, parameters);
+    const value = `((l.labels ->> ${parameters.add(label)}) COLLATE "C")`;
+    conditions.push(`${value} IS NOT NULL`);
+    if (options.prefix !== '')
+      conditions.push(`starts_with(${value}, ${parameters.add(options.prefix)})`);
+    if (options.after !== undefined) conditions.push(`${value} > ${parameters.add(options.after)}`);
+    const text = `SELECT DISTINCT ${value} AS value FROM tally.counter_labels l
+                  WHERE ${conditions.join(' AND ')}
+                  ORDER BY 1 LIMIT ${parameters.add(options.limit)}`;
+    return { text, values: parameters.values };
+  },
+} as const;

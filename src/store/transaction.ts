@@ -28,8 +28,7 @@ export async function withClient<T>(
       await client.end().catch(() => undefined);
     }
   }
-  const client = await db.connect();
-  client.on('error', ignoreHeldClientError);
+  const { client, release } = await checkOut(db);
   let failure: Error | undefined;
   try {
     return await use(client);
@@ -37,9 +36,26 @@ export async function withClient<T>(
     failure = error instanceof Error ? error : new Error(String(error));
     throw error;
   } finally {
-    client.off('error', ignoreHeldClientError);
-    client.release(failure);
+    release(failure);
   }
+}
+
+/**
+ * A client of the pool held by a caller that outlives one callback (a stream of rows): listened
+ * to while held; `release` gives it back, or destroys it when given the failure that broke it.
+ */
+export async function checkOut(
+  pool: pg.Pool,
+): Promise<{ client: pg.PoolClient; release: (failure?: Error) => void }> {
+  const client = await pool.connect();
+  client.on('error', ignoreHeldClientError);
+  return {
+    client,
+    release: (failure) => {
+      client.off('error', ignoreHeldClientError);
+      client.release(failure);
+    },
+  };
 }
 
 /**

@@ -1,0 +1,174 @@
+import { parseCounterName, validateName } from '../counters/counter-name.js';
+import { ValidationError } from '../errors.js';
+import { postgresFailure } from '../store/pool.js';
+import { querySql } from '../store/sql.js';
+import type { EngineContext } from './engine-context.js';
+import {
+  compareCodePoints,
+  counterMatcher,
+  fieldNeedles,
+  queryLimits,
+  resolveSelection,
+  type CounterSelection,
+  type Selection,
+} from './query-spec.js';
+import { eachUnflushed, readShardDeltas } from './unflushed.js';
+
+/*
+ * Which counters and label values exist: the store's (tally.counter_labels), and the ones that
+ * have only reached Redis so far, so that a counter a usage query counts is also listed.
+ */
+
+export interface ListCountersInput extends CounterSelection {
+  /** Names per page: default 100, at most 10,000. */
+  limit?: number;
+  cursor?: string;
+}
+
+export interface CounterListing {
+  counters: { name: string; labels: Record<string, string> }[];
+  nextCursor: string | null;
+}
+
+export interface LabelValuesOptions {
+  /** Only values starting with this. */
+  prefix?: string;
+  /** Only counters with these labels (as in a query). */
+  where?: CounterSelection['where'];
+  limit?: number;
+  cursor?: string;
+}
+
+export interface LabelValues {
+  values: string[];
+  nextCursor: string | null;
+}
+
+function pageLimit(limit: unknown): number {
+  const value = limit ?? queryLimits.defaultGroups;
+  if (
+    typeof value !== 'number' ||
+    !Number.isSafeInteger(value) ||
+    value < 1 ||
+    value > queryLimits.maxGroups
+  ) {
+    throw new ValidationError(`limit must be a whole number from 1 to ${queryLimits.maxGroups}.`);
+  }
+  return value;
+}
+
+const encode = (last: string) => Buffer.from(JSON.stringify({ after: last })).toString('base64url');
+
+function decode(cursor: unknown): string | undefined {
+  if (cursor === undefined) return undefined;
+  if (typeof cursor === 'string' && cursor.length <= queryLimits.maxCursorLength) {
+    try {
+      const { after } = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as {
+        after?: unknown;
+      };
+      if (typeof after === 'string') return after;
+    } catch {
+      // refused below
+    }
+  }
+  throw new ValidationError('cursor is not a nextCursor this listing returned; start without one.');
+}
+
+/** The first `limit` of both sources past `after`, in byte order, and whether more follow. */
+function mergePage(
+  stored: readonly string[],
+  unflushed: Iterable<string>,
+  after: string | undefined,
+  limit: number,
+): { page: string[]; nextCursor: string | null } {
+  const all = [...new Set([...stored, ...unflushed])]
+    .filter((value) => after === undefined || compareCodePoints(value, after) > 0)
+    .sort(compareCodePoints);
+  const page = all.slice(0, limit);
+  const last = page.at(-1);
+  // `stored` holds up to limit + 1 rows, so a longer union means a next page exists.
+  return { page, nextCursor: all.length > limit && last !== undefined ? encode(last) : null };
+}
+
+/** The selected counters that have deltas in Redis not yet flushed (maybe flushed already too). */
+async function unflushedCounters(
+  ctx: EngineContext,
+  selection: Selection,
+  what: string,
+): Promise<Set<string>> {
+  const match = counterMatcher(selection);
+  const found = new Set<string>();
+  for (const shard of await readShardDeltas(ctx, fieldNeedles(selection), what)) {
+    for (const pairs of [shard.pending, shard.inflight]) {
+      eachUnflushed(pairs, (counter) => {
+        if (match(counter) !== undefined) found.add(counter);
+      });
+    }
+  }
+  return found;
+}
+
+/** Counters by base name and labels, or plain names by prefix, a page at a time. */
+export async function listCounters(
+  ctx: EngineContext,
+  input: ListCountersInput,
+): Promise<CounterListing> {
+  const selection = resolveSelection(input, undefined);
+  const limit = pageLimit(input.limit);
+  const after = decode(input.cursor);
+  const what = 'a counter listing';
+  const unflushed = await unflushedCounters(ctx, selection, what);
+  const { rows } = await ctx.pool
+    .query<{ name: string }>(querySql.counterNames(selection, after, limit + 1))
+    .catch((error: unknown) => {
+      throw postgresFailure(error, what);
+    });
+  const { page, nextCursor } = mergePage(
+    rows.map((row) => row.name),
+    unflushed,
+    after,
+    limit,
+  );
+  return {
+    counters: page.map((name) => ({ name, labels: parseCounterName(name).labels ?? {} })),
+    nextCursor,
+  };
+}
+
+/** The values one label takes among a base name's counters, a page at a time. */
+export async function labelValues(
+  ctx: EngineContext,
+  counter: string,
+  label: string,
+  options: LabelValuesOptions = {},
+): Promise<LabelValues> {
+  const selection = resolveSelection(
+    { counter, ...(options.where === undefined ? {} : { where: options.where }) },
+    [label],
+  );
+  if (selection.kind !== 'labelled') throw new Error('unreachable: a base name was given');
+  const prefix = options.prefix ?? '';
+  if (prefix !== '') validateName(prefix, 'A prefix');
+  const limit = pageLimit(options.limit);
+  const after = decode(options.cursor);
+  const what = 'a label listing';
+  const unflushed = new Set<string>();
+  for (const name of await unflushedCounters(ctx, selection, what)) {
+    const value = parseCounterName(name).labels?.[label];
+    if (value !== undefined && value.startsWith(prefix)) unflushed.add(value);
+  }
+  const { rows } = await ctx.pool
+    .query<{ value: string }>(
+      querySql.labelValues(selection, label, { prefix, after, limit: limit + 1 }),
+    )
+    .catch((error: unknown) => {
+      throw postgresFailure(error, what);
+    });
+  const { page, nextCursor } = mergePage(
+    rows.map((row) => row.value),
+    unflushed,
+    after,
+    limit,
+  );
+  return { values: page, nextCursor };
+}

@@ -1,0 +1,433 @@
+import { isGranularity, toEpochMs, utcDate, type Granularity } from '../counters/buckets.js';
+import { parseCounterName, validateName } from '../counters/counter-name.js';
+import {
+  instantOfWallClock,
+  sourceGranularity,
+  validateTimeZone,
+  windowBoundaries,
+} from '../counters/time-zones.js';
+import { ValidationError } from '../errors.js';
+import { fieldSeparator } from '../redis/shard-keys.js';
+
+/*
+ * A usage query as the caller writes it, and the checked, resolved form the engine reads with:
+ * which counters, grouped how, over which windows, in which order, from where. Everything a
+ * query can get wrong is found here, before Redis or PostgreSQL is asked anything.
+ */
+
+export type LabelValue = string | number | boolean;
+export type QueryGranularity = Granularity | 'total';
+export type Instant = Date | number | string;
+
+/** Which counters: the labelled counters of a base name, or plain names by prefix. */
+export interface CounterSelection {
+  /** The base name of labelled counters (`api_calls` of `api_calls{tenant="acme"}`). */
+  counter?: string;
+  /** Plain (unlabelled) names starting with this. */
+  prefix?: string;
+  /** Per label: the value, or any of the values, a counter must have (labelled counters). */
+  where?: Readonly<Record<string, LabelValue | readonly LabelValue[]>>;
+}
+
+export interface UsageQueryInput extends CounterSelection {
+  /** Label keys to group by; none sums every counter selected into one row. */
+  groupBy?: readonly string[];
+  /**
+   * Start (inclusive) and end (exclusive): a Date, ms since 1970, or ISO 8601. A date or a
+   * date-time without an offset is read on the query's time zone's clock.
+   */
+  from: Instant;
+  to: Instant;
+  granularity: QueryGranularity;
+  /** IANA time zone of the calendar windows; default UTC. */
+  timeZone?: string;
+  /** Rows in group order (the groupBy labels, byte order), or by value; default group. */
+  orderBy?: 'group' | 'value';
+  order?: 'asc' | 'desc';
+  /** Groups per page: default 100, at most 10,000. */
+  limit?: number;
+  /** `nextCursor` of the page before. */
+  cursor?: string;
+}
+
+export interface UsageWindow {
+  start: Date;
+  value: number;
+}
+
+export interface UsageRow {
+  /** The plain counter's name (prefix queries). */
+  counter?: string;
+  /** The groupBy labels' values (null: the counters of the group lack that label). */
+  labels: Record<string, string | null>;
+  /** The sum of `buckets`. */
+  value: number;
+  /** One per window, empty windows included; `total` has one, starting at `from`. */
+  buckets: UsageWindow[];
+}
+
+export interface UsagePage {
+  rows: UsageRow[];
+  /** Pass as `cursor` for the next page; null on the last page. */
+  nextCursor: string | null;
+}
+
+export const queryLimits = {
+  defaultGroups: 100,
+  maxGroups: 10_000,
+  /** Groups × windows on one page: the page is built in memory. */
+  maxCells: 100_000,
+  maxWindows: 10_000,
+  maxWhereValues: 1_000,
+  maxGroupBy: 8,
+  maxCursorLength: 2_048,
+} as const;
+
+/** The selection resolved: how PostgreSQL and Redis are asked, how a counter is matched. */
+export type Selection =
+  | {
+      kind: 'labelled';
+      base: string;
+      /** Sorted by key; values as label values are stored (strings). */
+      where: readonly (readonly [string, readonly string[]])[];
+      groupBy: readonly string[];
+    }
+  | { kind: 'plain'; prefix: string };
+
+export interface ResolvedQuery {
+  selection: Selection;
+  granularity: QueryGranularity;
+  timeZone: string;
+  /** The windows' starts, then the end of the last window (UTC ms). */
+  boundaries: readonly number[];
+  /** The UTC buckets the windows are summed from. */
+  source: Granularity;
+  orderBy: 'group' | 'value';
+  descending: boolean;
+  limit: number;
+  after: CursorPosition | undefined;
+}
+
+/** Where a page ended: the last row's group key, and its value when ordered by value. */
+export interface CursorPosition {
+  key: string;
+  value?: string;
+}
+
+const labelKey = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+function validateLabelKey(key: unknown, what: string): string {
+  if (typeof key !== 'string' || !labelKey.test(key) || key.length > 64) {
+    throw new ValidationError(
+      `${what} ${JSON.stringify(key)} is not a label key: use letters, digits and _ ` +
+        '(not first), at most 64 characters.',
+    );
+  }
+  return key;
+}
+
+function labelValue(value: unknown, key: string): string {
+  if (!['string', 'number', 'boolean'].includes(typeof value)) {
+    throw new ValidationError(
+      `where.${key} must be a string, number or boolean, or a list of them.`,
+    );
+  }
+  // Stored as canonicalName stores them: String(value).
+  return String(value);
+}
+
+/** The selection of a query or a listing; `groupBy` only for queries. */
+export function resolveSelection(
+  input: CounterSelection,
+  groupBy: readonly string[] | undefined,
+): Selection {
+  const { counter, prefix, where } = input;
+  if ((counter === undefined) === (prefix === undefined)) {
+    throw new ValidationError(
+      'Name either counter (the base name of labelled counters) or prefix (plain names), not both.',
+    );
+  }
+  if (prefix !== undefined) {
+    if (where !== undefined || (groupBy !== undefined && groupBy.length > 0)) {
+      throw new ValidationError(
+        'where and groupBy select labels, which plain names have none of: use counter, not prefix.',
+      );
+    }
+    if (prefix !== '') validateName(prefix, 'A prefix');
+    return { kind: 'plain', prefix };
+  }
+  const base = validateName(counter, 'A counter name');
+  if (/[{}]/.test(base)) {
+    throw new ValidationError(
+      `counter is the base name of labelled counters (${JSON.stringify(base)} has braces); ` +
+        'select labels with where.',
+    );
+  }
+  const untypedWhere: unknown = where; // callers from plain JavaScript or JSON
+  if (
+    untypedWhere !== undefined &&
+    (typeof untypedWhere !== 'object' || untypedWhere === null || Array.isArray(untypedWhere))
+  ) {
+    throw new ValidationError('where must be an object of label → value or list of values.');
+  }
+  const conditions = Object.entries(where ?? {})
+    .map(([key, wanted]): [string, string[]] => {
+      validateLabelKey(key, 'where has');
+      const values = Array.isArray(wanted) ? (wanted as unknown[]) : [wanted];
+      if (values.length === 0 || values.length > queryLimits.maxWhereValues) {
+        throw new ValidationError(
+          `where.${key} must list 1 to ${queryLimits.maxWhereValues} values.`,
+        );
+      }
+      return [key, [...new Set(values.map((value) => labelValue(value, key)))]];
+    })
+    .sort(([a], [b]) => (a < b ? -1 : 1));
+  const keys = groupBy ?? [];
+  if (!Array.isArray(keys) || keys.length > queryLimits.maxGroupBy) {
+    throw new ValidationError(`groupBy must list at most ${queryLimits.maxGroupBy} label keys.`);
+  }
+  keys.forEach((key) => validateLabelKey(key, 'groupBy has'));
+  if (new Set(keys).size !== keys.length) {
+    throw new ValidationError('groupBy lists a label twice.');
+  }
+  return { kind: 'labelled', base, where: conditions, groupBy: keys };
+}
+
+const isoInstant =
+  /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,3}))?)?(Z|[+-]\d{2}:\d{2})?)?$/;
+
+/**
+ * An instant from a Date, ms or ISO 8601 text. Text without an offset is a wall-clock time in
+ * `zone` ('2026-11-01' is the zone's midnight), the way a billing period is written.
+ */
+export function parseInstant(value: unknown, what: string, zone: string): number {
+  if (typeof value !== 'string') return toEpochMs(value as Date | number, what);
+  const match = isoInstant.exec(value);
+  const refuse = () =>
+    new ValidationError(
+      `${what} ${JSON.stringify(value.slice(0, 40))} is not an ISO 8601 date or date-time ` +
+        '(2026-11-01, 2026-11-01T10:00:00Z, 2026-11-01T11:00+01:00).',
+    );
+  if (match === null) throw refuse();
+  const [, year, month, day, hour = '0', minute = '0', second = '0', fraction = '0', offset] =
+    match.map((part) => part);
+  const fields = [year, month, day, hour, minute, second].map(Number) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
+  const [y, mo, d, h, mi, s] = fields;
+  const dateMs = utcDate(y, mo - 1, d);
+  if (mo < 1 || mo > 12 || new Date(dateMs).getUTCDate() !== d || h > 23 || mi > 59 || s > 59) {
+    throw refuse();
+  }
+  const wallMs = dateMs + h * 3_600_000 + mi * 60_000 + s * 1_000 + Number(fraction.padEnd(3, '0'));
+  if (offset === undefined) return toEpochMs(instantOfWallClock(zone, wallMs), what);
+  if (offset === 'Z') return toEpochMs(wallMs, what);
+  const sign = offset.startsWith('-') ? -1 : 1;
+  const offsetMs =
+    sign * (Number(offset.slice(1, 3)) * 3_600_000 + Number(offset.slice(4)) * 60_000);
+  return toEpochMs(wallMs - offsetMs, what);
+}
+
+/** Reads the windows of a query: their boundaries, and the kept buckets they are summed from. */
+function resolveWindows(
+  input: UsageQueryInput,
+  kept: readonly Granularity[],
+  zone: string,
+): { boundaries: number[]; source: Granularity } {
+  const granularity: unknown = input.granularity;
+  if (granularity !== 'total' && !isGranularity(granularity)) {
+    throw new ValidationError(
+      `granularity ${JSON.stringify(granularity)} is not one of minute, hour, day, month, total.`,
+    );
+  }
+  const fromMs = parseInstant(input.from, 'from', zone);
+  const toMs = parseInstant(input.to, 'to', zone);
+  if (toMs <= fromMs) throw new ValidationError('A query needs from < to.');
+  const boundaries =
+    granularity === 'total'
+      ? [fromMs, toMs]
+      : windowBoundaries(zone, granularity, fromMs, toMs, queryLimits.maxWindows);
+  const source = sourceGranularity(kept, boundaries);
+  if (source === undefined) {
+    const finest = kept.at(-1);
+    const misaligned = boundaries.find(
+      (boundary) => finest === undefined || sourceGranularity([finest], [boundary]) === undefined,
+    );
+    throw new ValidationError(
+      `${granularity === 'total' ? 'That period' : `${zone}'s ${granularity} windows`} ` +
+        (misaligned === undefined ? '' : `start at ${new Date(misaligned).toISOString()}, which `) +
+        `does not fall on the start of a kept UTC bucket (${kept.join(', ') || 'none'}); ` +
+        (granularity === 'total'
+          ? 'move from and to onto bucket boundaries, or keep finer buckets (option buckets).'
+          : "keep 'minute' buckets (option buckets) to query in this zone."),
+    );
+  }
+  return { boundaries, source };
+}
+
+/**
+ * Checks and resolves a query. A `page` is built in memory, so its groups × windows are capped;
+ * a `stream` holds one batch of rows at a time, so only its windows are.
+ */
+export function resolveQuery(
+  input: UsageQueryInput,
+  kept: readonly Granularity[],
+  mode: 'page' | 'stream',
+): ResolvedQuery {
+  const untyped: unknown = input; // callers from plain JavaScript
+  if (typeof untyped !== 'object' || untyped === null) {
+    throw new ValidationError('A query must be an object.');
+  }
+  const selection = resolveSelection(input, input.groupBy);
+  const timeZone = validateTimeZone(input.timeZone ?? 'UTC');
+  const { boundaries, source } = resolveWindows(input, kept, timeZone);
+  const orderBy: unknown = input.orderBy ?? 'group';
+  if (orderBy !== 'group' && orderBy !== 'value') {
+    throw new ValidationError(`orderBy ${JSON.stringify(orderBy)} is not group or value.`);
+  }
+  const order: unknown = input.order ?? (orderBy === 'value' ? 'desc' : 'asc');
+  if (order !== 'asc' && order !== 'desc') {
+    throw new ValidationError(`order ${JSON.stringify(order)} is not asc or desc.`);
+  }
+  const limit = input.limit ?? queryLimits.defaultGroups;
+  if (!Number.isSafeInteger(limit) || limit < 1 || limit > queryLimits.maxGroups) {
+    throw new ValidationError(`limit must be a whole number from 1 to ${queryLimits.maxGroups}.`);
+  }
+  const windows = boundaries.length - 1;
+  if (mode === 'page' && limit * windows > queryLimits.maxCells) {
+    throw new ValidationError(
+      `A page of ${limit} groups × ${windows} windows is ${limit * windows} values; ` +
+        `one page holds at most ${queryLimits.maxCells}: lower limit, or ask for a coarser ` +
+        'granularity or a shorter period (or stream the rows as CSV).',
+    );
+  }
+  return {
+    selection,
+    granularity: input.granularity,
+    timeZone,
+    boundaries,
+    source,
+    orderBy,
+    descending: order === 'desc',
+    limit,
+    after: input.cursor === undefined ? undefined : decodeCursor(input.cursor, orderBy),
+  };
+}
+
+/*
+ * Group keys: one string per group that sorts as its labels do, byte by byte — the order of
+ * PostgreSQL's COLLATE "C", in which pages are cut. Each label value is written as \x02 + value
+ * (\x01 for a counter without the label, so those sort first), joined by \x1f. Label values
+ * hold no control characters (names cannot), so the separators never occur inside one.
+ */
+const absent = '\u0001';
+const present = '\u0002';
+
+export function groupKey(values: readonly (string | undefined)[]): string {
+  return values
+    .map((value) => (value === undefined ? absent : present + value))
+    .join(fieldSeparator);
+}
+
+export function groupValues(key: string, count: number): (string | null)[] {
+  if (count === 0) return [];
+  return key.split(fieldSeparator).map((part) => (part === absent ? null : part.slice(1)));
+}
+
+/** Compares two strings in code point order (UTF-8 byte order), not JavaScript's UTF-16. */
+export function compareCodePoints(a: string, b: string): number {
+  const length = Math.min(a.length, b.length);
+  for (let i = 0; i < length; i++) {
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x === y) continue;
+    // Surrogates (astral code points) come after U+E000–U+FFFF in code point order.
+    const rank = (unit: number) =>
+      unit >= 0xd800 && unit < 0xe000 ? unit + 0x2000 : unit >= 0xe000 ? unit - 0x800 : unit;
+    return rank(x) - rank(y);
+  }
+  return a.length - b.length;
+}
+
+/** A matcher for the counters a selection takes: the group key of a counter, or undefined. */
+export function counterMatcher(selection: Selection): (counter: string) => string | undefined {
+  if (selection.kind === 'plain') {
+    const { prefix } = selection;
+    return (counter) =>
+      counter.startsWith(prefix) && parseCounterName(counter).labels === undefined
+        ? groupKey([counter])
+        : undefined;
+  }
+  const { base, where, groupBy } = selection;
+  const opening = `${base}{`;
+  return (counter) => {
+    if (!counter.startsWith(opening)) return undefined;
+    const parsed = parseCounterName(counter);
+    const labels = parsed.labels;
+    if (labels === undefined || parsed.base !== base) return undefined;
+    for (const [key, values] of where) {
+      const value = labels[key];
+      if (value === undefined || !values.includes(value)) return undefined;
+    }
+    return groupKey(groupBy.map((key) => labels[key]));
+  };
+}
+
+/**
+ * Substrings every Redis field of a selected counter holds (`<bucket tag><counter>`), so Redis
+ * returns only candidates: the counter's start after the tag's separator, and each label with
+ * one wanted value as canonicalName writes it.
+ */
+export function fieldNeedles(selection: Selection): string[] {
+  if (selection.kind === 'plain') return [fieldSeparator + selection.prefix];
+  return [
+    `${fieldSeparator}${selection.base}{`,
+    ...selection.where
+      .filter(([, values]) => values.length === 1)
+      .map(([key, values]) => `${key}=${JSON.stringify(values[0])}`),
+  ];
+}
+
+/** The group's labels as a row shows them. */
+export function rowIdentity(
+  selection: Selection,
+  key: string,
+): Pick<UsageRow, 'counter' | 'labels'> {
+  if (selection.kind === 'plain') return { counter: key.slice(1), labels: {} };
+  const values = groupValues(key, selection.groupBy.length);
+  return {
+    labels: Object.fromEntries(selection.groupBy.map((label, i) => [label, values[i] ?? null])),
+  };
+}
+
+export function encodeCursor(orderBy: 'group' | 'value', position: CursorPosition): string {
+  return Buffer.from(JSON.stringify({ o: orderBy, ...position })).toString('base64url');
+}
+
+function decodeCursor(cursor: unknown, orderBy: 'group' | 'value'): CursorPosition {
+  const malformed = () =>
+    new ValidationError('cursor is not a nextCursor this query returned; start without one.');
+  if (typeof cursor !== 'string' || cursor.length > queryLimits.maxCursorLength) throw malformed();
+  let decoded: unknown;
+  try {
+    decoded = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
+  } catch {
+    throw malformed();
+  }
+  const { o, key, value } = (decoded ?? {}) as { o?: unknown; key?: unknown; value?: unknown };
+  if (
+    typeof key !== 'string' ||
+    (value !== undefined && (typeof value !== 'string' || !/^-?\d{1,20}$/.test(value)))
+  ) {
+    throw malformed();
+  }
+  if (o !== orderBy || (orderBy === 'value') !== (value !== undefined)) {
+    throw new ValidationError(`cursor is from a query ordered by ${String(o)}, not ${orderBy}.`);
+  }
+  return value === undefined ? { key } : { key, value };
+}

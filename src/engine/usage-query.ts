@@ -1,0 +1,320 @@
+import Cursor from 'pg-cursor';
+import type pg from 'pg';
+import { TallyError, ValidationError } from '../errors.js';
+import { postgresFailure } from '../store/pool.js';
+import { querySql } from '../store/sql.js';
+import { checkOut } from '../store/transaction.js';
+import type { EngineContext } from './engine-context.js';
+import { ledgerClockMarginMs } from './ledger-pruning.js';
+import {
+  compareCodePoints,
+  counterMatcher,
+  encodeCursor,
+  fieldNeedles,
+  resolveQuery,
+  rowIdentity,
+  type ResolvedQuery,
+  type UsagePage,
+  type UsageQueryInput,
+  type UsageRow,
+} from './query-spec.js';
+import { eachUnflushed, readShardDeltas, snapshotsMoved, type ShardDeltas } from './unflushed.js';
+import { maxReadAttempts } from './usage.js';
+
+/*
+ * Usage queries over many counters, exact: PostgreSQL's buckets of the selected counters, plus
+ * every shard's pending deltas, plus its in-flight deltas unless the ledger has the batch.
+ *
+ * Why it is exact while flushes run: each shard's unflushed deltas are read from Redis
+ * atomically (with its snapshot count and in-flight batch); then one REPEATABLE READ snapshot of
+ * PostgreSQL is taken, with the ledger's verdict on each in-flight batch as its first statement;
+ * then the snapshot counts are read again. Unchanged, no flush moved deltas between the Redis
+ * read and the PostgreSQL snapshot, so every delta is in exactly one of them; changed, the query
+ * starts over. The long part — summing the buckets — runs after the check, inside the snapshot,
+ * so a query that takes seconds is not retried because flushes ran meanwhile.
+ */
+
+/** A group's sums per window, exact. */
+interface Group {
+  key: string;
+  windows: bigint[];
+}
+
+/** Rows fetched from PostgreSQL at a time: a stream holds one batch, never the whole result. */
+const fetchRows = 2_000;
+
+/** The index of the window holding `startMs` (boundaries sorted), or -1 outside them all. */
+function windowOf(boundaries: readonly number[], startMs: number): number {
+  let low = 0;
+  let high = boundaries.length - 1;
+  if (startMs < (boundaries[0] ?? 0) || startMs >= (boundaries[high] ?? 0)) return -1;
+  while (high - low > 1) {
+    const middle = (low + high) >> 1;
+    if ((boundaries[middle] ?? 0) <= startMs) low = middle;
+    else high = middle;
+  }
+  return low;
+}
+
+/**
+ * The unflushed deltas of the selected counters, by group and window: every shard's pending
+ * deltas, and its in-flight ones unless `applied` says the ledger has the batch.
+ */
+function unflushedGroups(
+  query: ResolvedQuery,
+  shards: readonly ShardDeltas[],
+  applied: ReadonlySet<number>,
+): Map<string, bigint[]> {
+  const match = counterMatcher(query.selection);
+  const keys = new Map<string, string | undefined>();
+  const groups = new Map<string, bigint[]>();
+  const windows = query.boundaries.length - 1;
+  const add = (
+    counter: string,
+    buckets: { granularities: readonly string[]; starts: readonly number[] },
+    delta: string,
+  ) => {
+    let key = keys.get(counter);
+    if (!keys.has(counter)) keys.set(counter, (key = match(counter)));
+    if (key === undefined) return;
+    // A batch counted under other granularities has no bucket of this one: neither has the store.
+    const start = buckets.starts[buckets.granularities.indexOf(query.source)];
+    if (start === undefined) return;
+    const window = windowOf(query.boundaries, start);
+    if (window < 0) return;
+    let sums = groups.get(key);
+    if (sums === undefined) groups.set(key, (sums = new Array<bigint>(windows).fill(0n)));
+    sums[window] = (sums[window] ?? 0n) + BigInt(delta);
+  };
+  for (const shard of shards) {
+    eachUnflushed(shard.pending, add);
+    if (!applied.has(shard.shard)) eachUnflushed(shard.inflight, add);
+  }
+  return groups;
+}
+
+/** The shards whose in-flight batch PostgreSQL's snapshot has applied (or refused). */
+async function appliedShards(
+  client: pg.ClientBase,
+  shards: readonly ShardDeltas[],
+): Promise<Set<number>> {
+  const inflight = shards.filter((shard) => shard.batchId !== '');
+  const { rows } = await client.query<{ shard: number; applied: boolean }>(
+    querySql.appliedBatches,
+    [
+      inflight.map((shard) => shard.shard),
+      inflight.map((shard) => shard.batchId),
+      inflight.map((shard) => shard.snapshotMs),
+      ledgerClockMarginMs,
+    ],
+  );
+  return new Set(rows.filter((row) => row.applied).map((row) => row.shard));
+}
+
+/** PostgreSQL's groups, in the query's group order, a batch of rows at a time. */
+async function* flushedGroups(client: pg.ClientBase, query: ResolvedQuery): AsyncGenerator<Group> {
+  const statement = querySql.windows(
+    query.selection,
+    query.source,
+    query.boundaries.map((ms) => new Date(ms).toISOString()),
+    {
+      descending: query.descending && query.orderBy === 'group',
+      after: query.orderBy === 'group' ? query.after?.key : undefined,
+    },
+  );
+  const cursor = client.query(
+    new Cursor<{ key: string; window: number; value: string }>(statement.text, statement.values),
+  );
+  const windows = query.boundaries.length - 1;
+  let current: Group | undefined;
+  try {
+    for (
+      let rows = await cursor.read(fetchRows);
+      rows.length > 0;
+      rows = await cursor.read(fetchRows)
+    ) {
+      for (const row of rows) {
+        if (current?.key !== row.key) {
+          if (current !== undefined) yield current;
+          current = { key: row.key, windows: new Array<bigint>(windows).fill(0n) };
+        }
+        current.windows[row.window] = BigInt(row.value);
+      }
+    }
+    if (current !== undefined) yield current;
+  } finally {
+    await cursor.close().catch(() => undefined);
+  }
+}
+
+/**
+ * Merges PostgreSQL's groups with the unflushed ones, in group order: a group in both gets the
+ * sum of both, window by window.
+ */
+async function* mergedGroups(
+  flushed: AsyncGenerator<Group>,
+  unflushed: Map<string, bigint[]>,
+  query: ResolvedQuery,
+): AsyncGenerator<Group> {
+  const direction = query.descending && query.orderBy === 'group' ? -1 : 1;
+  const compare = (a: string, b: string) => direction * compareCodePoints(a, b);
+  const after = query.orderBy === 'group' ? query.after?.key : undefined;
+  const pending = [...unflushed.keys()]
+    .filter((key) => after === undefined || compare(key, after) > 0)
+    .sort(compare);
+  let next = 0;
+  for await (const group of flushed) {
+    for (; next < pending.length && compare(pending[next] ?? '', group.key) < 0; next++) {
+      const key = pending[next] ?? '';
+      yield { key, windows: unflushed.get(key) ?? [] };
+    }
+    if (pending[next] === group.key) {
+      const extra = unflushed.get(group.key) ?? [];
+      group.windows = group.windows.map((value, i) => value + (extra[i] ?? 0n));
+      next++;
+    }
+    yield group;
+  }
+  for (; next < pending.length; next++) {
+    const key = pending[next] ?? '';
+    yield { key, windows: unflushed.get(key) ?? [] };
+  }
+}
+
+/**
+ * Every group of the query, exact, in group order from its cursor on, holding one PostgreSQL
+ * snapshot and its client until the caller stops iterating.
+ */
+async function* exactGroups(ctx: EngineContext, query: ResolvedQuery): AsyncGenerator<Group> {
+  const what = 'a usage query';
+  const needles = fieldNeedles(query.selection);
+  for (let attempt = 0; attempt < maxReadAttempts; attempt++) {
+    const shards = await readShardDeltas(ctx, needles, what);
+    const { client, release } = await checkOut(ctx.pool).catch((error: unknown) => {
+      throw postgresFailure(error, what);
+    });
+    let failure: Error | undefined;
+    try {
+      let applied: Set<number>;
+      try {
+        await client.query(querySql.readOnlySnapshot);
+        applied = await appliedShards(client, shards);
+      } catch (error) {
+        throw postgresFailure(error, what);
+      }
+      if (await snapshotsMoved(ctx, shards, what)) continue;
+      const flushed = flushedGroups(client, query);
+      try {
+        yield* mergedGroups(flushed, unflushedGroups(query, shards, applied), query);
+      } catch (error) {
+        throw error instanceof TallyError ? error : postgresFailure(error, what);
+      }
+      return;
+    } catch (error) {
+      failure = error instanceof Error ? error : new Error(String(error));
+      throw error;
+    } finally {
+      // Read only: nothing to keep. A client that fails to roll back is not reused.
+      await client.query('ROLLBACK').catch((error: unknown) => {
+        failure ??= error instanceof Error ? error : new Error(String(error));
+      });
+      release(failure);
+    }
+  }
+  throw new TallyError(
+    'UNAVAILABLE',
+    `A usage query found flushes moving deltas under ${maxReadAttempts} reads in a row.`,
+  );
+}
+
+/** A group as a row: its labels, its windows as numbers (refusing any past ±(2^53−1)). */
+function toRow(query: ResolvedQuery, group: Group): UsageRow {
+  const total = group.windows.reduce((sum, value) => sum + value, 0n);
+  const exact = (value: bigint, where: string) => {
+    const number = Number(value);
+    if (!Number.isSafeInteger(number)) {
+      throw new TallyError(
+        'OVERFLOW',
+        `Usage of a group (${JSON.stringify(rowIdentity(query.selection, group.key))}) ${where} is past ±(2^53−1) ` +
+          'and cannot be returned exactly: ask for finer windows.',
+      );
+    }
+    return number;
+  };
+  return {
+    ...rowIdentity(query.selection, group.key),
+    value: exact(total, 'in the period'),
+    buckets: group.windows.map((value, i) => ({
+      start: new Date(query.boundaries[i] ?? 0),
+      value: exact(value, `in the window at ${new Date(query.boundaries[i] ?? 0).toISOString()}`),
+    })),
+  };
+}
+
+/** The value order: by value (up or down), then by group key. */
+function valueOrder(query: ResolvedQuery) {
+  const sign = query.descending ? -1 : 1;
+  return (a: { value: bigint; key: string }, b: { value: bigint; key: string }) =>
+    a.value === b.value ? compareCodePoints(a.key, b.key) : a.value < b.value ? -sign : sign;
+}
+
+/** One page ordered by value: every group is summed, the page's are kept. */
+async function pageByValue(ctx: EngineContext, query: ResolvedQuery): Promise<UsagePage> {
+  const order = valueOrder(query);
+  const after = query.after;
+  const afterPosition =
+    after === undefined ? undefined : { key: after.key, value: BigInt(after.value ?? '0') };
+  let kept: (Group & { value: bigint })[] = [];
+  for await (const group of exactGroups(ctx, query)) {
+    const ranked = { ...group, value: group.windows.reduce((sum, value) => sum + value, 0n) };
+    if (afterPosition !== undefined && order(ranked, afterPosition) <= 0) continue;
+    kept.push(ranked);
+    // Sorting now and then keeps memory at a few pages' worth, whatever the group count.
+    if (kept.length >= 4 * query.limit + 1_000) kept = kept.sort(order).slice(0, query.limit + 1);
+  }
+  kept.sort(order);
+  const page = kept.slice(0, query.limit);
+  const last = page.at(-1);
+  return {
+    rows: page.map((group) => toRow(query, group)),
+    nextCursor:
+      kept.length > query.limit && last !== undefined
+        ? encodeCursor('value', { key: last.key, value: last.value.toString() })
+        : null,
+  };
+}
+
+/** One page of a usage query (library: Tally.query). */
+export async function queryUsage(ctx: EngineContext, input: UsageQueryInput): Promise<UsagePage> {
+  const query = resolveQuery(input, ctx.config.buckets, 'page');
+  if (query.orderBy === 'value') return pageByValue(ctx, query);
+  const rows: UsageRow[] = [];
+  let lastKey = '';
+  for await (const group of exactGroups(ctx, query)) {
+    if (rows.length === query.limit)
+      return { rows, nextCursor: encodeCursor('group', { key: lastKey }) };
+    rows.push(toRow(query, group));
+    lastKey = group.key;
+  }
+  return { rows, nextCursor: null };
+}
+
+/**
+ * Every row of a usage query from its cursor on, in group order, streamed: one batch of
+ * PostgreSQL rows in memory at a time (library: Tally.queryStream; CSV exports). `limit`, when
+ * given, stops it after that many groups.
+ */
+export async function* streamUsage(
+  ctx: EngineContext,
+  input: UsageQueryInput,
+): AsyncGenerator<UsageRow> {
+  const query = resolveQuery(input, ctx.config.buckets, 'stream');
+  if (query.orderBy === 'value') {
+    throw new ValidationError('A stream is in group order; ask query() for the top rows by value.');
+  }
+  let rows = 0;
+  for await (const group of exactGroups(ctx, query)) {
+    if (input.limit !== undefined && rows++ >= query.limit) return;
+    yield toRow(query, group);
+  }
+}
