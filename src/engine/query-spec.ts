@@ -44,7 +44,7 @@ export interface UsageQueryInput extends CounterSelection {
   /** Rows in group order (the groupBy labels, byte order), or by value; default group. */
   orderBy?: 'group' | 'value';
   order?: 'asc' | 'desc';
-  /** Groups per page: default 100, at most 10,000. */
+  /** Groups per page: default 100 (fewer when 100 × windows would pass 100,000), at most 10,000. */
   limit?: number;
   /** `nextCursor` of the page before. */
   cursor?: string;
@@ -294,11 +294,14 @@ export function resolveQuery(
   if (order !== 'asc' && order !== 'desc') {
     throw new ValidationError(`order ${JSON.stringify(order)} is not asc or desc.`);
   }
-  const limit = input.limit ?? queryLimits.defaultGroups;
+  const windows = boundaries.length - 1;
+  // The default fits a page of any period: 100 groups, fewer when they have many windows.
+  const limit =
+    input.limit ??
+    Math.max(1, Math.min(queryLimits.defaultGroups, Math.floor(queryLimits.maxCells / windows)));
   if (!Number.isSafeInteger(limit) || limit < 1 || limit > queryLimits.maxGroups) {
     throw new ValidationError(`limit must be a whole number from 1 to ${queryLimits.maxGroups}.`);
   }
-  const windows = boundaries.length - 1;
   if (mode === 'page' && limit * windows > queryLimits.maxCells) {
     throw new ValidationError(
       `A page of ${limit} groups × ${windows} windows is ${limit * windows} values; ` +

@@ -1,0 +1,464 @@
+/**
+ * Usage queries against a model (fast-check): random labelled increments at instants around
+ * DST changes, month ends and a leap day; flushes, flushing processes killed at every crash
+ * point, and flushes running during a query; every query (random where, groupBy, granularity,
+ * time zone, page size, order) equals what the model computes from the increments alone, with
+ * its own calendar arithmetic (Intl), not Tally's.
+ */
+import { randomBytes } from 'node:crypto';
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { canonicalName } from '../src/counters/counter-name.js';
+import type { FaultPoint } from '../src/engine/fault-points.js';
+import { compareCodePoints, groupKey } from '../src/engine/query-spec.js';
+import {
+  createTally,
+  migrate,
+  type Granularity,
+  type Tally,
+  type UsageQueryInput,
+  type UsageRow,
+} from '../src/index.js';
+import { runTypeScript } from './support/child-process.js';
+import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
+import { wideWindowMs } from './support/tally-store.js';
+
+const flushOnce = new URL('./fixtures/flush-once.ts', import.meta.url);
+
+interface Increment {
+  counter: string;
+  labels: Record<string, string> | undefined;
+  at: number;
+  by: number;
+}
+
+interface Real {
+  tally: Tally;
+  options: Record<string, unknown>;
+}
+
+type Model = Increment[];
+
+const tenants = ['acme', 'globex', 'Ünïcode', 'z\u{1f600}', 'a"b\\c', 'ﬀ'];
+const regions = ['eu', 'us'];
+const zones = ['UTC', 'Europe/Berlin', 'America/New_York', 'Asia/Kolkata'];
+
+const at = (iso: string) => Date.parse(iso);
+/** Instants either side of the calendar's traps. */
+const nearBoundaries = [
+  // Berlin: 2026-03-29 has 23 hours, 2026-10-25 has 25.
+  '2026-03-28T22:59:59.999Z',
+  '2026-03-28T23:00:00Z',
+  '2026-03-29T00:59:59.999Z',
+  '2026-03-29T01:00:00Z',
+  '2026-03-29T21:59:59.999Z',
+  '2026-03-29T22:00:00Z',
+  '2026-10-24T22:00:00Z',
+  '2026-10-25T00:30:00Z',
+  '2026-10-25T01:30:00Z',
+  '2026-10-25T22:59:59.999Z',
+  '2026-10-25T23:00:00Z',
+  // New York: 2026-03-08 and 2026-11-01 (01:30 happens twice).
+  '2026-03-08T06:59:00Z',
+  '2026-03-08T07:00:00Z',
+  '2026-11-01T04:00:00Z',
+  '2026-11-01T05:30:00Z',
+  '2026-11-01T06:30:00Z',
+  '2026-11-02T04:59:00Z',
+  // Month ends, in UTC and Kolkata (+05:30).
+  '2026-11-30T18:29:59.999Z',
+  '2026-11-30T18:30:00Z',
+  '2026-11-30T23:59:59.999Z',
+  '2026-12-01T00:00:00Z',
+  '2026-03-31T23:59:00Z',
+  '2026-10-31T23:30:00Z',
+  // The leap day.
+  '2024-02-28T23:59:59.999Z',
+  '2024-02-29T00:00:00Z',
+  '2024-02-29T23:59:00Z',
+  '2024-03-01T00:00:00Z',
+].map(at);
+
+/** Periods, as dates on the query's zone's calendar. */
+const longPeriods: [string, string][] = [
+  ['2026-03-01', '2026-04-01'],
+  ['2026-10-01', '2026-12-02'],
+  ['2024-02-01', '2024-03-02'],
+  ['2024-01-01', '2027-01-01'],
+];
+const shortPeriods: [string, string][] = [
+  ['2026-03-29', '2026-03-30'],
+  ['2026-10-25', '2026-10-27'],
+  ['2026-11-01', '2026-11-02'],
+  ['2026-11-30', '2026-12-02'],
+  ['2024-02-29', '2024-03-01'],
+];
+
+const localParts = new Map<string, Intl.DateTimeFormat>();
+/** The zone's calendar at `ms`: date, hour and minute, and the offset in force. */
+function local(zone: string, ms: number) {
+  let format = localParts.get(zone);
+  if (format === undefined) {
+    format = new Intl.DateTimeFormat('en-CA', {
+      timeZone: zone,
+      hourCycle: 'h23',
+      year: 'numeric',
+      month: '2-digit',
+      day: '2-digit',
+      hour: '2-digit',
+      minute: '2-digit',
+      timeZoneName: 'longOffset',
+    });
+    localParts.set(zone, format);
+  }
+  const parts = Object.fromEntries(format.formatToParts(ms).map((p) => [p.type, p.value]));
+  const date = `${parts.year}-${parts.month}-${parts.day}`;
+  return { date, hour: parts.hour ?? '', minute: parts.minute ?? '', offset: parts.timeZoneName };
+}
+
+/** The window an instant falls in, named on the zone's calendar. */
+function windowLabel(granularity: Granularity | 'total', zone: string, ms: number): string {
+  const { date, hour, minute, offset } = local(zone, ms);
+  switch (granularity) {
+    case 'total':
+      return 'total';
+    case 'month':
+      return date.slice(0, 7);
+    case 'day':
+      return date;
+    case 'hour':
+      return `${date}T${hour} ${offset}`;
+    case 'minute':
+      return `${date}T${hour}:${minute} ${offset}`;
+  }
+}
+
+function dayBefore(date: string): string {
+  return new Date(Date.parse(`${date}T00:00:00Z`) - 86_400_000).toISOString().slice(0, 10);
+}
+
+/** Whether the query's windows hold the increment: its local date in the covered range. */
+function inPeriod(query: UsageQueryInput, zone: string, ms: number): boolean {
+  const { date } = local(zone, ms);
+  const [from, to] = [String(query.from), String(query.to)];
+  if (query.granularity === 'month') {
+    // Windows are whole months: from's month to the month of to's day before.
+    return date.slice(0, 7) >= from.slice(0, 7) && date.slice(0, 7) <= dayBefore(to).slice(0, 7);
+  }
+  return date >= from && date < to;
+}
+
+/** The model's answer: every row, in the query's order, buckets as label → value (non-zero). */
+function expectedRows(model: Model, query: UsageQueryInput) {
+  const zone = query.timeZone ?? 'UTC';
+  const groups = new Map<
+    string,
+    { identity: Record<string, unknown>; windows: Map<string, number> }
+  >();
+  for (const increment of model) {
+    let identity: Record<string, unknown>;
+    let key: string;
+    if (query.prefix !== undefined) {
+      if (increment.labels !== undefined || !increment.counter.startsWith(query.prefix)) continue;
+      identity = { counter: increment.counter, labels: {} };
+      key = groupKey([increment.counter]);
+    } else {
+      const labels = increment.labels;
+      if (increment.counter !== query.counter || labels === undefined) continue;
+      const where = Object.entries(query.where ?? {});
+      if (
+        !where.every(([k, v]) =>
+          [v]
+            .flat()
+            .map(String)
+            .includes(labels[k] ?? '\u0000'),
+        )
+      )
+        continue;
+      const groupBy = query.groupBy ?? [];
+      identity = { labels: Object.fromEntries(groupBy.map((k) => [k, labels[k] ?? null])) };
+      key = groupKey(groupBy.map((k) => labels[k]));
+    }
+    if (!inPeriod(query, zone, increment.at)) continue;
+    let group = groups.get(key);
+    if (group === undefined) groups.set(key, (group = { identity, windows: new Map() }));
+    const label = windowLabel(query.granularity, zone, increment.at);
+    group.windows.set(label, (group.windows.get(label) ?? 0) + increment.by);
+  }
+  return [...groups.entries()]
+    .sort(([a], [b]) => compareCodePoints(a, b))
+    .map(([key, { identity, windows }]) => ({
+      key,
+      ...identity,
+      value: [...windows.values()].reduce((sum, value) => sum + value, 0),
+      windows: Object.fromEntries([...windows].filter(([, value]) => value !== 0).sort()),
+    }));
+}
+
+/** Tally's rows in the model's shape (bucket starts named on the zone's calendar). */
+function actualRows(rows: UsageRow[], query: UsageQueryInput) {
+  const zone = query.timeZone ?? 'UTC';
+  return rows.map((row) => {
+    const labels = row.buckets.map((bucket) =>
+      windowLabel(query.granularity, zone, bucket.start.getTime()),
+    );
+    // Every window once, consecutive, none shared.
+    expect(new Set(labels).size).toBe(labels.length);
+    expect(row.value).toBe(row.buckets.reduce((sum, bucket) => sum + bucket.value, 0));
+    return {
+      key:
+        query.prefix !== undefined
+          ? groupKey([row.counter])
+          : groupKey((query.groupBy ?? []).map((k) => row.labels[k] ?? undefined)),
+      ...(row.counter === undefined ? {} : { counter: row.counter }),
+      labels: row.labels,
+      value: row.value,
+      windows: Object.fromEntries(
+        row.buckets
+          .map((bucket, i): [string, number] => [labels[i] ?? '', bucket.value])
+          .filter(([, value]) => value !== 0)
+          .sort(),
+      ),
+    };
+  });
+}
+
+/** Every page of a query, followed cursor by cursor. */
+async function allPages(tally: Tally, query: UsageQueryInput): Promise<UsageRow[]> {
+  const rows: UsageRow[] = [];
+  let cursor: string | undefined;
+  for (let page = 0; page < 100; page++) {
+    const result = await tally.query({ ...query, ...(cursor === undefined ? {} : { cursor }) });
+    rows.push(...result.rows);
+    if (result.nextCursor === null) return rows;
+    cursor = result.nextCursor;
+  }
+  throw new Error('more than 100 pages');
+}
+
+async function checkQuery(model: Model, tally: Tally, query: UsageQueryInput) {
+  const expected = expectedRows(model, query);
+  const rows = await allPages(tally, query);
+  const actual = actualRows(rows, query);
+  if (query.orderBy === 'value') {
+    // Ordered by value, then group: the same rows, in that order.
+    const byValue = [...expected].sort((a, b) =>
+      a.value === b.value ? compareCodePoints(a.key, b.key) : b.value - a.value,
+    );
+    expect(actual).toEqual(byValue);
+  } else {
+    expect(actual).toEqual(query.order === 'desc' ? [...expected].reverse() : expected);
+  }
+}
+
+class Incr implements fc.AsyncCommand<Model, Real> {
+  constructor(readonly increment: Increment) {}
+  check = () => true;
+  async run(model: Model, real: Real) {
+    const { counter, labels, by, at: ms } = this.increment;
+    const ref = labels === undefined ? counter : { name: counter, labels };
+    expect((await real.tally.incr(ref, by, { at: ms })).status).toBe('applied');
+    model.push(this.increment);
+  }
+  toString = () =>
+    `incr(${this.increment.labels === undefined ? this.increment.counter : canonicalName({ name: this.increment.counter, labels: this.increment.labels })}, ${this.increment.by}, ${new Date(this.increment.at).toISOString()})`;
+}
+
+class Flush implements fc.AsyncCommand<Model, Real> {
+  check = () => true;
+  async run(_model: Model, real: Real) {
+    // A killed flusher's lock may still be held: the batch then stays in flight.
+    await real.tally.flush().catch((error: unknown) => {
+      expect(error).toMatchObject({ code: 'BUSY' });
+    });
+  }
+  toString = () => 'flush';
+}
+
+class KillFlushingProcess implements fc.AsyncCommand<Model, Real> {
+  constructor(readonly point: FaultPoint) {}
+  check = () => true;
+  async run(model: Model, real: Real) {
+    const child = await runTypeScript(flushOnce, [JSON.stringify(real.options)], {
+      TALLY_FAULT_POINT: this.point,
+    });
+    expect(child.signal === 'SIGKILL' || child.code === 0).toBe(true);
+    // Right after the crash, before any flush resumes the batch: in flight, in the ledger or not.
+    for (const query of [everything, ...fc.sample(aQuery, { numRuns: 3, seed: model.length })]) {
+      await checkQuery(model, real.tally, query);
+    }
+  }
+  toString = () => `kill -9 flush at ${this.point}`;
+}
+
+class Query implements fc.AsyncCommand<Model, Real> {
+  constructor(readonly query: UsageQueryInput) {}
+  check = () => true;
+  async run(model: Model, real: Real) {
+    await checkQuery(model, real.tally, this.query);
+  }
+  toString = () => `query(${JSON.stringify(this.query)})`;
+}
+
+class QueryDuringFlush implements fc.AsyncCommand<Model, Real> {
+  constructor(readonly query: UsageQueryInput) {}
+  check = () => true;
+  async run(model: Model, real: Real) {
+    const flush = real.tally.flush().catch((error: unknown) => {
+      expect(error).toMatchObject({ code: 'BUSY' });
+    });
+    await checkQuery(model, real.tally, this.query);
+    await flush;
+  }
+  toString = () => `query during a flush(${JSON.stringify(this.query)})`;
+}
+
+const anIncrement = fc
+  .record({
+    plain: fc.integer({ min: 0, max: 9 }).map((n) => n === 0),
+    tenant: fc.constantFrom(...tenants),
+    region: fc.option(fc.constantFrom(...regions), { nil: undefined }),
+    at: fc.oneof(
+      { weight: 3, arbitrary: fc.constantFrom(...nearBoundaries) },
+      fc.integer({ min: at('2026-10-20T00:00:00Z'), max: at('2026-12-01T00:00:00Z') }),
+      fc.integer({ min: at('2024-01-01T00:00:00Z'), max: at('2026-12-01T00:00:00Z') }),
+    ),
+    by: fc.integer({ min: -3, max: 9 }).filter((by) => by !== 0),
+  })
+  .map(({ plain, tenant, region, at: ms, by }) =>
+    plain
+      ? { counter: `plain:${tenant}`, labels: undefined, at: ms, by }
+      : {
+          counter: 'api_calls',
+          labels: { tenant, ...(region === undefined ? {} : { region }) },
+          at: ms,
+          by,
+        },
+  );
+
+const aQuery: fc.Arbitrary<UsageQueryInput> = fc
+  .record({
+    plain: fc.integer({ min: 0, max: 6 }).map((n) => n === 0),
+    where: fc.record(
+      {
+        tenant: fc.oneof(fc.constantFrom(...tenants), fc.subarray(tenants, { minLength: 1 })),
+        region: fc.constantFrom(...regions),
+      },
+      { requiredKeys: [] },
+    ),
+    groupBy: fc
+      .subarray(['region', 'tenant'])
+      .chain((keys) => fc.shuffledSubarray(keys, { minLength: keys.length })),
+    window: fc.oneof(
+      fc.record({
+        granularity: fc.constantFrom('day', 'month', 'total') as fc.Arbitrary<
+          'day' | 'month' | 'total'
+        >,
+        period: fc.constantFrom(...longPeriods.slice(0, 3)),
+      }),
+      fc.record({
+        granularity: fc.constant('month' as const),
+        period: fc.constant(longPeriods[3] ?? ['', '']),
+      }),
+      fc.record({
+        granularity: fc.constantFrom('hour', 'minute') as fc.Arbitrary<'hour' | 'minute'>,
+        period: fc.constantFrom(...shortPeriods),
+      }),
+    ),
+    timeZone: fc.constantFrom(...zones),
+    order: fc.constantFrom({}, { order: 'desc' as const }, { orderBy: 'value' as const }),
+    limit: fc.option(fc.integer({ min: 1, max: 4 }), { nil: undefined }),
+  })
+  .map(({ plain, where, groupBy, window, timeZone, order, limit }) => ({
+    ...(plain ? { prefix: 'plain:' } : { counter: 'api_calls', where, groupBy }),
+    from: window.period[0],
+    to: window.period[1],
+    granularity: window.granularity,
+    timeZone,
+    ...order,
+    ...(limit === undefined ? {} : { limit }),
+  }));
+
+/** Every labelled increment, by tenant and region, per month. */
+const everything: UsageQueryInput = {
+  counter: 'api_calls',
+  groupBy: ['tenant', 'region'],
+  from: '2024-01-01',
+  to: '2027-01-01',
+  granularity: 'month',
+};
+
+const faultPoints: FaultPoint[] = [
+  'before-snapshot',
+  'after-snapshot',
+  'mid-transaction',
+  'after-commit',
+  'during-acknowledge',
+];
+
+let redis: RedisHandle;
+beforeAll(async () => {
+  redis = await startRedis();
+});
+afterAll(async () => {
+  await redis.stop();
+});
+
+describe('usage queries against a model', () => {
+  let runs = 0;
+  it('equal the model across flushes, crashed flushes and flushes during queries', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.commands(
+          [
+            anIncrement.map((increment) => new Incr(increment)),
+            fc.constant(new Flush()),
+            aQuery.map((query) => new Query(query)),
+            aQuery.map((query) => new QueryDuringFlush(query)),
+          ],
+          { size: '+1' },
+        ),
+        async (commands) => {
+          // Every crash point in turn, one per run (child processes take a second each).
+          const crashAt = faultPoints[runs++ % faultPoints.length] ?? 'after-commit';
+          const postgres = await createDatabase();
+          await migrate(postgres);
+          const options = {
+            redis: redis.url,
+            postgres,
+            keyPrefix: `q${randomBytes(4).toString('hex')}`,
+            shards: 2,
+            buckets: ['minute', 'hour', 'day', 'month'],
+            flushLockTtlMs: 500,
+            maxBackdateMs: wideWindowMs,
+          };
+          const tally = await createTally({
+            ...options,
+            buckets: ['minute', 'hour', 'day', 'month'],
+          });
+          const model: Model = [];
+          try {
+            const all = [...commands];
+            // One flushing process killed mid-run (child processes take a second each).
+            if (crashAt !== undefined)
+              all.splice(Math.floor(all.length / 2), 0, new KillFlushingProcess(crashAt));
+            await fc.asyncModelRun(() => ({ model, real: { tally, options } }), all);
+            // Everything flushed, the model still holds.
+            await waitFor('the killed flusher’s lock to expire', () => tally.flush(), {
+              timeoutMs: 10_000,
+            });
+            for (const query of [
+              everything,
+              ...fc.sample(aQuery, { numRuns: 5, seed: model.length }),
+            ]) {
+              await checkQuery(model, tally, query);
+            }
+          } finally {
+            await tally.close();
+          }
+        },
+      ),
+      { numRuns: 12 },
+    );
+  });
+});
