@@ -60,6 +60,11 @@ export interface TallyOptions {
   /** Counters per script call when reconcile compares or rebuilds (default 1000). */
   reconcileChunkSize?: number;
   /**
+   * Longest time PostgreSQL spends on one statement of a usage query or listing (default 30 s):
+   * summing, or one batch of an export's rows. A query past it fails with UNAVAILABLE.
+   */
+  queryTimeoutMs?: number;
+  /**
    * Rebuild, at start-up, every shard whose Redis totals lack the PostgreSQL base. Off for
    * tools that report on the store as they find it (`tally reconcile`, `tally status`).
    * Default true.
@@ -82,6 +87,7 @@ export interface ResolvedConfig {
   incrementTimeoutMs: number;
   flushLockTtlMs: number;
   reconcileChunkSize: number;
+  queryTimeoutMs: number;
   rebuildAtStart: boolean;
   ledgerRetentionMs: number;
 }
@@ -136,6 +142,7 @@ export const ledgerRetentionDefaultMs = 7 * 24 * 3_600_000;
 /** See engine/ledger-pruning.ts: a retention under three clock margins could refuse new batches. */
 export const ledgerRetentionMinMs = 3 * ledgerClockMarginMs;
 export const flushLockTtlDefaultMs = 30_000;
+export const queryTimeoutDefaultMs = 30_000;
 
 /** Every default lives here, once. */
 export function resolveConfig(options: TallyOptions): ResolvedConfig {
@@ -212,6 +219,12 @@ export function resolveConfig(options: TallyOptions): ResolvedConfig {
       options.reconcileChunkSize ?? 1_000,
       1,
       100_000,
+    ),
+    queryTimeoutMs: integerIn(
+      'queryTimeoutMs',
+      options.queryTimeoutMs ?? queryTimeoutDefaultMs,
+      100,
+      3_600_000,
     ),
   };
 }

@@ -1,7 +1,9 @@
 import { parseCounterName, validateName } from '../counters/counter-name.js';
 import { ValidationError } from '../errors.js';
 import { postgresFailure } from '../store/pool.js';
+import type pg from 'pg';
 import { querySql } from '../store/sql.js';
+import { withTransaction } from '../store/transaction.js';
 import type { EngineContext } from './engine-context.js';
 import {
   compareCodePoints,
@@ -90,6 +92,20 @@ function mergePage(
   return { page, nextCursor: all.length > limit && last !== undefined ? encode(last) : null };
 }
 
+/** One listing statement's rows, under the query timeout. */
+function storeRows<Row extends pg.QueryResultRow>(
+  ctx: EngineContext,
+  statement: { text: string; values: unknown[] },
+  what: string,
+): Promise<Row[]> {
+  return withTransaction(ctx.pool, async (client) => {
+    await client.query(querySql.statementTimeout, [String(ctx.config.queryTimeoutMs)]);
+    return (await client.query<Row>(statement)).rows;
+  }).catch((error: unknown) => {
+    throw postgresFailure(error, what);
+  });
+}
+
 /** The selected counters that have deltas in Redis not yet flushed (maybe flushed already too). */
 async function unflushedCounters(
   ctx: EngineContext,
@@ -118,11 +134,11 @@ export async function listCounters(
   const after = decode(input.cursor);
   const what = 'a counter listing';
   const unflushed = await unflushedCounters(ctx, selection, what);
-  const { rows } = await ctx.pool
-    .query<{ name: string }>(querySql.counterNames(selection, after, limit + 1))
-    .catch((error: unknown) => {
-      throw postgresFailure(error, what);
-    });
+  const rows = await storeRows<{ name: string }>(
+    ctx,
+    querySql.counterNames(selection, after, limit + 1),
+    what,
+  );
   const { page, nextCursor } = mergePage(
     rows.map((row) => row.name),
     unflushed,
@@ -157,13 +173,11 @@ export async function labelValues(
     const value = parseCounterName(name).labels?.[label];
     if (value !== undefined && value.startsWith(prefix)) unflushed.add(value);
   }
-  const { rows } = await ctx.pool
-    .query<{ value: string }>(
-      querySql.labelValues(selection, label, { prefix, after, limit: limit + 1 }),
-    )
-    .catch((error: unknown) => {
-      throw postgresFailure(error, what);
-    });
+  const rows = await storeRows<{ value: string }>(
+    ctx,
+    querySql.labelValues(selection, label, { prefix, after, limit: limit + 1 }),
+    what,
+  );
   const { page, nextCursor } = mergePage(
     rows.map((row) => row.value),
     unflushed,

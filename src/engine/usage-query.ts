@@ -198,6 +198,7 @@ async function* exactGroups(ctx: EngineContext, query: ResolvedQuery): AsyncGene
       let applied: Set<number>;
       try {
         await client.query(querySql.readOnlySnapshot);
+        await client.query(querySql.statementTimeout, [String(ctx.config.queryTimeoutMs)]);
         applied = await appliedShards(client, shards);
       } catch (error) {
         throw postgresFailure(error, what);

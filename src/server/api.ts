@@ -11,6 +11,7 @@ import { HttpMetrics } from './http-metrics.js';
 import { httpHooks } from './http-hooks.js';
 import { registerOpenApi } from './openapi.js';
 import { operationRoutes } from './operation-routes.js';
+import { usageRoutes } from './usage-routes.js';
 import { maxBatchDefault } from './schemas.js';
 
 export interface ApiOptions {
@@ -23,6 +24,8 @@ export interface ApiOptions {
   requestTimeoutMs?: number;
   /** How long an idle keep-alive connection stays open. */
   keepAliveTimeoutMs?: number;
+  /** Usage queries, exports and listings running at once; more answer 503 BUSY. */
+  maxConcurrentQueries?: number;
   logger: Logger;
 }
 
@@ -31,6 +34,7 @@ export const httpDefaults = {
   bodyLimitBytes: 1_048_576,
   requestTimeoutMs: 10_000,
   keepAliveTimeoutMs: 5_000,
+  maxConcurrentQueries: 4,
 } as const;
 
 /**
@@ -105,6 +109,10 @@ export async function buildApi(options: ApiOptions) {
   await app.register(requireTokens, { tokens });
   await app.register(httpHooks, { metrics });
   await app.register(counterRoutes, { tally, maxBatch, metrics });
+  await app.register(usageRoutes, {
+    tally,
+    maxConcurrentQueries: options.maxConcurrentQueries ?? httpDefaults.maxConcurrentQueries,
+  });
   await app.register(operationRoutes, { tally, tokens, metrics });
 
   declared.answerOtherMethods();

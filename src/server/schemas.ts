@@ -222,3 +222,215 @@ export const usageSchema = (kept: readonly Granularity[]) =>
       ...errors,
     },
   }) as const;
+
+const labelKeyString = {
+  type: 'string',
+  pattern: '^[A-Za-z_][A-Za-z0-9_]*$',
+  maxLength: 64,
+} as const;
+const labelScalar = {
+  oneOf: [{ type: 'string' }, { type: 'number' }, { type: 'boolean' }],
+} as const;
+const cursor = {
+  type: 'string',
+  maxLength: 2048,
+  description: 'The nextCursor of the page before.',
+} as const;
+const pageLimit = { type: 'integer', minimum: 1, maximum: 10_000 } as const;
+const instant = {
+  type: 'string',
+  maxLength: 40,
+  description:
+    'ISO 8601: a date (2026-11-01) or a date-time without an offset is read on the ' +
+    "query's time zone's clock; with Z or an offset it is that instant.",
+} as const;
+const selectionProperties = {
+  counter: { ...counterName, description: 'The base name of labelled counters.' },
+  prefix: { type: 'string', maxLength: 256, description: 'Plain (unlabelled) names by prefix.' },
+} as const;
+
+const usageRow = {
+  type: 'object',
+  required: ['labels', 'value', 'buckets'],
+  properties: {
+    counter: { type: 'string', description: 'The plain name (prefix queries).' },
+    labels: {
+      type: 'object',
+      description: "The groupBy labels' values (null: the group's counters lack the label).",
+      additionalProperties: { type: 'string', nullable: true },
+    },
+    value: integer,
+    buckets: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['start', 'value'],
+        properties: { start: { type: 'string', format: 'date-time' }, value: integer },
+      },
+    },
+  },
+} as const;
+
+const usagePage = {
+  type: 'object',
+  required: ['rows', 'nextCursor'],
+  properties: {
+    rows: { type: 'array', items: usageRow },
+    nextCursor: { type: 'string', nullable: true },
+  },
+} as const;
+
+/** A page as JSON, or with Accept: text/csv every row from the cursor on, streamed. */
+const usageAnswer = {
+  description:
+    'JSON: one page. With Accept: text/csv: a header (the groupBy labels, bucket_start unless ' +
+    'granularity is total, value), then one line per group and window, streamed.',
+  content: {
+    'application/json': { schema: usagePage },
+    'text/csv': { schema: { type: 'string' } },
+  },
+} as const;
+
+export const usageQuerySchema = {
+  summary: 'Usage of many counters: filtered and grouped by labels, per calendar window',
+  description:
+    'Exact over flushed, pending and in-flight deltas. JSON answers one page (limit groups); ' +
+    'Accept: text/csv streams every group from the cursor on (limit, when given, caps them).',
+  body: {
+    type: 'object',
+    required: ['from', 'to', 'granularity'],
+    additionalProperties: false,
+    properties: {
+      ...selectionProperties,
+      where: {
+        type: 'object',
+        maxProperties: 16,
+        description: 'label → value, or → a list of values (any of them).',
+        additionalProperties: {
+          oneOf: [
+            ...labelScalar.oneOf,
+            { type: 'array', minItems: 1, maxItems: 1000, items: labelScalar },
+          ],
+        },
+      },
+      groupBy: { type: 'array', maxItems: 8, items: labelKeyString },
+      from: instant,
+      to: instant,
+      granularity: { type: 'string', enum: ['minute', 'hour', 'day', 'month', 'total'] },
+      timeZone: { type: 'string', maxLength: 64, description: 'IANA; default UTC.' },
+      orderBy: { type: 'string', enum: ['group', 'value'] },
+      order: { type: 'string', enum: ['asc', 'desc'] },
+      limit: pageLimit,
+      cursor,
+    },
+  },
+  response: { 200: usageAnswer, ...errors },
+} as const;
+
+/**
+ * The same query as a link: `where` as repeated `where=label=value` (a label repeated: any of
+ * its values), `groupBy` comma-separated or repeated.
+ */
+export const usageLinkSchema = {
+  summary: 'Usage of many counters, as a link (GET form of POST /v1/usage:query)',
+  querystring: {
+    type: 'object',
+    required: ['from', 'to', 'granularity'],
+    additionalProperties: false,
+    properties: {
+      ...selectionProperties,
+      where: {
+        oneOf: [
+          { type: 'string', maxLength: 1024 },
+          { type: 'array', maxItems: 64, items: { type: 'string', maxLength: 1024 } },
+        ],
+        description: 'label=value; repeat for more labels, or for any of several values.',
+      },
+      groupBy: {
+        oneOf: [
+          { type: 'string', maxLength: 600 },
+          { type: 'array', maxItems: 8, items: labelKeyString },
+        ],
+        description: 'Label keys, comma-separated or repeated.',
+      },
+      from: instant,
+      to: instant,
+      granularity: { type: 'string', enum: ['minute', 'hour', 'day', 'month', 'total'] },
+      timeZone: { type: 'string', maxLength: 64 },
+      orderBy: { type: 'string', enum: ['group', 'value'] },
+      order: { type: 'string', enum: ['asc', 'desc'] },
+      limit: { type: 'string', pattern: '^[0-9]{1,5}$' },
+      cursor,
+    },
+  },
+  response: { 200: usageAnswer, ...errors },
+} as const;
+
+const listingQuery = {
+  ...selectionProperties,
+  where: usageLinkSchema.querystring.properties.where,
+  limit: {
+    type: 'string',
+    pattern: '^[0-9]{1,5}$',
+    description: 'Per page: default 100, at most 10,000.',
+  },
+  cursor,
+} as const;
+
+export const counterListSchema = {
+  summary: 'List counters: a base name’s labelled counters, or plain names by prefix',
+  querystring: { type: 'object', additionalProperties: false, properties: listingQuery },
+  response: {
+    200: {
+      type: 'object',
+      required: ['counters', 'nextCursor'],
+      properties: {
+        counters: {
+          type: 'array',
+          items: {
+            type: 'object',
+            required: ['name', 'labels'],
+            properties: {
+              name: { type: 'string' },
+              labels: { type: 'object', additionalProperties: { type: 'string' } },
+            },
+          },
+        },
+        nextCursor: { type: 'string', nullable: true },
+      },
+    },
+    ...errors,
+  },
+} as const;
+
+export const labelValuesSchema = {
+  summary: 'The values a label takes among the counters of a base name',
+  params: {
+    type: 'object',
+    required: ['label'],
+    properties: { label: labelKeyString },
+  },
+  querystring: {
+    type: 'object',
+    required: ['counter'],
+    additionalProperties: false,
+    properties: {
+      counter: selectionProperties.counter,
+      where: listingQuery.where,
+      prefix: { type: 'string', maxLength: 256, description: 'Only values starting with this.' },
+      limit: listingQuery.limit,
+      cursor,
+    },
+  },
+  response: {
+    200: {
+      type: 'object',
+      required: ['values', 'nextCursor'],
+      properties: {
+        values: { type: 'array', items: { type: 'string' } },
+        nextCursor: { type: 'string', nullable: true },
+      },
+    },
+    ...errors,
+  },
+} as const;

@@ -5,6 +5,7 @@ import {
   maxFutureDefaultMs,
   maxFutureLimitMs,
   maxWindowMs,
+  queryTimeoutDefaultMs,
   redisCommandTimeoutDefaultMs,
 } from '../config.js';
 import { serviceDefaults, storeEnv, type StoreEnv } from '../process/env-config.js';
@@ -26,6 +27,10 @@ export interface ServeConfig extends StoreEnv {
   idempotencyWindowMs: number;
   requestTimeoutMs: number;
   keepAliveTimeoutMs: number;
+  /** Usage queries, exports and listings running at once. */
+  maxConcurrentQueries: number;
+  /** Longest statement of a usage query or listing. */
+  queryTimeoutMs: number;
   /** A Redis reply later than this fails the call (OUTCOME_UNKNOWN for an increment). */
   redisCommandTimeoutMs: number;
   /** Longest time Tally spends on one increment, its retries after lost replies included. */
@@ -92,6 +97,20 @@ function serveConfig(env: NodeJS.ProcessEnv): ServeConfig {
       httpDefaults.keepAliveTimeoutMs,
       1,
     ),
+    maxConcurrentQueries: integerFromEnv(
+      env,
+      'TALLY_MAX_CONCURRENT_QUERIES',
+      httpDefaults.maxConcurrentQueries,
+      1,
+      1_000,
+    ),
+    queryTimeoutMs: integerFromEnv(
+      env,
+      'TALLY_QUERY_TIMEOUT_MS',
+      queryTimeoutDefaultMs,
+      100,
+      3_600_000,
+    ),
     redisCommandTimeoutMs: integerFromEnv(
       env,
       'TALLY_REDIS_TIMEOUT_MS',
@@ -147,6 +166,7 @@ export async function runServer(env: NodeJS.ProcessEnv = process.env): Promise<v
     incrementTimeoutMs: config.incrementTimeoutMs,
     maxBackdateMs: config.maxBackdateMs,
     maxFutureMs: config.maxFutureMs,
+    queryTimeoutMs: config.queryTimeoutMs,
     logger,
   });
   const app = await buildApi({
@@ -156,6 +176,7 @@ export async function runServer(env: NodeJS.ProcessEnv = process.env): Promise<v
     maxBatch: config.maxBatch,
     requestTimeoutMs: config.requestTimeoutMs,
     keepAliveTimeoutMs: config.keepAliveTimeoutMs,
+    maxConcurrentQueries: config.maxConcurrentQueries,
     logger,
   });
   const closeAll = () =>

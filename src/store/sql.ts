@@ -294,6 +294,8 @@ export const querySql = {
                                     OR ${beforeHorizon('s.shard', 's.snapshot_ms', '$4')}) AS applied
                    FROM unnest($1::integer[], $2::text[], $3::bigint[]) AS s(shard, batch, snapshot_ms)`,
   readOnlySnapshot: 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY',
+  /** The longest one statement of this transaction may run ($1: ms, as text). */
+  statementTimeout: `SELECT set_config('statement_timeout', $1, true)`,
   /**
    * The selected counters' flushed buckets of `granularity` summed per group and window: rows
    * (key, window, value) in group order, window order. `boundaries` are the windows' starts and

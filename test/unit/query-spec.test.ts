@@ -14,7 +14,7 @@ const kept = ['hour', 'day'] as const;
 const resolve = (
   query: Partial<UsageQueryInput>,
   keep: readonly ('minute' | 'hour' | 'day' | 'month')[] = kept,
-) => resolveQuery({ ...november, granularity: 'day', ...query } as UsageQueryInput, keep, 'page');
+) => resolveQuery({ ...november, granularity: 'day', ...query }, keep, 'page');
 
 describe('usage query input', () => {
   it('reads dates on the query’s zone’s calendar, and instants with offsets as given', () => {
