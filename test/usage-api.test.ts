@@ -135,10 +135,10 @@ describe('usage over HTTP', () => {
       expect(response.headers.get('content-type')).toBe('text/csv; charset=utf-8');
       const text = await response.text();
       // null (no such label) is an empty field, '' is "": kept apart when read back.
-      const records = parse(text, {
+      const records = parse<Record<string, string | null>>(text, {
         columns: true,
         cast: (value, context) => (context.quoting || value !== '' ? value : null),
-      }) as Record<string, string | null>[];
+      });
       const total = query.granularity === 'total';
       const expected = json.rows.flatMap((row) => {
         const identity = row.counter !== undefined ? { counter: row.counter } : row.labels;
@@ -257,12 +257,9 @@ describe('usage over HTTP', () => {
     held.pause();
     const busy = await post(november);
     expect(busy.status).toBe(503);
-    expect(
-      ((await busy.json()) as { error: { code: string; message: string } }).error,
-    ).toMatchObject({
-      code: 'BUSY',
-      message: expect.stringMatching(/TALLY_MAX_CONCURRENT_QUERIES/),
-    });
+    const refusal = ((await busy.json()) as { error: { code: string; message: string } }).error;
+    expect(refusal.code).toBe('BUSY');
+    expect(refusal.message).toMatch(/TALLY_MAX_CONCURRENT_QUERIES/);
     held.destroy();
     await new Promise((resolve) => setTimeout(resolve, 200));
     expect((await post(november)).status).toBe(200);

@@ -9,6 +9,7 @@ import {
   statusCommand,
 } from './commands.js';
 import { ExitCode, exitCodeFor } from './exit-codes.js';
+import { usageCommand } from './usage-command.js';
 import { environmentHelp, serveVariables, workerVariables } from './service-variables.js';
 import { withStoreOptions } from './store-options.js';
 import { redactSecrets } from '../process/logging.js';
@@ -22,6 +23,9 @@ process.stdout.on('error', (error: NodeJS.ErrnoException) => {
 const exitCodesHelp = `
 Exit codes: 0 ok, 1 check failed (drift found, something left to flush), 2 usage or
 configuration error, 3 Redis or PostgreSQL unavailable.`;
+
+/** Collects a repeated option's values. */
+const collect = (value: string, previous: string[] = []) => [...previous, value];
 
 /** Runs a command's action and turns its answer (or failure) into the exit code. */
 function action<A extends unknown[]>(run: (...args: A) => Promise<number | undefined>) {
@@ -78,6 +82,36 @@ withStoreOptions(
     .option('--discard', 'drop the batch: right when it had been applied already')
     .option('--apply', 'apply the batch: right when it never had been'),
 ).action(action(resolveBatchCommand));
+
+withStoreOptions(
+  program
+    .command('usage')
+    .description(
+      'usage of many counters, filtered and grouped by labels, per calendar window: a table ' +
+        '(on a terminal), CSV or JSON, every row streamed',
+    )
+    .argument('[counter]', 'the base name of labelled counters (or use --prefix)')
+    .option('--prefix <prefix>', 'plain (unlabelled) names starting with this, one row each')
+    .option(
+      '--where <label=value>',
+      'only counters with this label value; repeat for more labels, or the same label for any of several values',
+      collect,
+    )
+    .option('--group-by <labels>', 'comma-separated label keys to group by')
+    .requiredOption(
+      '--from <date>',
+      'start, inclusive: 2026-11-01 (on --time-zone’s calendar) or an ISO 8601 instant',
+    )
+    .requiredOption('--to <date>', 'end, exclusive')
+    .option('--granularity <g>', 'minute, hour, day, month or total', 'day')
+    .option('--time-zone <zone>', 'IANA time zone of the windows', 'UTC')
+    .option('--order-by <by>', 'group (streams every row) or value (the top --limit rows)')
+    .option('--order <order>', 'asc or desc')
+    .option('--limit <n>', 'at most this many groups')
+    .option('--cursor <cursor>', 'start after the rows a previous page ended with')
+    .option('--format <format>', 'table, csv or json (default: table on a terminal, else csv)')
+    .option('--output <file>', 'write to this file instead of stdout'),
+).action(action(usageCommand));
 
 program
   .command('worker')

@@ -193,6 +193,27 @@ export function resolveSelection(
   return { kind: 'labelled', base, where: conditions, groupBy: keys };
 }
 
+/**
+ * `label=value` conditions as written in a link or on a command line (a label repeated: any
+ * of its values) as a query's where.
+ */
+export function whereOf(conditions: string | readonly string[]): Record<string, string[]> {
+  const where: Record<string, string[]> = {};
+  for (const condition of typeof conditions === 'string' ? [conditions] : conditions) {
+    const split = condition.indexOf('=');
+    if (split < 1) {
+      throw new ValidationError(`where ${JSON.stringify(condition)} must be label=value.`);
+    }
+    (where[condition.slice(0, split)] ??= []).push(condition.slice(split + 1));
+  }
+  return where;
+}
+
+/** groupBy as written in a link or on a command line: comma-separated, or repeated. */
+export function groupByOf(raw: string | readonly string[]): string[] {
+  return (typeof raw === 'string' ? [raw] : raw).flatMap((part) => part.split(',')).filter(Boolean);
+}
+
 const isoInstant =
   /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,3}))?)?(Z|[+-]\d{2}:\d{2})?)?$/;
 
@@ -263,8 +284,8 @@ function resolveWindows(
         (misaligned === undefined ? '' : `start at ${new Date(misaligned).toISOString()}, which `) +
         `does not fall on the start of a kept UTC bucket (${kept.join(', ') || 'none'}); ` +
         (granularity === 'total'
-          ? 'move from and to onto bucket boundaries, or keep finer buckets (option buckets).'
-          : "keep 'minute' buckets (option buckets) to query in this zone."),
+          ? 'move from and to onto bucket boundaries, or keep finer buckets (option buckets, TALLY_BUCKETS).'
+          : "keep 'minute' buckets (option buckets, TALLY_BUCKETS) to query in this zone."),
     );
   }
   return { boundaries, source };

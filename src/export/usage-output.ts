@@ -24,6 +24,23 @@ export function csvColumns(query: UsageQueryInput): string[] {
 }
 
 /**
+ * A row's records, one per window (one for `total`), each as its columns: the identity (null
+ * for a label the group's counters lack), then the window's start, then the value.
+ */
+export function usageRecords(query: UsageQueryInput, row: UsageRow): (string | null)[][] {
+  const identity =
+    row.counter !== undefined
+      ? [row.counter]
+      : (query.groupBy ?? []).map((label) => row.labels[label] ?? null);
+  if (query.granularity === 'total') return [[...identity, String(row.value)]];
+  return row.buckets.map((bucket) => [
+    ...identity,
+    bucket.start.toISOString(),
+    String(bucket.value),
+  ]);
+}
+
+/**
  * The CSV of a query's rows: a header, then one line per group and window. An absent label is
  * an empty field; an empty label value is `""`, so the two stay apart.
  */
@@ -31,28 +48,11 @@ export async function* usageCsv(
   query: UsageQueryInput,
   rows: AsyncIterable<UsageRow>,
 ): AsyncGenerator<string> {
-  const labels = query.prefix !== undefined ? [] : [...(query.groupBy ?? [])];
-  const total = query.granularity === 'total';
+  const field = (value: string | null) =>
+    value === null ? '' : value === '' ? '""' : csvField(value);
   let chunk = `${csvColumns(query).map(csvField).join(',')}\r\n`;
   for await (const row of rows) {
-    const identity =
-      row.counter !== undefined
-        ? csvField(row.counter)
-        : labels
-            .map((label) => {
-              const value = row.labels[label];
-              return value === null || value === undefined
-                ? ''
-                : value === ''
-                  ? '""'
-                  : csvField(value);
-            })
-            .join(',');
-    const lead = labels.length === 0 && row.counter === undefined ? '' : `${identity},`;
-    if (total) chunk += `${lead}${row.value}\r\n`;
-    else
-      for (const bucket of row.buckets)
-        chunk += `${lead}${bucket.start.toISOString()},${bucket.value}\r\n`;
+    for (const record of usageRecords(query, row)) chunk += `${record.map(field).join(',')}\r\n`;
     if (chunk.length >= chunkChars) {
       yield chunk;
       chunk = '';

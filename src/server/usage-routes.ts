@@ -1,8 +1,14 @@
 import { Readable } from 'node:stream';
 import type { FastifyPluginCallbackJsonSchemaToTs } from '@fastify/type-provider-json-schema-to-ts';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import type { UsagePage, UsageQueryInput, UsageRow } from '../engine/query-spec.js';
-import { TallyError, ValidationError } from '../errors.js';
+import {
+  groupByOf,
+  whereOf,
+  type UsagePage,
+  type UsageQueryInput,
+  type UsageRow,
+} from '../engine/query-spec.js';
+import { TallyError } from '../errors.js';
 import { usageCsv } from '../export/usage-output.js';
 import type { Tally } from '../tally.js';
 import {
@@ -26,23 +32,6 @@ function wantsCsv(request: FastifyRequest): boolean {
     .some(
       (range) => /^\s*text\/csv\s*(;|$)/i.test(range) && !/;\s*q=0(\.0*)?\s*(;|$)/i.test(range),
     );
-}
-
-/** `where=label=value` parameters (a label repeated: any of its values) as a query's where. */
-function whereOf(raw: string | readonly string[]): Record<string, string[]> {
-  const where: Record<string, string[]> = {};
-  for (const condition of typeof raw === 'string' ? [raw] : raw) {
-    const split = condition.indexOf('=');
-    if (split < 1) {
-      throw new ValidationError(`where=${JSON.stringify(condition)} must be label=value.`);
-    }
-    (where[condition.slice(0, split)] ??= []).push(condition.slice(split + 1));
-  }
-  return where;
-}
-
-function groupByOf(raw: string | readonly string[]): string[] {
-  return (typeof raw === 'string' ? [raw] : raw).flatMap((part) => part.split(',')).filter(Boolean);
 }
 
 const limitOf = (raw: string) => Number(raw);

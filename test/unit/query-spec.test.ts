@@ -71,7 +71,7 @@ describe('usage query input', () => {
     for (const [query, message] of cases) expect(() => resolve(query)).toThrow(message);
     // A zone whose days do not start on whole UTC hours needs minute buckets.
     expect(() => resolve({ timeZone: 'Asia/Kolkata' })).toThrow(
-      /keep 'minute' buckets \(option buckets\)/,
+      /keep 'minute' buckets \(option buckets, TALLY_BUCKETS\)/,
     );
     expect(resolve({ timeZone: 'Asia/Kolkata' }, ['minute', 'hour']).source).toBe('minute');
     // Month windows are summed from day buckets: the query's granularity need not be kept.
