@@ -394,6 +394,13 @@ const faultPoints: FaultPoint[] = [
   'during-acknowledge',
 ];
 
+/** A fresh, migrated database. */
+async function migrated(): Promise<string> {
+  const url = await createDatabase();
+  await migrate(url);
+  return url;
+}
+
 let redis: RedisHandle;
 beforeAll(async () => {
   redis = await startRedis();
@@ -457,5 +464,100 @@ describe('usage queries against a model', () => {
       ),
       { numRuns: 12 },
     );
+  });
+});
+
+describe('usage queries on the calendar', () => {
+  it('sums DST days of 23 and 25 hours, and refuses a half-hour zone without minute buckets', async () => {
+    const tally = await createTally({
+      redis: redis.url,
+      postgres: await migrated(),
+      keyPrefix: `d${randomBytes(4).toString('hex')}`,
+      shards: 2,
+      maxBackdateMs: wideWindowMs,
+    });
+    try {
+      // One increment every UTC hour around both DST changes of 2026, half of them flushed.
+      const hoursFrom = (iso: string, count: number) =>
+        Array.from({ length: count }, (_, i) => Date.parse(iso) + i * 3_600_000);
+      const instants = [
+        ...hoursFrom('2026-03-07T00:00:00Z', 24 * 24),
+        ...hoursFrom('2026-10-23T00:00:00Z', 24 * 12),
+      ];
+      for (const [i, ms] of instants.entries()) {
+        await tally.incr({ name: 'calls', labels: { tenant: 'acme' } }, 1, { at: ms });
+        if (i % 97 === 0) await tally.flush();
+      }
+      const dayLengths = async (timeZone: string, from: string, to: string) =>
+        (
+          await tally.query({ counter: 'calls', from, to, granularity: 'day', timeZone })
+        ).rows[0]?.buckets.map((bucket) => bucket.value);
+      expect(await dayLengths('Europe/Berlin', '2026-03-28', '2026-03-31')).toEqual([24, 23, 24]);
+      expect(await dayLengths('Europe/Berlin', '2026-10-24', '2026-10-27')).toEqual([24, 25, 24]);
+      expect(await dayLengths('America/New_York', '2026-03-07', '2026-03-10')).toEqual([
+        24, 23, 24,
+      ]);
+      expect(await dayLengths('America/New_York', '2026-10-31', '2026-11-03')).toEqual([
+        24, 25, 24,
+      ]);
+      await expect(
+        tally.query({
+          counter: 'calls',
+          from: '2026-03-08',
+          to: '2026-03-09',
+          granularity: 'day',
+          timeZone: 'Asia/Kolkata',
+        }),
+      ).rejects.toThrow(/keep 'minute' buckets \(option buckets, TALLY_BUCKETS\)/);
+    } finally {
+      await tally.close();
+    }
+  });
+
+  it('pages through every group once while increments continue', async () => {
+    const tally = await createTally({
+      redis: redis.url,
+      postgres: await migrated(),
+      keyPrefix: `p${randomBytes(4).toString('hex')}`,
+      shards: 4,
+      maxBackdateMs: wideWindowMs,
+    });
+    try {
+      const at = Date.parse('2026-11-10T00:00:00Z');
+      const tenant = (i: number) => `t${String(i).padStart(3, '0')}`;
+      for (let i = 0; i < 200; i += 2) {
+        await tally.incr({ name: 'calls', labels: { tenant: tenant(i) } }, 1, { at });
+      }
+      await tally.flush();
+      const seen: string[] = [];
+      let cursor: string | undefined;
+      let round = 0;
+      do {
+        const page = await tally.query({
+          counter: 'calls',
+          groupBy: ['tenant'],
+          from: '2026-11-01',
+          to: '2026-12-01',
+          granularity: 'month',
+          limit: 7,
+          ...(cursor === undefined ? {} : { cursor }),
+        });
+        seen.push(...page.rows.map((row) => String(row.labels.tenant)));
+        cursor = page.nextCursor ?? undefined;
+        // Between pages: more usage for groups already seen and not yet seen, new groups on
+        // both sides of the cursor, and a flush now and then.
+        round++;
+        await tally.incr({ name: 'calls', labels: { tenant: tenant((round * 13) % 200) } }, 1, {
+          at,
+        });
+        await tally.incr({ name: 'calls', labels: { tenant: tenant(2 * round + 1) } }, 1, { at });
+        if (round % 3 === 0) await tally.flush();
+      } while (cursor !== undefined);
+      expect(new Set(seen).size).toBe(seen.length);
+      for (let i = 0; i < 200; i += 2) expect(seen).toContain(tenant(i));
+      expect([...seen].sort()).toEqual(seen);
+    } finally {
+      await tally.close();
+    }
   });
 });
