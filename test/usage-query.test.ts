@@ -561,3 +561,50 @@ describe('usage queries on the calendar', () => {
     }
   });
 });
+
+describe('usage queries over many unflushed counters', () => {
+  it('read each of thousands of pending counters once, glob characters in labels included', async () => {
+    const tally = await createTally({
+      redis: redis.url,
+      postgres: await migrated(),
+      keyPrefix: `g${randomBytes(4).toString('hex')}`,
+      shards: 1, // one hash of 3,000 fields: a scan of many pages
+      maxBackdateMs: wideWindowMs,
+    });
+    try {
+      const at = Date.parse('2026-11-10T00:00:00Z');
+      const tenants = Array.from({ length: 3_000 }, (_, i) => `t*?[${i}]\\`);
+      for (let i = 0; i < tenants.length; i += 500) {
+        await tally.incrMany(
+          tenants.slice(i, i + 500).map((tenant, k) => ({
+            counter: { name: 'calls', labels: { tenant, region: (i + k) % 2 === 0 ? 'eu' : 'us' } },
+            by: i + k + 1,
+            at,
+          })),
+        );
+      }
+      const total = (where: UsageQueryInput['where']) =>
+        tally.query({
+          counter: 'calls',
+          where,
+          from: '2026-11-01',
+          to: '2026-12-01',
+          granularity: 'total',
+        });
+      expect((await total({})).rows[0]?.value).toBe((3_000 * 3_001) / 2);
+      expect((await total({ region: 'eu' })).rows[0]?.value).toBe(1_500 * 1_500);
+      expect((await total({ tenant: 't*?[41]\\' })).rows[0]?.value).toBe(42);
+      const groups = await tally.query({
+        counter: 'calls',
+        groupBy: ['tenant'],
+        from: '2026-11-01',
+        to: '2026-12-01',
+        granularity: 'total',
+        limit: 10_000,
+      });
+      expect(groups.rows).toHaveLength(3_000);
+    } finally {
+      await tally.close();
+    }
+  });
+});

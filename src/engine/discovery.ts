@@ -8,7 +8,7 @@ import type { EngineContext } from './engine-context.js';
 import {
   compareCodePoints,
   counterMatcher,
-  fieldNeedles,
+  fieldPattern,
   queryLimits,
   resolveSelection,
   type CounterSelection,
@@ -114,7 +114,7 @@ async function unflushedCounters(
 ): Promise<Set<string>> {
   const match = counterMatcher(selection);
   const found = new Set<string>();
-  for (const shard of await readShardDeltas(ctx, fieldNeedles(selection), what)) {
+  for (const shard of await readShardDeltas(ctx, fieldPattern(selection), what)) {
     for (const pairs of [shard.pending, shard.inflight]) {
       eachUnflushed(pairs, (counter) => {
         if (match(counter) !== undefined) found.add(counter);

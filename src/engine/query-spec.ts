@@ -402,19 +402,20 @@ export function counterMatcher(selection: Selection): (counter: string) => strin
   };
 }
 
+/** A literal for a Redis glob pattern: its special characters escaped. */
+const globLiteral = (text: string) => text.replace(/[*?[\]\\]/g, '\\$&');
+
 /**
- * Substrings every Redis field of a selected counter holds (`<bucket tag><counter>`), so Redis
- * returns only candidates: the counter's start after the tag's separator, and each label with
- * one wanted value as canonicalName writes it.
+ * A Redis MATCH pattern every field of a selected counter matches (`<bucket tag><counter>`), so
+ * Redis returns only candidates: the counter's start after the tag's separator, then each label
+ * with one wanted value as canonicalName writes it, in key order as canonical names hold them.
  */
-export function fieldNeedles(selection: Selection): string[] {
-  if (selection.kind === 'plain') return [fieldSeparator + selection.prefix];
-  return [
-    `${fieldSeparator}${selection.base}{`,
-    ...selection.where
-      .filter(([, values]) => values.length === 1)
-      .map(([key, values]) => `${key}=${JSON.stringify(values[0])}`),
-  ];
+export function fieldPattern(selection: Selection): string {
+  if (selection.kind === 'plain') return `*${fieldSeparator}${globLiteral(selection.prefix)}*`;
+  const labels = selection.where
+    .filter(([, values]) => values.length === 1)
+    .map(([key, values]) => `*${globLiteral(`${key}=${JSON.stringify(values[0])}`)}`);
+  return `*${fieldSeparator}${globLiteral(`${selection.base}{`)}${labels.join('')}*`;
 }
 
 /** The group's labels as a row shows them. */

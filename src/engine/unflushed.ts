@@ -16,16 +16,16 @@ export interface ShardDeltas {
   inflight: readonly string[];
 }
 
-/** Every shard's unflushed fields holding every needle (read-matching.lua), one call per shard. */
+/** Every shard's unflushed fields matching `pattern` (read-matching.lua), one call per shard. */
 export function readShardDeltas(
   ctx: EngineContext,
-  needles: readonly string[],
+  pattern: string,
   what: string,
 ): Promise<ShardDeltas[]> {
   return Promise.all(
     Array.from({ length: ctx.config.shards }, async (_, shard) => {
       const reply = (await ctx.scripts
-        .readMatching(shardKeys(ctx.config.keyPrefix, shard), needles)
+        .readMatching(shardKeys(ctx.config.keyPrefix, shard), pattern)
         .catch((error: unknown) => {
           throw redisFailure(error, 'read', what);
         })) as unknown[];

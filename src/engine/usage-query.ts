@@ -10,7 +10,7 @@ import {
   compareCodePoints,
   counterMatcher,
   encodeCursor,
-  fieldNeedles,
+  fieldPattern,
   resolveQuery,
   rowIdentity,
   type ResolvedQuery,
@@ -187,9 +187,9 @@ async function* mergedGroups(
  */
 async function* exactGroups(ctx: EngineContext, query: ResolvedQuery): AsyncGenerator<Group> {
   const what = 'a usage query';
-  const needles = fieldNeedles(query.selection);
+  const pattern = fieldPattern(query.selection);
   for (let attempt = 0; attempt < maxReadAttempts; attempt++) {
-    const shards = await readShardDeltas(ctx, needles, what);
+    const shards = await readShardDeltas(ctx, pattern, what);
     const { client, release } = await checkOut(ctx.pool).catch((error: unknown) => {
       throw postgresFailure(error, what);
     });

@@ -133,8 +133,8 @@ export interface Scripts {
   ): Promise<ScriptReply>;
   /** {snapshot count, in-flight batch id, its snapshot ms, P, P (tag, delta) pairs, in-flight pairs}. */
   readBuckets(keys: ShardKeys, counter: string): Promise<ScriptReply>;
-  /** The shard's unflushed fields holding every needle, with its in-flight batch (read-matching.lua). */
-  readMatching(keys: ShardKeys, needles: readonly string[]): Promise<ScriptReply>;
+  /** The shard's unflushed fields matching a glob, with its in-flight batch (read-matching.lua). */
+  readMatching(keys: ShardKeys, pattern: string): Promise<ScriptReply>;
   /** Whether the lock was still `token`'s and is now released. */
   releaseLock(lockKey: string, token: string): Promise<boolean>;
   /** Whether the lock was still `token`'s and now lives `ttlMs` more. */
@@ -218,11 +218,11 @@ export function defineScripts(redis: RedisConnection): Scripts {
         ],
         [counter],
       ) as Promise<ScriptReply>,
-    readMatching: (keys, needles) =>
+    readMatching: (keys, pattern) =>
       run(
         'readMatching',
         [keys.pending, keys.inflight, keys.inflightMeta, keys.snapshots],
-        needles,
+        [pattern],
       ) as Promise<ScriptReply>,
     releaseLock: async (lockKey, token) =>
       Number(await run('releaseLock', [lockKey], [token])) === 1,
