@@ -10,6 +10,7 @@ import { hotPath } from './hot-path.js';
 import { httpIngest } from './http.js';
 import { flushLag } from './lag.js';
 import { reconcile } from './reconcile.js';
+import { usageQuery } from './usage-query.js';
 import { throughputChart } from './support/chart.js';
 import type { BenchContext } from './support/context.js';
 import type { BenchmarkResult } from './support/results.js';
@@ -20,6 +21,7 @@ const benchmarks: Record<string, (ctx: BenchContext) => Promise<BenchmarkResult>
   flush,
   reconcile,
   lag: flushLag,
+  'usage-query': usageQuery,
 };
 
 const { values } = parseArgs({

@@ -583,7 +583,7 @@ describe('usage queries over many unflushed counters', () => {
           })),
         );
       }
-      const total = (where: UsageQueryInput['where']) =>
+      const total = (where: NonNullable<UsageQueryInput['where']>) =>
         tally.query({
           counter: 'calls',
           where,

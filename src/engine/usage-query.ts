@@ -1,4 +1,5 @@
-import Cursor from 'pg-cursor';
+import { StringDecoder } from 'node:string_decoder';
+import { to as copyTo } from 'pg-copy-streams';
 import type pg from 'pg';
 import { TallyError, ValidationError } from '../errors.js';
 import { postgresFailure } from '../store/pool.js';
@@ -39,9 +40,6 @@ interface Group {
   key: string;
   windows: bigint[];
 }
-
-/** Rows fetched from PostgreSQL at a time: a stream holds one batch, never the whole result. */
-const fetchRows = 2_000;
 
 /** The index of the window holding `startMs` (boundaries sorted), or -1 outside them all. */
 function windowOf(boundaries: readonly number[], startMs: number): number {
@@ -111,40 +109,68 @@ async function appliedShards(
   return new Set(rows.filter((row) => row.applied).map((row) => row.shard));
 }
 
-/** PostgreSQL's groups, in the query's group order, a batch of rows at a time. */
-async function* flushedGroups(client: pg.ClientBase, query: ResolvedQuery): AsyncGenerator<Group> {
-  const statement = querySql.windows(
-    query.selection,
-    query.source,
-    query.boundaries.map((ms) => new Date(ms).toISOString()),
-    {
-      descending: query.descending && query.orderBy === 'group',
-      after: query.orderBy === 'group' ? query.after?.key : undefined,
-    },
-  );
-  const cursor = client.query(
-    new Cursor<{ key: string; window: number; value: string }>(statement.text, statement.values),
+/** A field of COPY's text format as written: backslash escapes undone. */
+const copyEscapes: Record<string, string> = {
+  b: '\b',
+  f: '\f',
+  n: '\n',
+  r: '\r',
+  t: '\t',
+  v: '\v',
+};
+const unescapeCopy = (field: string) =>
+  field.includes('\\') ? field.replace(/\\(.)/gs, (_, c: string) => copyEscapes[c] ?? c) : field;
+
+/** Lines of a COPY TO stream, whatever its chunks cut through (a line, a UTF-8 character). */
+async function* copyLines(stream: AsyncIterable<Buffer>): AsyncGenerator<string> {
+  const decoder = new StringDecoder('utf8');
+  let rest = '';
+  for await (const chunk of stream) {
+    const text = rest + decoder.write(chunk);
+    const lines = text.split('\n');
+    rest = lines.pop() ?? '';
+    yield* lines;
+  }
+  rest += decoder.end();
+  if (rest !== '') yield rest;
+}
+
+/**
+ * PostgreSQL's groups, in the query's group order, streamed (COPY: see querySql.windows); at
+ * most `groups` of them when given.
+ */
+async function* flushedGroups(
+  client: pg.ClientBase,
+  query: ResolvedQuery,
+  groups: number | undefined,
+): AsyncGenerator<Group> {
+  const byGroup = query.orderBy === 'group';
+  const stream = client.query(
+    copyTo(
+      querySql.windows(
+        query.selection,
+        query.source,
+        query.boundaries.map((ms) => new Date(ms).toISOString()),
+        {
+          descending: query.descending && byGroup,
+          after: byGroup ? query.after?.key : undefined,
+          groups,
+        },
+      ),
+    ),
   );
   const windows = query.boundaries.length - 1;
   let current: Group | undefined;
-  try {
-    for (
-      let rows = await cursor.read(fetchRows);
-      rows.length > 0;
-      rows = await cursor.read(fetchRows)
-    ) {
-      for (const row of rows) {
-        if (current?.key !== row.key) {
-          if (current !== undefined) yield current;
-          current = { key: row.key, windows: new Array<bigint>(windows).fill(0n) };
-        }
-        current.windows[row.window] = BigInt(row.value);
-      }
+  for await (const line of copyLines(stream)) {
+    const [escapedKey = '', window = '0', value = '0'] = line.split('\t');
+    const key = unescapeCopy(escapedKey);
+    if (current?.key !== key) {
+      if (current !== undefined) yield current;
+      current = { key, windows: new Array<bigint>(windows).fill(0n) };
     }
-    if (current !== undefined) yield current;
-  } finally {
-    await cursor.close().catch(() => undefined);
+    current.windows[Number(window)] = BigInt(value);
   }
+  if (current !== undefined) yield current;
 }
 
 /**
@@ -182,10 +208,16 @@ async function* mergedGroups(
 }
 
 /**
- * Every group of the query, exact, in group order from its cursor on, holding one PostgreSQL
- * snapshot and its client until the caller stops iterating.
+ * Every group of the query, exact, in group order from its cursor on (at most `groups` of
+ * PostgreSQL's when given), holding one PostgreSQL snapshot and its client until the caller
+ * stops iterating. A caller that stops before the end (a client gone mid-export) leaves COPY
+ * unfinished: that connection is closed, not reused.
  */
-async function* exactGroups(ctx: EngineContext, query: ResolvedQuery): AsyncGenerator<Group> {
+async function* exactGroups(
+  ctx: EngineContext,
+  query: ResolvedQuery,
+  groups?: number,
+): AsyncGenerator<Group> {
   const what = 'a usage query';
   const pattern = fieldPattern(query.selection);
   for (let attempt = 0; attempt < maxReadAttempts; attempt++) {
@@ -194,31 +226,45 @@ async function* exactGroups(ctx: EngineContext, query: ResolvedQuery): AsyncGene
       throw postgresFailure(error, what);
     });
     let failure: Error | undefined;
+    let finished = false;
     try {
       let applied: Set<number>;
       try {
-        await client.query(querySql.readOnlySnapshot);
-        await client.query(querySql.statementTimeout, [String(ctx.config.queryTimeoutMs)]);
+        // One round trip: the shorter the time from the Redis reads to the snapshot, the rarer
+        // a flush falls between them.
+        await client.query(querySql.readOnlySnapshot(ctx.config.queryTimeoutMs));
         applied = await appliedShards(client, shards);
       } catch (error) {
         throw postgresFailure(error, what);
       }
-      if (await snapshotsMoved(ctx, shards, what)) continue;
-      const flushed = flushedGroups(client, query);
+      // Only a shard whose pending deltas were read can count one twice: a snapshot after the
+      // read can carry them into a batch the PostgreSQL snapshot holds. A shard read with no
+      // pending delta of the query's counters cannot: the batch in flight when it was read is
+      // applied before any later one, and the ledger's verdict on it comes from the snapshot.
+      const read = shards.filter((shard) => shard.pending.length > 0);
+      if (await snapshotsMoved(ctx, read, what)) {
+        finished = true;
+        continue;
+      }
+      const flushed = flushedGroups(client, query, groups);
       try {
         yield* mergedGroups(flushed, unflushedGroups(query, shards, applied), query);
       } catch (error) {
         throw error instanceof TallyError ? error : postgresFailure(error, what);
       }
+      finished = true;
       return;
     } catch (error) {
       failure = error instanceof Error ? error : new Error(String(error));
       throw error;
     } finally {
+      if (!finished) failure ??= new Error('a usage query stopped mid-stream');
       // Read only: nothing to keep. A client that fails to roll back is not reused.
-      await client.query('ROLLBACK').catch((error: unknown) => {
-        failure ??= error instanceof Error ? error : new Error(String(error));
-      });
+      if (failure === undefined) {
+        await client.query('ROLLBACK').catch((error: unknown) => {
+          failure = error instanceof Error ? error : new Error(String(error));
+        });
+      }
       release(failure);
     }
   }
@@ -291,18 +337,23 @@ export async function queryUsage(ctx: EngineContext, input: UsageQueryInput): Pr
   if (query.orderBy === 'value') return pageByValue(ctx, query);
   const rows: UsageRow[] = [];
   let lastKey = '';
-  for await (const group of exactGroups(ctx, query)) {
-    if (rows.length === query.limit)
-      return { rows, nextCursor: encodeCursor('group', { key: lastKey }) };
+  let more = false;
+  // PostgreSQL sends one group past the page, and Redis' groups are few: read to the end, so
+  // the connection is left clean.
+  for await (const group of exactGroups(ctx, query, query.limit + 1)) {
+    if (rows.length === query.limit) {
+      more = true;
+      continue;
+    }
     rows.push(toRow(query, group));
     lastKey = group.key;
   }
-  return { rows, nextCursor: null };
+  return { rows, nextCursor: more ? encodeCursor('group', { key: lastKey }) : null };
 }
 
 /**
- * Every row of a usage query from its cursor on, in group order, streamed: one batch of
- * PostgreSQL rows in memory at a time (library: Tally.queryStream; CSV exports). `limit`, when
+ * Every row of a usage query from its cursor on, in group order, streamed: PostgreSQL's rows
+ * arrive as the consumer takes them (library: Tally.queryStream; CSV exports). `limit`, when
  * given, stops it after that many groups.
  */
 export async function* streamUsage(
@@ -313,9 +364,10 @@ export async function* streamUsage(
   if (query.orderBy === 'value') {
     throw new ValidationError('A stream is in group order; ask query() for the top rows by value.');
   }
+  const groups = input.limit === undefined ? undefined : query.limit;
   let rows = 0;
-  for await (const group of exactGroups(ctx, query)) {
-    if (input.limit !== undefined && rows++ >= query.limit) return;
+  for await (const group of exactGroups(ctx, query, groups)) {
+    if (groups !== undefined && rows++ >= groups) continue; // read to the end (as above)
     yield toRow(query, group);
   }
 }

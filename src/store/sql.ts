@@ -4,6 +4,7 @@
  * Statements on the hot paths (flush, usage, reconcile) carry a `name`, so node-postgres
  * prepares them once per connection.
  */
+import pg from 'pg';
 
 /** SQL pieces of the horizon rule below; the arguments are placeholders. */
 const inLedger = (shard: string, batch: string) =>
@@ -217,12 +218,32 @@ type SelectionSql =
     }
   | { kind: 'plain'; prefix: string };
 
+/** How a statement carries its values: as placeholders, or written into it as literals. */
+interface Values {
+  add(value: string | number | readonly string[], cast?: string): string;
+}
+
 /** Placeholders numbered as values are added. */
-class Parameters {
+class Parameters implements Values {
   readonly values: unknown[] = [];
-  add(value: unknown, cast = ''): string {
+  add(value: string | number | readonly string[], cast = ''): string {
     this.values.push(value);
     return `$${this.values.length}${cast}`;
+  }
+}
+
+/**
+ * Values written into the statement, quoted by node-postgres' escapeLiteral: for COPY, which
+ * takes no placeholders. Numbers must be whole.
+ */
+class Literals implements Values {
+  add(value: string | number | readonly string[], cast = ''): string {
+    if (typeof value === 'number') {
+      if (!Number.isSafeInteger(value)) throw new Error(`not a whole number: ${value}`);
+      return `${value}${cast}`;
+    }
+    if (typeof value === 'string') return `${pg.escapeLiteral(value)}${cast}`;
+    return `ARRAY[${value.map((item) => pg.escapeLiteral(item)).join(', ')}]${cast}`;
   }
 }
 
@@ -245,7 +266,7 @@ function prefixEnd(prefix: string): string | undefined {
 }
 
 /** Conditions on counter_labels `l` for the counters a selection takes. */
-function selectionConditions(selection: SelectionSql, parameters: Parameters): string[] {
+function selectionConditions(selection: SelectionSql, parameters: Values): string[] {
   if (selection.kind === 'plain') {
     const conditions = ['l.base IS NULL'];
     if (selection.prefix === '') return conditions;
@@ -274,7 +295,7 @@ function selectionConditions(selection: SelectionSql, parameters: Parameters): s
  * A counter's group key in SQL, as engine/query-spec.ts `groupKey` writes it: each groupBy
  * label's value after \x02 (\x01 when absent), joined by \x1f, in byte order.
  */
-function groupKeySql(selection: SelectionSql, parameters: Parameters): string {
+function groupKeySql(selection: SelectionSql, parameters: Values): string {
   if (selection.kind === 'plain') return `(E'\\x02' || l.name) COLLATE "C"`;
   if (selection.groupBy.length === 0) return `''::text COLLATE "C"`;
   const parts = selection.groupBy.map(
@@ -293,39 +314,57 @@ export const querySql = {
   appliedBatches: `SELECT s.shard, (${inLedger('s.shard', 's.batch')}
                                     OR ${beforeHorizon('s.shard', 's.snapshot_ms', '$4')}) AS applied
                    FROM unnest($1::integer[], $2::text[], $3::bigint[]) AS s(shard, batch, snapshot_ms)`,
-  readOnlySnapshot: 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY',
+  /** A read-only snapshot whose statements stop after `ms` (a whole number: inlined). */
+  readOnlySnapshot: (ms: number) =>
+    `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = ${Math.trunc(ms)}`,
   /** The longest one statement of this transaction may run ($1: ms, as text). */
   statementTimeout: `SELECT set_config('statement_timeout', $1, true)`,
   /**
-   * The selected counters' flushed buckets of `granularity` summed per group and window: rows
-   * (key, window, value) in group order, window order. `boundaries` are the windows' starts and
-   * the last one's end (ISO 8601); `after` the group key a page starts after.
+   * The selected counters' flushed buckets of `granularity` summed per group and window, as
+   * COPY text: lines of key, window index, value in group order, then window order. `boundaries` are
+   * the windows' starts and the last one's end (ISO 8601); `after` the group key a page starts
+   * after; `groups` how many groups at most.
+   *
+   * COPY, not a cursor: PostgreSQL never plans a cursor's query in parallel (it may be
+   * suspended), and summing a month of 100k tenants took 1.7× as long that way. COPY runs the
+   * query whole, in parallel, and streams its rows with backpressure. It takes no placeholders,
+   * so the values are written in as quoted literals.
    */
   windows(
     selection: SelectionSql,
     granularity: string,
     boundaries: readonly string[],
-    order: { descending: boolean; after: string | undefined },
-  ): { text: string; values: unknown[] } {
-    const parameters = new Parameters();
-    const key = groupKeySql(selection, parameters);
-    const conditions = selectionConditions(selection, parameters);
+    order: { descending: boolean; after: string | undefined; groups: number | undefined },
+  ): string {
+    const literals = new Literals();
+    const key = groupKeySql(selection, literals);
+    const conditions = selectionConditions(selection, literals);
+    const direction = order.descending ? 'DESC' : 'ASC';
     if (order.after !== undefined) {
-      conditions.push(`${key} ${order.descending ? '<' : '>'} ${parameters.add(order.after)}`);
+      conditions.push(`${key} ${order.descending ? '<' : '>'} ${literals.add(order.after)}`);
     }
-    const bounds = parameters.add(boundaries, '::timestamptz[]');
-    const text = `SELECT ${key} AS key,
-                         width_bucket(b.bucket_start, ${bounds}) - 1 AS window,
-                         sum(b.value)::text AS value
-                  FROM tally.counter_labels l
-                  JOIN tally.counter_buckets b ON b.name = l.name
-                  WHERE ${conditions.join(' AND ')}
-                    AND b.granularity = ${parameters.add(granularity)}
-                    AND b.bucket_start >= ${parameters.add(boundaries[0])}
-                    AND b.bucket_start < ${parameters.add(boundaries.at(-1))}
-                  GROUP BY 1, 2
-                  ORDER BY 1 ${order.descending ? 'DESC' : 'ASC'}, 2`;
-    return { text, values: parameters.values };
+    const bounds = literals.add(boundaries, '::timestamptz[]');
+    // Summed per counter first, then per group: the group key is built once per counter, not
+    // once per bucket row (a month of days is 30 rows per counter), which halved the time.
+    const sums = `SELECT ${key} AS key, p.window_index, sum(p.value)::text AS value
+                  FROM (SELECT b.name, width_bucket(b.bucket_start, ${bounds}) - 1 AS window_index,
+                               sum(b.value) AS value
+                        FROM tally.counter_buckets b
+                        WHERE b.granularity = ${literals.add(granularity)}
+                          AND b.bucket_start >= ${literals.add(boundaries[0] ?? '')}::timestamptz
+                          AND b.bucket_start < ${literals.add(boundaries.at(-1) ?? '')}::timestamptz
+                          AND b.name IN (SELECT l.name FROM tally.counter_labels l
+                                         WHERE ${conditions.join(' AND ')})
+                        GROUP BY 1, 2) AS p
+                  JOIN tally.counter_labels l ON l.name = p.name
+                  GROUP BY 1, 2`;
+    const limited =
+      order.groups === undefined
+        ? sums
+        : `SELECT key, window_index, value
+           FROM (SELECT *, dense_rank() OVER (ORDER BY key ${direction}) AS rank FROM (${sums}) AS s) AS r
+           WHERE rank <= ${literals.add(order.groups)}`;
+    return `COPY (${limited} ORDER BY 1 ${direction}, 2) TO STDOUT`;
   },
   /** Up to `limit` names of the selected counters after `after`, in byte order. */
   counterNames(
