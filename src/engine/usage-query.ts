@@ -121,29 +121,31 @@ const copyEscapes: Record<string, string> = {
 const unescapeCopy = (field: string) =>
   field.includes('\\') ? field.replace(/\\(.)/gs, (_, c: string) => copyEscapes[c] ?? c) : field;
 
-/** Lines of a COPY TO stream, whatever its chunks cut through (a line, a UTF-8 character). */
-async function* copyLines(stream: AsyncIterable<Buffer>): AsyncGenerator<string> {
+/**
+ * The lines of a COPY TO stream, a chunk's worth at a time (one await per chunk, not per line),
+ * whatever its chunks cut through (a line, a UTF-8 character).
+ */
+async function* copyLines(stream: AsyncIterable<Buffer>): AsyncGenerator<string[]> {
   const decoder = new StringDecoder('utf8');
   let rest = '';
   for await (const chunk of stream) {
-    const text = rest + decoder.write(chunk);
-    const lines = text.split('\n');
+    const lines = (rest + decoder.write(chunk)).split('\n');
     rest = lines.pop() ?? '';
-    yield* lines;
+    yield lines;
   }
   rest += decoder.end();
-  if (rest !== '') yield rest;
+  if (rest !== '') yield [rest];
 }
 
 /**
- * PostgreSQL's groups, in the query's group order, streamed (COPY: see querySql.windows); at
- * most `groups` of them when given.
+ * PostgreSQL's groups, in the query's group order, streamed (COPY: see querySql.windows) in
+ * batches; at most `groups` of them when given.
  */
 async function* flushedGroups(
   client: pg.ClientBase,
   query: ResolvedQuery,
   groups: number | undefined,
-): AsyncGenerator<Group> {
+): AsyncGenerator<Group[]> {
   const byGroup = query.orderBy === 'group';
   const stream = client.query(
     copyTo(
@@ -161,27 +163,32 @@ async function* flushedGroups(
   );
   const windows = query.boundaries.length - 1;
   let current: Group | undefined;
-  for await (const line of copyLines(stream)) {
-    const [escapedKey = '', window = '0', value = '0'] = line.split('\t');
-    const key = unescapeCopy(escapedKey);
-    if (current?.key !== key) {
-      if (current !== undefined) yield current;
-      current = { key, windows: new Array<bigint>(windows).fill(0n) };
+  for await (const lines of copyLines(stream)) {
+    const done: Group[] = [];
+    for (const line of lines) {
+      const [escapedKey = '', window = '0', value = '0'] = line.split('\t');
+      const key = unescapeCopy(escapedKey);
+      if (current?.key !== key) {
+        if (current !== undefined) done.push(current);
+        current = { key, windows: new Array<bigint>(windows).fill(0n) };
+      }
+      current.windows[Number(window)] = BigInt(value);
     }
-    current.windows[Number(window)] = BigInt(value);
+    // The group still open may go on in the next chunk.
+    if (done.length > 0) yield done;
   }
-  if (current !== undefined) yield current;
+  if (current !== undefined) yield [current];
 }
 
 /**
- * Merges PostgreSQL's groups with the unflushed ones, in group order: a group in both gets the
- * sum of both, window by window.
+ * Merges PostgreSQL's groups with the unflushed ones, in group order, batch by batch: a group
+ * in both gets the sum of both, window by window.
  */
 async function* mergedGroups(
-  flushed: AsyncGenerator<Group>,
+  flushed: AsyncGenerator<Group[]>,
   unflushed: Map<string, bigint[]>,
   query: ResolvedQuery,
-): AsyncGenerator<Group> {
+): AsyncGenerator<Group[]> {
   const direction = query.descending && query.orderBy === 'group' ? -1 : 1;
   const compare = (a: string, b: string) => direction * compareCodePoints(a, b);
   const after = query.orderBy === 'group' ? query.after?.key : undefined;
@@ -189,22 +196,23 @@ async function* mergedGroups(
     .filter((key) => after === undefined || compare(key, after) > 0)
     .sort(compare);
   let next = 0;
-  for await (const group of flushed) {
-    for (; next < pending.length && compare(pending[next] ?? '', group.key) < 0; next++) {
-      const key = pending[next] ?? '';
-      yield { key, windows: unflushed.get(key) ?? [] };
+  const unflushedGroup = (key: string): Group => ({ key, windows: unflushed.get(key) ?? [] });
+  for await (const batch of flushed) {
+    const merged: Group[] = [];
+    for (const group of batch) {
+      for (; next < pending.length && compare(pending[next] ?? '', group.key) < 0; next++) {
+        merged.push(unflushedGroup(pending[next] ?? ''));
+      }
+      if (pending[next] === group.key) {
+        const extra = unflushed.get(group.key) ?? [];
+        group.windows = group.windows.map((value, i) => value + (extra[i] ?? 0n));
+        next++;
+      }
+      merged.push(group);
     }
-    if (pending[next] === group.key) {
-      const extra = unflushed.get(group.key) ?? [];
-      group.windows = group.windows.map((value, i) => value + (extra[i] ?? 0n));
-      next++;
-    }
-    yield group;
+    yield merged;
   }
-  for (; next < pending.length; next++) {
-    const key = pending[next] ?? '';
-    yield { key, windows: unflushed.get(key) ?? [] };
-  }
+  yield pending.slice(next).map(unflushedGroup);
 }
 
 /**
@@ -217,7 +225,7 @@ async function* exactGroups(
   ctx: EngineContext,
   query: ResolvedQuery,
   groups?: number,
-): AsyncGenerator<Group> {
+): AsyncGenerator<Group[]> {
   const what = 'a usage query';
   const pattern = fieldPattern(query.selection);
   for (let attempt = 0; attempt < maxReadAttempts; attempt++) {
@@ -312,10 +320,12 @@ async function pageByValue(ctx: EngineContext, query: ResolvedQuery): Promise<Us
   const afterPosition =
     after === undefined ? undefined : { key: after.key, value: BigInt(after.value ?? '0') };
   let kept: (Group & { value: bigint })[] = [];
-  for await (const group of exactGroups(ctx, query)) {
-    const ranked = { ...group, value: group.windows.reduce((sum, value) => sum + value, 0n) };
-    if (afterPosition !== undefined && order(ranked, afterPosition) <= 0) continue;
-    kept.push(ranked);
+  for await (const batch of exactGroups(ctx, query)) {
+    for (const group of batch) {
+      const ranked = { ...group, value: group.windows.reduce((sum, value) => sum + value, 0n) };
+      if (afterPosition !== undefined && order(ranked, afterPosition) <= 0) continue;
+      kept.push(ranked);
+    }
     // Sorting now and then keeps memory at a few pages' worth, whatever the group count.
     if (kept.length >= 4 * query.limit + 1_000) kept = kept.sort(order).slice(0, query.limit + 1);
   }
@@ -340,13 +350,15 @@ export async function queryUsage(ctx: EngineContext, input: UsageQueryInput): Pr
   let more = false;
   // PostgreSQL sends one group past the page, and Redis' groups are few: read to the end, so
   // the connection is left clean.
-  for await (const group of exactGroups(ctx, query, query.limit + 1)) {
-    if (rows.length === query.limit) {
-      more = true;
-      continue;
+  for await (const batch of exactGroups(ctx, query, query.limit + 1)) {
+    for (const group of batch) {
+      if (rows.length === query.limit) {
+        more = true;
+        continue;
+      }
+      rows.push(toRow(query, group));
+      lastKey = group.key;
     }
-    rows.push(toRow(query, group));
-    lastKey = group.key;
   }
   return { rows, nextCursor: more ? encodeCursor('group', { key: lastKey }) : null };
 }
@@ -366,8 +378,10 @@ export async function* streamUsage(
   }
   const groups = input.limit === undefined ? undefined : query.limit;
   let rows = 0;
-  for await (const group of exactGroups(ctx, query, groups)) {
-    if (groups !== undefined && rows++ >= groups) continue; // read to the end (as above)
-    yield toRow(query, group);
+  for await (const batch of exactGroups(ctx, query, groups)) {
+    for (const group of batch) {
+      if (groups !== undefined && rows++ >= groups) continue; // read to the end (as above)
+      yield toRow(query, group);
+    }
   }
 }

@@ -27,17 +27,28 @@ export function csvColumns(query: UsageQueryInput): string[] {
  * A row's records, one per window (one for `total`), each as its columns: the identity (null
  * for a label the group's counters lack), then the window's start, then the value.
  */
-export function usageRecords(query: UsageQueryInput, row: UsageRow): (string | null)[][] {
+export function usageRecords(
+  query: UsageQueryInput,
+  row: UsageRow,
+  instant: (start: Date) => string = (start) => start.toISOString(),
+): (string | null)[][] {
   const identity =
     row.counter !== undefined
       ? [row.counter]
       : (query.groupBy ?? []).map((label) => row.labels[label] ?? null);
   if (query.granularity === 'total') return [[...identity, String(row.value)]];
-  return row.buckets.map((bucket) => [
-    ...identity,
-    bucket.start.toISOString(),
-    String(bucket.value),
-  ]);
+  return row.buckets.map((bucket) => [...identity, instant(bucket.start), String(bucket.value)]);
+}
+
+/** ISO 8601 of window starts, remembered: every row of an export has the same windows. */
+function isoOf(): (start: Date) => string {
+  const known = new Map<number, string>();
+  return (start) => {
+    const ms = start.getTime();
+    let text = known.get(ms);
+    if (text === undefined) known.set(ms, (text = start.toISOString()));
+    return text;
+  };
 }
 
 /**
@@ -51,8 +62,11 @@ export async function* usageCsv(
   const field = (value: string | null) =>
     value === null ? '' : value === '' ? '""' : csvField(value);
   let chunk = `${csvColumns(query).map(csvField).join(',')}\r\n`;
+  const instant = isoOf();
   for await (const row of rows) {
-    for (const record of usageRecords(query, row)) chunk += `${record.map(field).join(',')}\r\n`;
+    for (const record of usageRecords(query, row, instant)) {
+      chunk += `${record.map(field).join(',')}\r\n`;
+    }
     if (chunk.length >= chunkChars) {
       yield chunk;
       chunk = '';
