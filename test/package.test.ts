@@ -180,6 +180,7 @@ describe('the published package', () => {
       expect(stdout).toMatch(
         /^1 applied \{ start: \d{4}-\d\d-\d\dT\d\d:00:00\.000Z, value: 1 \}$/m,
       );
+      expect(stdout).toMatch(/^\{ tenant: 'acme' \} 3$/m);
     } finally {
       await redis.stop();
     }
