@@ -12,7 +12,7 @@ export const maxNameBytes = 256;
 // the BOM, zero-width characters) and line and paragraph separators. Names are shown in logs,
 // metrics and terminals, where these hide or reorder text, and Tally uses U+001F internally as
 // a separator.
-const controlCharacters = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
+export const controlCharacters = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
 const controlCharactersEverywhere = new RegExp(controlCharacters.source, 'gu');
 
 /** A name quoted for a message: its control and format characters written as `\uXXXX`. */

@@ -68,7 +68,10 @@ function decode(cursor: unknown): string | undefined {
       const { after } = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as {
         after?: unknown;
       };
-      if (typeof after === 'string') return after;
+      // Compared with names, which hold no NUL (PostgreSQL text cannot).
+      if (typeof after === 'string' && !after.includes('\u0000') && after.isWellFormed()) {
+        return after;
+      }
     } catch {
       // refused below
     }

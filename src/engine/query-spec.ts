@@ -1,5 +1,5 @@
 import { isGranularity, toEpochMs, utcDate, type Granularity } from '../counters/buckets.js';
-import { parseCounterName, validateName } from '../counters/counter-name.js';
+import { controlCharacters, parseCounterName, validateName } from '../counters/counter-name.js';
 import {
   instantOfWallClock,
   sourceGranularity,
@@ -132,8 +132,15 @@ function labelValue(value: unknown, key: string): string {
       `where.${key} must be a string, number or boolean, or a list of them.`,
     );
   }
-  // Stored as canonicalName stores them: String(value).
-  return String(value);
+  // Stored as canonicalName stores them: String(value). A name holds no control character, so
+  // a value with one matches nothing: refused, rather than sent to the store.
+  const text = String(value);
+  if (controlCharacters.test(text) || !text.isWellFormed() || Buffer.byteLength(text) > 256) {
+    throw new ValidationError(
+      `where.${key} has a value no counter can have (control characters, or over 256 bytes).`,
+    );
+  }
+  return text;
 }
 
 /** The selection of a query or a listing; `groupBy` only for queries. */
@@ -445,8 +452,11 @@ function decodeCursor(cursor: unknown, orderBy: 'group' | 'value'): CursorPositi
     throw malformed();
   }
   const { o, key, value } = (decoded ?? {}) as { o?: unknown; key?: unknown; value?: unknown };
+  // Compared with keys PostgreSQL builds, as text, which cannot hold NUL.
   if (
     typeof key !== 'string' ||
+    key.includes('\u0000') ||
+    !key.isWellFormed() ||
     (value !== undefined && (typeof value !== 'string' || !/^-?\d{1,20}$/.test(value)))
   ) {
     throw malformed();

@@ -108,3 +108,16 @@ describe('usage query input', () => {
     );
   });
 });
+
+describe('values that reach the store', () => {
+  it('refuses where values and cursors no counter can match, before any query', () => {
+    expect(() => resolve({ where: { tenant: 'a\u0000b' } })).toThrow(/a value no counter can have/);
+    expect(() => resolve({ where: { tenant: 'x'.repeat(257) } })).toThrow(
+      /a value no counter can have/,
+    );
+    const withNul = Buffer.from(JSON.stringify({ o: 'group', key: '\u0002a\u0000' })).toString(
+      'base64url',
+    );
+    expect(() => resolve({ cursor: withNul })).toThrow(/cursor is not a nextCursor/);
+  });
+});
