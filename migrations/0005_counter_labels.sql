@@ -36,7 +36,10 @@ CREATE INDEX counter_labels_labels ON tally.counter_labels USING gin (labels jso
 -- become a JSON object by one replacement. The values' escapes are JSON.stringify's own (the
 -- shape allows no other), so the JSON object holds the values canonicalName was given.
 CREATE FUNCTION tally.parse_counter_name(name text, OUT base text, OUT labels jsonb)
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+-- Its patterns are written for standard strings, whatever the session says.
+SET standard_conforming_strings = on
+AS $$
 DECLARE
   head text;
   body text;
@@ -51,7 +54,8 @@ BEGIN
     RETURN; -- a labelled name's base has no braces
   END IF;
   body := substr(name, length(head) + 2, length(name) - length(head) - 2);
-  IF body !~ '^[A-Za-z_][A-Za-z0-9_]*="(?:[^"\\]|\\["\\])*"(?:,[A-Za-z_][A-Za-z0-9_]*="(?:[^"\\]|\\["\\])*")*$' THEN
+  -- No control characters (names have none; one written by hand would not be JSON): plain.
+  IF body !~ '^[A-Za-z_][A-Za-z0-9_]*="(?:[^"\\[:cntrl:]]|\\["\\])*"(?:,[A-Za-z_][A-Za-z0-9_]*="(?:[^"\\[:cntrl:]]|\\["\\])*")*$' THEN
     RETURN;
   END IF;
   -- The keys in the order written (the values removed): canonical means ascending, each once.

@@ -265,3 +265,42 @@ describe('usage over HTTP', () => {
     expect((await post(november)).status).toBe(200);
   });
 });
+
+describe('label keys named like Object.prototype members', () => {
+  it('are labels like any other, in where, groupBy and label values', async () => {
+    await tally.incr({ name: 'proto', labels: { constructor: 'x', ['__proto__']: 'y' } }, 2, { at });
+    await tally.incr({ name: 'proto', labels: { other: 'z' } }, 3, { at }); // neither label
+    const link = await fetch(
+      `${base}/v1/usage?counter=proto&where=constructor=x&groupBy=__proto__&from=2026-11-01&to=2026-12-01&granularity=total`,
+      { headers: auth },
+    );
+    expect(link.status).toBe(200);
+    expect(((await link.json()) as { rows: { labels: unknown; value: number }[] }).rows).toEqual([
+      {
+        labels: { ['__proto__']: 'y' },
+        value: 2,
+        buckets: [{ start: '2026-11-01T00:00:00.000Z', value: 2 }],
+      },
+    ]);
+    const grouped = await post({
+      counter: 'proto',
+      groupBy: ['constructor'],
+      from: '2026-11-01',
+      to: '2026-12-01',
+      granularity: 'total',
+    });
+    expect(
+      ((await grouped.json()) as { rows: { labels: unknown; value: number }[] }).rows.map((row) => [
+        row.labels,
+        row.value,
+      ]),
+    ).toEqual([
+      [{ constructor: null }, 3],
+      [{ constructor: 'x' }, 2],
+    ]);
+    const values = await fetch(`${base}/v1/labels/constructor/values?counter=proto`, {
+      headers: auth,
+    });
+    expect(await values.json()).toEqual({ values: ['x'], nextCursor: null });
+  });
+});

@@ -108,7 +108,8 @@ export function parseCounterName(name: string): ParsedName {
   const base = shape?.[1];
   const body = shape?.[2];
   if (base === undefined || body === undefined) return plain;
-  const labels: Record<string, string> = {};
+  // No prototype: a label may be named `constructor` or `__proto__`.
+  const labels: Record<string, string> = Object.create(null) as Record<string, string>;
   let previous = '';
   for (let at = 0; ;) {
     labelPair.lastIndex = at;

@@ -9,6 +9,7 @@ import {
   compareCodePoints,
   counterMatcher,
   fieldPattern,
+  labelOf,
   queryLimits,
   resolveSelection,
   type CounterSelection,
@@ -173,7 +174,8 @@ export async function labelValues(
   const what = 'a label listing';
   const unflushed = new Set<string>();
   for (const name of await unflushedCounters(ctx, selection, what)) {
-    const value = parseCounterName(name).labels?.[label];
+    const labels = parseCounterName(name).labels;
+    const value = labels === undefined ? undefined : labelOf(labels, label);
     if (value !== undefined && value.startsWith(prefix)) unflushed.add(value);
   }
   const rows = await storeRows<{ value: string }>(

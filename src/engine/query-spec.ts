@@ -205,7 +205,8 @@ export function resolveSelection(
  * of its values) as a query's where.
  */
 export function whereOf(conditions: string | readonly string[]): Record<string, string[]> {
-  const where: Record<string, string[]> = {};
+  // No prototype: a label may be named `constructor`.
+  const where: Record<string, string[]> = Object.create(null) as Record<string, string[]>;
   for (const condition of typeof conditions === 'string' ? [conditions] : conditions) {
     const split = condition.indexOf('=');
     if (split < 1) {
@@ -385,6 +386,11 @@ export function compareCodePoints(a: string, b: string): number {
   return a.length - b.length;
 }
 
+/** A counter's label, own properties only (`constructor` is a label key like any other). */
+export function labelOf(labels: Readonly<Record<string, string>>, key: string): string | undefined {
+  return Object.hasOwn(labels, key) ? labels[key] : undefined;
+}
+
 /** A matcher for the counters a selection takes: the group key of a counter, or undefined. */
 export function counterMatcher(selection: Selection): (counter: string) => string | undefined {
   if (selection.kind === 'plain') {
@@ -402,10 +408,10 @@ export function counterMatcher(selection: Selection): (counter: string) => strin
     const labels = parsed.labels;
     if (labels === undefined || parsed.base !== base) return undefined;
     for (const [key, values] of where) {
-      const value = labels[key];
+      const value = labelOf(labels, key);
       if (value === undefined || !values.includes(value)) return undefined;
     }
-    return groupKey(groupBy.map((key) => labels[key]));
+    return groupKey(groupBy.map((key) => labelOf(labels, key)));
   };
 }
 
