@@ -60,8 +60,9 @@ export interface TallyOptions {
   /** Counters per script call when reconcile compares or rebuilds (default 1000). */
   reconcileChunkSize?: number;
   /**
-   * Longest time PostgreSQL spends on one statement of a usage query or listing (default 30 s):
-   * summing, or one batch of an export's rows. A query past it fails with UNAVAILABLE.
+   * Longest time PostgreSQL may stay silent during a usage query — summing before its first
+   * rows, or between two chunks of an export — and the longest statement of a listing (default
+   * 30 s). Past it the query fails with UNAVAILABLE.
    */
   queryTimeoutMs?: number;
   /**

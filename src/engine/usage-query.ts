@@ -122,6 +122,41 @@ const unescapeCopy = (field: string) =>
   field.includes('\\') ? field.replace(/\\(.)/gs, (_, c: string) => copyEscapes[c] ?? c) : field;
 
 /**
+ * The chunks of a stream, failing when one takes longer than `timeoutMs` to arrive. Only the
+ * wait for the stream counts, not the time the consumer spends between chunks: a slow reader
+ * is the reader's business (the HTTP API bounds its own), a silent PostgreSQL is ours.
+ */
+async function* withinTimeout<T>(
+  stream: AsyncIterable<T>,
+  timeoutMs: number,
+  what: string,
+): AsyncGenerator<T> {
+  const iterator = stream[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          reject(
+            new TallyError(
+              'UNAVAILABLE',
+              `PostgreSQL sent nothing for ${timeoutMs} ms during ${what} (option queryTimeoutMs, TALLY_QUERY_TIMEOUT_MS).`,
+            ),
+          );
+        }, timeoutMs);
+      });
+      const next = await Promise.race([iterator.next(), late]).finally(() => {
+        clearTimeout(timer);
+      });
+      if (next.done === true) return;
+      yield next.value;
+    }
+  } finally {
+    await iterator.return?.();
+  }
+}
+
+/**
  * The lines of a COPY TO stream, a chunk's worth at a time (one await per chunk, not per line),
  * whatever its chunks cut through (a line, a UTF-8 character).
  */
@@ -142,6 +177,7 @@ async function* copyLines(stream: AsyncIterable<Buffer>): AsyncGenerator<string[
  * batches; at most `groups` of them when given.
  */
 async function* flushedGroups(
+  ctx: EngineContext,
   client: pg.ClientBase,
   query: ResolvedQuery,
   groups: number | undefined,
@@ -149,21 +185,17 @@ async function* flushedGroups(
   const byGroup = query.orderBy === 'group';
   const stream = client.query(
     copyTo(
-      querySql.windows(
-        query.selection,
-        query.source,
-        query.boundaries.map((ms) => new Date(ms).toISOString()),
-        {
-          descending: query.descending && byGroup,
-          after: byGroup ? query.after?.key : undefined,
-          groups,
-        },
-      ),
+      querySql.windows(query.selection, query.source, query.boundaries, {
+        descending: query.descending && byGroup,
+        after: byGroup ? query.after?.key : undefined,
+        groups,
+      }),
     ),
   );
   const windows = query.boundaries.length - 1;
   let current: Group | undefined;
-  for await (const lines of copyLines(stream)) {
+  const timeoutMs = ctx.config.queryTimeoutMs;
+  for await (const lines of copyLines(withinTimeout(stream, timeoutMs, 'a usage query'))) {
     const done: Group[] = [];
     for (const line of lines) {
       const [escapedKey = '', window = '0', value = '0'] = line.split('\t');
@@ -238,9 +270,7 @@ async function* exactGroups(
     try {
       let applied: Set<number>;
       try {
-        // One round trip: the shorter the time from the Redis reads to the snapshot, the rarer
-        // a flush falls between them.
-        await client.query(querySql.readOnlySnapshot(ctx.config.queryTimeoutMs));
+        await client.query(querySql.readOnlySnapshot);
         applied = await appliedShards(client, shards);
       } catch (error) {
         throw postgresFailure(error, what);
@@ -254,7 +284,7 @@ async function* exactGroups(
         finished = true;
         continue;
       }
-      const flushed = flushedGroups(client, query, groups);
+      const flushed = flushedGroups(ctx, client, query, groups);
       try {
         yield* mergedGroups(flushed, unflushedGroups(query, shards, applied), query);
       } catch (error) {

@@ -26,6 +26,8 @@ export interface ApiOptions {
   keepAliveTimeoutMs?: number;
   /** Usage queries, exports and listings running at once; more answer 503 BUSY. */
   maxConcurrentQueries?: number;
+  /** A CSV export whose client takes nothing for this long is cut off. */
+  exportIdleTimeoutMs?: number;
   logger: Logger;
 }
 
@@ -35,6 +37,7 @@ export const httpDefaults = {
   requestTimeoutMs: 10_000,
   keepAliveTimeoutMs: 5_000,
   maxConcurrentQueries: 4,
+  exportIdleTimeoutMs: 30_000,
 } as const;
 
 /**
@@ -112,6 +115,7 @@ export async function buildApi(options: ApiOptions) {
   await app.register(usageRoutes, {
     tally,
     maxConcurrentQueries: options.maxConcurrentQueries ?? httpDefaults.maxConcurrentQueries,
+    exportIdleTimeoutMs: options.exportIdleTimeoutMs ?? httpDefaults.exportIdleTimeoutMs,
   });
   await app.register(operationRoutes, { tally, tokens, metrics });
 

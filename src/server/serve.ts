@@ -177,6 +177,7 @@ export async function runServer(env: NodeJS.ProcessEnv = process.env): Promise<v
     requestTimeoutMs: config.requestTimeoutMs,
     keepAliveTimeoutMs: config.keepAliveTimeoutMs,
     maxConcurrentQueries: config.maxConcurrentQueries,
+    exportIdleTimeoutMs: config.queryTimeoutMs,
     logger,
   });
   const closeAll = () =>

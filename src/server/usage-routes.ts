@@ -22,6 +22,8 @@ export interface UsageRoutesOptions {
   tally: Tally;
   /** Usage queries and exports running at once; more are answered 503 (BUSY). */
   maxConcurrentQueries: number;
+  /** An export whose client takes nothing for this long is cut off (its slot and snapshot freed). */
+  exportIdleTimeoutMs: number;
 }
 
 /** Whether the client asked for CSV (Accept: text/csv, not refused with q=0). */
@@ -61,13 +63,32 @@ async function* startingWith(
 }
 
 /**
+ * Passes chunks on, calling `onIdle` when the reader leaves one untaken for `idleMs` (the
+ * stream asks for the next chunk only once the client has taken the ones before).
+ */
+async function* whileTaken(
+  chunks: AsyncIterable<string>,
+  idleMs: number,
+  onIdle: () => void,
+): AsyncGenerator<string> {
+  for await (const chunk of chunks) {
+    const timer = setTimeout(onIdle, idleMs);
+    try {
+      yield chunk;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+/**
  * The usage routes: queries (JSON pages, or CSV streamed), counter listings and label values.
  * Every one reads both stores; `maxConcurrentQueries` bounds how many queries and exports hold
  * a PostgreSQL connection and snapshot at once, so one caller cannot take them all.
  */
 export const usageRoutes: FastifyPluginCallbackJsonSchemaToTs<{ Options: UsageRoutesOptions }> = (
   app,
-  { tally, maxConcurrentQueries },
+  { tally, maxConcurrentQueries, exportIdleTimeoutMs },
   done,
 ) => {
   let running = 0;
@@ -103,10 +124,19 @@ export const usageRoutes: FastifyPluginCallbackJsonSchemaToTs<{ Options: UsageRo
       const rows = tally.queryStream(query);
       // The first row is read before answering, so that bad input or an unreachable store
       // still answers with its status; after the header, a failure cuts the stream short.
-      const first = await rows.next();
-      const body = Readable.from(usageCsv(query, startingWith(first, rows)), { objectMode: false });
+      const first = await rows.next().catch(async (error: unknown) => {
+        await rows.return(undefined);
+        throw error;
+      });
+      // A client that stops reading would hold the slot, a connection and a snapshot for good:
+      // a chunk it has not taken for that long ends the export.
+      const csv = whileTaken(usageCsv(query, startingWith(first, rows)), exportIdleTimeoutMs, () =>
+        reply.raw.destroy(),
+      );
+      const body = Readable.from(csv, { objectMode: false });
       // Released when the export ends, fails, or the client goes away.
       body.once('close', release);
+      // Fastify pipes the body and destroys it if the response fails.
       return await reply
         .type('text/csv; charset=utf-8')
         .header('content-disposition', 'attachment; filename="usage.csv"')

@@ -314,15 +314,17 @@ export const querySql = {
   appliedBatches: `SELECT s.shard, (${inLedger('s.shard', 's.batch')}
                                     OR ${beforeHorizon('s.shard', 's.snapshot_ms', '$4')}) AS applied
                    FROM unnest($1::integer[], $2::text[], $3::bigint[]) AS s(shard, batch, snapshot_ms)`,
-  /** A read-only snapshot whose statements stop after `ms` (a whole number: inlined). */
-  readOnlySnapshot: (ms: number) =>
-    `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = ${Math.trunc(ms)}`,
+  /**
+   * A read-only snapshot. No statement timeout: the COPY of an export runs as long as its
+   * reader reads; the engine stops it when PostgreSQL sends nothing for the query timeout.
+   */
+  readOnlySnapshot: 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY',
   /** The longest one statement of this transaction may run ($1: ms, as text). */
   statementTimeout: `SELECT set_config('statement_timeout', $1, true)`,
   /**
    * The selected counters' flushed buckets of `granularity` summed per group and window, as
-   * COPY text: lines of key, window index, value in group order, then window order. `boundaries` are
-   * the windows' starts and the last one's end (ISO 8601); `after` the group key a page starts
+   * COPY text: lines of key, window index, value in group order, then window order. `boundaries`
+   * are the windows' starts and the last one's end (ms); `after` the group key a page starts
    * after; `groups` how many groups at most.
    *
    * COPY, not a cursor: PostgreSQL never plans a cursor's query in parallel (it may be
@@ -333,7 +335,7 @@ export const querySql = {
   windows(
     selection: SelectionSql,
     granularity: string,
-    boundaries: readonly string[],
+    boundaries: readonly number[],
     order: { descending: boolean; after: string | undefined; groups: number | undefined },
   ): string {
     const literals = new Literals();
@@ -343,7 +345,10 @@ export const querySql = {
     if (order.after !== undefined) {
       conditions.push(`${key} ${order.descending ? '<' : '>'} ${literals.add(order.after)}`);
     }
-    const bounds = literals.add(boundaries, '::timestamptz[]');
+    // As the flush writes bucket starts (to_timestamp of ms), so a boundary equals its bucket's
+    // start, and every instant Tally takes (years 0000–9999) is one PostgreSQL reads.
+    const instant = (ms: number | undefined) => `to_timestamp(${literals.add(ms ?? 0)} / 1000.0)`;
+    const bounds = `ARRAY[${boundaries.map(instant).join(', ')}]`;
     // Summed per counter first, then per group: the group key is built once per counter, not
     // once per bucket row (a month of days is 30 rows per counter), which halved the time.
     const sums = `SELECT ${key} AS key, p.window_index, sum(p.value)::text AS value
@@ -351,8 +356,8 @@ export const querySql = {
                                sum(b.value) AS value
                         FROM tally.counter_buckets b
                         WHERE b.granularity = ${literals.add(granularity)}
-                          AND b.bucket_start >= ${literals.add(boundaries[0] ?? '')}::timestamptz
-                          AND b.bucket_start < ${literals.add(boundaries.at(-1) ?? '')}::timestamptz
+                          AND b.bucket_start >= ${instant(boundaries[0])}
+                          AND b.bucket_start < ${instant(boundaries.at(-1))}
                           AND b.name IN (SELECT l.name FROM tally.counter_labels l
                                          WHERE ${conditions.join(' AND ')})
                         GROUP BY 1, 2) AS p
