@@ -16,7 +16,7 @@ export const controlCharacters = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
 const controlCharactersEverywhere = new RegExp(controlCharacters.source, 'gu');
 
 /** A name quoted for a message: its control and format characters written as `\uXXXX`. */
-function quoted(name: string): string {
+export function quoted(name: string): string {
   return JSON.stringify(name).replace(
     controlCharactersEverywhere,
     (character) => `\\u${character.codePointAt(0)?.toString(16).padStart(4, '0') ?? ''}`,

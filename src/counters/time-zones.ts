@@ -8,6 +8,7 @@ import { bucketStart, utcDate, type Granularity } from './buckets.js';
  * the store and the tests agree whatever tzdata PostgreSQL was built with.
  */
 
+/** Formatters by canonical zone name: a few hundred zones at most. */
 const formatters = new Map<string, Intl.DateTimeFormat>();
 
 /** The zone's formatter (cached: building one costs ~50 µs); throws on a zone Intl lacks. */
@@ -30,19 +31,25 @@ function formatterOf(zone: string): Intl.DateTimeFormat {
   return formatter;
 }
 
-/** Throws unless `zone` is an IANA time zone name this Node knows ('UTC', 'Europe/Berlin'). */
+/**
+ * The canonical name of an IANA time zone this Node knows ('europe/berlin' → 'Europe/Berlin');
+ * throws on anything else. Only canonical names reach the formatter cache, so callers cannot
+ * grow it with spellings of one zone.
+ */
 export function validateTimeZone(zone: unknown): string {
   if (typeof zone !== 'string' || zone.length === 0 || zone.length > 64) {
     throw new ValidationError('timeZone must be an IANA time zone name such as Europe/Berlin.');
   }
   try {
-    formatterOf(zone);
+    const canonical = new Intl.DateTimeFormat('en-US', { timeZone: zone }).resolvedOptions()
+      .timeZone;
+    formatterOf(canonical);
+    return canonical;
   } catch {
     throw new ValidationError(
-      `timeZone ${JSON.stringify(zone)} is not an IANA time zone name (such as Europe/Berlin or UTC).`,
+      `timeZone ${JSON.stringify(zone.slice(0, 64))} is not an IANA time zone name (such as Europe/Berlin or UTC).`,
     );
   }
-  return zone;
 }
 
 /** The zone's wall clock at `atMs`, written as if it were a UTC instant (ms). */

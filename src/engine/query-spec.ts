@@ -1,5 +1,10 @@
 import { isGranularity, toEpochMs, utcDate, type Granularity } from '../counters/buckets.js';
-import { controlCharacters, parseCounterName, validateName } from '../counters/counter-name.js';
+import {
+  controlCharacters,
+  parseCounterName,
+  quoted,
+  validateName,
+} from '../counters/counter-name.js';
 import {
   instantOfWallClock,
   sourceGranularity,
@@ -119,8 +124,8 @@ const labelKey = /^[A-Za-z_][A-Za-z0-9_]*$/;
 function validateLabelKey(key: unknown, what: string): string {
   if (typeof key !== 'string' || !labelKey.test(key) || key.length > 64) {
     throw new ValidationError(
-      `${what} ${JSON.stringify(key)} is not a label key: use letters, digits and _ ` +
-        '(not first), at most 64 characters.',
+      `${what} ${typeof key === 'string' ? quoted(key.slice(0, 64)) : typeof key} is not a label key: ` +
+        'use letters, digits and _ (not first), at most 64 characters.',
     );
   }
   return key;
@@ -210,7 +215,7 @@ export function whereOf(conditions: string | readonly string[]): Record<string, 
   for (const condition of typeof conditions === 'string' ? [conditions] : conditions) {
     const split = condition.indexOf('=');
     if (split < 1) {
-      throw new ValidationError(`where ${JSON.stringify(condition)} must be label=value.`);
+      throw new ValidationError(`where ${quoted(condition.slice(0, 64))} must be label=value.`);
     }
     (where[condition.slice(0, split)] ??= []).push(condition.slice(split + 1));
   }
@@ -223,7 +228,7 @@ export function groupByOf(raw: string | readonly string[]): string[] {
 }
 
 const isoInstant =
-  /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,3}))?)?(Z|[+-]\d{2}:\d{2})?)?$/;
+  /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}:?\d{2})?)?$/;
 
 /**
  * An instant from a Date, ms or ISO 8601 text. Text without an offset is a wall-clock time in
@@ -253,12 +258,15 @@ export function parseInstant(value: unknown, what: string, zone: string): number
   if (mo < 1 || mo > 12 || new Date(dateMs).getUTCDate() !== d || h > 23 || mi > 59 || s > 59) {
     throw refuse();
   }
-  const wallMs = dateMs + h * 3_600_000 + mi * 60_000 + s * 1_000 + Number(fraction.padEnd(3, '0'));
+  // Finer than milliseconds (PostgreSQL and Python write microseconds): cut to milliseconds.
+  const wallMs =
+    dateMs + h * 3_600_000 + mi * 60_000 + s * 1_000 + Number(fraction.slice(0, 3).padEnd(3, '0'));
   if (offset === undefined) return toEpochMs(instantOfWallClock(zone, wallMs), what);
   if (offset === 'Z') return toEpochMs(wallMs, what);
   const sign = offset.startsWith('-') ? -1 : 1;
-  const offsetMs =
-    sign * (Number(offset.slice(1, 3)) * 3_600_000 + Number(offset.slice(4)) * 60_000);
+  const [offsetHours, offsetMinutes] = [Number(offset.slice(1, 3)), Number(offset.slice(-2))];
+  if (offsetHours > 18 || offsetMinutes > 59) throw refuse();
+  const offsetMs = sign * (offsetHours * 3_600_000 + offsetMinutes * 60_000);
   return toEpochMs(wallMs - offsetMs, what);
 }
 
@@ -468,7 +476,9 @@ function decodeCursor(cursor: unknown, orderBy: 'group' | 'value'): CursorPositi
     throw malformed();
   }
   if (o !== orderBy || (orderBy === 'value') !== (value !== undefined)) {
-    throw new ValidationError(`cursor is from a query ordered by ${String(o)}, not ${orderBy}.`);
+    throw new ValidationError(
+      `cursor is from a query ordered ${o === 'value' ? 'by value' : 'by group'}, not by ${orderBy}.`,
+    );
   }
   return value === undefined ? { key } : { key, value };
 }

@@ -12,6 +12,7 @@ import {
   counterMatcher,
   encodeCursor,
   fieldPattern,
+  queryLimits,
   resolveQuery,
   rowIdentity,
   type ResolvedQuery,
@@ -350,14 +351,17 @@ async function pageByValue(ctx: EngineContext, query: ResolvedQuery): Promise<Us
   const afterPosition =
     after === undefined ? undefined : { key: after.key, value: BigInt(after.value ?? '0') };
   let kept: (Group & { value: bigint })[] = [];
+  const windows = query.boundaries.length - 1;
+  const trimAt = Math.max(4 * (query.limit + 1), Math.floor(queryLimits.maxCells / windows));
   for await (const batch of exactGroups(ctx, query)) {
     for (const group of batch) {
       const ranked = { ...group, value: group.windows.reduce((sum, value) => sum + value, 0n) };
       if (afterPosition !== undefined && order(ranked, afterPosition) <= 0) continue;
       kept.push(ranked);
     }
-    // Sorting now and then keeps memory at a few pages' worth, whatever the group count.
-    if (kept.length >= 4 * query.limit + 1_000) kept = kept.sort(order).slice(0, query.limit + 1);
+    // Sorting now and then keeps memory at a few pages' worth, whatever the group count: four
+    // pages, or as many groups as the cells of one page allow when that is more.
+    if (kept.length >= trimAt) kept = kept.sort(order).slice(0, query.limit + 1);
   }
   kept.sort(order);
   const page = kept.slice(0, query.limit);

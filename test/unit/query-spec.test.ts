@@ -63,7 +63,7 @@ describe('usage query input', () => {
       [{ cursor: 'not-a-cursor' }, /cursor is not a nextCursor/],
       [
         { cursor: encodeCursor('value', { key: '', value: '1' }) },
-        /cursor is from a query ordered by value, not group/,
+        /cursor is from a query ordered by value, not by group/,
       ],
       [{ orderBy: 'name' as never }, /orderBy "name" is not group or value/],
       [{ limit: 0 }, /limit must be a whole number from 1 to 10000/],
@@ -119,5 +119,21 @@ describe('values that reach the store', () => {
       'base64url',
     );
     expect(() => resolve({ cursor: withNul })).toThrow(/cursor is not a nextCursor/);
+  });
+});
+
+describe('instants and zones as other systems write them', () => {
+  it('takes microseconds and offsets without a colon, and refuses offsets past 18:00 or :59', () => {
+    expect(parseInstant('2026-11-01T10:00:00.123456Z', 'from', 'UTC')).toBe(
+      Date.parse('2026-11-01T10:00:00.123Z'),
+    );
+    expect(parseInstant('2026-11-01T11:00:00+0100', 'from', 'UTC')).toBe(
+      Date.parse('2026-11-01T10:00:00Z'),
+    );
+    for (const bad of ['2026-11-01T10:00+05:99', '2026-11-01T10:00+19:00']) {
+      expect(() => parseInstant(bad, 'from', 'UTC')).toThrow(/not an ISO 8601/);
+    }
+    // Any spelling of a zone is its canonical name.
+    expect(resolve({ timeZone: 'europe/BERLIN' }).timeZone).toBe('Europe/Berlin');
   });
 });
