@@ -216,6 +216,16 @@ describe('usage over HTTP', () => {
       expect([response.status, answer.error.code]).toEqual([400, 'VALIDATION']);
       expect(answer.error.message).toMatch(message);
     }
+    // JSON unless CSV is preferred.
+    for (const [accept, type] of [
+      ['text/csv;q=0.1, application/json', 'application/json; charset=utf-8'],
+      ['text/csv, */*;q=0.5', 'text/csv; charset=utf-8'],
+      ['text/csv;q=0', 'application/json; charset=utf-8'],
+    ] as const) {
+      const answer = await post(november, { accept });
+      expect([accept, answer.headers.get('content-type')]).toEqual([accept, type]);
+      await answer.text();
+    }
     // Before a CSV export starts, too.
     const csv = await post({ ...november, timeZone: 'Mars/Olympus' }, { accept: 'text/csv' });
     expect(csv.status).toBe(400);

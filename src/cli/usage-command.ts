@@ -1,4 +1,5 @@
 import { createWriteStream } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
 import { once } from 'node:events';
 import type { Writable } from 'node:stream';
 import {
@@ -163,10 +164,20 @@ export async function usageCommand(counter: string | undefined, options: UsageCo
           ? usageJson(rows)
           : usageTable(query, rows);
     const output = options.output;
-    await writeAll(
-      () => (output === undefined ? process.stdout : createWriteStream(output)),
-      chunks,
-    );
+    if (output === undefined) {
+      await writeAll(() => process.stdout, chunks);
+    } else {
+      // Written beside the file, then renamed: a failure mid-export leaves no truncated file
+      // that looks whole.
+      const partial = `${output}.partial`;
+      try {
+        await writeAll(() => createWriteStream(partial), chunks);
+        await rename(partial, output);
+      } catch (error) {
+        await rm(partial, { force: true });
+        throw error;
+      }
+    }
   } finally {
     await tally.close();
   }

@@ -11,6 +11,7 @@ import {
   validateTimeZone,
   windowBoundaries,
 } from '../counters/time-zones.js';
+import { createHash } from 'node:crypto';
 import { ValidationError } from '../errors.js';
 import { fieldSeparator } from '../redis/shard-keys.js';
 
@@ -110,6 +111,8 @@ export interface ResolvedQuery {
   orderBy: 'group' | 'value';
   descending: boolean;
   limit: number;
+  /** Identifies the query a cursor was made for. */
+  fingerprint: string;
   after: CursorPosition | undefined;
 }
 
@@ -346,6 +349,11 @@ export function resolveQuery(
         'granularity or a shorter period (or stream the rows as CSV).',
     );
   }
+  // What a cursor belongs to: the same counters, windows and order (not the page size).
+  const fingerprint = createHash('sha256')
+    .update(JSON.stringify([selection, input.granularity, timeZone, boundaries, orderBy, order]))
+    .digest('base64url')
+    .slice(0, 16);
   return {
     selection,
     granularity: input.granularity,
@@ -355,7 +363,9 @@ export function resolveQuery(
     orderBy,
     descending: order === 'desc',
     limit,
-    after: input.cursor === undefined ? undefined : decodeCursor(input.cursor, orderBy),
+    fingerprint,
+    after:
+      input.cursor === undefined ? undefined : decodeCursor(input.cursor, orderBy, fingerprint),
   };
 }
 
@@ -451,11 +461,20 @@ export function rowIdentity(
   };
 }
 
-export function encodeCursor(orderBy: 'group' | 'value', position: CursorPosition): string {
-  return Buffer.from(JSON.stringify({ o: orderBy, ...position })).toString('base64url');
+export function encodeCursor(
+  query: Pick<ResolvedQuery, 'orderBy' | 'fingerprint'>,
+  position: CursorPosition,
+): string {
+  return Buffer.from(
+    JSON.stringify({ o: query.orderBy, q: query.fingerprint, ...position }),
+  ).toString('base64url');
 }
 
-function decodeCursor(cursor: unknown, orderBy: 'group' | 'value'): CursorPosition {
+function decodeCursor(
+  cursor: unknown,
+  orderBy: 'group' | 'value',
+  fingerprint: string,
+): CursorPosition {
   const malformed = () =>
     new ValidationError('cursor is not a nextCursor this query returned; start without one.');
   if (typeof cursor !== 'string' || cursor.length > queryLimits.maxCursorLength) throw malformed();
@@ -465,7 +484,12 @@ function decodeCursor(cursor: unknown, orderBy: 'group' | 'value'): CursorPositi
   } catch {
     throw malformed();
   }
-  const { o, key, value } = (decoded ?? {}) as { o?: unknown; key?: unknown; value?: unknown };
+  const { o, q, key, value } = (decoded ?? {}) as {
+    o?: unknown;
+    q?: unknown;
+    key?: unknown;
+    value?: unknown;
+  };
   // Compared with keys PostgreSQL builds, as text, which cannot hold NUL.
   if (
     typeof key !== 'string' ||
@@ -478,6 +502,11 @@ function decodeCursor(cursor: unknown, orderBy: 'group' | 'value'): CursorPositi
   if (o !== orderBy || (orderBy === 'value') !== (value !== undefined)) {
     throw new ValidationError(
       `cursor is from a query ordered ${o === 'value' ? 'by value' : 'by group'}, not by ${orderBy}.`,
+    );
+  }
+  if (q !== fingerprint) {
+    throw new ValidationError(
+      'cursor is from another query (other counters, windows or order): pass the query it came from.',
     );
   }
   return value === undefined ? { key } : { key, value };

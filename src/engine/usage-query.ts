@@ -370,7 +370,7 @@ async function pageByValue(ctx: EngineContext, query: ResolvedQuery): Promise<Us
     rows: page.map((group) => toRow(query, group)),
     nextCursor:
       kept.length > query.limit && last !== undefined
-        ? encodeCursor('value', { key: last.key, value: last.value.toString() })
+        ? encodeCursor(query, { key: last.key, value: last.value.toString() })
         : null,
   };
 }
@@ -394,7 +394,7 @@ export async function queryUsage(ctx: EngineContext, input: UsageQueryInput): Pr
       lastKey = group.key;
     }
   }
-  return { rows, nextCursor: more ? encodeCursor('group', { key: lastKey }) : null };
+  return { rows, nextCursor: more ? encodeCursor(query, { key: lastKey }) : null };
 }
 
 /**

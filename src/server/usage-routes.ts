@@ -26,14 +26,24 @@ export interface UsageRoutesOptions {
   exportIdleTimeoutMs: number;
 }
 
-/** Whether the client asked for CSV (Accept: text/csv, not refused with q=0). */
+/**
+ * Whether the client prefers CSV: `text/csv` at a higher quality than JSON (`application/json`,
+ * `application/*` or `*\/*`). No Accept header, or JSON preferred or tied: JSON.
+ */
 function wantsCsv(request: FastifyRequest): boolean {
-  const accept = request.headers.accept ?? '';
-  return accept
-    .split(',')
-    .some(
-      (range) => /^\s*text\/csv\s*(;|$)/i.test(range) && !/;\s*q=0(\.0*)?\s*(;|$)/i.test(range),
-    );
+  let csv = 0;
+  let json = 0;
+  for (const range of (request.headers.accept ?? '').split(',')) {
+    const [type = '', ...parameters] = range.split(';').map((part) => part.trim().toLowerCase());
+    const q = parameters.find((parameter) => parameter.startsWith('q='));
+    const quality = q === undefined ? 1 : Number(q.slice(2));
+    if (!Number.isFinite(quality)) continue;
+    if (type === 'text/csv') csv = Math.max(csv, quality);
+    if (type === 'application/json' || type === 'application/*' || type === '*/*') {
+      json = Math.max(json, quality);
+    }
+  }
+  return csv > 0 && csv > json;
 }
 
 const limitOf = (raw: string) => Number(raw);

@@ -62,7 +62,7 @@ describe('usage query input', () => {
       [{ granularity: 'hour', limit: 500 }, /A page of 500 groups × 720 windows is 360000 values/],
       [{ cursor: 'not-a-cursor' }, /cursor is not a nextCursor/],
       [
-        { cursor: encodeCursor('value', { key: '', value: '1' }) },
+        { cursor: encodeCursor({ orderBy: 'value', fingerprint: 'x' }, { key: '', value: '1' }) },
         /cursor is from a query ordered by value, not by group/,
       ],
       [{ orderBy: 'name' as never }, /orderBy "name" is not group or value/],
@@ -132,6 +132,18 @@ describe('instants and zones as other systems write them', () => {
     );
     for (const bad of ['2026-11-01T10:00+05:99', '2026-11-01T10:00+19:00']) {
       expect(() => parseInstant(bad, 'from', 'UTC')).toThrow(/not an ISO 8601/);
+    }
+    // A cursor belongs to its query: not to another counter, period or order.
+    const cursor = encodeCursor(resolve({}), { key: '\u0002acme' });
+    expect(resolve({ cursor }).after).toEqual({ key: '\u0002acme' });
+    expect(resolve({ cursor, limit: 5 }).after).toEqual({ key: '\u0002acme' });
+    for (const other of [
+      { counter: 'other' },
+      { to: '2026-11-30' },
+      { order: 'desc' as const },
+      { groupBy: ['region'] },
+    ]) {
+      expect(() => resolve({ ...other, cursor })).toThrow(/cursor is from another query/);
     }
     // Any spelling of a zone is its canonical name.
     expect(resolve({ timeZone: 'europe/BERLIN' }).timeZone).toBe('Europe/Berlin');
