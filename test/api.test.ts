@@ -173,12 +173,20 @@ describe('routes', () => {
     const { json: document } = await call('GET', '/openapi.json');
     await expect(validate(structuredClone(document))).resolves.toMatchObject({ valid: true });
     expect(Object.keys(document.paths).sort()).toEqual([
+      '/v1/counters',
       '/v1/counters/{counter}',
       '/v1/counters/{counter}/increment',
       '/v1/counters/{counter}/usage',
       '/v1/counters:read',
       '/v1/increments',
+      '/v1/labels/{label}/values',
+      '/v1/usage',
+      '/v1/usage:query',
     ]);
+    // A usage query answers JSON or CSV.
+    expect(
+      Object.keys(document.paths['/v1/usage:query'].post.responses['200'].content).sort(),
+    ).toEqual(['application/json', 'text/csv']);
     expect(document.paths['/v1/increments'].post.responses['200']).toBeDefined();
     // A POST without a body counts 1: the body is optional.
     expect(document.paths['/v1/counters/{counter}/increment'].post.requestBody.required).toBe(

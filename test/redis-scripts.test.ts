@@ -23,6 +23,7 @@ const names = [
   'markRefused',
   'reconcileChunk',
   'readBuckets',
+  'readMatching',
   'releaseLock',
   'extendLock',
 ] as const;
