@@ -86,9 +86,15 @@ async function csvExport(tally: Tally): Promise<{ rows: number; ms: number; grow
   // Collected first, so the baseline is what the process needs, not the garbage of the queries
   // before (one run measured +0 MB against an inflated baseline).
   collectGarbage();
-  const before = process.memoryUsage().rss;
+  // The JavaScript heap and the buffers outside it, not RSS: a process keeps the pages it freed,
+  // so its RSS after the queries before already held room for the export (+0 MB, twice).
+  const used = () => {
+    const { heapUsed, external, arrayBuffers } = process.memoryUsage();
+    return heapUsed + external + arrayBuffers;
+  };
+  const before = used();
   let peak = before;
-  const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
+  const sampler = setInterval(() => (peak = Math.max(peak, used())), 20);
   let lines = -1; // the header
   const ms = await elapsedMs(async () => {
     for await (const chunk of usageCsv(query, tally.queryStream(query))) {
@@ -96,7 +102,7 @@ async function csvExport(tally: Tally): Promise<{ rows: number; ms: number; grow
     }
   });
   clearInterval(sampler);
-  peak = Math.max(peak, process.memoryUsage().rss);
+  peak = Math.max(peak, used());
   return { rows: lines, ms, growthBytes: peak - before };
 }
 
