@@ -14,6 +14,9 @@ import {
 import { createHash } from 'node:crypto';
 import { ValidationError } from '../errors.js';
 import { fieldSeparator } from '../redis/shard-keys.js';
+import type { Selection } from '../counters/selection.js';
+
+export type { Selection };
 
 /*
  * A usage query as the caller writes it, and the checked, resolved form the engine reads with:
@@ -88,17 +91,6 @@ export const queryLimits = {
   maxGroupBy: 8,
   maxCursorLength: 2_048,
 } as const;
-
-/** The selection resolved: how PostgreSQL and Redis are asked, how a counter is matched. */
-export type Selection =
-  | {
-      kind: 'labelled';
-      base: string;
-      /** Sorted by key; values as label values are stored (strings). */
-      where: readonly (readonly [string, readonly string[]])[];
-      groupBy: readonly string[];
-    }
-  | { kind: 'plain'; prefix: string };
 
 export interface ResolvedQuery {
   selection: Selection;

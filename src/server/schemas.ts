@@ -41,6 +41,15 @@ const counterRef = {
 } as const;
 
 const integer = { type: 'integer', description: 'A whole number within ±(2^53−1).' } as const;
+/** Usage per time bucket (or window): its start and its value. */
+const usageBuckets = {
+  type: 'array',
+  items: {
+    type: 'object',
+    required: ['start', 'value'],
+    properties: { start: { type: 'string', format: 'date-time' }, value: integer },
+  },
+} as const;
 const idempotencyKey = {
   type: 'string',
   minLength: 1,
@@ -209,14 +218,7 @@ export const usageSchema = (kept: readonly Granularity[]) =>
         properties: {
           counter: { type: 'string' },
           granularity: { type: 'string' },
-          buckets: {
-            type: 'array',
-            items: {
-              type: 'object',
-              required: ['start', 'value'],
-              properties: { start: { type: 'string', format: 'date-time' }, value: integer },
-            },
-          },
+          buckets: usageBuckets,
         },
       },
       ...errors,
@@ -260,14 +262,7 @@ const usageRow = {
       additionalProperties: { type: 'string', nullable: true },
     },
     value: integer,
-    buckets: {
-      type: 'array',
-      items: {
-        type: 'object',
-        required: ['start', 'value'],
-        properties: { start: { type: 'string', format: 'date-time' }, value: integer },
-      },
-    },
+    buckets: usageBuckets,
   },
 } as const;
 

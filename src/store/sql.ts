@@ -5,6 +5,7 @@
  * prepares them once per connection.
  */
 import pg from 'pg';
+import type { Selection } from '../counters/selection.js';
 
 /** SQL pieces of the horizon rule below; the arguments are placeholders. */
 const inLedger = (shard: string, batch: string) =>
@@ -208,16 +209,6 @@ export const migrationSql = {
            VALUES ($1, $2, $3, $4)`,
 } as const;
 
-/** The counters a query or listing selects (engine/query-spec.ts), as SQL on counter_labels. */
-type SelectionSql =
-  | {
-      kind: 'labelled';
-      base: string;
-      where: readonly (readonly [string, readonly string[]])[];
-      groupBy: readonly string[];
-    }
-  | { kind: 'plain'; prefix: string };
-
 /** How a statement carries its values: as placeholders, or written into it as literals. */
 interface Values {
   add(value: string | number | readonly string[], cast?: string): string;
@@ -266,7 +257,7 @@ function prefixEnd(prefix: string): string | undefined {
 }
 
 /** Conditions on counter_labels `l` for the counters a selection takes. */
-function selectionConditions(selection: SelectionSql, parameters: Values): string[] {
+function selectionConditions(selection: Selection, parameters: Values): string[] {
   if (selection.kind === 'plain') {
     const conditions = ['l.base IS NULL'];
     if (selection.prefix === '') return conditions;
@@ -295,7 +286,7 @@ function selectionConditions(selection: SelectionSql, parameters: Values): strin
  * A counter's group key in SQL, as engine/query-spec.ts `groupKey` writes it: each groupBy
  * label's value after \x02 (\x01 when absent), joined by \x1f, in byte order.
  */
-function groupKeySql(selection: SelectionSql, parameters: Values): string {
+function groupKeySql(selection: Selection, parameters: Values): string {
   if (selection.kind === 'plain') return `(E'\\x02' || l.name) COLLATE "C"`;
   if (selection.groupBy.length === 0) return `''::text COLLATE "C"`;
   const parts = selection.groupBy.map(
@@ -333,7 +324,7 @@ export const querySql = {
    * so the values are written in as quoted literals.
    */
   windows(
-    selection: SelectionSql,
+    selection: Selection,
     granularity: string,
     boundaries: readonly number[],
     order: { descending: boolean; after: string | undefined; groups: number | undefined },
@@ -373,7 +364,7 @@ export const querySql = {
   },
   /** Up to `limit` names of the selected counters after `after`, in byte order. */
   counterNames(
-    selection: SelectionSql,
+    selection: Selection,
     after: string | undefined,
     limit: number,
   ): { text: string; values: unknown[] } {
@@ -387,7 +378,7 @@ export const querySql = {
   },
   /** Up to `limit` distinct values of `label` among the selected counters, in byte order. */
   labelValues(
-    selection: SelectionSql,
+    selection: Selection,
     label: string,
     options: { prefix: string; after: string | undefined; limit: number },
   ): { text: string; values: unknown[] } {
