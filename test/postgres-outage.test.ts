@@ -1,4 +1,5 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { createTally, migrate, type Tally } from '../src/index.js';
 import {
   startPostgres,
@@ -7,6 +8,7 @@ import {
   type PostgresHandle,
   type RedisHandle,
 } from './support/index.js';
+import { commandCalls } from './support/redis-stats.js';
 import { startTcpProxy } from './support/tcp-proxy.js';
 
 let redis: RedisHandle;
@@ -44,6 +46,16 @@ describe('PostgreSQL down', () => {
     // What only PostgreSQL knows is unknown, not zero, while it is down.
     expect(stuck.schemaVersion).toBeNull();
     expect(stuck.shards.map((s) => s.unreportedRedisLosses)).toEqual(stuck.shards.map(() => null));
+
+    // A usage query fails at once, before it scans every shard's unflushed fields in Redis.
+    const raw = new Redis(redis.url);
+    onTestFinished(() => raw.quit().then(() => undefined));
+    const scriptsBefore = await commandCalls(raw, 'evalsha');
+    const november = { from: '2026-11-01', to: '2026-12-01', granularity: 'day' } as const;
+    await expect(tally.query({ counter: 'api_calls', ...november })).rejects.toMatchObject({
+      code: 'UNAVAILABLE',
+    });
+    expect(await commandCalls(raw, 'evalsha')).toBe(scriptsBefore);
 
     // The API keeps accepting increments and reading totals while PostgreSQL is away.
     for (let i = 0; i < 10; i++) {

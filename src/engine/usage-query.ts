@@ -261,14 +261,15 @@ async function* exactGroups(
 ): AsyncGenerator<Group[]> {
   const what = 'a usage query';
   const pattern = fieldPattern(query.selection);
-  for (let attempt = 0; attempt < maxReadAttempts; attempt++) {
-    const shards = await readShardDeltas(ctx, pattern, what);
-    const { client, release } = await checkOut(ctx.pool).catch((error: unknown) => {
-      throw postgresFailure(error, what);
-    });
-    let failure: Error | undefined;
-    let finished = false;
-    try {
+  // PostgreSQL first: with it down, a query fails before it scans Redis.
+  const { client, release } = await checkOut(ctx.pool).catch((error: unknown) => {
+    throw postgresFailure(error, what);
+  });
+  let failure: Error | undefined;
+  let finished = false;
+  try {
+    for (let attempt = 0; attempt < maxReadAttempts; attempt++) {
+      const shards = await readShardDeltas(ctx, pattern, what);
       let applied: Set<number>;
       try {
         await client.query(querySql.readOnlySnapshot);
@@ -282,7 +283,9 @@ async function* exactGroups(
       // applied before any later one, and the ledger's verdict on it comes from the snapshot.
       const read = shards.filter((shard) => shard.pending.length > 0);
       if (await snapshotsMoved(ctx, read, what)) {
-        finished = true;
+        await client.query('ROLLBACK').catch((error: unknown) => {
+          throw postgresFailure(error, what);
+        });
         continue;
       }
       const flushed = flushedGroups(ctx, client, query, groups);
@@ -293,24 +296,24 @@ async function* exactGroups(
       }
       finished = true;
       return;
-    } catch (error) {
-      failure = error instanceof Error ? error : new Error(String(error));
-      throw error;
-    } finally {
-      if (!finished) failure ??= new Error('a usage query stopped mid-stream');
-      // Read only: nothing to keep. A client that fails to roll back is not reused.
-      if (failure === undefined) {
-        await client.query('ROLLBACK').catch((error: unknown) => {
-          failure = error instanceof Error ? error : new Error(String(error));
-        });
-      }
-      release(failure);
     }
+    throw new TallyError(
+      'UNAVAILABLE',
+      `A usage query found flushes moving deltas under ${maxReadAttempts} reads in a row.`,
+    );
+  } catch (error) {
+    failure = error instanceof Error ? error : new Error(String(error));
+    throw error;
+  } finally {
+    if (!finished) failure ??= new Error('a usage query stopped mid-stream');
+    // Read only: nothing to keep. A client that failed, or stopped mid-COPY, is not reused.
+    if (failure === undefined) {
+      await client.query('ROLLBACK').catch((error: unknown) => {
+        failure = error instanceof Error ? error : new Error(String(error));
+      });
+    }
+    release(failure);
   }
-  throw new TallyError(
-    'UNAVAILABLE',
-    `A usage query found flushes moving deltas under ${maxReadAttempts} reads in a row.`,
-  );
 }
 
 /** A group as a row: its labels, its windows as numbers (refusing any past ±(2^53−1)). */
