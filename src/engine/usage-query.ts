@@ -19,6 +19,7 @@ import {
   type UsagePage,
   type UsageQueryInput,
   type UsageRow,
+  type UsageWindow,
 } from './query-spec.js';
 import { eachUnflushed, readShardDeltas, snapshotsMoved, type ShardDeltas } from './unflushed.js';
 import { maxReadAttempts } from './usage.js';
@@ -199,8 +200,11 @@ async function* flushedGroups(
   for await (const lines of copyLines(withinTimeout(stream, timeoutMs, 'a usage query'))) {
     const done: Group[] = [];
     for (const line of lines) {
-      const [escapedKey = '', window = '0', value = '0'] = line.split('\t');
-      const key = unescapeCopy(escapedKey);
+      const first = line.indexOf('\t');
+      const second = line.indexOf('\t', first + 1);
+      const key = unescapeCopy(line.slice(0, first));
+      const window = line.slice(first + 1, second);
+      const value = line.slice(second + 1);
       if (current?.key !== key) {
         if (current !== undefined) done.push(current);
         current = { key, windows: new Array<bigint>(windows).fill(0n) };
@@ -318,26 +322,29 @@ async function* exactGroups(
 
 /** A group as a row: its labels, its windows as numbers (refusing any past ±(2^53−1)). */
 function toRow(query: ResolvedQuery, group: Group): UsageRow {
-  const total = group.windows.reduce((sum, value) => sum + value, 0n);
-  const exact = (value: bigint, where: string) => {
-    const number = Number(value);
-    if (!Number.isSafeInteger(number)) {
-      throw new TallyError(
-        'OVERFLOW',
-        `Usage of a group (${JSON.stringify(rowIdentity(query.selection, group.key))}) ${where} is past ±(2^53−1) ` +
-          'and cannot be returned exactly: ask for finer windows.',
-      );
+  // The message is built only for a value that is refused (building it per window cost more
+  // than the rest of the row).
+  const overflow = (where: string) =>
+    new TallyError(
+      'OVERFLOW',
+      `Usage of a group (${JSON.stringify(rowIdentity(query.selection, group.key))}) ${where} is past ±(2^53−1) ` +
+        'and cannot be returned exactly: ask for finer windows.',
+    );
+  const buckets: UsageWindow[] = [];
+  let total = 0n;
+  for (let i = 0; i < group.windows.length; i++) {
+    const exact = group.windows[i] ?? 0n;
+    const start = query.boundaries[i] ?? 0;
+    const value = Number(exact);
+    if (!Number.isSafeInteger(value)) {
+      throw overflow(`in the window at ${new Date(start).toISOString()}`);
     }
-    return number;
-  };
-  return {
-    ...rowIdentity(query.selection, group.key),
-    value: exact(total, 'in the period'),
-    buckets: group.windows.map((value, i) => ({
-      start: new Date(query.boundaries[i] ?? 0),
-      value: exact(value, `in the window at ${new Date(query.boundaries[i] ?? 0).toISOString()}`),
-    })),
-  };
+    total += exact;
+    buckets.push({ start: new Date(start), value });
+  }
+  const value = Number(total);
+  if (!Number.isSafeInteger(value)) throw overflow('in the period');
+  return { ...rowIdentity(query.selection, group.key), value, buckets };
 }
 
 /** The value order: by value (up or down), then by group key. */
