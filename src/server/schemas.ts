@@ -251,6 +251,16 @@ const selectionProperties = {
   prefix: { type: 'string', maxLength: 256, description: 'Plain (unlabelled) names by prefix.' },
 } as const;
 
+/** A query's windows and order, the same in its JSON body and in its link. */
+const windowProperties = {
+  from: instant,
+  to: instant,
+  granularity: { type: 'string', enum: ['minute', 'hour', 'day', 'month', 'total'] },
+  timeZone: { type: 'string', maxLength: 64, description: 'IANA; default UTC.' },
+  orderBy: { type: 'string', enum: ['group', 'value'] },
+  order: { type: 'string', enum: ['asc', 'desc'] },
+} as const;
+
 const usageRow = {
   type: 'object',
   required: ['labels', 'value', 'buckets'],
@@ -309,12 +319,7 @@ export const usageQuerySchema = {
         },
       },
       groupBy: { type: 'array', maxItems: 8, items: labelKeyString },
-      from: instant,
-      to: instant,
-      granularity: { type: 'string', enum: ['minute', 'hour', 'day', 'month', 'total'] },
-      timeZone: { type: 'string', maxLength: 64, description: 'IANA; default UTC.' },
-      orderBy: { type: 'string', enum: ['group', 'value'] },
-      order: { type: 'string', enum: ['asc', 'desc'] },
+      ...windowProperties,
       limit: pageLimit,
       cursor,
     },
@@ -348,12 +353,7 @@ export const usageLinkSchema = {
         ],
         description: 'Label keys, comma-separated or repeated.',
       },
-      from: instant,
-      to: instant,
-      granularity: { type: 'string', enum: ['minute', 'hour', 'day', 'month', 'total'] },
-      timeZone: { type: 'string', maxLength: 64 },
-      orderBy: { type: 'string', enum: ['group', 'value'] },
-      order: { type: 'string', enum: ['asc', 'desc'] },
+      ...windowProperties,
       limit: { type: 'string', pattern: '^[0-9]{1,5}$' },
       cursor,
     },
