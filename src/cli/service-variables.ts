@@ -56,7 +56,10 @@ export const serveVariables: Variables = [
     'TALLY_MAX_CONCURRENT_QUERIES',
     'usage queries and exports at once; more answer 503 (default 4)',
   ],
-  ['TALLY_QUERY_TIMEOUT_MS', 'longest statement of a usage query or listing (default 30000)'],
+  [
+    'TALLY_QUERY_TIMEOUT_MS',
+    'a usage query fails after PostgreSQL is silent, an export is cut after its client is, this long (default 30000)',
+  ],
   ['TALLY_REDIS_TIMEOUT_MS', 'a Redis reply later than this fails the call (default 2000)'],
   ['TALLY_INCREMENT_TIMEOUT_MS', 'longest increment, with its retries (default 5000)'],
   ['TALLY_MAX_BACKDATE_MS', "how far before now an increment's at may lie (default 35 days)"],
