@@ -376,11 +376,6 @@ export function groupKey(values: readonly (string | undefined)[]): string {
     .join(fieldSeparator);
 }
 
-export function groupValues(key: string, count: number): (string | null)[] {
-  if (count === 0) return [];
-  return key.split(fieldSeparator).map((part) => (part === absent ? null : part.slice(1)));
-}
-
 /** Compares two strings in code point order (UTF-8 byte order), not JavaScript's UTF-16. */
 export function compareCodePoints(a: string, b: string): number {
   const length = Math.min(a.length, b.length);
@@ -441,15 +436,31 @@ export function fieldPattern(selection: Selection): string {
   return `*${fieldSeparator}${globLiteral(`${selection.base}{`)}${labels.join('')}*`;
 }
 
-/** The group's labels as a row shows them. */
-export function rowIdentity(
+/**
+ * The identity of a selection's rows (a plain counter's name, or the groupBy labels' values)
+ * from their group keys. Worked out once per query: an export builds one per row.
+ */
+export function rowIdentities(
   selection: Selection,
-  key: string,
-): Pick<UsageRow, 'counter' | 'labels'> {
-  if (selection.kind === 'plain') return { counter: key.slice(1), labels: {} };
-  const values = groupValues(key, selection.groupBy.length);
-  return {
-    labels: Object.fromEntries(selection.groupBy.map((label, i) => [label, values[i] ?? null])),
+): (key: string) => Pick<UsageRow, 'counter' | 'labels'> {
+  if (selection.kind === 'plain') return (key) => ({ counter: key.slice(1), labels: {} });
+  const { groupBy } = selection;
+  const valueOf = (part: string | undefined) =>
+    part === undefined || part === absent ? null : part.slice(1);
+  // Assignment would call Object.prototype's __proto__ setter, not make a label of that name.
+  if (groupBy.includes('__proto__')) {
+    return (key) => {
+      const parts = key.split(fieldSeparator);
+      return { labels: Object.fromEntries(groupBy.map((label, i) => [label, valueOf(parts[i])])) };
+    };
+  }
+  return (key) => {
+    const labels: Record<string, string | null> = {};
+    if (groupBy.length > 0) {
+      const parts = key.split(fieldSeparator);
+      for (let i = 0; i < groupBy.length; i++) labels[groupBy[i] ?? ''] = valueOf(parts[i]);
+    }
+    return { labels };
   };
 }
 

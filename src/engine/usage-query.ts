@@ -14,7 +14,7 @@ import {
   fieldPattern,
   queryLimits,
   resolveQuery,
-  rowIdentity,
+  rowIdentities,
   type ResolvedQuery,
   type UsagePage,
   type UsageQueryInput,
@@ -320,31 +320,40 @@ async function* exactGroups(
   }
 }
 
-/** A group as a row: its labels, its windows as numbers (refusing any past ±(2^53−1)). */
-function toRow(query: ResolvedQuery, group: Group): UsageRow {
-  // The message is built only for a value that is refused (building it per window cost more
-  // than the rest of the row).
-  const overflow = (where: string) =>
-    new TallyError(
-      'OVERFLOW',
-      `Usage of a group (${JSON.stringify(rowIdentity(query.selection, group.key))}) ${where} is past ±(2^53−1) ` +
-        'and cannot be returned exactly: ask for finer windows.',
-    );
-  const buckets: UsageWindow[] = [];
-  let total = 0n;
-  for (let i = 0; i < group.windows.length; i++) {
-    const exact = group.windows[i] ?? 0n;
-    const start = query.boundaries[i] ?? 0;
-    const value = Number(exact);
-    if (!Number.isSafeInteger(value)) {
-      throw overflow(`in the window at ${new Date(start).toISOString()}`);
+/** A group's usage past ±(2^53−1), which a number cannot hold exactly. */
+function overflow(identity: Pick<UsageRow, 'counter' | 'labels'>, where: string): TallyError {
+  return new TallyError(
+    'OVERFLOW',
+    `Usage of a group (${JSON.stringify(identity)}) ${where} is past ±(2^53−1) and cannot be ` +
+      'returned exactly: ask for finer windows.',
+  );
+}
+
+/**
+ * Builds a query's rows from its groups: labels, windows as numbers (refusing any past
+ * ±(2^53−1)). What is the same for every row is worked out once: an export builds a million.
+ */
+function rowBuilder(query: ResolvedQuery): (group: Group) => UsageRow {
+  const identityOf = rowIdentities(query.selection);
+  const starts = query.boundaries.slice(0, -1);
+  return (group) => {
+    const buckets = new Array<UsageWindow>(starts.length);
+    let total = 0n;
+    for (let i = 0; i < starts.length; i++) {
+      const exact = group.windows[i] ?? 0n;
+      const start = starts[i] ?? 0;
+      const value = Number(exact);
+      if (!Number.isSafeInteger(value)) {
+        throw overflow(identityOf(group.key), `in the window at ${new Date(start).toISOString()}`);
+      }
+      total += exact;
+      buckets[i] = { start: new Date(start), value };
     }
-    total += exact;
-    buckets.push({ start: new Date(start), value });
-  }
-  const value = Number(total);
-  if (!Number.isSafeInteger(value)) throw overflow('in the period');
-  return { ...rowIdentity(query.selection, group.key), value, buckets };
+    const value = Number(total);
+    if (!Number.isSafeInteger(value)) throw overflow(identityOf(group.key), 'in the period');
+    const { counter, labels } = identityOf(group.key);
+    return counter === undefined ? { labels, value, buckets } : { counter, labels, value, buckets };
+  };
 }
 
 /** The value order: by value (up or down), then by group key. */
@@ -377,7 +386,7 @@ async function pageByValue(ctx: EngineContext, query: ResolvedQuery): Promise<Us
   const page = kept.slice(0, query.limit);
   const last = page.at(-1);
   return {
-    rows: page.map((group) => toRow(query, group)),
+    rows: page.map(rowBuilder(query)),
     nextCursor:
       kept.length > query.limit && last !== undefined
         ? encodeCursor(query, { key: last.key, value: last.value.toString() })
@@ -389,6 +398,7 @@ async function pageByValue(ctx: EngineContext, query: ResolvedQuery): Promise<Us
 export async function queryUsage(ctx: EngineContext, input: UsageQueryInput): Promise<UsagePage> {
   const query = resolveQuery(input, ctx.config.buckets, 'page');
   if (query.orderBy === 'value') return pageByValue(ctx, query);
+  const toRow = rowBuilder(query);
   const rows: UsageRow[] = [];
   let lastKey = '';
   let more = false;
@@ -400,7 +410,7 @@ export async function queryUsage(ctx: EngineContext, input: UsageQueryInput): Pr
         more = true;
         continue;
       }
-      rows.push(toRow(query, group));
+      rows.push(toRow(group));
       lastKey = group.key;
     }
   }
@@ -421,11 +431,12 @@ export async function* streamUsage(
     throw new ValidationError('A stream is in group order; ask query() for the top rows by value.');
   }
   const groups = input.limit === undefined ? undefined : query.limit;
+  const toRow = rowBuilder(query);
   let rows = 0;
   for await (const batch of exactGroups(ctx, query, groups)) {
     for (const group of batch) {
       if (groups !== undefined && rows++ >= groups) continue; // read to the end (as above)
-      yield toRow(query, group);
+      yield toRow(group);
     }
   }
 }
