@@ -202,6 +202,7 @@ async function stuckInFlight(
   await tally.incr(counter, by);
   await redis.rename(keys.pending, keys.inflight);
   await redis.rename(keys.pendingTags, keys.inflightTags);
+  await redis.rename(keys.pendingNewCounters, keys.inflightNewCounters);
   await redis.del(keys.pendingSince);
   const at = Date.now() - ageMs;
   const batchId = randomUUID();
@@ -340,6 +341,34 @@ describe('pruning the flush ledger', () => {
       expect(await tally.get('billed')).toBe(5);
       expect(await tally.flush()).toEqual([]);
       expect((await postgresTotals(pool)).get('billed')).toBe(5);
+    });
+
+    it('discarded with a counter new to the store: its later deltas still count in usage queries', async () => {
+      const store = await prunedStore();
+      const { tally, pool, redis: client, keys } = store;
+      await oldLedgerRows(pool, 100, 3 * dayMs);
+      await tally.pruneLedger();
+      // A batch from before the horizon whose only counter PostgreSQL never saw.
+      const batchId = await stuckInFlight(store, 'fresh', 4, 2 * dayMs);
+      await tally.incr('fresh', 3); // its total exists: no longer a new counter
+      await expect(tally.flush()).rejects.toMatchObject({ code: 'BATCH_REFUSED' });
+      await tally.resolveRefusedBatch(0, batchId, 'discard');
+
+      const today = Math.floor(Date.now() / dayMs) * dayMs;
+      const usage = async () => {
+        const { rows } = await tally.query({
+          prefix: 'fresh',
+          from: today - dayMs,
+          to: today + dayMs,
+          granularity: 'total',
+        });
+        return rows.map((row) => [row.counter, row.value]);
+      };
+      expect(await usage()).toEqual([['fresh', 3]]);
+      await tally.flush();
+      expect(await usage()).toEqual([['fresh', 3]]);
+      // Applied: PostgreSQL names it now, Redis no longer has to.
+      expect(await client.smembers(keys.orphanCounters)).toEqual([]);
     });
 
     it('shown by tally status and reconcile (exit 1), settled by tally resolve-batch', async () => {

@@ -23,7 +23,8 @@ const names = [
   'markRefused',
   'reconcileChunk',
   'readBuckets',
-  'readMatching',
+  'readBatchState',
+  'readUnflushed',
   'releaseLock',
   'extendLock',
 ] as const;

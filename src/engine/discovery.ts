@@ -8,14 +8,14 @@ import type { EngineContext } from './engine-context.js';
 import {
   compareCodePoints,
   counterMatcher,
-  fieldPattern,
+  counterPattern,
   labelOf,
   queryLimits,
   resolveSelection,
   type CounterSelection,
   type Selection,
 } from './query-spec.js';
-import { eachUnflushed, readShardDeltas } from './unflushed.js';
+import { readBatchStates } from './unflushed.js';
 
 /*
  * Which counters and label values exist: the store's (tally.counter_labels), and the ones that
@@ -110,19 +110,21 @@ function storeRows<Row extends pg.QueryResultRow>(
   });
 }
 
-/** The selected counters that have deltas in Redis not yet flushed (maybe flushed already too). */
-async function unflushedCounters(
+/**
+ * The selected counters created in Redis since the last applied batch of their shard (maybe in
+ * PostgreSQL already too). Read before PostgreSQL: a counter not among them was in PostgreSQL
+ * before this read, so the two together miss none.
+ */
+async function newCounters(
   ctx: EngineContext,
   selection: Selection,
   what: string,
 ): Promise<Set<string>> {
   const match = counterMatcher(selection);
   const found = new Set<string>();
-  for (const shard of await readShardDeltas(ctx, fieldPattern(selection), what)) {
-    for (const pairs of [shard.pending, shard.inflight]) {
-      eachUnflushed(pairs, (counter) => {
-        if (match(counter) !== undefined) found.add(counter);
-      });
+  for (const shard of await readBatchStates(ctx, counterPattern(selection), what)) {
+    for (const counter of shard.newCounters) {
+      if (match(counter) !== undefined) found.add(counter);
     }
   }
   return found;
@@ -137,7 +139,7 @@ export async function listCounters(
   const limit = pageLimit(input.limit);
   const after = decode(input.cursor);
   const what = 'a counter listing';
-  const unflushed = await unflushedCounters(ctx, selection, what);
+  const unflushed = await newCounters(ctx, selection, what);
   const rows = await storeRows<{ name: string }>(
     ctx,
     querySql.counterNames(selection, after, limit + 1),
@@ -173,7 +175,7 @@ export async function labelValues(
   const after = decode(options.cursor);
   const what = 'a label listing';
   const unflushed = new Set<string>();
-  for (const name of await unflushedCounters(ctx, selection, what)) {
+  for (const name of await newCounters(ctx, selection, what)) {
     const labels = parseCounterName(name).labels;
     const value = labels === undefined ? undefined : labelOf(labels, label);
     if (value !== undefined && value.startsWith(prefix)) unflushed.add(value);

@@ -139,7 +139,7 @@ async function applyBatch(
   if (outcome instanceof Date) await refuse(ctx, shard, keys, batch, outcome);
   await reachFaultPoint('after-commit');
 
-  const acknowledged = ctx.scripts.acknowledge(keys, batch.id);
+  const acknowledged = ctx.scripts.acknowledge(keys, batch.id, true);
   setImmediate(() => {
     void reachFaultPoint('during-acknowledge');
   });
@@ -212,7 +212,7 @@ async function applyInPostgres(
       if (refused === true && horizon !== undefined) return horizon;
       // Tests only: a crash now would lose the batch, which the fault checker must catch.
       if (brokenOnPurpose('acknowledge-before-commit'))
-        await ctx.scripts.acknowledge(keys, batch.id);
+        await ctx.scripts.acknowledge(keys, batch.id, true);
       if (inserted !== true) return 'already-applied';
       await client.query({
         ...flushSql.addToTotals,

@@ -290,10 +290,12 @@ function resolveWindows(
     const misaligned = boundaries.find(
       (boundary) => finest === undefined || sourceGranularity([finest], [boundary]) === undefined,
     );
+    const at = misaligned === undefined ? '' : ` at ${new Date(misaligned).toISOString()}`;
     throw new ValidationError(
-      `${granularity === 'total' ? 'That period' : `${zone}'s ${granularity} windows`} ` +
-        (misaligned === undefined ? '' : `start at ${new Date(misaligned).toISOString()}, which `) +
-        `does not fall on the start of a kept UTC bucket (${kept.join(', ') || 'none'}); ` +
+      (granularity === 'total'
+        ? `The period's bound${at} does not fall`
+        : `${zone}'s ${granularity} windows start${at}, which does not fall`) +
+        ` on the start of a kept UTC bucket (${kept.join(', ') || 'none'}); ` +
         (granularity === 'total'
           ? 'move from and to onto bucket boundaries, or keep finer buckets (option buckets, TALLY_BUCKETS).'
           : "keep 'minute' buckets (option buckets, TALLY_BUCKETS) to query in this zone."),
@@ -428,12 +430,18 @@ const globLiteral = (text: string) => text.replace(/[*?[\]\\]/g, '\\$&');
  * Redis returns only candidates: the counter's start after the tag's separator, then each label
  * with one wanted value as canonicalName writes it, in key order as canonical names hold them.
  */
-export function fieldPattern(selection: Selection): string {
-  if (selection.kind === 'plain') return `*${fieldSeparator}${globLiteral(selection.prefix)}*`;
+/** A Redis glob every counter name the selection takes matches (the caller filters exactly). */
+export function counterPattern(selection: Selection): string {
+  if (selection.kind === 'plain') return `${globLiteral(selection.prefix)}*`;
   const labels = selection.where
     .filter(([, values]) => values.length === 1)
     .map(([key, values]) => `*${globLiteral(`${key}=${JSON.stringify(values[0])}`)}`);
-  return `*${fieldSeparator}${globLiteral(`${selection.base}{`)}${labels.join('')}*`;
+  return `${globLiteral(`${selection.base}{`)}${labels.join('')}*`;
+}
+
+/** The same for pending fields (a bucket tag, the separator, the counter). */
+export function fieldPattern(selection: Selection): string {
+  return `*${fieldSeparator}${counterPattern(selection)}`;
 }
 
 /**

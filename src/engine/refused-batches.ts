@@ -53,7 +53,7 @@ export async function resolveRefusedBatch(
   }
   await withShardLock(ctx, keys.lock, async () => {
     await assertRefused(ctx, shard, batchId);
-    if (!(await ctx.scripts.acknowledge(keys, batchId))) {
+    if (!(await ctx.scripts.acknowledge(keys, batchId, false))) {
       throw new ValidationError(`Batch ${batchId} left shard ${shard} meanwhile; nothing done.`);
     }
     ctx.config.logger.warn({ shard, batchId, deltas }, 'refused batch discarded');

@@ -1,64 +1,90 @@
 import { redisFailure } from '../redis/connection.js';
 import { parsePendingField, tagBuckets, type TagBuckets } from '../redis/bucket-tags.js';
+import { ScriptStatus } from '../redis/scripts.js';
 import { shardKeys } from '../redis/shard-keys.js';
 import type { EngineContext } from './engine-context.js';
 
-/** What one shard held, read atomically, for a query over many counters. */
-export interface ShardDeltas {
+/** Where one shard's flushes stood when read (read-batch-state.lua), atomically. */
+export interface BatchState {
   shard: number;
-  /** The shard's snapshot count when read: a flush that snapshots changes it. */
+  /** The shard's snapshot count: a flush that snapshots changes it. */
   snapshots: number;
   /** The in-flight batch ('' for none) and its snapshot time (Redis' clock, ms). */
   batchId: string;
   snapshotMs: string;
-  /** Flat (field, delta) pairs: pending, then in flight. */
-  pending: readonly string[];
-  inflight: readonly string[];
+  /** Counters created in Redis since the last applied batch that match the read's pattern. */
+  newCounters: readonly string[];
 }
 
-/** Every shard's unflushed fields matching `pattern` (read-matching.lua), one call per shard. */
-export function readShardDeltas(
+/** Every shard's batch state, and its new counters matching `newCounterPattern` ('' for none). */
+export function readBatchStates(
   ctx: EngineContext,
-  pattern: string,
+  newCounterPattern: string,
   what: string,
-): Promise<ShardDeltas[]> {
+): Promise<BatchState[]> {
   return Promise.all(
     Array.from({ length: ctx.config.shards }, async (_, shard) => {
-      const reply = (await ctx.scripts
-        .readMatching(shardKeys(ctx.config.keyPrefix, shard), pattern)
+      const reply = await ctx.scripts
+        .readBatchState(shardKeys(ctx.config.keyPrefix, shard), newCounterPattern)
         .catch((error: unknown) => {
           throw redisFailure(error, 'read', what);
-        })) as unknown[];
-      const [snapshots, batchId, snapshotMs, pendingFields] = reply;
-      const pairs = reply.slice(4).map(String);
+        });
+      const [snapshots, batchId, snapshotMs, ...newCounters] = reply.map(String);
       return {
         shard,
         snapshots: Number(snapshots),
-        batchId: String(batchId),
-        snapshotMs: String(snapshotMs),
-        pending: pairs.slice(0, 2 * Number(pendingFields)),
-        inflight: pairs.slice(2 * Number(pendingFields)),
+        batchId: batchId ?? '',
+        snapshotMs: snapshotMs ?? '0',
+        newCounters,
       };
     }),
   );
 }
 
-/** Whether any shard snapshotted (a flush moved deltas) since `before` was read. */
-export async function snapshotsMoved(
+/** One shard's unflushed deltas of a query's counters: flat (field, delta) pairs. */
+export interface ShardDeltas {
+  pending: readonly string[];
+  /** Empty unless asked for. */
+  inflight: readonly string[];
+}
+
+/**
+ * Every shard's unflushed deltas of a query's counters, read after its PostgreSQL snapshot
+ * (read-unflushed.lua): the pending ones, and the in-flight ones of the shards `withInflight`
+ * holds. `counters` are those PostgreSQL names, by shard (undefined: too many to name; every
+ * field matching `pattern` is read). Undefined when a flush moved deltas since `states`.
+ */
+export async function readUnflushed(
   ctx: EngineContext,
-  before: readonly ShardDeltas[],
+  states: readonly BatchState[],
+  read: {
+    withInflight: ReadonlySet<number>;
+    pattern: string;
+    counters: readonly (readonly string[])[] | undefined;
+  },
   what: string,
-): Promise<boolean> {
-  const now = await Promise.all(
-    before.map((read) =>
-      ctx.redis
-        .get(shardKeys(ctx.config.keyPrefix, read.shard).snapshots)
+): Promise<ShardDeltas[] | undefined> {
+  const replies = await Promise.all(
+    states.map((state) =>
+      ctx.scripts
+        .readUnflushed(shardKeys(ctx.config.keyPrefix, state.shard), {
+          snapshots: state.snapshots,
+          batchId: state.batchId,
+          inflight: read.withInflight.has(state.shard),
+          pattern: read.pattern,
+          counters: read.counters === undefined ? undefined : (read.counters[state.shard] ?? []),
+        })
         .catch((error: unknown) => {
           throw redisFailure(error, 'read', what);
         }),
     ),
   );
-  return now.some((count, i) => Number(count ?? 0) !== before[i]?.snapshots);
+  if (replies.some((reply) => reply[0] !== ScriptStatus.ok)) return undefined;
+  return replies.map((reply) => {
+    const pendingFields = Number(reply[1]);
+    const pairs = reply.slice(2).map(String);
+    return { pending: pairs.slice(0, 2 * pendingFields), inflight: pairs.slice(2 * pendingFields) };
+  });
 }
 
 /** Visits each (counter, bucket tag's buckets, delta) of flat (field, delta) pairs. */

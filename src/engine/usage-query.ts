@@ -2,6 +2,7 @@ import { StringDecoder } from 'node:string_decoder';
 import { to as copyTo } from 'pg-copy-streams';
 import type pg from 'pg';
 import { TallyError, ValidationError } from '../errors.js';
+import { shardOf } from '../counters/sharding.js';
 import { postgresFailure } from '../store/pool.js';
 import { querySql } from '../store/sql.js';
 import { checkOut } from '../store/transaction.js';
@@ -10,6 +11,7 @@ import { ledgerClockMarginMs } from './ledger-pruning.js';
 import {
   compareCodePoints,
   counterMatcher,
+  counterPattern,
   encodeCursor,
   fieldPattern,
   queryLimits,
@@ -21,21 +23,42 @@ import {
   type UsageRow,
   type UsageWindow,
 } from './query-spec.js';
-import { eachUnflushed, readShardDeltas, snapshotsMoved, type ShardDeltas } from './unflushed.js';
+import {
+  eachUnflushed,
+  readBatchStates,
+  readUnflushed,
+  type BatchState,
+  type ShardDeltas,
+} from './unflushed.js';
 import { maxReadAttempts } from './usage.js';
 
 /*
  * Usage queries over many counters, exact: PostgreSQL's buckets of the selected counters, plus
  * every shard's pending deltas, plus its in-flight deltas unless the ledger has the batch.
  *
- * Why it is exact while flushes run: each shard's unflushed deltas are read from Redis
- * atomically (with its snapshot count and in-flight batch); then one REPEATABLE READ snapshot of
- * PostgreSQL is taken, with the ledger's verdict on each in-flight batch as its first statement;
- * then the snapshot counts are read again. Unchanged, no flush moved deltas between the Redis
- * read and the PostgreSQL snapshot, so every delta is in exactly one of them; changed, the query
- * starts over. The long part — summing the buckets — runs after the check, inside the snapshot,
- * so a query that takes seconds is not retried because flushes ran meanwhile.
+ * Why it is exact while flushes run: first each shard's snapshot count and in-flight batch are
+ * read (R1); then one REPEATABLE READ snapshot of PostgreSQL is taken, whose first statement is
+ * the ledger's verdict on those batches; then each shard's deltas are read (R2), atomically with
+ * a check that its snapshot count and batch are still those of R1 (else the query starts over).
+ * No snapshot in between: the pending deltas of R2 are in no batch, so not in PostgreSQL; the
+ * in-flight batch is the one the ledger judged, unchanged (a batch never changes in flight).
+ * The long part — summing the buckets — runs after the check, inside the snapshot, so a query
+ * that takes seconds is not retried because flushes ran meanwhile.
+ *
+ * Which counters R2 reads: those PostgreSQL's snapshot has (counter_labels), and those created
+ * in Redis since (the shard's new and orphan counters, see increment.lua and acknowledge.lua).
+ * A counter in neither was created in a batch applied after the snapshot — but a batch applied
+ * after R1 means a snapshot after R1 (or the in-flight batch of R1 gone), which R2 refuses. So R2
+ * costs the selected counters, not every pending field; a query naming more than
+ * `namedCountersAtMost` scans the shard's fields instead.
  */
+
+/**
+ * The most counters a query looks up in Redis by name; past it, it scans every pending field.
+ * A named lookup costs a hash read per counter and bucket tag; a scan about half that per
+ * pending field, of which 100k increments/s over 100k tenants keep some 20k.
+ */
+const namedCountersAtMost = 1_000;
 
 /** A group's sums per window, exact. */
 interface Group {
@@ -56,14 +79,10 @@ function windowOf(boundaries: readonly number[], startMs: number): number {
   return low;
 }
 
-/**
- * The unflushed deltas of the selected counters, by group and window: every shard's pending
- * deltas, and its in-flight ones unless `applied` says the ledger has the batch.
- */
+/** The unflushed deltas of the selected counters, by group and window. */
 function unflushedGroups(
   query: ResolvedQuery,
   shards: readonly ShardDeltas[],
-  applied: ReadonlySet<number>,
 ): Map<string, bigint[]> {
   const match = counterMatcher(query.selection);
   const keys = new Map<string, string | undefined>();
@@ -88,7 +107,7 @@ function unflushedGroups(
   };
   for (const shard of shards) {
     eachUnflushed(shard.pending, add);
-    if (!applied.has(shard.shard)) eachUnflushed(shard.inflight, add);
+    eachUnflushed(shard.inflight, add);
   }
   return groups;
 }
@@ -96,19 +115,37 @@ function unflushedGroups(
 /** The shards whose in-flight batch PostgreSQL's snapshot has applied (or refused). */
 async function appliedShards(
   client: pg.ClientBase,
-  shards: readonly ShardDeltas[],
+  states: readonly BatchState[],
 ): Promise<Set<number>> {
-  const inflight = shards.filter((shard) => shard.batchId !== '');
+  const inflight = states.filter((state) => state.batchId !== '');
   const { rows } = await client.query<{ shard: number; applied: boolean }>(
     querySql.appliedBatches,
     [
-      inflight.map((shard) => shard.shard),
-      inflight.map((shard) => shard.batchId),
-      inflight.map((shard) => shard.snapshotMs),
+      inflight.map((state) => state.shard),
+      inflight.map((state) => state.batchId),
+      inflight.map((state) => state.snapshotMs),
       ledgerClockMarginMs,
     ],
   );
   return new Set(rows.filter((row) => row.applied).map((row) => row.shard));
+}
+
+/**
+ * The selected counters PostgreSQL's snapshot has, by shard; undefined when more than
+ * `namedCountersAtMost`.
+ */
+async function countersByShard(
+  ctx: EngineContext,
+  client: pg.ClientBase,
+  query: ResolvedQuery,
+): Promise<string[][] | undefined> {
+  const { rows } = await client.query<{ name: string }>(
+    querySql.selectedCounters(query.selection, namedCountersAtMost + 1),
+  );
+  if (rows.length > namedCountersAtMost) return undefined;
+  const byShard = Array.from({ length: ctx.config.shards }, (): string[] => []);
+  for (const { name } of rows) byShard[shardOf(name, ctx.config.shards)]?.push(name);
+  return byShard;
 }
 
 /** A field of COPY's text format as written: backslash escapes undone. */
@@ -264,8 +301,7 @@ async function* exactGroups(
   groups?: number,
 ): AsyncGenerator<Group[]> {
   const what = 'a usage query';
-  const pattern = fieldPattern(query.selection);
-  // PostgreSQL first: with it down, a query fails before it scans Redis.
+  // PostgreSQL first: with it down, a query fails before it reads Redis.
   const { client, release } = await checkOut(ctx.pool).catch((error: unknown) => {
     throw postgresFailure(error, what);
   });
@@ -273,20 +309,30 @@ async function* exactGroups(
   let finished = false;
   try {
     for (let attempt = 0; attempt < maxReadAttempts; attempt++) {
-      const shards = await readShardDeltas(ctx, pattern, what);
+      const states = await readBatchStates(ctx, '', what);
       let applied: Set<number>;
+      let named: string[][] | undefined;
       try {
         await client.query(querySql.readOnlySnapshot);
-        applied = await appliedShards(client, shards);
+        applied = await appliedShards(client, states);
+        named = await countersByShard(ctx, client, query);
       } catch (error) {
         throw postgresFailure(error, what);
       }
-      // Only a shard whose pending deltas were read can count one twice: a snapshot after the
-      // read can carry them into a batch the PostgreSQL snapshot holds. A shard read with no
-      // pending delta of the query's counters cannot: the batch in flight when it was read is
-      // applied before any later one, and the ledger's verdict on it comes from the snapshot.
-      const read = shards.filter((shard) => shard.pending.length > 0);
-      if (await snapshotsMoved(ctx, read, what)) {
+      const shards = await readUnflushed(
+        ctx,
+        states,
+        {
+          withInflight: new Set(
+            states.filter((s) => s.batchId !== '' && !applied.has(s.shard)).map((s) => s.shard),
+          ),
+          pattern:
+            named === undefined ? fieldPattern(query.selection) : counterPattern(query.selection),
+          counters: named,
+        },
+        what,
+      );
+      if (shards === undefined) {
         await client.query('ROLLBACK').catch((error: unknown) => {
           throw postgresFailure(error, what);
         });
@@ -294,7 +340,7 @@ async function* exactGroups(
       }
       const flushed = flushedGroups(ctx, client, query, groups);
       try {
-        yield* mergedGroups(flushed, unflushedGroups(query, shards, applied), query);
+        yield* mergedGroups(flushed, unflushedGroups(query, shards), query);
       } catch (error) {
         throw error instanceof TallyError ? error : postgresFailure(error, what);
       }

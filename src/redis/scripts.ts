@@ -61,7 +61,8 @@ const files = {
   markRefused: 'mark-refused.lua',
   reconcileChunk: 'reconcile-chunk.lua',
   readBuckets: 'read-buckets.lua',
-  readMatching: 'read-matching.lua',
+  readBatchState: 'read-batch-state.lua',
+  readUnflushed: 'read-unflushed.lua',
   releaseLock: 'release-lock.lua',
   extendLock: 'extend-lock.lua',
 } as const;
@@ -94,6 +95,7 @@ export const incrementKeys = (keys: ShardKeys): string[] => [
   keys.pending,
   keys.pendingTags,
   keys.pendingSince,
+  keys.pendingNewCounters,
 ];
 
 export type SnapshotReply =
@@ -117,8 +119,11 @@ export interface Scripts {
   readTotals(keys: ShardKeys, counters: readonly string[]): Promise<ScriptReply>;
   /** Flush step 1: freezes pending into the in-flight batch, or resumes the one there. */
   snapshot(keys: ShardKeys, newBatchId: string): Promise<SnapshotReply>;
-  /** Flush step 3: deletes the in-flight batch if it is still `batchId`; whether it did. */
-  acknowledge(keys: ShardKeys, batchId: string): Promise<boolean>;
+  /**
+   * Flush step 3: deletes the in-flight batch if it is still `batchId`; whether it did.
+   * `inPostgres` false: an operator discarded it (its new counters become orphans).
+   */
+  acknowledge(keys: ShardKeys, batchId: string, inPostgres: boolean): Promise<boolean>;
   /** Marks the in-flight batch `batchId` refused (the ledger's horizon, ms). */
   markRefused(keys: ShardKeys, batchId: string, horizonMs: number): Promise<void>;
   /** {OK, counter, redis total, expected...} for the drifted counters, or {BATCH_CHANGED}. */
@@ -133,8 +138,23 @@ export interface Scripts {
   ): Promise<ScriptReply>;
   /** {snapshot count, in-flight batch id, its snapshot ms, P, P (tag, delta) pairs, in-flight pairs}. */
   readBuckets(keys: ShardKeys, counter: string): Promise<ScriptReply>;
-  /** The shard's unflushed fields matching a glob, with its in-flight batch (read-matching.lua). */
-  readMatching(keys: ShardKeys, pattern: string): Promise<ScriptReply>;
+  /**
+   * {snapshot count, in-flight batch id, its snapshot ms, new counters matching
+   * `newCounterPattern`...} (none for '').
+   */
+  readBatchState(keys: ShardKeys, newCounterPattern: string): Promise<ScriptReply>;
+  /** A query's unflushed deltas of one shard, or {BATCH_CHANGED} (read-unflushed.lua). */
+  readUnflushed(
+    keys: ShardKeys,
+    read: {
+      snapshots: number;
+      batchId: string;
+      inflight: boolean;
+      pattern: string;
+      /** The counters to look up besides the new ones; undefined: scan every field. */
+      counters: readonly string[] | undefined;
+    },
+  ): Promise<ScriptReply>;
   /** Whether the lock was still `token`'s and is now released. */
   releaseLock(lockKey: string, token: string): Promise<boolean>;
   /** Whether the lock was still `token`'s and now lives `ttlMs` more. */
@@ -174,6 +194,8 @@ export function defineScripts(redis: RedisConnection): Scripts {
           keys.inflightTags,
           keys.inflightMeta,
           keys.snapshots,
+          keys.pendingNewCounters,
+          keys.inflightNewCounters,
         ],
         [newBatchId],
       )) as [string, string?, string?];
@@ -184,9 +206,19 @@ export function defineScripts(redis: RedisConnection): Scripts {
         snapshotMs: Number(snapshotMs),
       };
     },
-    acknowledge: async (keys, batchId) =>
+    acknowledge: async (keys, batchId, inPostgres) =>
       Number(
-        await run('acknowledge', [keys.inflight, keys.inflightTags, keys.inflightMeta], [batchId]),
+        await run(
+          'acknowledge',
+          [
+            keys.inflight,
+            keys.inflightTags,
+            keys.inflightMeta,
+            keys.inflightNewCounters,
+            keys.orphanCounters,
+          ],
+          [batchId, inPostgres ? '1' : '0'],
+        ),
       ) === 1,
     async markRefused(keys, batchId, horizonMs) {
       await run('markRefused', [keys.inflightMeta], [batchId, horizonMs]);
@@ -218,11 +250,40 @@ export function defineScripts(redis: RedisConnection): Scripts {
         ],
         [counter],
       ) as Promise<ScriptReply>,
-    readMatching: (keys, pattern) =>
+    readBatchState: (keys, newCounterPattern) =>
       run(
-        'readMatching',
-        [keys.pending, keys.inflight, keys.inflightMeta, keys.snapshots],
-        [pattern],
+        'readBatchState',
+        [
+          keys.snapshots,
+          keys.inflightMeta,
+          keys.pendingNewCounters,
+          keys.inflightNewCounters,
+          keys.orphanCounters,
+        ],
+        [newCounterPattern],
+      ) as Promise<ScriptReply>,
+    readUnflushed: (keys, read) =>
+      run(
+        'readUnflushed',
+        [
+          keys.snapshots,
+          keys.inflightMeta,
+          keys.pending,
+          keys.pendingTags,
+          keys.pendingNewCounters,
+          keys.inflight,
+          keys.inflightTags,
+          keys.inflightNewCounters,
+          keys.orphanCounters,
+        ],
+        [
+          read.snapshots,
+          read.batchId,
+          read.inflight ? '1' : '0',
+          read.counters === undefined ? 'scan' : 'named',
+          read.pattern,
+        ],
+        read.counters ?? [],
       ) as Promise<ScriptReply>,
     releaseLock: async (lockKey, token) =>
       Number(await run('releaseLock', [lockKey], [token])) === 1,

@@ -11,11 +11,23 @@ export interface ShardKeys {
   pending: string;
   /** Set: the bucket tags `pending` has fields of, so readers need not scan it. */
   pendingTags: string;
+  /**
+   * Set: the counters whose Redis total an increment created while `pending` gathered, so
+   * perhaps not yet in PostgreSQL: with the counters PostgreSQL names, every counter a usage
+   * query must look up in Redis (engine/usage-query.ts). Renamed with `pending`.
+   */
+  pendingNewCounters: string;
   /** String: server time (ms) of the oldest pending delta. */
   pendingSince: string;
   /** The batch being flushed: `pending` and `pendingTags` renamed by the snapshot. */
   inflight: string;
   inflightTags: string;
+  inflightNewCounters: string;
+  /**
+   * Set: new counters of batches an operator discarded: not in PostgreSQL until a batch with a
+   * delta of theirs is applied (acknowledge.lua).
+   */
+  orphanCounters: string;
   /** Hash: batch id, when its oldest delta arrived, when it was snapshotted. */
   inflightMeta: string;
   /** Counts snapshots, so a reader can tell that a flush moved deltas while it was reading. */
@@ -36,9 +48,12 @@ export function shardKeys(prefix: string, shard: number): ShardKeys {
     totals: `${base}:totals`,
     pending: `${base}:pending-deltas`,
     pendingTags: `${base}:pending-tags`,
+    pendingNewCounters: `${base}:pending-new-counters`,
     pendingSince: `${base}:pending-since`,
     inflight: `${base}:inflight-deltas`,
     inflightTags: `${base}:inflight-tags`,
+    inflightNewCounters: `${base}:inflight-new-counters`,
+    orphanCounters: `${base}:orphan-counters`,
     inflightMeta: `${base}:inflight-meta`,
     snapshots: `${base}:snapshots`,
     lock: `${base}:lock`,

@@ -362,6 +362,17 @@ export const querySql = {
            WHERE rank <= ${literals.add(order.groups)}`;
     return `COPY (${limited} ORDER BY 1 ${direction}, 2) TO STDOUT`;
   },
+  /**
+   * Up to `limit` names of the selected counters, in no order: the counters a usage query looks
+   * up in Redis by name. No ORDER BY, so a narrow `where` is answered by the labels' GIN index.
+   */
+  selectedCounters(selection: Selection, limit: number): { text: string; values: unknown[] } {
+    const parameters = new Parameters();
+    const conditions = selectionConditions(selection, parameters);
+    const text = `SELECT l.name FROM tally.counter_labels l
+                  WHERE ${conditions.join(' AND ')} LIMIT ${parameters.add(limit)}`;
+    return { text, values: parameters.values };
+  },
   /** Up to `limit` names of the selected counters after `after`, in byte order. */
   counterNames(
     selection: Selection,

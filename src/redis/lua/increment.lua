@@ -2,8 +2,8 @@
   Applies a group of increments to one shard, in order, each one whole or not at all.
 
   KEYS[1] epoch marker      KEYS[2] totals            KEYS[3] pending deltas
-  KEYS[4] pending tags      KEYS[5] pending-since
-  KEYS[6..] idempotency keys, referred to by index from ARGV
+  KEYS[4] pending tags      KEYS[5] pending-since     KEYS[6] pending new counters
+  KEYS[7..] idempotency keys, referred to by index from ARGV
 
   ARGV[1] idempotency window, ms
   ARGV[2] T: bucket tags in the table that follows
@@ -23,7 +23,10 @@
   hash increments.
 
   Each applied increment costs two hash increments, its total and its pending delta, however
-  many granularities are configured: this script is the hot path's Redis time.
+  many granularities are configured: this script is the hot path's Redis time. An increment
+  that creates a counter's total also adds the counter to the pending new counters (once in the
+  counter's life, and again only if its total comes back to 0): usage queries look up those and
+  the counters PostgreSQL knows, instead of scanning every pending field.
 
   Totals stay within ±(2^53−1) and so does each delta: their sum fits Redis's 64-bit integers,
   and as a Lua double it is exact within the range and never rounds back into it from outside,
@@ -67,6 +70,11 @@ while i <= last do
     -- A plain increment: add first, check after. It can only leave the range if the total was
     -- already far from 0, so undoing it never leaves a field that was not there.
     total = redis.call('HINCRBY', totals, counter, delta)
+    -- The total is the delta only if the field was just created, or held 0 (then adding the
+    -- counter again is harmless).
+    if total == tonumber(delta) then
+      redis.call('SADD', KEYS[6], counter)
+    end
     if total > MAX or total < -MAX then
       status = OVERFLOW
       total = redis.call('HINCRBY', totals, counter, -tonumber(delta))
@@ -78,7 +86,8 @@ while i <= last do
     local keyIndex, limit, fingerprint
     tag, keyIndex, limit, fingerprint = string.match(spec, '^(%d+):(%d+):([^:]*):(.*)$')
     keyIndex = tonumber(keyIndex)
-    total = tonumber(redis.call('HGET', totals, counter) or 0)
+    local stored = redis.call('HGET', totals, counter)
+    total = tonumber(stored or 0)
     local new = total + tonumber(delta)
     local seen = keyIndex > 0 and redis.call('GET', KEYS[keyIndex])
     if seen then
@@ -94,6 +103,9 @@ while i <= last do
     else
       redis.call('HINCRBY', totals, counter, delta)
       redis.call('HINCRBY', pending, tags[tonumber(tag)] .. counter, delta)
+      if not stored then
+        redis.call('SADD', KEYS[6], counter)
+      end
       if keyIndex > 0 then
         redis.call('SET', KEYS[keyIndex], fingerprint, 'PX', windowMs)
       end

@@ -3,13 +3,13 @@
 
   KEYS[1] pending deltas    KEYS[2] pending tags      KEYS[3] pending-since
   KEYS[4] in-flight deltas  KEYS[5] in-flight tags    KEYS[6] in-flight meta
-  KEYS[7] snapshot count
+  KEYS[7] snapshot count    KEYS[8] pending new counters   KEYS[9] in-flight new counters
   ARGV[1] id for a new batch
 
   An in-flight batch left by an earlier flush (crashed, or not yet acknowledged) is resumed, not
   replaced: returns {'resumed', its id, its snapshot time}. With nothing pending returns
-  {'empty'}. Otherwise renames pending (deltas and tags) → in-flight (atomically, so no increment
-  can fall between the two) and returns {'created', ARGV[1], the snapshot time}. Snapshot times
+  {'empty'}. Otherwise renames pending (deltas, tags, new counters) → in-flight (atomically, so
+  no increment can fall between them) and returns {'created', ARGV[1], the snapshot time}. Snapshot times
   are Redis' clock in ms; the flush's ledger check compares them with the pruning horizon.
 ]]
 --- @include "server-time-ms"
@@ -28,6 +28,12 @@ local nowMs = serverTimeMs()
 redis.call('RENAME', KEYS[1], KEYS[4])
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('RENAME', KEYS[2], KEYS[5])
+end
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  redis.call('RENAME', KEYS[8], KEYS[9])
+else
+  -- One an older worker's acknowledge left behind belongs to no batch.
+  redis.call('DEL', KEYS[9])
 end
 local since = redis.call('GET', KEYS[3]) or nowMs
 redis.call('HSET', KEYS[6], 'batch', ARGV[1], 'since', since, 'snapshot', nowMs)

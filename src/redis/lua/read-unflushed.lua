@@ -1,0 +1,86 @@
+--[[
+  Reads one shard's not-yet-flushed deltas of a query's counters, after the query took its
+  PostgreSQL snapshot (the protocol is in engine/usage-query.ts).
+
+  KEYS[1] snapshot count     KEYS[2] in-flight meta
+  KEYS[3] pending deltas     KEYS[4] pending tags     KEYS[5] pending new counters
+  KEYS[6] in-flight deltas   KEYS[7] in-flight tags   KEYS[8] in-flight new counters
+  KEYS[9] orphan counters
+  ARGV[1] the snapshot count and ARGV[2] the in-flight batch ('' for none) read before the
+          snapshot (read-batch-state.lua)
+  ARGV[3] '1' to read the in-flight deltas too (the snapshot's ledger lacks the batch)
+  ARGV[4] 'named': look up the counters of ARGV[6..] (those PostgreSQL's snapshot has) and the
+          new and orphan counters matching the pattern ARGV[5];
+          'scan': every field matching the pattern ARGV[5] (too many counters to name)
+
+  Returns {BATCH_CHANGED} when a flush snapshotted or finished a batch since ARGV[1..2] were
+  read (the caller starts over), else {OK, P, P pairs (field, pending delta), then pairs (field,
+  in-flight delta)}. Named, the work is the counters' number times their bucket tags (one or
+  two); scanned, it is every field pending.
+]]
+--- @include "statuses"
+--- @include "each-delta"
+--- @include "scan-members"
+
+local inflight = redis.call('HGET', KEYS[2], 'batch') or ''
+if tonumber(redis.call('GET', KEYS[1]) or 0) ~= tonumber(ARGV[1]) or inflight ~= ARGV[2] then
+  return { BATCH_CHANGED }
+end
+local result = { OK, 0 }
+
+local function scanFields(hash)
+  -- A scan may return a field twice; its delta must count once.
+  local seen = {}
+  local cursor = '0'
+  repeat
+    local page = redis.call('HSCAN', hash, cursor, 'MATCH', ARGV[5], 'COUNT', 1000)
+    cursor = page[1]
+    local entries = page[2]
+    for i = 1, #entries, 2 do
+      if not seen[entries[i]] then
+        seen[entries[i]] = true
+        result[#result + 1] = entries[i]
+        result[#result + 1] = entries[i + 1]
+      end
+    end
+  until cursor == '0'
+end
+
+local counters = {}
+if ARGV[4] == 'named' then
+  local seen = {}
+  for i = 6, #ARGV do
+    if not seen[ARGV[i]] then
+      seen[ARGV[i]] = true
+      counters[#counters + 1] = ARGV[i]
+    end
+  end
+  for _, key in ipairs({ KEYS[5], KEYS[8], KEYS[9] }) do
+    scanMembers(key, ARGV[5], seen, counters)
+  end
+end
+
+local counter
+local function add(tag, delta)
+  result[#result + 1] = tag .. counter
+  result[#result + 1] = delta
+end
+
+local function collect(deltas, tagSet)
+  if ARGV[4] ~= 'named' then
+    scanFields(deltas)
+    return
+  end
+  local tags = redis.call('SMEMBERS', tagSet)
+  for i = 1, #counters do
+    counter = counters[i]
+    eachDelta(deltas, tags, counter, add)
+  end
+end
+
+collect(KEYS[3], KEYS[4])
+result[2] = (#result - 2) / 2
+if ARGV[3] == '1' then
+  collect(KEYS[6], KEYS[7])
+end
+return result
