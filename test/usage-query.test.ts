@@ -578,7 +578,10 @@ describe('usage queries over thousands of counters', () => {
         for (let i = 0; i < tenants.length; i += 500) {
           await tally.incrMany(
             tenants.slice(i, i + 500).map((tenant, k) => ({
-              counter: { name: 'calls', labels: { tenant, region: (i + k) % 2 === 0 ? 'eu' : 'us' } },
+              counter: {
+                name: 'calls',
+                labels: { tenant, region: (i + k) % 2 === 0 ? 'eu' : 'us' },
+              },
               by: i + k + 1,
               at,
             })),
