@@ -6,6 +6,7 @@
  * its own calendar arithmetic (Intl), not Tally's.
  */
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { canonicalName } from '../src/counters/counter-name.js';
@@ -626,6 +627,59 @@ describe('usage queries over thousands of counters', () => {
       expect(again).toHaveLength(3_000);
       expect(again.find((row) => row.labels.tenant === 't*?[2999]\\')?.value).toBe(6_000);
     } finally {
+      await tally.close();
+    }
+  });
+});
+
+describe('usage queries while one flush runs between their reads', () => {
+  // The query stalls at its point; the flush, started meanwhile, stalls at its own: so the
+  // query reads Redis again with the flush caught half-way.
+  const cases = [
+    {
+      stalls: 'query-after-snapshot:1500,after-snapshot:3000',
+      what: "a batch snapshotted after the query's snapshot, still in flight",
+    },
+    {
+      stalls: 'query-before-snapshot:1500,after-commit:3000',
+      what: "a batch applied before the query's snapshot, not yet acknowledged",
+    },
+  ];
+  it.each(cases)('count $what once', async ({ stalls }) => {
+    const tally = await createTally({
+      redis: redis.url,
+      postgres: await migrated(),
+      keyPrefix: `s${randomBytes(4).toString('hex')}`,
+      shards: 1,
+      maxBackdateMs: wideWindowMs,
+    });
+    const at = Date.parse('2026-11-10T00:00:00Z');
+    const acme = { name: 'calls', labels: { tenant: 'acme' } };
+    const before = process.env.TALLY_FAULT_DELAY;
+    try {
+      await tally.incr(acme, 5, { at });
+      await tally.flush(); // acme is in PostgreSQL: named by the query's snapshot
+      await tally.incr(acme, 3, { at });
+      await tally.incr({ name: 'calls', labels: { tenant: 'new' } }, 2, { at }); // new to the store
+      process.env.TALLY_FAULT_DELAY = stalls;
+      const query = tally.query({
+        counter: 'calls',
+        groupBy: ['tenant'],
+        from: '2026-11-01',
+        to: '2026-12-01',
+        granularity: 'total',
+      });
+      await sleep(300); // the query has read where the flushes stand, and stalls
+      const flush = tally.flush();
+      const { rows } = await query;
+      await flush;
+      expect(rows.map((row) => [row.labels.tenant, row.value])).toEqual([
+        ['acme', 8],
+        ['new', 2],
+      ]);
+    } finally {
+      if (before === undefined) delete process.env.TALLY_FAULT_DELAY;
+      else process.env.TALLY_FAULT_DELAY = before;
       await tally.close();
     }
   });

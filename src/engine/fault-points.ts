@@ -1,21 +1,29 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /**
- * Named points in the flush where a test can make the process kill itself (SIGKILL, nothing
- * runs after it) or stall, to prove that recovery from each point is exact and that shutdown
- * waits for a flush in progress. Armed through the environment of the process:
- *   TALLY_FAULT_POINT=<point>         kill -9 at the point
- *   TALLY_FAULT_DELAY=<point>:<ms>    wait that long at the point
+ * Named points in the flush, and in a usage query between its reads, where a test can make the
+ * process kill itself (SIGKILL, nothing runs after it) or stall, to prove that recovery from
+ * each point is exact, that shutdown waits for a flush in progress, and that a query is exact
+ * whatever a flush does between its reads. Armed through the environment of the process:
+ *   TALLY_FAULT_POINT=<point>                         kill -9 at the point
+ *   TALLY_FAULT_DELAY=<point>:<ms>[,<point>:<ms>…]    wait that long at each point
  * Unarmed, a point costs two comparisons.
  */
 export type FaultPoint =
-  'before-snapshot' | 'after-snapshot' | 'mid-transaction' | 'after-commit' | 'during-acknowledge';
+  | 'before-snapshot'
+  | 'after-snapshot'
+  | 'mid-transaction'
+  | 'after-commit'
+  | 'during-acknowledge'
+  | 'query-before-snapshot'
+  | 'query-after-snapshot';
 
 export function reachFaultPoint(point: FaultPoint): Promise<void> | undefined {
   if (process.env.TALLY_FAULT_POINT === point) process.kill(process.pid, 'SIGKILL');
-  const delay = process.env.TALLY_FAULT_DELAY;
-  if (delay?.startsWith(`${point}:`) === true) return sleep(Number(delay.slice(point.length + 1)));
-  return undefined;
+  const delays = process.env.TALLY_FAULT_DELAY;
+  if (delays === undefined) return undefined;
+  const armed = delays.split(',').find((entry) => entry.startsWith(`${point}:`));
+  return armed === undefined ? undefined : sleep(Number(armed.slice(point.length + 1)));
 }
 
 /**

@@ -43,22 +43,29 @@ export function readBatchStates(
 
 /** One shard's unflushed deltas of a query's counters: flat (field, delta) pairs. */
 export interface ShardDeltas {
+  shard: number;
   pending: readonly string[];
-  /** Empty unless asked for. */
+  /** The in-flight batch's, when read: see `newBatch`. */
   inflight: readonly string[];
+  /**
+   * A batch snapshotted since the batch state was read, still in flight (its snapshot time):
+   * `inflight` holds its deltas, counted only if the query's snapshot lacks it.
+   */
+  newBatch: { batchId: string; snapshotMs: string } | undefined;
 }
 
 /**
  * Every shard's unflushed deltas of a query's counters, read after its PostgreSQL snapshot
- * (read-unflushed.lua): the pending ones, and the in-flight ones of the shards `withInflight`
- * holds. `counters` are those PostgreSQL names, by shard (undefined: too many to name; every
- * field matching `pattern` is read). Undefined when a flush moved deltas since `states`.
+ * (read-unflushed.lua): the pending ones, and the in-flight ones of the shards whose batch
+ * `lacked` holds (the snapshot's ledger lacks it). `counters` are those PostgreSQL names, by
+ * shard (undefined: too many to name; every field matching `pattern` is read). Undefined when
+ * flushes moved deltas in a way the query cannot account for (it starts over).
  */
 export async function readUnflushed(
   ctx: EngineContext,
   states: readonly BatchState[],
   read: {
-    withInflight: ReadonlySet<number>;
+    lacked: ReadonlySet<number>;
     pattern: string;
     counters: readonly (readonly string[])[] | undefined;
   },
@@ -70,7 +77,7 @@ export async function readUnflushed(
         .readUnflushed(shardKeys(ctx.config.keyPrefix, state.shard), {
           snapshots: state.snapshots,
           batchId: state.batchId,
-          inflight: read.withInflight.has(state.shard),
+          lacked: read.lacked.has(state.shard),
           pattern: read.pattern,
           counters: read.counters === undefined ? undefined : (read.counters[state.shard] ?? []),
         })
@@ -80,10 +87,16 @@ export async function readUnflushed(
     ),
   );
   if (replies.some((reply) => reply[0] !== ScriptStatus.ok)) return undefined;
-  return replies.map((reply) => {
-    const pendingFields = Number(reply[1]);
-    const pairs = reply.slice(2).map(String);
-    return { pending: pairs.slice(0, 2 * pendingFields), inflight: pairs.slice(2 * pendingFields) };
+  return replies.map((reply, i) => {
+    const state = states[i] as BatchState;
+    const [, batchId = '', snapshotMs = '0', pendingFields] = reply.slice(0, 4).map(String);
+    const pairs = reply.slice(4).map(String);
+    return {
+      shard: state.shard,
+      pending: pairs.slice(0, 2 * Number(pendingFields)),
+      inflight: pairs.slice(2 * Number(pendingFields)),
+      newBatch: batchId !== '' && batchId !== state.batchId ? { batchId, snapshotMs } : undefined,
+    };
   });
 }
 

@@ -7,6 +7,7 @@ import { postgresFailure } from '../store/pool.js';
 import { querySql } from '../store/sql.js';
 import { checkOut } from '../store/transaction.js';
 import type { EngineContext } from './engine-context.js';
+import { reachFaultPoint } from './fault-points.js';
 import { ledgerClockMarginMs } from './ledger-pruning.js';
 import {
   compareCodePoints,
@@ -37,20 +38,23 @@ import { maxReadAttempts } from './usage.js';
  * every shard's pending deltas, plus its in-flight deltas unless the ledger has the batch.
  *
  * Why it is exact while flushes run: first each shard's snapshot count and in-flight batch are
- * read (R1); then one REPEATABLE READ snapshot of PostgreSQL is taken, whose first statement is
- * the ledger's verdict on those batches; then each shard's deltas are read (R2), atomically with
- * a check that its snapshot count and batch are still those of R1 (else the query starts over).
- * No snapshot in between: the pending deltas of R2 are in no batch, so not in PostgreSQL; the
- * in-flight batch is the one the ledger judged, unchanged (a batch never changes in flight).
- * The long part — summing the buckets — runs after the check, inside the snapshot, so a query
- * that takes seconds is not retried because flushes ran meanwhile.
+ * read (R1); then one REPEATABLE READ snapshot of PostgreSQL is taken (S), whose first statement
+ * is the ledger's verdict on those batches; then each shard's deltas are read (R2), atomically
+ * with a look at what its flushes did since R1. Nothing: the pending deltas of R2 are in no
+ * batch, so not in PostgreSQL, and the in-flight batch is the one the ledger judged, unchanged
+ * (a batch never changes in flight). The judged batch acknowledged (it was applied at S):
+ * likewise. That, and one snapshot since, its batch still in flight: its deltas are read too,
+ * and S's ledger is asked about it. Anything more: the query starts over. The long part —
+ * summing the buckets — runs after R2, inside S, so a query that takes seconds is not retried
+ * because flushes ran meanwhile, and one flush between R1 and R2 costs a statement, not a retry.
  *
  * Which counters R2 reads: those PostgreSQL's snapshot has (counter_labels), and those created
  * in Redis since (the shard's new and orphan counters, see increment.lua and acknowledge.lua).
- * A counter in neither was created in a batch applied after the snapshot — but a batch applied
- * after R1 means a snapshot after R1 (or the in-flight batch of R1 gone), which R2 refuses. So R2
- * costs the selected counters, not every pending field; a query naming more than
- * `namedCountersAtMost` scans the shard's fields instead.
+ * A counter in neither was created in a batch applied after S yet acknowledged before R2: not
+ * R1's batch (R2 reads it only if it is still there, or if S has it), and not a later one (R2
+ * accepts one snapshot since R1 only while its batch is still in flight). So R2 costs the
+ * selected counters, not every pending field; a query naming more than `namedCountersAtMost`
+ * scans the shard's fields instead.
  */
 
 /**
@@ -112,40 +116,53 @@ function unflushedGroups(
   return groups;
 }
 
-/** The shards whose in-flight batch PostgreSQL's snapshot has applied (or refused). */
-async function appliedShards(
-  client: pg.ClientBase,
-  states: readonly BatchState[],
-): Promise<Set<number>> {
-  const inflight = states.filter((state) => state.batchId !== '');
-  const { rows } = await client.query<{ shard: number; applied: boolean }>(
-    querySql.appliedBatches,
-    [
-      inflight.map((state) => state.shard),
-      inflight.map((state) => state.batchId),
-      inflight.map((state) => state.snapshotMs),
-      ledgerClockMarginMs,
-    ],
-  );
-  return new Set(rows.filter((row) => row.applied).map((row) => row.shard));
-}
-
 /**
- * The selected counters PostgreSQL's snapshot has, by shard; undefined when more than
- * `namedCountersAtMost`.
+ * Opens the query's PostgreSQL snapshot (S), in one round trip: the shards whose in-flight
+ * batch it has applied (or refused), and the selected counters it has, by shard — undefined
+ * when more than `namedCountersAtMost`.
  */
-async function countersByShard(
+async function openSnapshot(
   ctx: EngineContext,
   client: pg.ClientBase,
   query: ResolvedQuery,
-): Promise<string[][] | undefined> {
-  const { rows } = await client.query<{ name: string }>(
-    querySql.selectedCounters(query.selection, namedCountersAtMost + 1),
+  states: readonly BatchState[],
+): Promise<{ applied: Set<number>; named: string[][] | undefined }> {
+  const statements = querySql.openQuerySnapshot(
+    states.filter((state) => state.batchId !== ''),
+    ledgerClockMarginMs,
+    query.selection,
+    namedCountersAtMost + 1,
   );
-  if (rows.length > namedCountersAtMost) return undefined;
-  const byShard = Array.from({ length: ctx.config.shards }, (): string[] => []);
-  for (const { name } of rows) byShard[shardOf(name, ctx.config.shards)]?.push(name);
-  return byShard;
+  // Several statements in one simple query: node-postgres answers with one result each.
+  const [, ledger, names] = (await client.query(statements)) as unknown as [
+    pg.QueryResult,
+    pg.QueryResult<{ shard: number; applied: boolean }>,
+    pg.QueryResult<{ name: string }>,
+  ];
+  const applied = new Set(ledger.rows.filter((row) => row.applied).map((row) => row.shard));
+  if (names.rows.length > namedCountersAtMost) return { applied, named: undefined };
+  const named = Array.from({ length: ctx.config.shards }, (): string[] => []);
+  for (const { name } of names.rows) named[shardOf(name, ctx.config.shards)]?.push(name);
+  return { applied, named };
+}
+
+/**
+ * A batch snapshotted between R1 and R2 (one flush of that shard ran meanwhile): its deltas
+ * are in Redis' reply, and count unless the query's snapshot has it — asked now, in the same
+ * snapshot, rather than starting the query over.
+ */
+async function dropAppliedNewBatches(client: pg.ClientBase, shards: ShardDeltas[]): Promise<void> {
+  const fresh = shards.flatMap((shard) =>
+    shard.newBatch === undefined ? [] : [{ shard: shard.shard, ...shard.newBatch }],
+  );
+  if (fresh.length === 0) return;
+  const { rows } = await client.query<{ shard: number; applied: boolean }>(
+    querySql.batchVerdicts(fresh, ledgerClockMarginMs),
+  );
+  for (const row of rows) {
+    const shard = shards.find((candidate) => candidate.shard === row.shard);
+    if (row.applied && shard !== undefined) shard.inflight = [];
+  }
 }
 
 /** A field of COPY's text format as written: backslash escapes undone. */
@@ -310,20 +327,20 @@ async function* exactGroups(
   try {
     for (let attempt = 0; attempt < maxReadAttempts; attempt++) {
       const states = await readBatchStates(ctx, '', what);
-      let applied: Set<number>;
-      let named: string[][] | undefined;
+      await reachFaultPoint('query-before-snapshot');
+      let snapshot: Awaited<ReturnType<typeof openSnapshot>>;
       try {
-        await client.query(querySql.readOnlySnapshot);
-        applied = await appliedShards(client, states);
-        named = await countersByShard(ctx, client, query);
+        snapshot = await openSnapshot(ctx, client, query, states);
       } catch (error) {
         throw postgresFailure(error, what);
       }
+      const { applied, named } = snapshot;
+      await reachFaultPoint('query-after-snapshot');
       const shards = await readUnflushed(
         ctx,
         states,
         {
-          withInflight: new Set(
+          lacked: new Set(
             states.filter((s) => s.batchId !== '' && !applied.has(s.shard)).map((s) => s.shard),
           ),
           pattern:
@@ -338,6 +355,9 @@ async function* exactGroups(
         });
         continue;
       }
+      await dropAppliedNewBatches(client, shards).catch((error: unknown) => {
+        throw postgresFailure(error, what);
+      });
       const flushed = flushedGroups(ctx, client, query, groups);
       try {
         yield* mergedGroups(flushed, unflushedGroups(query, shards), query);
@@ -357,12 +377,18 @@ async function* exactGroups(
   } finally {
     if (!finished) failure ??= new Error('a usage query stopped mid-stream');
     // Read only: nothing to keep. A client that failed, or stopped mid-COPY, is not reused.
+    // The caller has every row by now, so the ROLLBACK's round trip is not waited for: the
+    // client goes back to the pool once it is done.
     if (failure === undefined) {
-      await client.query('ROLLBACK').catch((error: unknown) => {
-        failure = error instanceof Error ? error : new Error(String(error));
-      });
-    }
-    release(failure);
+      client.query('ROLLBACK').then(
+        () => {
+          release();
+        },
+        (error: unknown) => {
+          release(error instanceof Error ? error : new Error(String(error)));
+        },
+      );
+    } else release(failure);
   }
 }
 

@@ -149,7 +149,8 @@ export interface Scripts {
     read: {
       snapshots: number;
       batchId: string;
-      inflight: boolean;
+      /** The query's snapshot lacks batch `batchId`. */
+      lacked: boolean;
       pattern: string;
       /** The counters to look up besides the new ones; undefined: scan every field. */
       counters: readonly string[] | undefined;
@@ -279,7 +280,7 @@ export function defineScripts(redis: RedisConnection): Scripts {
         [
           read.snapshots,
           read.batchId,
-          read.inflight ? '1' : '0',
+          read.lacked ? '1' : '0',
           read.counters === undefined ? 'scan' : 'named',
           read.pattern,
         ],

@@ -227,6 +227,13 @@ class Parameters implements Values {
  * Values written into the statement, quoted by node-postgres' escapeLiteral: for COPY, which
  * takes no placeholders. Numbers must be whole.
  */
+/** An in-flight batch as a query read it from Redis (snapshot time: Redis' clock, ms). */
+interface InflightBatchRead {
+  shard: number;
+  batchId: string;
+  snapshotMs: string;
+}
+
 class Literals implements Values {
   add(value: string | number | readonly string[], cast = ''): string {
     if (typeof value === 'number') {
@@ -298,18 +305,51 @@ function groupKeySql(selection: Selection, parameters: Values): string {
 /** Usage queries, counter listings and label values (engine/usage-query.ts, discovery.ts). */
 export const querySql = {
   /**
-   * Per shard ($1), whether its in-flight batch ($2, snapshotted at $3 ms) is applied, or
-   * refused (reads count refused batches as applied, as usageSql does); $4: the clock margin.
-   * The first statement of a query's snapshot.
+   * Opens a usage query's read-only snapshot and reads in it, in one round trip (a simple
+   * query, so its values are written in as quoted literals):
+   * 1. per in-flight batch, whether it is applied or refused (reads count refused batches as
+   *    applied, as usageSql does) — the first statement, which takes the snapshot;
+   * 2. up to `limit` names of the selected counters, in no order, so that a narrow `where` is
+   *    answered by the labels' GIN index.
+   * No statement timeout: the COPY of an export runs as long as its reader reads; the engine
+   * stops it when PostgreSQL sends nothing for the query timeout.
    */
-  appliedBatches: `SELECT s.shard, (${inLedger('s.shard', 's.batch')}
-                                    OR ${beforeHorizon('s.shard', 's.snapshot_ms', '$4')}) AS applied
-                   FROM unnest($1::integer[], $2::text[], $3::bigint[]) AS s(shard, batch, snapshot_ms)`,
+  openQuerySnapshot(
+    batches: readonly InflightBatchRead[],
+    clockMarginMs: number,
+    selection: Selection,
+    limit: number,
+  ): string {
+    const literals = new Literals();
+    const conditions = selectionConditions(selection, literals);
+    return `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+            ${querySql.batchVerdicts(batches, clockMarginMs)};
+            SELECT l.name FROM tally.counter_labels l
+            WHERE ${conditions.join(' AND ')} LIMIT ${literals.add(limit)}`;
+  },
   /**
-   * A read-only snapshot. No statement timeout: the COPY of an export runs as long as its
-   * reader reads; the engine stops it when PostgreSQL sends nothing for the query timeout.
+   * Per in-flight batch, whether it is applied, or refused (reads count refused batches as
+   * applied, as usageSql does): rows of shard, applied. Values written in as literals.
    */
-  readOnlySnapshot: 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY',
+  batchVerdicts(batches: readonly InflightBatchRead[], clockMarginMs: number): string {
+    const literals = new Literals();
+    const shards = literals.add(
+      batches.map((batch) => String(batch.shard)),
+      '::integer[]',
+    );
+    const ids = literals.add(
+      batches.map((batch) => batch.batchId),
+      '::text[]',
+    );
+    const snapshots = literals.add(
+      batches.map((batch) => batch.snapshotMs),
+      '::bigint[]',
+    );
+    const margin = literals.add(clockMarginMs);
+    return `SELECT s.shard, (${inLedger('s.shard', 's.batch')}
+                             OR ${beforeHorizon('s.shard', 's.snapshot_ms', margin)}) AS applied
+            FROM unnest(${shards}, ${ids}, ${snapshots}) AS s(shard, batch, snapshot_ms)`;
+  },
   /** The longest one statement of this transaction may run ($1: ms, as text). */
   statementTimeout: `SELECT set_config('statement_timeout', $1, true)`,
   /**
@@ -361,17 +401,6 @@ export const querySql = {
            FROM (SELECT *, dense_rank() OVER (ORDER BY key ${direction}) AS rank FROM (${sums}) AS s) AS r
            WHERE rank <= ${literals.add(order.groups)}`;
     return `COPY (${limited} ORDER BY 1 ${direction}, 2) TO STDOUT`;
-  },
-  /**
-   * Up to `limit` names of the selected counters, in no order: the counters a usage query looks
-   * up in Redis by name. No ORDER BY, so a narrow `where` is answered by the labels' GIN index.
-   */
-  selectedCounters(selection: Selection, limit: number): { text: string; values: unknown[] } {
-    const parameters = new Parameters();
-    const conditions = selectionConditions(selection, parameters);
-    const text = `SELECT l.name FROM tally.counter_labels l
-                  WHERE ${conditions.join(' AND ')} LIMIT ${parameters.add(limit)}`;
-    return { text, values: parameters.values };
   },
   /** Up to `limit` names of the selected counters after `after`, in byte order. */
   counterNames(

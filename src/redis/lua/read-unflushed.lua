@@ -8,25 +8,40 @@
   KEYS[9] orphan counters
   ARGV[1] the snapshot count and ARGV[2] the in-flight batch ('' for none) read before the
           snapshot (read-batch-state.lua)
-  ARGV[3] '1' to read the in-flight deltas too (the snapshot's ledger lacks the batch)
+  ARGV[3] '1' when the snapshot's ledger lacks that batch (its deltas are read), else '0'
   ARGV[4] 'named': look up the counters of ARGV[6..] (those PostgreSQL's snapshot has) and the
           new and orphan counters matching the pattern ARGV[5];
           'scan': every field matching the pattern ARGV[5] (too many counters to name)
 
-  Returns {BATCH_CHANGED} when a flush snapshotted or finished a batch since ARGV[1..2] were
-  read (the caller starts over), else {OK, P, P pairs (field, pending delta), then pairs (field,
-  in-flight delta)}. Named, the work is the counters' number times their bucket tags (one or
-  two); scanned, it is every field pending.
+  What a flush did since ARGV[1..2] decides:
+  - nothing: the pending deltas, and the in-flight ones if ARGV[3] is '1';
+  - acknowledged the batch the ledger has: the pending deltas;
+  - that, then one snapshot, whose batch is still in flight: the pending and in-flight deltas,
+    the caller asking the snapshot's ledger about the new batch;
+  - anything else (the caller starts over): {BATCH_CHANGED}.
+  Returns {OK, in-flight batch id or '', its snapshot time (ms), P, P pairs (field, pending
+  delta), then pairs (field, in-flight delta)}. Named, the work is the counters' number times
+  their bucket tags (one or two); scanned, it is every field pending.
 ]]
 --- @include "statuses"
 --- @include "each-delta"
 --- @include "scan-members"
 
-local inflight = redis.call('HGET', KEYS[2], 'batch') or ''
-if tonumber(redis.call('GET', KEYS[1]) or 0) ~= tonumber(ARGV[1]) or inflight ~= ARGV[2] then
+local count = tonumber(redis.call('GET', KEYS[1]) or 0)
+local meta = redis.call('HMGET', KEYS[2], 'batch', 'snapshot')
+local batch = meta[1] or ''
+local before, batchBefore, lacked = tonumber(ARGV[1]), ARGV[2], ARGV[3] == '1'
+local readInflight
+if count == before and batch == batchBefore then
+  readInflight = lacked
+elseif count == before and batch == '' and not lacked then
+  readInflight = false
+elseif count == before + 1 and batch ~= '' and batch ~= batchBefore and not lacked then
+  readInflight = true
+else
   return { BATCH_CHANGED }
 end
-local result = { OK, 0 }
+local result = { OK, batch, meta[2] or '0', 0 }
 
 local function scanFields(hash)
   -- A scan may return a field twice; its delta must count once.
@@ -79,8 +94,8 @@ local function collect(deltas, tagSet)
 end
 
 collect(KEYS[3], KEYS[4])
-result[2] = (#result - 2) / 2
-if ARGV[3] == '1' then
+result[4] = (#result - 4) / 2
+if readInflight then
   collect(KEYS[6], KEYS[7])
 end
 return result
