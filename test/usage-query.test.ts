@@ -8,10 +8,12 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import fc from 'fast-check';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { canonicalName } from '../src/counters/counter-name.js';
 import type { FaultPoint } from '../src/engine/fault-points.js';
 import { compareCodePoints, groupKey } from '../src/engine/query-spec.js';
+import { shardKeys } from '../src/redis/shard-keys.js';
 import {
   createTally,
   migrate,
@@ -627,6 +629,54 @@ describe('usage queries over thousands of counters', () => {
       expect(again).toHaveLength(3_000);
       expect(again.find((row) => row.labels.tenant === 't*?[2999]\\')?.value).toBe(6_000);
     } finally {
+      await tally.close();
+    }
+  });
+  it('reads a shard whose deltas span thousands of buckets in work bounded by its fields', async () => {
+    const keyPrefix = `b${randomBytes(4).toString('hex')}`;
+    const tally = await createTally({
+      redis: redis.url,
+      postgres: await migrated(),
+      keyPrefix,
+      shards: 1,
+      buckets: ['minute'],
+      maxBackdateMs: wideWindowMs,
+    });
+    const admin = new Redis(redis.url);
+    try {
+      // A thousand counters PostgreSQL names; one of them then counted in 2,000 minutes (a
+      // backfill, or flushes stalled): 2,000 bucket tags over 3,000 pending fields.
+      const start = Date.parse('2026-11-10T00:00:00Z');
+      const tenants = Array.from({ length: 1_000 }, (_, i) => `t${i}`);
+      const calls = (tenant: string) => ({ name: 'calls', labels: { tenant } });
+      await tally.incrMany(tenants.map((tenant) => ({ counter: calls(tenant), by: 1, at: start })));
+      await tally.flush();
+      for (let minute = 0; minute < 2_000; minute += 500) {
+        await tally.incrMany(
+          Array.from({ length: 500 }, (_, k) => ({
+            counter: calls('t0'),
+            by: 1,
+            at: start + (minute + k) * 60_000,
+          })),
+        );
+      }
+      await tally.incrMany(tenants.map((tenant) => ({ counter: calls(tenant), by: 1, at: start })));
+      const fields = await admin.hlen(shardKeys(keyPrefix, 0).pending);
+      await admin.config('RESETSTAT');
+      const { rows } = await tally.query({
+        counter: 'calls',
+        from: '2026-11-01',
+        to: '2026-12-01',
+        granularity: 'total',
+      });
+      expect(rows[0]?.value).toBe(1_000 + 2_000 + 1_000);
+      // Looking up each named counter under each tag would be 2,000,000 reads.
+      const stats = String(await admin.info('commandstats'));
+      const gets = Number(/cmdstat_hget:calls=(\d+)/.exec(stats)?.[1] ?? 0);
+      expect(fields).toBeGreaterThan(2_000);
+      expect(gets).toBeLessThanOrEqual(fields);
+    } finally {
+      admin.disconnect();
       await tally.close();
     }
   });

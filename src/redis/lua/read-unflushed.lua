@@ -20,8 +20,11 @@
     the caller asking the snapshot's ledger about the new batch;
   - anything else (the caller starts over): {BATCH_CHANGED}.
   Returns {OK, in-flight batch id or '', its snapshot time (ms), P, P pairs (field, pending
-  delta), then pairs (field, in-flight delta)}. Named, the work is the counters' number times
-  their bucket tags (one or two); scanned, it is every field pending.
+  delta), then pairs (field, in-flight delta)}. Named, a hash is read by looking up each counter
+  under each of its bucket tags (one or two tags, as a flush runs every interval), unless the
+  hash has fewer fields than that: then its fields matching the pattern are scanned (backdated
+  increments, or stalled flushes, pile up tags). So a hash costs at most its fields, plus the
+  new and orphan counters; the caller keeps only the counters its selection takes.
 ]]
 --- @include "statuses"
 --- @include "each-delta"
@@ -43,12 +46,12 @@ else
 end
 local result = { OK, batch, meta[2] or '0', 0 }
 
-local function scanFields(hash)
+local function scanFields(hash, pattern)
   -- A scan may return a field twice; its delta must count once.
   local seen = {}
   local cursor = '0'
   repeat
-    local page = redis.call('HSCAN', hash, cursor, 'MATCH', ARGV[5], 'COUNT', 1000)
+    local page = redis.call('HSCAN', hash, cursor, 'MATCH', pattern, 'COUNT', 1000)
     cursor = page[1]
     local entries = page[2]
     for i = 1, #entries, 2 do
@@ -83,10 +86,15 @@ end
 
 local function collect(deltas, tagSet)
   if ARGV[4] ~= 'named' then
-    scanFields(deltas)
+    scanFields(deltas, ARGV[5])
     return
   end
   local tags = redis.call('SMEMBERS', tagSet)
+  if #counters * #tags > redis.call('HLEN', deltas) then
+    -- A field is a bucket tag, the separator (bucket-tags.ts), then the counter.
+    scanFields(deltas, '*\31' .. ARGV[5])
+    return
+  end
   for i = 1, #counters do
     counter = counters[i]
     eachDelta(deltas, tags, counter, add)
