@@ -3,6 +3,7 @@
  * not grow with it.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
@@ -412,6 +413,28 @@ describe('pruning the flush ledger', () => {
       expect([first.status, second.status].sort()).toEqual(['fulfilled', 'rejected']);
       const total = (await postgresTotals(pool)).get('billed');
       expect(total).toBe(first.status === 'fulfilled' ? 10 : 5);
+    });
+
+    it('a usage query the decision lands in the middle of reads it applied, not refused', async () => {
+      const { tally, batchId } = await refusedBatch();
+      const day = 24 * hourMs;
+      const today = Math.floor(Date.now() / day) * day;
+      const before = process.env.TALLY_FAULT_DELAY;
+      process.env.TALLY_FAULT_DELAY = 'query-after-snapshot:1500';
+      onTestFinished(() => {
+        if (before === undefined) delete process.env.TALLY_FAULT_DELAY;
+        else process.env.TALLY_FAULT_DELAY = before;
+      });
+      const query = tally.query({
+        prefix: 'billed',
+        from: new Date(today - 3 * day),
+        to: new Date(today + day),
+        granularity: 'total',
+      });
+      await sleep(300); // the query's snapshot counts the refused batch as applied
+      await tally.resolveRefusedBatch(0, batchId, 'apply');
+      const { rows } = await query;
+      expect(rows.map((row) => [row.counter, row.value])).toEqual([['billed', 10]]);
     });
 
     it("applied on the operator's word", async () => {

@@ -41,6 +41,13 @@ export function readBatchStates(
   );
 }
 
+/**
+ * What a query's snapshot says of a shard's in-flight batch: its ledger has it, or lacks it
+ * (its deltas count), or refuses it (before the ledger's horizon: counted as applied until an
+ * operator resolves it, so R2 accepts no change of it).
+ */
+export type BatchVerdict = 'applied' | 'lacked' | 'refused';
+
 /** One shard's unflushed deltas of a query's counters: flat (field, delta) pairs. */
 export interface ShardDeltas {
   shard: number;
@@ -56,8 +63,8 @@ export interface ShardDeltas {
 
 /**
  * Every shard's unflushed deltas of a query's counters, read after its PostgreSQL snapshot
- * (read-unflushed.lua): the pending ones, and the in-flight ones of the shards whose batch
- * `lacked` holds (the snapshot's ledger lacks it). `counters` are those PostgreSQL names, by
+ * (read-unflushed.lua): the pending ones, and the in-flight ones of the shards with a batch in
+ * flight that `verdicts` does not hold (the snapshot's ledger lacks it). `counters` are those PostgreSQL names, by
  * shard (undefined: too many to name; every field matching `pattern` is read). Undefined when
  * flushes moved deltas in a way the query cannot account for (it starts over).
  */
@@ -65,7 +72,7 @@ export async function readUnflushed(
   ctx: EngineContext,
   states: readonly BatchState[],
   read: {
-    lacked: ReadonlySet<number>;
+    verdicts: ReadonlyMap<number, Exclude<BatchVerdict, 'lacked'>>;
     pattern: string;
     counters: readonly (readonly string[])[] | undefined;
   },
@@ -77,7 +84,7 @@ export async function readUnflushed(
         .readUnflushed(shardKeys(ctx.config.keyPrefix, state.shard), {
           snapshots: state.snapshots,
           batchId: state.batchId,
-          lacked: read.lacked.has(state.shard),
+          verdict: state.batchId === '' ? 'applied' : (read.verdicts.get(state.shard) ?? 'lacked'),
           pattern: read.pattern,
           counters: read.counters === undefined ? undefined : (read.counters[state.shard] ?? []),
         })

@@ -29,6 +29,7 @@ import {
   readBatchStates,
   readUnflushed,
   type BatchState,
+  type BatchVerdict,
   type ShardDeltas,
 } from './unflushed.js';
 import { maxReadAttempts } from './usage.js';
@@ -116,17 +117,31 @@ function unflushedGroups(
   return groups;
 }
 
+/** What the ledger says of an in-flight batch (querySql.batchVerdicts), by shard. */
+type BatchVerdicts = Map<number, Exclude<BatchVerdict, 'lacked'>>;
+
+function batchVerdicts(
+  rows: readonly { shard: number; in_ledger: boolean; refused: boolean }[],
+): BatchVerdicts {
+  const verdicts: BatchVerdicts = new Map();
+  for (const row of rows) {
+    if (row.in_ledger) verdicts.set(row.shard, 'applied');
+    else if (row.refused) verdicts.set(row.shard, 'refused');
+  }
+  return verdicts;
+}
+
 /**
- * Opens the query's PostgreSQL snapshot (S), in one round trip: the shards whose in-flight
- * batch it has applied (or refused), and the selected counters it has, by shard — undefined
- * when more than `namedCountersAtMost`.
+ * Opens the query's PostgreSQL snapshot (S), in one round trip: what its ledger says of each
+ * shard's in-flight batch (shards absent lack theirs), and the selected counters it has, by
+ * shard — undefined when more than `namedCountersAtMost`.
  */
 async function openSnapshot(
   ctx: EngineContext,
   client: pg.ClientBase,
   query: ResolvedQuery,
   states: readonly BatchState[],
-): Promise<{ applied: Set<number>; named: string[][] | undefined }> {
+): Promise<{ verdicts: BatchVerdicts; named: string[][] | undefined }> {
   const statements = querySql.openQuerySnapshot(
     states.filter((state) => state.batchId !== ''),
     ledgerClockMarginMs,
@@ -136,14 +151,14 @@ async function openSnapshot(
   // Several statements in one simple query: node-postgres answers with one result each.
   const [, ledger, names] = (await client.query(statements)) as unknown as [
     pg.QueryResult,
-    pg.QueryResult<{ shard: number; applied: boolean }>,
+    pg.QueryResult<{ shard: number; in_ledger: boolean; refused: boolean }>,
     pg.QueryResult<{ name: string }>,
   ];
-  const applied = new Set(ledger.rows.filter((row) => row.applied).map((row) => row.shard));
-  if (names.rows.length > namedCountersAtMost) return { applied, named: undefined };
+  const verdicts = batchVerdicts(ledger.rows);
+  if (names.rows.length > namedCountersAtMost) return { verdicts, named: undefined };
   const named = Array.from({ length: ctx.config.shards }, (): string[] => []);
   for (const { name } of names.rows) named[shardOf(name, ctx.config.shards)]?.push(name);
-  return { applied, named };
+  return { verdicts, named };
 }
 
 /**
@@ -156,12 +171,12 @@ async function dropAppliedNewBatches(client: pg.ClientBase, shards: ShardDeltas[
     shard.newBatch === undefined ? [] : [{ shard: shard.shard, ...shard.newBatch }],
   );
   if (fresh.length === 0) return;
-  const { rows } = await client.query<{ shard: number; applied: boolean }>(
+  const { rows } = await client.query<{ shard: number; in_ledger: boolean; refused: boolean }>(
     querySql.batchVerdicts(fresh, ledgerClockMarginMs),
   );
-  for (const row of rows) {
-    const shard = shards.find((candidate) => candidate.shard === row.shard);
-    if (row.applied && shard !== undefined) shard.inflight = [];
+  for (const shard of batchVerdicts(rows).keys()) {
+    const deltas = shards.find((candidate) => candidate.shard === shard);
+    if (deltas !== undefined) deltas.inflight = [];
   }
 }
 
@@ -334,15 +349,13 @@ async function* exactGroups(
       } catch (error) {
         throw postgresFailure(error, what);
       }
-      const { applied, named } = snapshot;
+      const { verdicts, named } = snapshot;
       await reachFaultPoint('query-after-snapshot');
       const shards = await readUnflushed(
         ctx,
         states,
         {
-          lacked: new Set(
-            states.filter((s) => s.batchId !== '' && !applied.has(s.shard)).map((s) => s.shard),
-          ),
+          verdicts,
           pattern:
             named === undefined ? fieldPattern(query.selection) : counterPattern(query.selection),
           counters: named,

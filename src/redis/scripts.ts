@@ -149,8 +149,8 @@ export interface Scripts {
     read: {
       snapshots: number;
       batchId: string;
-      /** The query's snapshot lacks batch `batchId`. */
-      lacked: boolean;
+      /** What the query's snapshot says of batch `batchId` ('applied' when none). */
+      verdict: 'applied' | 'lacked' | 'refused';
       pattern: string;
       /** The counters to look up besides the new ones; undefined: scan every field. */
       counters: readonly string[] | undefined;
@@ -280,7 +280,7 @@ export function defineScripts(redis: RedisConnection): Scripts {
         [
           read.snapshots,
           read.batchId,
-          read.lacked ? '1' : '0',
+          read.verdict,
           read.counters === undefined ? 'scan' : 'named',
           read.pattern,
         ],

@@ -307,8 +307,8 @@ export const querySql = {
   /**
    * Opens a usage query's read-only snapshot and reads in it, in one round trip (a simple
    * query, so its values are written in as quoted literals):
-   * 1. per in-flight batch, whether it is applied or refused (reads count refused batches as
-   *    applied, as usageSql does) — the first statement, which takes the snapshot;
+   * 1. per in-flight batch, whether the ledger has it or refuses it (batchVerdicts) — the
+   *    first statement, which takes the snapshot;
    * 2. up to `limit` names of the selected counters, in no order, so that a narrow `where` is
    *    answered by the labels' GIN index.
    * No statement timeout: the COPY of an export runs as long as its reader reads; the engine
@@ -328,8 +328,9 @@ export const querySql = {
             WHERE ${conditions.join(' AND ')} LIMIT ${literals.add(limit)}`;
   },
   /**
-   * Per in-flight batch, whether it is applied, or refused (reads count refused batches as
-   * applied, as usageSql does): rows of shard, applied. Values written in as literals.
+   * Per in-flight batch, whether the ledger has it, or refuses it (reads count a refused batch
+   * as applied, as usageSql does, until an operator resolves it): rows of shard, in_ledger,
+   * refused. Values written in as literals.
    */
   batchVerdicts(batches: readonly InflightBatchRead[], clockMarginMs: number): string {
     const literals = new Literals();
@@ -346,8 +347,8 @@ export const querySql = {
       '::bigint[]',
     );
     const margin = literals.add(clockMarginMs);
-    return `SELECT s.shard, (${inLedger('s.shard', 's.batch')}
-                             OR ${beforeHorizon('s.shard', 's.snapshot_ms', margin)}) AS applied
+    return `SELECT s.shard, ${inLedger('s.shard', 's.batch')} AS in_ledger,
+                   ${beforeHorizon('s.shard', 's.snapshot_ms', margin)} AS refused
             FROM unnest(${shards}, ${ids}, ${snapshots}) AS s(shard, batch, snapshot_ms)`;
   },
   /** The longest one statement of this transaction may run ($1: ms, as text). */

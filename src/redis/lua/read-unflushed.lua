@@ -8,14 +8,17 @@
   KEYS[9] orphan counters
   ARGV[1] the snapshot count and ARGV[2] the in-flight batch ('' for none) read before the
           snapshot (read-batch-state.lua)
-  ARGV[3] '1' when the snapshot's ledger lacks that batch (its deltas are read), else '0'
+  ARGV[3] what the snapshot's ledger says of that batch: 'lacked' (its deltas are read),
+          'applied', or 'refused' (counted as applied until an operator resolves it)
   ARGV[4] 'named': look up the counters of ARGV[6..] (those PostgreSQL's snapshot has) and the
           new and orphan counters matching the pattern ARGV[5];
           'scan': every field matching the pattern ARGV[5] (too many counters to name)
 
   What a flush did since ARGV[1..2] decides:
-  - nothing: the pending deltas, and the in-flight ones if ARGV[3] is '1';
-  - acknowledged the batch the ledger has: the pending deltas;
+  - nothing: the pending deltas, and the in-flight ones if ARGV[3] is 'lacked';
+  - acknowledged the batch the ledger has ('applied'; not a refused batch, which only an
+    operator's resolve-batch acknowledges, maybe applying it after the snapshot): the pending
+    deltas;
   - that, then one snapshot, whose batch is still in flight: the pending and in-flight deltas,
     the caller asking the snapshot's ledger about the new batch;
   - anything else (the caller starts over): {BATCH_CHANGED}.
@@ -33,13 +36,13 @@
 local count = tonumber(redis.call('GET', KEYS[1]) or 0)
 local meta = redis.call('HMGET', KEYS[2], 'batch', 'snapshot')
 local batch = meta[1] or ''
-local before, batchBefore, lacked = tonumber(ARGV[1]), ARGV[2], ARGV[3] == '1'
+local before, batchBefore, verdict = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local readInflight
 if count == before and batch == batchBefore then
-  readInflight = lacked
-elseif count == before and batch == '' and not lacked then
+  readInflight = verdict == 'lacked'
+elseif count == before and batch == '' and verdict == 'applied' then
   readInflight = false
-elseif count == before + 1 and batch ~= '' and batch ~= batchBefore and not lacked then
+elseif count == before + 1 and batch ~= '' and batch ~= batchBefore and verdict == 'applied' then
   readInflight = true
 else
   return { BATCH_CHANGED }
