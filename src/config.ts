@@ -62,7 +62,8 @@ export interface TallyOptions {
   /**
    * Longest time PostgreSQL may stay silent during a usage query — summing before its first
    * rows, or between two chunks of an export — and the longest statement of a listing (default
-   * 30 s). Past it the query fails with UNAVAILABLE.
+   * 30 s). Past it the query fails with UNAVAILABLE. A pool Tally opens from a URL also gives
+   * up connecting after it.
    */
   queryTimeoutMs?: number;
   /**

@@ -644,7 +644,7 @@ function unreachable(server: 'Redis' | 'PostgreSQL') {
 export async function createTally(options: TallyOptions): Promise<Tally> {
   const config = resolveConfig(options);
   const redis = openRedis(options.redis, config.redisCommandTimeoutMs, config.logger);
-  const pool: pg.Pool = openPostgres(options.postgres, config.logger);
+  const pool: pg.Pool = openPostgres(options.postgres, config.queryTimeoutMs, config.logger);
   const owns = { redis: true, pool: typeof options.postgres === 'string' };
   try {
     await waitUntilReady(redis).catch(unreachable('Redis'));

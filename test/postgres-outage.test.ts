@@ -119,3 +119,54 @@ describe('the connection lost during COMMIT (outcome unknown)', () => {
     }
   });
 });
+
+describe('PostgreSQL silent during a usage query', () => {
+  it('the query fails after the query timeout, and the next one gets a working connection', async () => {
+    const proxy = await startTcpProxy(postgres.host, postgres.port);
+    const url = await postgres.createDatabase();
+    await migrate(url);
+    const proxied = new URL(url);
+    proxied.port = String(proxy.port);
+    const viaProxy = await createTally({
+      redis: redis.url,
+      postgres: proxied.toString(),
+      shards: 1,
+      keyPrefix: 'silent',
+      queryTimeoutMs: 500,
+    });
+    try {
+      const november = {
+        counter: 'calls',
+        from: '2026-11-01',
+        to: '2026-12-01',
+        granularity: 'total',
+      } as const;
+      await viaProxy.incr({ name: 'calls', labels: { tenant: 'acme' } }, 4, {
+        at: Date.parse('2026-11-10T00:00:00Z'),
+      });
+      await viaProxy.flush();
+      expect((await viaProxy.query(november)).rows[0]?.value).toBe(4);
+      // The snapshot's reply is held past the timeout, then let through: the query must have
+      // given up by then, not waited.
+      const query = viaProxy.query(november);
+      await proxy.forwarded('BEGIN ISOLATION LEVEL REPEATABLE READ');
+      const letThrough = proxy.holdReplies();
+      const late = setTimeout(letThrough, 3_000);
+      onTestFinished(() => {
+        clearTimeout(late);
+        letThrough();
+      });
+      await expect(query).rejects.toMatchObject({
+        code: 'UNAVAILABLE',
+        message: expect.stringMatching(/sent nothing for 500 ms during a usage query/),
+      });
+      // Still silent: a new connection is not waited for either.
+      await expect(viaProxy.query(november)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+      letThrough();
+      expect((await viaProxy.query(november)).rows[0]?.value).toBe(4);
+    } finally {
+      await viaProxy.close();
+      await proxy.close();
+    }
+  });
+});

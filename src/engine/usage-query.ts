@@ -193,6 +193,30 @@ const unescapeCopy = (field: string) =>
   field.includes('\\') ? field.replace(/\\(.)/gs, (_, c: string) => copyEscapes[c] ?? c) : field;
 
 /**
+ * PostgreSQL's reply, or UNAVAILABLE once it has sent nothing for `timeoutMs`: the query's
+ * transaction runs without a statement timeout (an export's COPY lasts as long as its reader
+ * reads), so a silent server is noticed here. The caller then closes the client.
+ */
+async function inTime<T>(reply: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      reject(
+        new TallyError(
+          'UNAVAILABLE',
+          `PostgreSQL sent nothing for ${timeoutMs} ms during ${what} (option queryTimeoutMs, TALLY_QUERY_TIMEOUT_MS).`,
+        ),
+      );
+    }, timeoutMs);
+  });
+  try {
+    return await Promise.race([reply, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
  * The chunks of a stream, failing when one takes longer than `timeoutMs` to arrive. Only the
  * wait for the stream counts, not the time the consumer spends between chunks: a slow reader
  * is the reader's business (the HTTP API bounds its own), a silent PostgreSQL is ours.
@@ -205,20 +229,7 @@ async function* withinTimeout<T>(
   const iterator = stream[Symbol.asyncIterator]();
   try {
     for (;;) {
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => {
-          reject(
-            new TallyError(
-              'UNAVAILABLE',
-              `PostgreSQL sent nothing for ${timeoutMs} ms during ${what} (option queryTimeoutMs, TALLY_QUERY_TIMEOUT_MS).`,
-            ),
-          );
-        }, timeoutMs);
-      });
-      const next = await Promise.race([iterator.next(), late]).finally(() => {
-        clearTimeout(timer);
-      });
+      const next = await inTime(iterator.next(), timeoutMs, what);
       if (next.done === true) return;
       yield next.value;
     }
@@ -333,6 +344,7 @@ async function* exactGroups(
   groups?: number,
 ): AsyncGenerator<Group[]> {
   const what = 'a usage query';
+  const timeoutMs = ctx.config.queryTimeoutMs;
   // PostgreSQL first: with it down, a query fails before it reads Redis.
   const { client, release } = await checkOut(ctx.pool).catch((error: unknown) => {
     throw postgresFailure(error, what);
@@ -345,7 +357,7 @@ async function* exactGroups(
       await reachFaultPoint('query-before-snapshot');
       let snapshot: Awaited<ReturnType<typeof openSnapshot>>;
       try {
-        snapshot = await openSnapshot(ctx, client, query, states);
+        snapshot = await inTime(openSnapshot(ctx, client, query, states), timeoutMs, what);
       } catch (error) {
         throw postgresFailure(error, what);
       }
@@ -363,14 +375,16 @@ async function* exactGroups(
         what,
       );
       if (shards === undefined) {
-        await client.query('ROLLBACK').catch((error: unknown) => {
+        await inTime(client.query('ROLLBACK'), timeoutMs, what).catch((error: unknown) => {
           throw postgresFailure(error, what);
         });
         continue;
       }
-      await dropAppliedNewBatches(client, shards).catch((error: unknown) => {
-        throw postgresFailure(error, what);
-      });
+      await inTime(dropAppliedNewBatches(client, shards), timeoutMs, what).catch(
+        (error: unknown) => {
+          throw postgresFailure(error, what);
+        },
+      );
       const flushed = flushedGroups(ctx, client, query, groups);
       try {
         yield* mergedGroups(flushed, unflushedGroups(query, shards), query);
@@ -391,9 +405,9 @@ async function* exactGroups(
     if (!finished) failure ??= new Error('a usage query stopped mid-stream');
     // Read only: nothing to keep. A client that failed, or stopped mid-COPY, is not reused.
     // The caller has every row by now, so the ROLLBACK's round trip is not waited for: the
-    // client goes back to the pool once it is done.
+    // client goes back to the pool once it is done, or is closed if PostgreSQL falls silent.
     if (failure === undefined) {
-      client.query('ROLLBACK').then(
+      inTime(client.query('ROLLBACK'), timeoutMs, what).then(
         () => {
           release();
         },

@@ -2,9 +2,21 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { TallyError } from '../errors.js';
 
-/** Tally's pool: the caller's, or one from a URL. Either way it gets an `error` listener. */
-export function openPostgres(option: string | pg.Pool, logger: Logger): pg.Pool {
-  const pool = typeof option === 'string' ? new pg.Pool({ connectionString: option }) : option;
+/**
+ * Tally's pool: the caller's, or one from a URL, which gives up connecting after
+ * `connectTimeoutMs` (node-postgres waits forever by default: a server that accepts the
+ * connection and falls silent would hang whatever needs a new client). Either way it gets an
+ * `error` listener.
+ */
+export function openPostgres(
+  option: string | pg.Pool,
+  connectTimeoutMs: number,
+  logger: Logger,
+): pg.Pool {
+  const pool =
+    typeof option === 'string'
+      ? new pg.Pool({ connectionString: option, connectionTimeoutMillis: connectTimeoutMs })
+      : option;
   // An idle client whose server restarted emits 'error' on the pool; unhandled, it would end
   // the process.
   pool.on('error', (error: Error & { code?: string }) => {
