@@ -12,7 +12,9 @@
 
   The batch's new counters are in PostgreSQL once it is applied. A discarded batch's are not:
   they become orphans, which usage queries keep looking up in Redis until a batch with a delta
-  of theirs is applied (usually the next, since that is when they are counted again).
+  of theirs is applied: the first flush after they are counted again. One never counted again
+  stays an orphan, a set member queries and this script read; orphans come only from an
+  operator's discard of a refused batch, so they stay few.
 ]]
 --- @include "inflight-batch"
 --- @include "each-delta"
