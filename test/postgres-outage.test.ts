@@ -1,6 +1,6 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { createTally, migrate, type Tally } from '../src/index.js';
+import { createTally, migrate, type Tally, type TallyOptions } from '../src/index.js';
 import {
   startPostgres,
   startRedis,
@@ -26,6 +26,22 @@ afterAll(async () => {
   await postgres.destroy();
   await redis.stop();
 });
+
+/** A Tally on a fresh database reached through a TCP proxy that can lose or hold replies. */
+async function tallyViaProxy(options: Omit<TallyOptions, 'redis' | 'postgres'>) {
+  const proxy = await startTcpProxy(postgres.host, postgres.port);
+  const url = await postgres.createDatabase();
+  await migrate(url);
+  const proxied = new URL(url);
+  proxied.port = String(proxy.port);
+  const viaProxy = await createTally({
+    redis: redis.url,
+    postgres: proxied.toString(),
+    shards: 1,
+    ...options,
+  });
+  return { proxy, url, viaProxy };
+}
 
 describe('PostgreSQL down', () => {
   it('flushes fail and keep the batch; increments go on; nothing is lost when it returns', async () => {
@@ -79,17 +95,7 @@ describe('PostgreSQL down', () => {
 
 describe('the connection lost during COMMIT (outcome unknown)', () => {
   it('the flush fails, the batch stays in flight, and the ledger makes the retry exact', async () => {
-    const proxy = await startTcpProxy(postgres.host, postgres.port);
-    const url = await postgres.createDatabase();
-    await migrate(url);
-    const proxied = new URL(url);
-    proxied.port = String(proxy.port);
-    const viaProxy = await createTally({
-      redis: redis.url,
-      postgres: proxied.toString(),
-      shards: 1,
-      keyPrefix: 'commit',
-    });
+    const { proxy, url, viaProxy } = await tallyViaProxy({ keyPrefix: 'commit' });
     try {
       await viaProxy.incr('c', 5);
       await viaProxy.incr('c', 6);
@@ -122,18 +128,7 @@ describe('the connection lost during COMMIT (outcome unknown)', () => {
 
 describe('PostgreSQL silent during a usage query', () => {
   it('the query fails after the query timeout, and the next one gets a working connection', async () => {
-    const proxy = await startTcpProxy(postgres.host, postgres.port);
-    const url = await postgres.createDatabase();
-    await migrate(url);
-    const proxied = new URL(url);
-    proxied.port = String(proxy.port);
-    const viaProxy = await createTally({
-      redis: redis.url,
-      postgres: proxied.toString(),
-      shards: 1,
-      keyPrefix: 'silent',
-      queryTimeoutMs: 500,
-    });
+    const { proxy, viaProxy } = await tallyViaProxy({ keyPrefix: 'silent', queryTimeoutMs: 500 });
     try {
       const november = {
         counter: 'calls',
