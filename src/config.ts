@@ -2,6 +2,7 @@ import type { Cluster, Redis } from 'ioredis';
 import type pg from 'pg';
 import { pino, type Logger } from 'pino';
 import { granularities, isGranularity, type Granularity } from './counters/buckets.js';
+import { resolveRetention, type Retention, type RetentionInput } from './counters/retention.js';
 import type { RedisLossAccepted } from './redis/durability.js';
 import { ValidationError } from './errors.js';
 import { ledgerClockMarginMs } from './engine/ledger-pruning.js';
@@ -15,6 +16,12 @@ export interface TallyOptions {
   shards?: number;
   /** UTC buckets every increment is also counted in (default hour and day). */
   buckets?: readonly Granularity[];
+  /**
+   * How long the buckets of each granularity are kept: '7d', '90d', '3y' (y = 365 days), ms,
+   * or null to keep them forever. Defaults: minute 7d, hour 90d, day 3y, month forever. An
+   * increment dated before the retention of a kept granularity is refused.
+   */
+  retention?: RetentionInput;
   /**
    * Prefix of every Redis key (default 'tally'); two stores sharing a Redis need different
    * prefixes. Fixed for the life of a store: recorded at set-up.
@@ -77,6 +84,7 @@ export interface TallyOptions {
 export interface ResolvedConfig {
   shards: number;
   buckets: readonly Granularity[];
+  retention: Retention;
   keyPrefix: string;
   idempotencyWindowMs: number;
   logger: Logger;
@@ -163,6 +171,7 @@ export function resolveConfig(options: TallyOptions): ResolvedConfig {
   return {
     shards: integerIn('shards', options.shards ?? storeDefaults.shards, 1, maxShards),
     buckets: [...new Set(buckets)],
+    retention: resolveRetention(options.retention, 'Option retention'),
     keyPrefix,
     idempotencyWindowMs: integerIn(
       'idempotencyWindowMs',

@@ -34,6 +34,7 @@ export type {
 } from './engine/discovery.js';
 export type { RedisDurability, RedisLossAccepted } from './redis/durability.js';
 export type { Granularity } from './counters/buckets.js';
+export type { Retention, RetentionInput } from './counters/retention.js';
 export { canonicalName, type CounterRef, type Labels } from './counters/counter-name.js';
 export {
   tallyMetering,

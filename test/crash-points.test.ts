@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTally, migrate, type Tally } from '../src/index.js';
 import { runTypeScript } from './support/child-process.js';
 import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
-import { postgresTotals, wideWindowMs } from './support/tally-store.js';
+import { anyDate, postgresTotals } from './support/tally-store.js';
 
 const flushOnce = new URL('./fixtures/flush-once.ts', import.meta.url);
 
@@ -29,7 +29,7 @@ async function store() {
     // The killed process never releases its lock; the next flush takes it once it expires.
     flushLockTtlMs: 1_000,
     buckets: ['hour', 'day'] as const,
-    maxBackdateMs: wideWindowMs,
+    ...anyDate,
   };
   const tally = await createTally({ ...options, buckets: [...options.buckets] });
   const pool = new pg.Pool({ connectionString: postgres });

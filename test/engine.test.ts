@@ -300,6 +300,41 @@ describe('increments and reads', () => {
   });
 });
 
+describe('increments dated before a retention', () => {
+  it('are refused when a kept granularity prunes their bucket, and change nothing', async () => {
+    const hour = 3_600_000;
+    const { tally } = await fresh({
+      buckets: ['minute', 'hour'],
+      retention: { minute: '1d' },
+      maxBackdateMs: 35 * 24 * hour,
+    });
+    const twoDaysAgo = Date.now() - 48 * hour;
+    const refusal = await tally
+      .incr('late', 5, { at: twoDaysAgo })
+      .catch((error: unknown) => error);
+    expect(refusal).toBeInstanceOf(TallyError);
+    expect(refusal).toMatchObject({ code: 'VALIDATION' });
+    expect((refusal as Error).message).toMatch(
+      /is older than the minute buckets are kept \(1 day: option retention, TALLY_RETENTION\)/,
+    );
+    // One refused entry refuses the whole batch, before anything is counted.
+    await expect(
+      tally.incrMany([
+        { counter: 'late', by: 1 },
+        { counter: 'late', by: 1, at: twoDaysAgo },
+      ]),
+    ).rejects.toMatchObject({ code: 'VALIDATION' });
+    expect(await tally.get('late')).toBe(0);
+    await tally.incr('late', 2, { at: Date.now() - 23 * hour });
+    expect(await tally.get('late')).toBe(2);
+
+    // Without minute buckets the minute retention does not apply; the backdating window does.
+    const { tally: hourly } = await fresh({ buckets: ['hour'], retention: { minute: '1d' } });
+    await hourly.incr('late', 5, { at: twoDaysAgo });
+    expect(await hourly.get('late')).toBe(5);
+  });
+});
+
 describe('flush', () => {
   it('logs and counts a shard lock it could not renew, and still flushes exactly', async () => {
     const lines: { msg: string; lockKey?: string }[] = [];

@@ -233,6 +233,8 @@ describe('a process that cannot start exits at once, with the right code', () =>
       { extra: { TALLY_SHARDS: '16.0' }, message: /TALLY_SHARDS must be a whole number/ },
       { extra: { TALLY_SHARDS: '1e1' }, message: /TALLY_SHARDS must be a whole number/ },
       { extra: { TALLY_BUCKETS: 'hour,week' }, message: /TALLY_BUCKETS has "week"/ },
+      { extra: { TALLY_RETENTION: 'minute=7w' }, message: /TALLY_RETENTION\.minute is "7w"/ },
+      { extra: { TALLY_RETENTION: 'hour' }, message: /TALLY_RETENTION must read like/ },
     ];
     for (const command of ['serve', 'worker']) {
       for (const { extra, message } of cases) {

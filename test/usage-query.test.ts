@@ -25,7 +25,7 @@ import {
 import { runTypeScript } from './support/child-process.js';
 import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
 import { commandCalls } from './support/redis-stats.js';
-import { wideWindowMs } from './support/tally-store.js';
+import { anyDate } from './support/tally-store.js';
 
 const flushOnce = new URL('./fixtures/flush-once.ts', import.meta.url);
 
@@ -440,7 +440,7 @@ describe('usage queries against a model', () => {
             shards: 2,
             buckets: ['minute', 'hour', 'day', 'month'],
             flushLockTtlMs: 500,
-            maxBackdateMs: wideWindowMs,
+            ...anyDate,
           };
           const tally = await createTally({
             ...options,
@@ -478,7 +478,7 @@ describe('usage queries on the calendar', () => {
       postgres: await migrated(),
       keyPrefix: `d${randomBytes(4).toString('hex')}`,
       shards: 2,
-      maxBackdateMs: wideWindowMs,
+      ...anyDate,
     });
     try {
       // One increment every UTC hour around both DST changes of 2026, half of them flushed.
@@ -524,7 +524,7 @@ describe('usage queries on the calendar', () => {
       postgres: await migrated(),
       keyPrefix: `p${randomBytes(4).toString('hex')}`,
       shards: 4,
-      maxBackdateMs: wideWindowMs,
+      ...anyDate,
     });
     try {
       const at = Date.parse('2026-11-10T00:00:00Z');
@@ -573,7 +573,7 @@ describe('usage queries over thousands of counters', () => {
       postgres: await migrated(),
       keyPrefix: `g${randomBytes(4).toString('hex')}`,
       shards: 1, // one hash of 3,000 fields: a scan of many pages
-      maxBackdateMs: wideWindowMs,
+      ...anyDate,
     });
     try {
       const at = Date.parse('2026-11-10T00:00:00Z');
@@ -641,7 +641,7 @@ describe('usage queries over thousands of counters', () => {
       keyPrefix,
       shards: 1,
       buckets: ['minute'],
-      maxBackdateMs: wideWindowMs,
+      ...anyDate,
     });
     const admin = new Redis(redis.url);
     try {
@@ -701,7 +701,7 @@ describe('usage queries while one flush runs between their reads', () => {
       postgres: await migrated(),
       keyPrefix: `s${randomBytes(4).toString('hex')}`,
       shards: 1,
-      maxBackdateMs: wideWindowMs,
+      ...anyDate,
     });
     const at = Date.parse('2026-11-10T00:00:00Z');
     const acme = { name: 'calls', labels: { tenant: 'acme' } };

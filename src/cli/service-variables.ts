@@ -23,6 +23,10 @@ const store: Variables = [
     `usage granularities kept: minute,hour,day,month or none (default ${storeDefaults.buckets.join(',')})`,
   ],
   [
+    'TALLY_RETENTION',
+    'how long buckets are kept, e.g. minute=7d,hour=90d,day=3y,month=forever (the defaults)',
+  ],
+  [
     'TALLY_ACCEPT_REDIS_LOSS',
     'none | bounded | any: which Redis settings to accept (default none)',
   ],

@@ -2,6 +2,7 @@ import { Command, Option } from 'commander';
 import type { Logger } from 'pino';
 import { maxShards, storeDefaults } from '../config.js';
 import { parseBuckets, serviceUrl } from '../process/env-config.js';
+import { parseRetention } from '../counters/retention.js';
 import { TallyError } from '../errors.js';
 import { createLogger, parseLogFormat, parseLogLevel } from '../process/logging.js';
 import { strictInteger } from '../process/lifecycle.js';
@@ -58,6 +59,7 @@ export function openStore(options: StoreOptions): Promise<Tally> {
     shards: strictInteger(options.shards, '--shards (TALLY_SHARDS)', 1, maxShards),
     keyPrefix: options.keyPrefix,
     buckets: parseBuckets(process.env.TALLY_BUCKETS),
+    retention: parseRetention(process.env.TALLY_RETENTION),
     // The tools report on a store as it is, an unsafe Redis included: reconcile says what it
     // explains (evictions), status shows the settings.
     redisLossAccepted: 'any',

@@ -1,6 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BucketTags } from '../redis/bucket-tags.js';
 import { toEpochMs } from '../counters/buckets.js';
+import { formatDuration } from '../counters/durations.js';
+import { oldestRetainedMs } from '../counters/retention.js';
 import type { ResolvedConfig } from '../config.js';
 import { inOneWrite, redisFailure } from '../redis/connection.js';
 import { canonicalName, validateName, type CounterRef } from '../counters/counter-name.js';
@@ -67,19 +69,6 @@ export interface PreparedIncrement {
   bucketTag: string;
 }
 
-/** `35 days`, `5 minutes`, `90 s`: a window as people write it. */
-function duration(ms: number): string {
-  for (const [unit, size] of [
-    ['days', 86_400_000],
-    ['hours', 3_600_000],
-    ['minutes', 60_000],
-  ] as const) {
-    const count = ms / size;
-    if (ms >= size && ms % size === 0) return `${count} ${count === 1 ? unit.slice(0, -1) : unit}`;
-  }
-  return `${ms / 1_000} s`;
-}
-
 function safeInteger(value: unknown, what: string): number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value)) {
     throw new ValidationError(
@@ -106,16 +95,24 @@ export class IncrementPreparer {
   /**
    * An increment's `at`, inside the accepted window (maxBackdateMs before now, maxFutureMs
    * after): usage of a period already billed must not change, and one increment dated 9999
-   * must not make a bucket row nobody asked for.
+   * must not make a bucket row nobody asked for. Nor may it fall before the retention of a
+   * kept granularity: its bucket would be pruned, or written back after the pruning.
    */
   private checkedAt(at: Date | number): number {
     const atMs = toEpochMs(at, 'at');
     const nowMs = Date.now();
-    const { maxBackdateMs, maxFutureMs } = this.config;
+    const { maxBackdateMs, maxFutureMs, retention, buckets } = this.config;
+    const retained = oldestRetainedMs(retention, buckets, nowMs);
+    if (retained !== undefined && atMs < retained.atMs && atMs >= nowMs - maxBackdateMs) {
+      throw new ValidationError(
+        `at ${new Date(atMs).toISOString()} is older than the ${retained.granularity} buckets ` +
+          `are kept (${formatDuration(nowMs - retained.atMs)}: option retention, TALLY_RETENTION).`,
+      );
+    }
     if (atMs < nowMs - maxBackdateMs || atMs > nowMs + maxFutureMs) {
       throw new ValidationError(
         `at ${new Date(atMs).toISOString()} is outside the accepted window: from ` +
-          `${duration(maxBackdateMs)} before now to ${duration(maxFutureMs)} after ` +
+          `${formatDuration(maxBackdateMs)} before now to ${formatDuration(maxFutureMs)} after ` +
           '(options maxBackdateMs, maxFutureMs; TALLY_MAX_BACKDATE_MS, TALLY_MAX_FUTURE_MS).',
       );
     }

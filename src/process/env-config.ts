@@ -1,4 +1,5 @@
 import { granularities, isGranularity, type Granularity } from '../counters/buckets.js';
+import { parseRetention, type Retention } from '../counters/retention.js';
 import {
   durabilityCheckIntervalDefaultMs,
   maxShards,
@@ -20,6 +21,8 @@ export interface StoreEnv {
   shards: number;
   keyPrefix: string;
   buckets: Granularity[];
+  /** TALLY_RETENTION: how long each granularity's buckets are kept. */
+  retention: Retention;
   redisLossAccepted: RedisLossAccepted;
   /** How often Redis' durability settings are read again (TallyOptions). */
   durabilityCheckIntervalMs: number;
@@ -112,6 +115,7 @@ export function storeEnv(env: NodeJS.ProcessEnv): StoreEnv {
     shards: integerFromEnv(env, 'TALLY_SHARDS', storeDefaults.shards, 1, maxShards),
     keyPrefix: env.TALLY_KEY_PREFIX ?? storeDefaults.keyPrefix,
     buckets: parseBuckets(env.TALLY_BUCKETS),
+    retention: parseRetention(env.TALLY_RETENTION),
     redisLossAccepted: parseRedisLossAccepted(env.TALLY_ACCEPT_REDIS_LOSS),
     durabilityCheckIntervalMs: integerFromEnv(
       env,

@@ -159,6 +159,7 @@ export async function runServer(env: NodeJS.ProcessEnv = process.env): Promise<v
     shards: config.shards,
     keyPrefix: config.keyPrefix,
     buckets: config.buckets,
+    retention: config.retention,
     idempotencyWindowMs: config.idempotencyWindowMs,
     redisLossAccepted: config.redisLossAccepted,
     durabilityCheckIntervalMs: config.durabilityCheckIntervalMs,

@@ -177,6 +177,7 @@ export async function startFlushWorker(
     shards: config.shards,
     keyPrefix: config.keyPrefix,
     buckets: config.buckets,
+    retention: config.retention,
     redisLossAccepted: config.redisLossAccepted,
     durabilityCheckIntervalMs: config.durabilityCheckIntervalMs,
     flushLockTtlMs: config.flushLockTtlMs,

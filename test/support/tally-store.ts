@@ -2,8 +2,14 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { createTally, migrate, type Tally, type TallyOptions } from '../../src/index.js';
 
-/** Ten years: the widest backdating window, for tests that count at fixed dates. */
-export const wideWindowMs = 10 * 365 * 86_400_000;
+/**
+ * For tests that count at fixed dates, whenever they run: ten years of backdating, and every
+ * bucket kept forever (a retention refuses increments dated before it).
+ */
+export const anyDate = {
+  maxBackdateMs: 10 * 365 * 86_400_000,
+  retention: { minute: null, hour: null, day: null, month: null },
+} as const satisfies Partial<TallyOptions>;
 
 /**
  * A Tally client on its own namespace: a fresh key prefix on the given Redis and the given,
@@ -20,7 +26,7 @@ export async function tallyOn(
     postgres,
     keyPrefix: `t${randomBytes(4).toString('hex')}`,
     // Tests count at fixed dates of 2026: accept them whenever the tests run.
-    maxBackdateMs: wideWindowMs,
+    ...anyDate,
     ...options,
   });
 }
