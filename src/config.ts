@@ -70,7 +70,8 @@ export interface TallyOptions {
    * Longest time PostgreSQL may stay silent during a usage query — summing before its first
    * rows, or between two chunks of an export — and the longest statement of a listing (default
    * 30 s). Past it the query fails with UNAVAILABLE. A pool Tally opens from a URL also gives
-   * up connecting after it.
+   * up connecting, or waiting for a free client, after it (10 s at least). A pool you pass is
+   * yours to configure: set its `connectionTimeoutMillis`.
    */
   queryTimeoutMs?: number;
   /**
@@ -153,6 +154,11 @@ export const ledgerRetentionDefaultMs = 7 * 24 * 3_600_000;
 export const ledgerRetentionMinMs = 3 * ledgerClockMarginMs;
 export const flushLockTtlDefaultMs = 30_000;
 export const queryTimeoutDefaultMs = 30_000;
+/**
+ * The least a pool opened from a URL waits to connect (or for a free client): a remote
+ * PostgreSQL's TLS and SCRAM handshake can take longer than a short query timeout.
+ */
+export const postgresConnectTimeoutFloorMs = 10_000;
 
 /** Every default lives here, once. */
 export function resolveConfig(options: TallyOptions): ResolvedConfig {

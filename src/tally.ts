@@ -1,6 +1,11 @@
 import { once } from 'node:events';
 import type pg from 'pg';
-import { resolveConfig, type ResolvedConfig, type TallyOptions } from './config.js';
+import {
+  postgresConnectTimeoutFloorMs,
+  resolveConfig,
+  type ResolvedConfig,
+  type TallyOptions,
+} from './config.js';
 import type { Granularity } from './counters/buckets.js';
 import { openRedis, redisFailure } from './redis/connection.js';
 import { openPostgres } from './store/pool.js';
@@ -644,7 +649,11 @@ function unreachable(server: 'Redis' | 'PostgreSQL') {
 export async function createTally(options: TallyOptions): Promise<Tally> {
   const config = resolveConfig(options);
   const redis = openRedis(options.redis, config.redisCommandTimeoutMs, config.logger);
-  const pool: pg.Pool = openPostgres(options.postgres, config.queryTimeoutMs, config.logger);
+  const pool: pg.Pool = openPostgres(
+    options.postgres,
+    Math.max(config.queryTimeoutMs, postgresConnectTimeoutFloorMs),
+    config.logger,
+  );
   const owns = { redis: true, pool: typeof options.postgres === 'string' };
   try {
     await waitUntilReady(redis).catch(unreachable('Redis'));

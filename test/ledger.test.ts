@@ -3,7 +3,6 @@
  * not grow with it.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
@@ -11,7 +10,7 @@ import type { TallyError } from '../src/index.js';
 import { shardOf } from '../src/counters/sharding.js';
 import { shardKeys } from '../src/redis/shard-keys.js';
 import { FlushMetrics } from '../src/worker/flush-metrics.js';
-import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
+import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
 import { runTypeScript } from './support/child-process.js';
 import { postgresTotals, tallyOn } from './support/tally-store.js';
 
@@ -416,11 +415,11 @@ describe('pruning the flush ledger', () => {
     });
 
     it('a usage query the decision lands in the middle of reads it applied, not refused', async () => {
-      const { tally, batchId } = await refusedBatch();
+      const { tally, pool, batchId } = await refusedBatch();
       const day = 24 * hourMs;
       const today = Math.floor(Date.now() / day) * day;
       const before = process.env.TALLY_FAULT_DELAY;
-      process.env.TALLY_FAULT_DELAY = 'query-after-snapshot:1500';
+      process.env.TALLY_FAULT_DELAY = 'query-after-snapshot:5000';
       onTestFinished(() => {
         if (before === undefined) delete process.env.TALLY_FAULT_DELAY;
         else process.env.TALLY_FAULT_DELAY = before;
@@ -431,7 +430,15 @@ describe('pruning the flush ledger', () => {
         to: new Date(today + day),
         granularity: 'total',
       });
-      await sleep(300); // the query's snapshot counts the refused batch as applied
+      // The query holds its snapshot, which counts the refused batch as applied.
+      await waitFor('the query to hold its snapshot', async () => {
+        const { rows } = await pool.query<{ held: boolean }>(
+          `SELECT count(*) > 0 AS held FROM pg_stat_activity
+           WHERE datname = current_database() AND state = 'idle in transaction'
+             AND query LIKE 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;%'`,
+        );
+        return rows[0]?.held === true ? true : undefined;
+      });
       await tally.resolveRefusedBatch(0, batchId, 'apply');
       const { rows } = await query;
       expect(rows.map((row) => [row.counter, row.value])).toEqual([['billed', 10]]);

@@ -146,14 +146,24 @@ describe('PostgreSQL silent during a usage query', () => {
       const query = viaProxy.query(november);
       await proxy.forwarded('BEGIN ISOLATION LEVEL REPEATABLE READ');
       const letThrough = proxy.holdReplies();
-      const late = setTimeout(letThrough, 3_000);
+      // Past the connect timeout's 10 s floor twice, so that every read below must give up.
+      const late = setTimeout(letThrough, 30_000);
       onTestFinished(() => {
         clearTimeout(late);
         letThrough();
       });
       await expect(query).rejects.toThrow(/sent nothing for 500 ms during a usage query/);
-      // Still silent: a new connection is not waited for either.
-      await expect(viaProxy.query(november)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+      // Still silent: a query or a listing, on a new connection (the failed client was closed)
+      // or an idle one, is not waited for either: the pool gives up connecting after
+      // max(queryTimeoutMs, 10 s).
+      for (const read of [
+        () => viaProxy.query(november),
+        () => viaProxy.listCounters({ counter: 'calls' }),
+      ]) {
+        const startedMs = Date.now();
+        await expect(read()).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+        expect(Date.now() - startedMs).toBeLessThan(12_000);
+      }
       letThrough();
       expect((await viaProxy.query(november)).rows[0]?.value).toBe(4);
     } finally {

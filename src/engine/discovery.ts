@@ -1,9 +1,9 @@
 import { parseCounterName, validateName } from '../counters/counter-name.js';
 import { ValidationError } from '../errors.js';
-import { postgresFailure } from '../store/pool.js';
+import { inTime, postgresFailure } from '../store/pool.js';
 import type pg from 'pg';
 import { querySql } from '../store/sql.js';
-import { withTransaction } from '../store/transaction.js';
+import { inTransaction, withClient } from '../store/transaction.js';
 import type { EngineContext } from './engine-context.js';
 import {
   compareCodePoints,
@@ -96,16 +96,26 @@ function mergePage(
   return { page, nextCursor: all.length > limit && last !== undefined ? encode(last) : null };
 }
 
-/** One listing statement's rows, under the query timeout. */
+/**
+ * One listing statement's rows, under the query timeout: PostgreSQL's statement timeout for a
+ * slow statement, and `inTime` for a server gone silent (the client is then closed).
+ */
 function storeRows<Row extends pg.QueryResultRow>(
   ctx: EngineContext,
   statement: { text: string; values: unknown[] },
   what: string,
 ): Promise<Row[]> {
-  return withTransaction(ctx.pool, async (client) => {
-    await client.query(querySql.statementTimeout, [String(ctx.config.queryTimeoutMs)]);
-    return (await client.query<Row>(statement)).rows;
-  }).catch((error: unknown) => {
+  const timeoutMs = ctx.config.queryTimeoutMs;
+  return withClient(ctx.pool, (client) =>
+    inTime(
+      inTransaction(client, async () => {
+        await client.query(querySql.statementTimeout, [String(timeoutMs)]);
+        return (await client.query<Row>(statement)).rows;
+      }),
+      timeoutMs,
+      what,
+    ),
+  ).catch((error: unknown) => {
     throw postgresFailure(error, what);
   });
 }

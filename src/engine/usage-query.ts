@@ -3,7 +3,7 @@ import { to as copyTo } from 'pg-copy-streams';
 import type pg from 'pg';
 import { TallyError, ValidationError } from '../errors.js';
 import { shardOf } from '../counters/sharding.js';
-import { postgresFailure } from '../store/pool.js';
+import { inTime, postgresFailure } from '../store/pool.js';
 import { querySql } from '../store/sql.js';
 import { checkOut } from '../store/transaction.js';
 import type { EngineContext } from './engine-context.js';
@@ -191,30 +191,6 @@ const copyEscapes: Record<string, string> = {
 };
 const unescapeCopy = (field: string) =>
   field.includes('\\') ? field.replace(/\\(.)/gs, (_, c: string) => copyEscapes[c] ?? c) : field;
-
-/**
- * PostgreSQL's reply, or UNAVAILABLE once it has sent nothing for `timeoutMs`: the query's
- * transaction runs without a statement timeout (an export's COPY lasts as long as its reader
- * reads), so a silent server is noticed here. The caller then closes the client.
- */
-async function inTime<T>(reply: Promise<T>, timeoutMs: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      reject(
-        new TallyError(
-          'UNAVAILABLE',
-          `PostgreSQL sent nothing for ${timeoutMs} ms during ${what} (option queryTimeoutMs, TALLY_QUERY_TIMEOUT_MS).`,
-        ),
-      );
-    }, timeoutMs);
-  });
-  try {
-    return await Promise.race([reply, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /**
  * The chunks of a stream, failing when one takes longer than `timeoutMs` to arrive. Only the
