@@ -301,7 +301,7 @@ describe('increments and reads', () => {
 });
 
 describe('increments dated before a retention', () => {
-  it('are refused when a kept granularity prunes their bucket, and change nothing', async () => {
+  it('are refused when a kept granularity prunes their bucket, and so are reads of pruned buckets', async () => {
     const hour = 3_600_000;
     const { tally } = await fresh({
       buckets: ['minute', 'hour'],
@@ -328,10 +328,43 @@ describe('increments dated before a retention', () => {
     await tally.incr('late', 2, { at: Date.now() - 23 * hour });
     expect(await tally.get('late')).toBe(2);
 
+    // Reads of buckets the retention may have pruned are refused, not answered with 0.
+    const minute = 60_000;
+    const sinceMinute = Math.floor((Date.now() - 23 * hour) / minute) * minute;
+    const minutes = await tally.usage('late', {
+      from: sinceMinute,
+      to: Date.now(),
+      granularity: 'minute',
+    });
+    expect(minutes.reduce((sum, bucket) => sum + bucket.value, 0)).toBe(2);
+    for (const read of [
+      () => tally.usage('late', { from: twoDaysAgo, to: Date.now(), granularity: 'minute' }),
+      () =>
+        tally.query({
+          prefix: 'late',
+          from: new Date(Math.floor(twoDaysAgo / minute) * minute),
+          to: new Date(sinceMinute),
+          granularity: 'minute',
+        }),
+    ]) {
+      await expect(read()).rejects.toThrow(
+        /but minute buckets are kept 1 day \(option retention, TALLY_RETENTION\)/,
+      );
+    }
+    // Hours are kept 90 days by default: the same period in hours is answered.
+    const sinceHour = Math.floor(twoDaysAgo / hour) * hour;
+    const hourly = await tally.query({
+      prefix: 'late',
+      from: new Date(sinceHour),
+      to: new Date(sinceHour + 72 * hour),
+      granularity: 'total',
+    });
+    expect(hourly.rows[0]?.value).toBe(2);
+
     // Without minute buckets the minute retention does not apply; the backdating window does.
-    const { tally: hourly } = await fresh({ buckets: ['hour'], retention: { minute: '1d' } });
-    await hourly.incr('late', 5, { at: twoDaysAgo });
-    expect(await hourly.get('late')).toBe(5);
+    const { tally: hoursOnly } = await fresh({ buckets: ['hour'], retention: { minute: '1d' } });
+    await hoursOnly.incr('late', 5, { at: twoDaysAgo });
+    expect(await hoursOnly.get('late')).toBe(5);
   });
 });
 

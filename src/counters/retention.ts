@@ -1,5 +1,5 @@
 import { ValidationError } from '../errors.js';
-import { granularities, isGranularity, type Granularity } from './buckets.js';
+import { bucketStart, granularities, isGranularity, type Granularity } from './buckets.js';
 import { formatDuration } from './durations.js';
 
 /**
@@ -114,4 +114,27 @@ export function oldestRetainedMs(
     if (oldest === undefined || atMs > oldest.atMs) oldest = { atMs, granularity };
   }
   return oldest;
+}
+
+/**
+ * Refuses a read of `granularity` buckets from `fromMs` on when its retention may have pruned
+ * some of them: the bucket holding `nowMs - retention` is the oldest kept. A pruned bucket reads
+ * as no row, so without this a read past the retention would answer a silent, wrong 0.
+ */
+export function checkRetained(
+  retention: Retention,
+  granularity: Granularity,
+  fromMs: number,
+  nowMs: number,
+): void {
+  const ms = retention[granularity];
+  if (ms === null) return;
+  const oldestKept = bucketStart(granularity, nowMs - ms);
+  if (fromMs < oldestKept) {
+    throw new ValidationError(
+      `The read starts at ${new Date(fromMs).toISOString()}, but ${granularity} buckets are ` +
+        `kept ${formatDuration(ms)} (option retention, TALLY_RETENTION): none before ` +
+        `${new Date(oldestKept).toISOString()}. Start later, or read a coarser granularity.`,
+    );
+  }
 }

@@ -15,6 +15,8 @@ import { createHash } from 'node:crypto';
 import { ValidationError } from '../errors.js';
 import { fieldSeparator } from '../redis/shard-keys.js';
 import type { Selection } from '../counters/selection.js';
+import { checkRetained } from '../counters/retention.js';
+import type { ResolvedConfig } from '../config.js';
 
 export type { Selection };
 
@@ -268,7 +270,7 @@ export function parseInstant(value: unknown, what: string, zone: string): number
 /** Reads the windows of a query: their boundaries, and the kept buckets they are summed from. */
 function resolveWindows(
   input: UsageQueryInput,
-  kept: readonly Granularity[],
+  { buckets: kept, retention }: Pick<ResolvedConfig, 'buckets' | 'retention'>,
   zone: string,
 ): { boundaries: number[]; source: Granularity } {
   const granularity: unknown = input.granularity;
@@ -301,6 +303,7 @@ function resolveWindows(
           : "keep 'minute' buckets (option buckets, TALLY_BUCKETS) to query in this zone."),
     );
   }
+  checkRetained(retention, source, boundaries[0] ?? fromMs, Date.now());
   return { boundaries, source };
 }
 
@@ -310,7 +313,7 @@ function resolveWindows(
  */
 export function resolveQuery(
   input: UsageQueryInput,
-  kept: readonly Granularity[],
+  config: Pick<ResolvedConfig, 'buckets' | 'retention'>,
   mode: 'page' | 'stream',
 ): ResolvedQuery {
   const untyped: unknown = input; // callers from plain JavaScript
@@ -319,7 +322,7 @@ export function resolveQuery(
   }
   const selection = resolveSelection(input, input.groupBy);
   const timeZone = validateTimeZone(input.timeZone ?? 'UTC');
-  const { boundaries, source } = resolveWindows(input, kept, timeZone);
+  const { boundaries, source } = resolveWindows(input, config, timeZone);
   const orderBy: unknown = input.orderBy ?? 'group';
   if (orderBy !== 'group' && orderBy !== 'value') {
     throw new ValidationError(`orderBy ${JSON.stringify(orderBy)} is not group or value.`);

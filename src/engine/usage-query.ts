@@ -471,7 +471,7 @@ async function pageByValue(ctx: EngineContext, query: ResolvedQuery): Promise<Us
 
 /** One page of a usage query (library: Tally.query). */
 export async function queryUsage(ctx: EngineContext, input: UsageQueryInput): Promise<UsagePage> {
-  const query = resolveQuery(input, ctx.config.buckets, 'page');
+  const query = resolveQuery(input, ctx.config, 'page');
   if (query.orderBy === 'value') return pageByValue(ctx, query);
   const toRow = rowBuilder(query);
   const rows: UsageRow[] = [];
@@ -501,7 +501,7 @@ export async function* streamUsage(
   ctx: EngineContext,
   input: UsageQueryInput,
 ): AsyncGenerator<UsageRow> {
-  const query = resolveQuery(input, ctx.config.buckets, 'stream');
+  const query = resolveQuery(input, ctx.config, 'stream');
   if (query.orderBy === 'value') {
     throw new ValidationError('A stream is in group order; ask query() for the top rows by value.');
   }

@@ -10,6 +10,7 @@ import { redisFailure } from '../redis/connection.js';
 import { postgresFailure } from '../store/pool.js';
 import { usageSql } from '../store/sql.js';
 import { canonicalName, type CounterRef } from '../counters/counter-name.js';
+import { checkRetained } from '../counters/retention.js';
 import { TallyError, ValidationError } from '../errors.js';
 import type { EngineContext } from './engine-context.js';
 import { ledgerClockMarginMs } from './ledger-pruning.js';
@@ -53,6 +54,7 @@ function periodStarts(ctx: EngineContext, query: UsageQuery): { starts: number[]
         `${maxUsageBuckets} at a time.`,
     );
   }
+  checkRetained(ctx.config.retention, query.granularity, fromMs, Date.now());
   return { starts: bucketStarts(query.granularity, fromMs, toMs), toMs };
 }
 

@@ -14,7 +14,13 @@ const kept = ['hour', 'day'] as const;
 const resolve = (
   query: Partial<UsageQueryInput>,
   keep: readonly ('minute' | 'hour' | 'day' | 'month')[] = kept,
-) => resolveQuery({ ...november, granularity: 'day', ...query }, keep, 'page');
+) =>
+  resolveQuery(
+    { ...november, granularity: 'day', ...query },
+    // Fixed dates, whenever the tests run: every bucket kept forever.
+    { buckets: keep, retention: { minute: null, hour: null, day: null, month: null } },
+    'page',
+  );
 
 describe('usage query input', () => {
   it('reads dates on the query’s zone’s calendar, and instants with offsets as given', () => {

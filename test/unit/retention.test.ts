@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
+  checkRetained,
   oldestRetainedMs,
   parseRetention,
   resolveRetention,
@@ -70,5 +71,35 @@ describe('bucket retention settings', () => {
     });
     expect(oldestRetainedMs(retentionDefaults, ['month'], now)).toBeUndefined();
     expect(oldestRetainedMs(retentionDefaults, [], now)).toBeUndefined();
+  });
+});
+
+describe('reads past a retention', () => {
+  const now = Date.UTC(2026, 11, 2, 12, 30);
+  const retention = resolveRetention({ minute: '1d' }, 'Option retention');
+
+  it('are refused from the first bucket that may be pruned, naming the retention', () => {
+    // The minute holding now - 1 day is the oldest kept.
+    const oldest = Date.UTC(2026, 11, 1, 12, 30);
+    expect(() => {
+      checkRetained(retention, 'minute', oldest, now);
+    }).not.toThrow();
+    expect(() => {
+      checkRetained(retention, 'minute', oldest - 60_000, now);
+    }).toThrow(
+      /The read starts at 2026-12-01T12:29:00\.000Z, but minute buckets are kept 1 day \(option retention, TALLY_RETENTION\): none before 2026-12-01T12:30:00\.000Z/,
+    );
+    expect(() => {
+      checkRetained(retention, 'minute', oldest - 60_000, now);
+    }).toThrow(ValidationError);
+    expect(() => {
+      checkRetained(retention, 'hour', Date.UTC(2026, 8, 3, 12), now);
+    }).not.toThrow();
+    expect(() => {
+      checkRetained(retention, 'hour', Date.UTC(2026, 8, 3, 11), now);
+    }).toThrow(/hour buckets are kept 90 days/);
+    expect(() => {
+      checkRetained(retention, 'month', 0, now);
+    }).not.toThrow();
   });
 });
