@@ -233,8 +233,6 @@ describe('a process that cannot start exits at once, with the right code', () =>
       { extra: { TALLY_SHARDS: '16.0' }, message: /TALLY_SHARDS must be a whole number/ },
       { extra: { TALLY_SHARDS: '1e1' }, message: /TALLY_SHARDS must be a whole number/ },
       { extra: { TALLY_BUCKETS: 'hour,week' }, message: /TALLY_BUCKETS has "week"/ },
-      { extra: { TALLY_RETENTION: 'minute=7w' }, message: /TALLY_RETENTION\.minute is "7w"/ },
-      { extra: { TALLY_RETENTION: 'hour' }, message: /TALLY_RETENTION must read like/ },
     ];
     for (const command of ['serve', 'worker']) {
       for (const { extra, message } of cases) {
@@ -259,6 +257,26 @@ describe('a process that cannot start exits at once, with the right code', () =>
     const shardFlag = await runTypeScript(cli, ['reconcile', '--shard', '0x3'], env());
     expect(shardFlag.code).toBe(2);
     expect(shardFlag.stderr).toMatch(/A shard is a whole number from 0, got "0x3"/);
+  });
+
+  it('exit 2 for a TALLY_RETENTION that is not one', async () => {
+    const cases = [
+      {
+        command: 'serve',
+        value: 'minute=7w',
+        message: /TALLY_RETENTION\.minute is "7w"; write a duration/,
+      },
+      {
+        command: 'worker',
+        value: 'hour',
+        message: /TALLY_RETENTION must read like minute=7d,hour=90d/,
+      },
+    ];
+    for (const { command, value, message } of cases) {
+      const result = await runTypeScript(cli, [command], env({ TALLY_RETENTION: value }));
+      expect(result.code, `${command} ${value}`).toBe(2);
+      expect(result.stderr, `${command} ${value}`).toMatch(message);
+    }
   });
 
   it('exit 3 naming the server that cannot be reached', async () => {
