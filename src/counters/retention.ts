@@ -83,7 +83,8 @@ export function resolveRetention(input: RetentionInput | undefined, where: strin
 
 /** `TALLY_RETENTION`: `minute=7d,hour=90d,day=3y,month=forever`, any of them, defaults otherwise. */
 export function parseRetention(raw: string | undefined): Retention {
-  const input: Record<string, string> = {};
+  // No prototype: `__proto__=7d` must be a key like any other (refused), not a lost assignment.
+  const input = Object.create(null) as Record<string, string>;
   for (const part of (raw ?? '').split(',')) {
     if (part.trim() === '') continue;
     const [key = '', value, extra] = part.split('=').map((side) => side.trim());

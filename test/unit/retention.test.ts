@@ -57,6 +57,7 @@ describe('bucket retention settings', () => {
       expect(() => parseRetention(raw), raw).toThrow(/TALLY_RETENTION must read like/);
     }
     expect(() => parseRetention('minute=7w')).toThrow(/TALLY_RETENTION\.minute is "7w"/);
+    expect(() => parseRetention('__proto__=7d')).toThrow(/TALLY_RETENTION has "__proto__"/);
   });
 
   it('date the oldest increment by the shortest retention of the kept granularities only', () => {
