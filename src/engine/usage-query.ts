@@ -117,12 +117,17 @@ function unflushedGroups(
   return groups;
 }
 
-/** What the ledger says of an in-flight batch (querySql.batchVerdicts), by shard. */
+/** A row of querySql.batchVerdicts. */
+interface VerdictRow {
+  shard: number;
+  in_ledger: boolean;
+  refused: boolean;
+}
+
+/** What the ledger says of an in-flight batch, by shard: absent, it lacks the batch. */
 type BatchVerdicts = Map<number, Exclude<BatchVerdict, 'lacked'>>;
 
-function batchVerdicts(
-  rows: readonly { shard: number; in_ledger: boolean; refused: boolean }[],
-): BatchVerdicts {
+function batchVerdicts(rows: readonly VerdictRow[]): BatchVerdicts {
   const verdicts: BatchVerdicts = new Map();
   for (const row of rows) {
     if (row.in_ledger) verdicts.set(row.shard, 'applied');
@@ -151,7 +156,7 @@ async function openSnapshot(
   // Several statements in one simple query: node-postgres answers with one result each.
   const [, ledger, names] = (await client.query(statements)) as unknown as [
     pg.QueryResult,
-    pg.QueryResult<{ shard: number; in_ledger: boolean; refused: boolean }>,
+    pg.QueryResult<VerdictRow>,
     pg.QueryResult<{ name: string }>,
   ];
   const verdicts = batchVerdicts(ledger.rows);
@@ -171,7 +176,7 @@ async function dropAppliedNewBatches(client: pg.ClientBase, shards: ShardDeltas[
     shard.newBatch === undefined ? [] : [{ shard: shard.shard, ...shard.newBatch }],
   );
   if (fresh.length === 0) return;
-  const { rows } = await client.query<{ shard: number; in_ledger: boolean; refused: boolean }>(
+  const { rows } = await client.query<VerdictRow>(
     querySql.batchVerdicts(fresh, ledgerClockMarginMs),
   );
   for (const shard of batchVerdicts(rows).keys()) {
