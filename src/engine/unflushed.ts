@@ -64,9 +64,10 @@ export interface ShardDeltas {
 /**
  * Every shard's unflushed deltas of a query's counters, read after its PostgreSQL snapshot
  * (read-unflushed.lua): the pending ones, and the in-flight ones of the shards with a batch in
- * flight that `verdicts` does not hold (the snapshot's ledger lacks it). `counters` are those PostgreSQL names, by
- * shard (undefined: too many to name; every field matching `pattern` is read). Undefined when
- * flushes moved deltas in a way the query cannot account for (it starts over).
+ * flight that `verdicts` does not hold (the snapshot's ledger lacks it). `counters` are those
+ * PostgreSQL names, by shard (undefined: too many to name; every field matching `pattern` is
+ * read). Undefined when flushes moved deltas in a way the query cannot account for (it starts
+ * over).
  */
 export async function readUnflushed(
   ctx: EngineContext,
