@@ -22,6 +22,7 @@ import {
   type ResolvedBatch,
 } from './engine/refused-batches.js';
 import { pruneLedger, type LedgerPruneReport } from './engine/ledger-pruning.js';
+import { maintainBuckets, type BucketUpkeepReport } from './engine/bucket-upkeep.js';
 import {
   IncrementPreparer,
   IncrementSender,
@@ -147,6 +148,13 @@ export interface Tally {
    * worker runs it every minute); one process prunes at a time, the others find it busy.
    */
   pruneLedger(): Promise<LedgerPruneReport>;
+  /**
+   * Upkeep of the bucket partitions (the worker runs it on a schedule; a process that flushes
+   * without the worker should too): creates the ranges flushes will write, drops those past
+   * the retention, and moves an upgraded store's rows into the partitions. Bounded steps; one
+   * process at a time, the others find it busy.
+   */
+  maintainBuckets(): Promise<BucketUpkeepReport>;
   /**
    * Settles a batch the flushes refuse (BATCH_REFUSED: it reappeared from before the pruned
    * part of the ledger, so it may have been applied already). `discard` drops it and rebuilds
@@ -462,6 +470,11 @@ class TallyClient implements Tally {
   async pruneLedger(): Promise<LedgerPruneReport> {
     this.assertOpen();
     return pruneLedger(this.ctx, this.config.ledgerRetentionMs);
+  }
+
+  async maintainBuckets(): Promise<BucketUpkeepReport> {
+    this.assertOpen();
+    return maintainBuckets(this.ctx);
   }
 
   async resolveRefusedBatch(

@@ -58,7 +58,17 @@ describe('migrate', () => {
     );
     expect(tables.map((t) => t.table_name)).toEqual([
       'applied_batches',
+      'bucket_horizons',
+      'counter_bucket_rows',
       'counter_buckets',
+      'counter_buckets_day',
+      'counter_buckets_day_default',
+      'counter_buckets_hour',
+      'counter_buckets_hour_default',
+      'counter_buckets_minute',
+      'counter_buckets_minute_default',
+      'counter_buckets_month',
+      'counter_buckets_month_default',
       'counter_labels',
       'counters',
       'ledger_horizons',

@@ -118,6 +118,19 @@ export function oldestRetainedMs(
 }
 
 /**
+ * Where the oldest `granularity` bucket the retention keeps at `nowMs` starts: the one holding
+ * `nowMs - retention`. Undefined when the granularity is kept forever.
+ */
+export function oldestKeptBucketMs(
+  retention: Retention,
+  granularity: Granularity,
+  nowMs: number,
+): number | undefined {
+  const ms = retention[granularity];
+  return ms === null ? undefined : bucketStart(granularity, nowMs - ms);
+}
+
+/**
  * Refuses a read of `granularity` buckets from `fromMs` on when its retention may have pruned
  * some of them: the bucket holding `nowMs - retention` is the oldest kept. A pruned bucket reads
  * as no row, so without this a read past the retention would answer a silent, wrong 0.
@@ -129,13 +142,30 @@ export function checkRetained(
   nowMs: number,
 ): void {
   const ms = retention[granularity];
-  if (ms === null) return;
-  const oldestKept = bucketStart(granularity, nowMs - ms);
-  if (fromMs < oldestKept) {
+  const oldestKept = oldestKeptBucketMs(retention, granularity, nowMs);
+  if (ms !== null && oldestKept !== undefined && fromMs < oldestKept) {
     throw new ValidationError(
       `The read starts at ${new Date(fromMs).toISOString()}, but ${granularity} buckets are ` +
         `kept ${formatDuration(ms)} (option retention, TALLY_RETENTION): none before ` +
         `${new Date(oldestKept).toISOString()}. Start later, or read a coarser granularity.`,
     );
   }
+}
+
+/**
+ * Refuses a read of `granularity` buckets from `fromMs` on when the store pruned buckets after
+ * it: `prunedBeforeMs` is the granularity's horizon (tally.bucket_horizons), which stays where
+ * pruning left it when the retention is lengthened later.
+ */
+export function checkNotPruned(
+  granularity: Granularity,
+  fromMs: number,
+  prunedBeforeMs: number | undefined,
+): void {
+  if (prunedBeforeMs === undefined || fromMs >= prunedBeforeMs) return;
+  throw new ValidationError(
+    `The read starts at ${new Date(fromMs).toISOString()}, but the store has pruned the ` +
+      `${granularity} buckets before ${new Date(prunedBeforeMs).toISOString()} (option ` +
+      'retention, TALLY_RETENTION, was shorter then). Start later, or read a coarser granularity.',
+  );
 }

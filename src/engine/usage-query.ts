@@ -5,6 +5,7 @@ import { TallyError, ValidationError } from '../errors.js';
 import { shardOf } from '../counters/sharding.js';
 import { inTime, postgresFailure } from '../store/pool.js';
 import { querySql } from '../store/sql.js';
+import { checkNotPruned } from '../counters/retention.js';
 import { checkOut } from '../store/transaction.js';
 import type { EngineContext } from './engine-context.js';
 import { reachFaultPoint } from './fault-points.js';
@@ -152,13 +153,21 @@ async function openSnapshot(
     ledgerClockMarginMs,
     query.selection,
     namedCountersAtMost + 1,
+    query.source,
   );
   // Several statements in one simple query: node-postgres answers with one result each.
-  const [, ledger, names] = (await client.query(statements)) as unknown as [
+  const [, ledger, names, horizon] = (await client.query(statements)) as unknown as [
     pg.QueryResult,
     pg.QueryResult<VerdictRow>,
     pg.QueryResult<{ name: string }>,
+    pg.QueryResult<{ ms: string }>,
   ];
+  const prunedBefore = horizon.rows[0]?.ms;
+  checkNotPruned(
+    query.source,
+    query.boundaries[0] ?? 0,
+    prunedBefore === undefined ? undefined : Number(prunedBefore),
+  );
   const verdicts = batchVerdicts(ledger.rows);
   if (names.rows.length > namedCountersAtMost) return { verdicts, named: undefined };
   const named = Array.from({ length: ctx.config.shards }, (): string[] => []);

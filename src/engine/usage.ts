@@ -10,7 +10,7 @@ import { redisFailure } from '../redis/connection.js';
 import { postgresFailure } from '../store/pool.js';
 import { usageSql } from '../store/sql.js';
 import { canonicalName, type CounterRef } from '../counters/counter-name.js';
-import { checkRetained } from '../counters/retention.js';
+import { checkNotPruned, checkRetained } from '../counters/retention.js';
 import { TallyError, ValidationError } from '../errors.js';
 import type { EngineContext } from './engine-context.js';
 import { ledgerClockMarginMs } from './ledger-pruning.js';
@@ -89,7 +89,11 @@ async function readOnce(
     number,
   ];
   const { rows } = await ctx.pool
-    .query<{ applied: boolean; buckets: Record<string, string> }>({
+    .query<{
+      applied: boolean;
+      buckets: Record<string, string>;
+      pruned_before_ms: string | null;
+    }>({
       ...usageSql.flushedBuckets,
       values: [
         shard,
@@ -113,6 +117,12 @@ async function readOnce(
     })) ?? 0,
   );
   if (snapshotsAfter !== snapshots) return undefined;
+  const prunedBefore = rows[0]?.pruned_before_ms;
+  checkNotPruned(
+    granularity,
+    starts[0] ?? toMs,
+    prunedBefore == null ? undefined : Number(prunedBefore),
+  );
 
   // Exact sums: deltas are 64-bit, and doubles that are each off could add up to a wrong
   // value that looks safe.

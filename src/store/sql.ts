@@ -107,6 +107,120 @@ export const pruneSql = {
                    ORDER BY applied_at LIMIT $3)`,
 } as const;
 
+/**
+ * Bucket partitions and retention (engine/bucket-upkeep.ts). Table names come from
+ * store/partition-layout.ts alone (a granularity and digits), never from input; they are quoted
+ * all the same.
+ */
+export const bucketSql = {
+  /** One upkeep at a time per store, for a whole run (a session lock, released at the end). */
+  tryLock: `SELECT pg_try_advisory_lock(500152355963) AS locked`,
+  unlock: `SELECT pg_advisory_unlock(500152355963)`,
+  /**
+   * Every table of the partition layout's naming in schema tally, and whether it is attached
+   * (a detached one is left by a run that stopped between detaching and dropping it).
+   */
+  partitionTables: `SELECT c.relname AS table, c.relispartition AS attached
+                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE n.nspname = 'tally' AND c.relkind = 'r'
+                      AND c.relname ~ '^counter_buckets_[a-z]+_p[0-9]+$'`,
+  /** Whether the pre-partitioning table still has rows to move. */
+  unpartitionedExists: `SELECT to_regclass('tally.counter_buckets_unpartitioned') IS NOT NULL
+                          AS exists`,
+  /**
+   * Waits this long at most for a lock: a DDL statement waiting for one queues every flush
+   * behind it, so it gives up and the next run tries again.
+   */
+  lockTimeout: (ms: number) => `SET LOCAL lock_timeout = ${Math.trunc(ms)}`,
+  /** An empty table shaped like the buckets, to become a range partition. */
+  createTable: (table: string) =>
+    `CREATE TABLE tally.${pg.escapeIdentifier(table)} (LIKE tally.counter_buckets)`,
+  /**
+   * Moves the rows the default partition took for [$1, $2) ms (the range was missing) into the
+   * new table, before it is attached: attaching refuses while the default holds rows of it.
+   */
+  takeFromDefault: (defaultTable: string, table: string) =>
+    `WITH moved AS (
+       DELETE FROM tally.${pg.escapeIdentifier(defaultTable)}
+       WHERE bucket_start >= to_timestamp($1::bigint / 1000.0)
+         AND bucket_start < to_timestamp($2::bigint / 1000.0)
+       RETURNING name, granularity, bucket_start, value)
+     INSERT INTO tally.${pg.escapeIdentifier(table)} SELECT * FROM moved`,
+  attach: (parent: string, table: string, startMs: number, endMs: number) =>
+    `ALTER TABLE tally.${pg.escapeIdentifier(parent)}
+       ATTACH PARTITION tally.${pg.escapeIdentifier(table)}
+       FOR VALUES FROM ('${new Date(startMs).toISOString()}') TO ('${new Date(endMs).toISOString()}')`,
+  /**
+   * Not CONCURRENTLY: PostgreSQL refuses that beside a default partition. A plain detach holds
+   * the granularity's table exclusively only for the catalog change; lockTimeout bounds the wait.
+   */
+  detach: (parent: string, table: string) =>
+    `ALTER TABLE tally.${pg.escapeIdentifier(parent)} DETACH PARTITION tally.${pg.escapeIdentifier(table)}`,
+  drop: (table: string) => `DROP TABLE IF EXISTS tally.${pg.escapeIdentifier(table)}`,
+  /** Moves granularity $1's pruning horizon up to $2 (ms), never back. */
+  advanceHorizon: `INSERT INTO tally.bucket_horizons AS h (granularity, pruned_before)
+                   VALUES ($1, to_timestamp($2::bigint / 1000.0))
+                   ON CONFLICT (granularity) DO UPDATE
+                     SET pruned_before = greatest(h.pruned_before, EXCLUDED.pruned_before)`,
+  /** Up to $2 rows of a default partition from before $1 (ms), the retention's cutoff. */
+  deleteFromDefault: (defaultTable: string) =>
+    `DELETE FROM tally.${pg.escapeIdentifier(defaultTable)}
+     WHERE ctid = ANY (ARRAY(SELECT ctid FROM tally.${pg.escapeIdentifier(defaultTable)}
+                             WHERE bucket_start < to_timestamp($1::bigint / 1000.0) LIMIT $2))`,
+  /**
+   * The key ending the next batch of up to $4 unpartitioned rows after key ($1, $2, $3; all
+   * NULL: from the start), and each granularity's first and last bucket in it (ms). Bucket
+   * starts travel as text: exact to the microsecond, as the key must be.
+   */
+  nextUnpartitionedBatch: `WITH batch AS (
+                             SELECT name, granularity, bucket_start
+                             FROM tally.counter_buckets_unpartitioned
+                             WHERE $1::text IS NULL
+                                OR (name, granularity, bucket_start) > ($1, $2, $3::timestamptz)
+                             ORDER BY name, granularity, bucket_start LIMIT $4)
+                           SELECT (SELECT json_build_array(name, granularity, bucket_start::text)
+                                   FROM batch ORDER BY name DESC, granularity DESC,
+                                                       bucket_start DESC LIMIT 1) AS last,
+                                  (SELECT json_agg(json_build_array(granularity, first_ms, last_ms))
+                                   FROM (SELECT granularity,
+                                                (extract(epoch FROM min(bucket_start)) * 1000)::bigint
+                                                  AS first_ms,
+                                                (extract(epoch FROM max(bucket_start)) * 1000)::bigint
+                                                  AS last_ms
+                                         FROM batch GROUP BY granularity) AS g) AS spans`,
+  /**
+   * Moves the unpartitioned rows after key ($1, $2, $3) up to key ($4, $5, $6) into the
+   * partitions, added to any row a flush wrote there meanwhile; rows before their granularity's
+   * cutoff ($7: a JSON object of ms) are deleted, not moved. Returns how many rows it moved.
+   */
+  moveUnpartitioned: `WITH moved AS (
+                        DELETE FROM tally.counter_buckets_unpartitioned
+                        WHERE ($1::text IS NULL
+                               OR (name, granularity, bucket_start) > ($1, $2, $3::timestamptz))
+                          AND (name, granularity, bucket_start) <= ($4, $5, $6::timestamptz)
+                        RETURNING name, granularity, bucket_start, value
+                      ), kept AS (
+                        INSERT INTO tally.counter_buckets AS b
+                        SELECT name, granularity, bucket_start, value FROM moved
+                        WHERE bucket_start >= coalesce(
+                                to_timestamp(($7::jsonb ->> granularity)::bigint / 1000.0),
+                                '-infinity')
+                        ON CONFLICT (name, granularity, bucket_start) DO UPDATE
+                          SET value = b.value + EXCLUDED.value
+                        RETURNING 1)
+                      SELECT (SELECT count(*) FROM moved)::integer AS moved,
+                             (SELECT count(*) FROM kept)::integer AS kept`,
+  /** The last step of the move: reads leave the emptied table, which is dropped. */
+  finishMove: [
+    `CREATE OR REPLACE VIEW tally.counter_bucket_rows AS
+       SELECT name, granularity, bucket_start, value FROM tally.counter_buckets`,
+    `DROP TABLE tally.counter_buckets_unpartitioned`,
+  ],
+  /** Each granularity's pruning horizon, ms. */
+  horizons: `SELECT granularity, (extract(epoch FROM pruned_before) * 1000)::bigint AS ms
+             FROM tally.bucket_horizons`,
+} as const;
+
 /** Usage reads (engine/usage.ts). */
 export const usageSql = {
   /**
@@ -118,13 +232,19 @@ export const usageSql = {
     name: 'tally_usage',
     // In the ledger, or refused (not in it, before the horizon): one ledger lookup, not two.
     text: `SELECT (${inLedger('$1', '$2')} OR ${beforeHorizon('$1', '$7', '$8')}) AS applied,
-                  COALESCE((SELECT json_object_agg(
-                                     (extract(epoch FROM bucket_start) * 1000)::bigint::text,
-                                     value::text)
-                            FROM tally.counter_buckets
-                            WHERE name = $3 AND granularity = $4
-                              AND bucket_start >= to_timestamp($5 / 1000.0)
-                              AND bucket_start < to_timestamp($6 / 1000.0)), '{}') AS buckets`,
+                  -- Summed per bucket: a store moving its rows into the partitions can hold
+                  -- a bucket in both tables (migrations/0006_partitioned_buckets.sql).
+                  COALESCE((SELECT json_object_agg(start_ms::text, value::text)
+                            FROM (SELECT (extract(epoch FROM bucket_start) * 1000)::bigint
+                                           AS start_ms,
+                                         sum(value) AS value
+                                  FROM tally.counter_bucket_rows
+                                  WHERE name = $3 AND granularity = $4
+                                    AND bucket_start >= to_timestamp($5 / 1000.0)
+                                    AND bucket_start < to_timestamp($6 / 1000.0)
+                                  GROUP BY 1) AS b), '{}') AS buckets,
+                  (SELECT (extract(epoch FROM pruned_before) * 1000)::bigint::text
+                   FROM tally.bucket_horizons WHERE granularity = $4) AS pruned_before_ms`,
   },
 } as const;
 
@@ -310,7 +430,8 @@ export const querySql = {
    * 1. per in-flight batch, whether the ledger has it or refuses it (batchVerdicts) — the
    *    first statement, which takes the snapshot;
    * 2. up to `limit` names of the selected counters, in no order, so that a narrow `where` is
-   *    answered by the labels' GIN index.
+   *    answered by the labels' GIN index;
+   * 3. how far `granularity` has been pruned (bucketSql.advanceHorizon), ms as text, if at all.
    * No statement timeout: the COPY of an export runs as long as its reader reads; the engine
    * stops it when PostgreSQL sends nothing for the query timeout.
    */
@@ -319,13 +440,16 @@ export const querySql = {
     clockMarginMs: number,
     selection: Selection,
     limit: number,
+    granularity: string,
   ): string {
     const literals = new Literals();
     const conditions = selectionConditions(selection, literals);
     return `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
             ${querySql.batchVerdicts(batches, clockMarginMs)};
             SELECT l.name FROM tally.counter_labels l
-            WHERE ${conditions.join(' AND ')} LIMIT ${literals.add(limit)}`;
+            WHERE ${conditions.join(' AND ')} LIMIT ${literals.add(limit)};
+            SELECT (extract(epoch FROM pruned_before) * 1000)::bigint::text AS ms
+            FROM tally.bucket_horizons WHERE granularity = ${literals.add(granularity)}`;
   },
   /**
    * Per in-flight batch, whether the ledger has it, or refuses it (reads count a refused batch
@@ -390,7 +514,7 @@ export const querySql = {
     const sums = `SELECT ${key} AS key, ${single ? '0' : 'p.window_index'} AS window_index,
                          sum(p.value)::text AS value
                   FROM (SELECT b.name, ${window}sum(b.value) AS value
-                        FROM tally.counter_buckets b
+                        FROM tally.counter_bucket_rows b
                         WHERE b.granularity = ${literals.add(granularity)}
                           AND b.bucket_start >= ${instant(boundaries[0])}
                           AND b.bucket_start < ${instant(boundaries.at(-1))}

@@ -1,0 +1,282 @@
+/**
+ * Upkeep of the bucket partitions (store/partition-layout.ts): creates the ranges flushes will
+ * write to before they do, drops those wholly past their granularity's retention, clears the
+ * default partitions of rows past it, and moves a pre-partitioning store's rows over. Every
+ * step is a short transaction; a DDL statement waits `ddlLockTimeoutMs` at most for its lock
+ * (flushes queue behind a waiting one), else it is left for the next run. One process runs
+ * upkeep at a time (a session lock for the run); the worker runs it on a schedule.
+ */
+import type pg from 'pg';
+import { granularities, type Granularity } from '../counters/buckets.js';
+import { oldestKeptBucketMs } from '../counters/retention.js';
+import {
+  defaultPartitionTable,
+  granularityTable,
+  parsePartitionTable,
+  partitionRange,
+  partitionRanges,
+  type PartitionRange,
+} from '../store/partition-layout.js';
+import { postgresFailure } from '../store/pool.js';
+import { bucketSql } from '../store/sql.js';
+import { inTransaction, withClient } from '../store/transaction.js';
+import type { EngineContext } from './engine-context.js';
+
+/** The longest a DDL statement waits for its lock before it gives up until the next run. */
+export const ddlLockTimeoutMs = 1_000;
+/** Rows one delete or move statement touches: a short transaction, bounded WAL. */
+const rowsPerStatement = 5_000;
+/** How long one run moves pre-partitioning rows; the worker runs again at once while some remain. */
+const moveBudgetMs = 10_000;
+
+export interface BucketUpkeepReport {
+  /** Range partitions created. */
+  created: number;
+  /** Range partitions dropped: wholly past their granularity's retention. */
+  dropped: number;
+  /** Partitions whose create or drop waited past `ddlLockTimeoutMs`: left for the next run. */
+  deferred: number;
+  /** Bucket rows past the retention deleted (from default partitions, or while moving). */
+  deleted: number;
+  /** Pre-partitioning rows moved into the partitions. */
+  moved: number;
+  /** Pre-partitioning rows are left to move: run again soon. */
+  moving: boolean;
+  /** Another process held the upkeep lock: this run did nothing. */
+  busy: boolean;
+}
+
+/** A lock wait given up (lock_timeout): the statement is retried by the next run. */
+const isLockTimeout = (error: unknown) =>
+  typeof error === 'object' && error !== null && (error as { code?: unknown }).code === '55P03';
+
+export async function maintainBuckets(
+  ctx: EngineContext,
+  nowMs: number = Date.now(),
+): Promise<BucketUpkeepReport> {
+  const report: BucketUpkeepReport = {
+    created: 0,
+    dropped: 0,
+    deferred: 0,
+    deleted: 0,
+    moved: 0,
+    moving: false,
+    busy: false,
+  };
+  try {
+    await withClient(ctx.pool, async (client) => {
+      const lock = await client.query<{ locked: boolean }>(bucketSql.tryLock);
+      if (lock.rows[0]?.locked !== true) {
+        report.busy = true;
+        return;
+      }
+      try {
+        const upkeep = new Upkeep(ctx, client, nowMs, report);
+        await upkeep.run();
+      } finally {
+        await client.query(bucketSql.unlock);
+      }
+    });
+  } catch (error) {
+    throw postgresFailure(error, 'the upkeep of the bucket partitions');
+  }
+  return report;
+}
+
+/** A bucket row's key: name, granularity, bucket_start as PostgreSQL writes it. */
+type BucketKey = [string, string, string];
+
+/** The next batch of rows to move: its last key, each granularity's first and last bucket. */
+interface NextBatchRow {
+  last: BucketKey | null;
+  spans: [Granularity, string, string][] | null;
+}
+
+class Upkeep {
+  /** Attached range partitions by table name. */
+  private readonly attached = new Set<string>();
+
+  constructor(
+    private readonly ctx: EngineContext,
+    private readonly client: pg.ClientBase,
+    private readonly nowMs: number,
+    private readonly report: BucketUpkeepReport,
+  ) {}
+
+  async run(): Promise<void> {
+    const { rows } = await this.client.query<{ table: string; attached: boolean }>(
+      bucketSql.partitionTables,
+    );
+    for (const { table, attached } of rows) {
+      if (parsePartitionTable(table) === undefined) continue;
+      // Detached by a run that stopped before dropping it: its rows are past the retention.
+      if (attached) this.attached.add(table);
+      else await this.client.query(bucketSql.drop(table));
+    }
+    for (const granularity of granularities) {
+      await this.dropPastRetention(granularity);
+      await this.deleteFromDefault(granularity);
+    }
+    for (const granularity of this.ctx.config.buckets) {
+      const { fromMs, toMs } = this.writableWindow(granularity);
+      for (const range of partitionRanges(granularity, fromMs, toMs)) await this.create(range);
+    }
+    await this.moveUnpartitioned();
+  }
+
+  /** Where the granularity's oldest kept bucket starts now; undefined when it keeps forever. */
+  private cutoffMs(granularity: Granularity): number | undefined {
+    return oldestKeptBucketMs(this.ctx.config.retention, granularity, this.nowMs);
+  }
+
+  /**
+   * The buckets flushes may write: from the oldest an increment may be dated at (kept by the
+   * retention) to the newest, plus the whole next range, so that no write waits for a run at
+   * a range's end.
+   */
+  private writableWindow(granularity: Granularity): { fromMs: number; toMs: number } {
+    const { maxBackdateMs, maxFutureMs } = this.ctx.config;
+    const cutoff = this.cutoffMs(granularity);
+    const fromMs = Math.max(this.nowMs - maxBackdateMs, cutoff ?? -Infinity);
+    return { fromMs, toMs: partitionRange(granularity, this.nowMs + maxFutureMs).endMs };
+  }
+
+  /**
+   * Creates a range partition unless it exists: an empty table, given the rows the default
+   * partition took for its range meanwhile, then attached (a brief lock of the default
+   * partition, none that stops flushes to other ranges).
+   */
+  private async create(range: PartitionRange): Promise<void> {
+    if (this.attached.has(range.table)) return;
+    const created = await this.ddl(async (client) => {
+      await client.query(bucketSql.createTable(range.table));
+      await client.query(
+        bucketSql.takeFromDefault(defaultPartitionTable(range.granularity), range.table),
+        [range.startMs, range.endMs],
+      );
+      await client.query(
+        bucketSql.attach(
+          granularityTable(range.granularity),
+          range.table,
+          range.startMs,
+          range.endMs,
+        ),
+      );
+    });
+    if (!created) return;
+    this.attached.add(range.table);
+    this.report.created++;
+  }
+
+  /**
+   * Drops the granularity's range partitions that end at or before its cutoff. The horizon
+   * moves first, in the transaction that detaches, so no read is ever answered from a range
+   * that is gone.
+   */
+  private async dropPastRetention(granularity: Granularity): Promise<void> {
+    const cutoff = this.cutoffMs(granularity);
+    if (cutoff === undefined) return;
+    for (const table of [...this.attached]) {
+      const range = parsePartitionTable(table);
+      if (range?.granularity !== granularity || range.endMs > cutoff) continue;
+      const detached = await this.ddl(async (client) => {
+        await client.query(bucketSql.advanceHorizon, [granularity, range.endMs]);
+        await client.query(bucketSql.detach(granularityTable(granularity), table));
+      });
+      if (!detached) continue;
+      this.attached.delete(table);
+      await this.client.query(bucketSql.drop(table));
+      this.report.dropped++;
+    }
+  }
+
+  /** Deletes, in bounded statements, the default partition's rows from before the cutoff. */
+  private async deleteFromDefault(granularity: Granularity): Promise<void> {
+    const cutoff = this.cutoffMs(granularity);
+    if (cutoff === undefined) return;
+    for (;;) {
+      const deleted = await inTransaction(this.client, async (client) => {
+        await client.query(bucketSql.advanceHorizon, [granularity, cutoff]);
+        const result = await client.query(
+          bucketSql.deleteFromDefault(defaultPartitionTable(granularity)),
+          [cutoff, rowsPerStatement],
+        );
+        return result.rowCount ?? 0;
+      });
+      this.report.deleted += deleted;
+      if (deleted < rowsPerStatement) return;
+    }
+  }
+
+  /**
+   * Moves the pre-partitioning table's rows over in key order, batch by batch, for up to
+   * `moveBudgetMs`; each batch's ranges are created first, so no row lands in a default
+   * partition. When the table is empty, reads leave it and it is dropped.
+   */
+  private async moveUnpartitioned(): Promise<void> {
+    const exists = await this.client.query<{ exists: boolean }>(bucketSql.unpartitionedExists);
+    if (exists.rows[0]?.exists !== true) return;
+    const cutoffs = Object.fromEntries(
+      granularities.flatMap((granularity) => {
+        const cutoff = this.cutoffMs(granularity);
+        return cutoff === undefined ? [] : [[granularity, cutoff]];
+      }),
+    );
+    await inTransaction(this.client, async (client) => {
+      for (const [granularity, cutoff] of Object.entries(cutoffs)) {
+        await client.query(bucketSql.advanceHorizon, [granularity, cutoff]);
+      }
+    });
+    const deadline = performance.now() + moveBudgetMs;
+    let after: BucketKey | [null, null, null] = [null, null, null];
+    while (performance.now() < deadline) {
+      const batch: pg.QueryResult<NextBatchRow> = await this.client.query<NextBatchRow>(
+        bucketSql.nextUnpartitionedBatch,
+        [...after, rowsPerStatement],
+      );
+      const next = batch.rows[0];
+      const last: BucketKey | null = next?.last ?? null;
+      if (last === null) {
+        const finished = await this.ddl(async (client) => {
+          for (const statement of bucketSql.finishMove) await client.query(statement);
+        });
+        this.report.moving = !finished;
+        return;
+      }
+      for (const [granularity, firstMs, lastMs] of next?.spans ?? []) {
+        const fromMs = Math.max(Number(firstMs), cutoffs[granularity] ?? -Infinity);
+        if (fromMs > Number(lastMs)) continue;
+        for (const range of partitionRanges(granularity, fromMs, Number(lastMs))) {
+          await this.create(range);
+        }
+      }
+      const moved = await inTransaction(this.client, (client) =>
+        client.query<{ moved: number; kept: number }>(bucketSql.moveUnpartitioned, [
+          ...after,
+          ...last,
+          JSON.stringify(cutoffs),
+        ]),
+      );
+      const counts = moved.rows[0] ?? { moved: 0, kept: 0 };
+      this.report.moved += counts.kept;
+      this.report.deleted += counts.moved - counts.kept;
+      after = last;
+    }
+    this.report.moving = true;
+  }
+
+  /** Runs DDL in a transaction under the lock timeout; false when the lock wait gave up. */
+  private async ddl(work: (client: pg.ClientBase) => Promise<void>): Promise<boolean> {
+    try {
+      await inTransaction(this.client, async (client) => {
+        await client.query(bucketSql.lockTimeout(ddlLockTimeoutMs));
+        await work(client);
+      });
+      return true;
+    } catch (error) {
+      if (!isLockTimeout(error)) throw error;
+      this.report.deferred++;
+      return false;
+    }
+  }
+}

@@ -1,0 +1,268 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { loadMigrations, migrate, ValidationError, type TallyOptions } from '../src/index.js';
+import { partitionRange } from '../src/store/partition-layout.js';
+import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
+import { tallyOn } from './support/tally-store.js';
+import { shardOf } from '../src/counters/sharding.js';
+import { bucketStart, granularities } from '../src/counters/buckets.js';
+
+let redis: RedisHandle;
+beforeAll(async () => {
+  redis = await startRedis();
+});
+afterAll(async () => {
+  await redis.stop();
+});
+
+const dayMs = 86_400_000;
+const keepAll = { minute: null, hour: null, day: null, month: null };
+
+/** A database of its own, a pool on it, and Tally clients on it closed with the test. */
+async function store() {
+  const url = await createDatabase();
+  const pool = new pg.Pool({ connectionString: url });
+  onTestFinished(() => pool.end());
+  const keyPrefix = `b${randomBytes(4).toString('hex')}`;
+  const tally = async (options: Partial<TallyOptions>) => {
+    const client = await tallyOn(redis.url, url, { shards: 2, keyPrefix, ...options });
+    onTestFinished(() => client.close());
+    return client;
+  };
+  return { url, pool, tally };
+}
+
+/** The range partitions attached to a granularity's table, by name. */
+async function partitionsOf(pool: pg.Pool, granularity: string): Promise<string[]> {
+  const { rows } = await pool.query<{ name: string }>(
+    `SELECT c.relname AS name FROM pg_inherits i
+     JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+     WHERE p.relname = $1 AND NOT c.relpartbound IS NULL AND c.relname <> $2 ORDER BY 1`,
+    [`counter_buckets_${granularity}`, `counter_buckets_${granularity}_default`],
+  );
+  return rows.map((row) => row.name);
+}
+
+async function rowsIn(pool: pg.Pool, table: string): Promise<number> {
+  const { rows } = await pool.query<{ n: number }>(
+    `SELECT count(*)::integer AS n FROM tally.${pg.escapeIdentifier(table)}`,
+  );
+  return rows[0]?.n ?? -1;
+}
+
+describe('bucket partitions', () => {
+  it('exist for every bucket an increment may be dated in before any flush writes one', async () => {
+    const { pool, tally } = await store();
+    const now = Date.now();
+    const client = await tally({
+      buckets: ['minute', 'hour', 'day', 'month'],
+      maxBackdateMs: 35 * dayMs,
+      retention: { minute: '7d', hour: '90d', day: '3y', month: null },
+    });
+    const report = await client.maintainBuckets();
+    expect(report).toMatchObject({ busy: false, dropped: 0, deferred: 0, moving: false });
+    // Minute buckets by day: the 7 days kept, today, and tomorrow (the next range).
+    const minutes = await partitionsOf(pool, 'minute');
+    expect(minutes).toContain(partitionRange('minute', now - 7 * dayMs).table);
+    expect(minutes).toContain(partitionRange('minute', now + dayMs).table);
+    expect(minutes).not.toContain(partitionRange('minute', now - 8 * dayMs).table);
+    // Month buckets are kept forever: from the oldest date an increment may carry.
+    expect(await partitionsOf(pool, 'month')).toContain(
+      partitionRange('month', now - 35 * dayMs).table,
+    );
+    expect(report.created).toBe(
+      (
+        await Promise.all(['minute', 'hour', 'day', 'month'].map((g) => partitionsOf(pool, g)))
+      ).flat().length,
+    );
+
+    const dates = [now - 7 * dayMs + 60_000, now - 3 * dayMs, now];
+    for (const at of dates) await client.incr('calls', 2, { at });
+    await client.flush();
+    let buckets = 0;
+    for (const granularity of granularities) {
+      expect(await rowsIn(pool, `counter_buckets_${granularity}_default`)).toBe(0);
+      buckets += new Set(dates.map((at) => bucketStart(granularity, at))).size;
+    }
+    expect(await rowsIn(pool, 'counter_buckets')).toBe(buckets);
+    // A second run finds everything in place.
+    expect(await client.maintainBuckets()).toMatchObject({ created: 0, dropped: 0, deleted: 0 });
+  });
+
+  it('keeps a row whose range is missing in the default partition, then moves it into its range', async () => {
+    const { pool, tally } = await store();
+    const client = await tally({
+      buckets: ['minute', 'day'],
+      retention: keepAll,
+      maxBackdateMs: 5 * dayMs,
+    });
+    // Flushed before any upkeep ran (a store no worker maintains): no range exists yet.
+    const at = Math.floor((Date.now() - 4 * dayMs) / 60_000) * 60_000;
+    await client.incr('calls', 5, { at });
+    await client.flush();
+    expect(await rowsIn(pool, 'counter_buckets_minute_default')).toBe(1);
+    const usage = { from: at, to: at + 60_000, granularity: 'minute' as const };
+    expect(await client.usage('calls', usage)).toEqual([{ start: new Date(at), value: 5 }]);
+
+    await client.maintainBuckets();
+    expect(await rowsIn(pool, 'counter_buckets_minute_default')).toBe(0);
+    expect(await rowsIn(pool, partitionRange('minute', at).table)).toBe(1);
+    expect(await client.usage('calls', usage)).toEqual([{ start: new Date(at), value: 5 }]);
+  });
+
+  it('drops ranges past the retention, and refuses reads before them even once the retention is lengthened', async () => {
+    const { pool, tally } = await store();
+    const now = Date.now();
+    const writer = await tally({
+      buckets: ['minute', 'day'],
+      retention: keepAll,
+      maxBackdateMs: 3 * dayMs,
+    });
+    await writer.maintainBuckets();
+    await writer.incr('calls', 5, { at: now - 2 * dayMs });
+    await writer.incr('calls', 7, { at: now });
+    await writer.flush();
+    const old = partitionRange('minute', now - 2 * dayMs);
+    expect(await rowsIn(pool, old.table)).toBe(1);
+    // A stray row in the default partition from before the retention goes too.
+    await pool.query(
+      `INSERT INTO tally.counter_buckets_minute_default VALUES ('stray', 'minute', $1, 1)`,
+      [new Date(partitionRange('minute', now - 10 * dayMs).startMs)],
+    );
+
+    const pruner = await tally({
+      buckets: ['minute', 'day'],
+      retention: { ...keepAll, minute: '1d' },
+    });
+    const report = await pruner.maintainBuckets();
+    expect(report.dropped).toBeGreaterThanOrEqual(2); // 2 and 3 days ago (and 1, before 00:00 UTC)
+    expect(report.deleted).toBe(1);
+    expect(await partitionsOf(pool, 'minute')).not.toContain(old.table);
+    const { rows } = await pool.query<{ n: number }>(
+      `SELECT count(*)::integer AS n FROM pg_class WHERE relname = $1`,
+      [old.table],
+    );
+    expect(rows[0]?.n).toBe(0); // dropped, not only detached
+    expect(await rowsIn(pool, 'counter_buckets_minute_default')).toBe(0);
+
+    // The writer still keeps minutes forever, but they were pruned: refused, not a silent 0.
+    const from = now - 2 * dayMs - 60_000;
+    const read = { from, to: from + 120_000, granularity: 'minute' as const };
+    await expect(writer.usage('calls', read)).rejects.toThrow(
+      /has pruned the minute buckets before/,
+    );
+    await expect(
+      writer.query({ counter: 'calls', from, to: now, granularity: 'total' }),
+    ).rejects.toBeInstanceOf(ValidationError);
+    // Past the horizon, and in the day buckets, nothing was lost.
+    const day = { from: now - 3 * dayMs, to: now + 60_000, granularity: 'day' as const };
+    const days = await pruner.usage('calls', day);
+    expect(days.reduce((sum, bucket) => sum + bucket.value, 0)).toBe(12);
+    const recent = await writer.usage('calls', {
+      from: now - 60_000,
+      to: now + 60_000,
+      granularity: 'minute',
+    });
+    expect(recent.reduce((sum, bucket) => sum + bucket.value, 0)).toBe(7);
+  });
+
+  it('gives up a drop that waits past the lock timeout and drops it on a later run', async () => {
+    const { pool, url, tally } = await store();
+    const now = Date.now();
+    const writer = await tally({
+      buckets: ['minute'],
+      retention: keepAll,
+      maxBackdateMs: 3 * dayMs,
+    });
+    await writer.maintainBuckets();
+    const pruner = await tally({ buckets: ['minute'], retention: { ...keepAll, minute: '1d' } });
+
+    // A long read holds the minute buckets: the detach must not wait for it (flushes would
+    // queue behind the waiting detach).
+    const reader = new pg.Client({ connectionString: url });
+    await reader.connect();
+    onTestFinished(() => reader.end());
+    await reader.query('BEGIN');
+    await reader.query('SELECT count(*) FROM tally.counter_buckets_minute');
+    const held = await pruner.maintainBuckets();
+    expect(held.deferred).toBeGreaterThanOrEqual(2);
+    expect(held.dropped).toBe(0);
+    expect(await partitionsOf(pool, 'minute')).toContain(
+      partitionRange('minute', now - 2 * dayMs).table,
+    );
+    await reader.query('COMMIT');
+
+    const freed = await pruner.maintainBuckets();
+    expect(freed.dropped).toBe(held.deferred);
+    expect(await partitionsOf(pool, 'minute')).not.toContain(
+      partitionRange('minute', now - 2 * dayMs).table,
+    );
+  });
+
+  it('moves an upgraded store’s rows into the partitions while reads stay exact, then drops the old table', async () => {
+    const url = await createDatabase();
+    const pool = new pg.Pool({ connectionString: url });
+    onTestFinished(() => pool.end());
+    const before = (await loadMigrations()).filter((migration) => migration.version < 6);
+    await migrate(url, { migrations: before });
+    const now = Date.now();
+    const hour = 3_600_000;
+    // 12,000 counters with an hour bucket an hour ago, and one an hour bucket 200 days ago.
+    const recent = Math.floor((now - hour) / hour) * hour;
+    await pool.query(
+      `INSERT INTO tally.counter_buckets
+       SELECT 'c' || i, 'hour', to_timestamp($1 / 1000.0), i FROM generate_series(1, 12000) i`,
+      [recent],
+    );
+    const names = Array.from({ length: 12_000 }, (_, i) => `c${i + 1}`);
+    await pool.query(
+      `INSERT INTO tally.counters (name, shard, value)
+       SELECT name, shard, 0 FROM unnest($1::text[], $2::integer[]) AS c(name, shard)`,
+      [names, names.map((name) => shardOf(name, 2))],
+    );
+    const ancient = Math.floor((now - 200 * dayMs) / hour) * hour;
+    await pool.query(
+      `INSERT INTO tally.counter_buckets VALUES ('c1', 'hour', to_timestamp($1 / 1000.0), 1000)`,
+      [ancient],
+    );
+    await migrate(url);
+
+    const client = await tallyOn(redis.url, url, {
+      shards: 2,
+      buckets: ['hour'],
+      retention: { ...keepAll, hour: '90d' },
+      maxBackdateMs: 35 * dayMs,
+    });
+    onTestFinished(() => client.close());
+    const read = { from: recent, to: recent + hour, granularity: 'hour' as const };
+    // A flush into a bucket still held by the old table: the reads add the two up.
+    await client.incr('c7', 3, { at: recent + 1 });
+    await client.flush();
+    expect(await client.usage('c7', read)).toEqual([{ start: new Date(recent), value: 10 }]);
+    const total = { prefix: 'c', from: recent, to: recent + hour, granularity: 'total' as const };
+    const sum = async () => {
+      let summed = 0;
+      for await (const row of client.queryStream(total)) summed += row.value;
+      return summed;
+    };
+    const expected = (12_000 * 12_001) / 2 + 3;
+    expect(await sum()).toBe(expected);
+
+    const report = await client.maintainBuckets();
+    expect(report).toMatchObject({ moved: 12_000, deleted: 1, moving: false, busy: false });
+    const { rows } = await pool.query<{ old: string | null }>(
+      `SELECT to_regclass('tally.counter_buckets_unpartitioned')::text AS old`,
+    );
+    expect(rows[0]?.old).toBeNull();
+    expect(await client.usage('c7', read)).toEqual([{ start: new Date(recent), value: 10 }]);
+    expect(await sum()).toBe(expected);
+    expect(await rowsIn(pool, 'counter_buckets_hour_default')).toBe(0);
+    // The row past the retention went, and the horizon says so.
+    const horizon = await pool.query<{ ms: string }>(
+      `SELECT (extract(epoch FROM pruned_before) * 1000)::bigint AS ms FROM tally.bucket_horizons
+       WHERE granularity = 'hour'`,
+    );
+    expect(Number(horizon.rows[0]?.ms)).toBeGreaterThan(ancient);
+  });
+});
