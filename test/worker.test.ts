@@ -240,6 +240,30 @@ describe('tally worker', () => {
     expect(await metrics.text()).toMatch(/^tally_ledger_pruned_rows_total 1000$/m);
   });
 
+  it('creates the bucket partitions at start, so flushed buckets never land in a default one', async () => {
+    const s = await store();
+    const w = worker({ ...s.env, TALLY_METRICS_PORT: '0' });
+    const upkeep = await w.waitForLog(
+      'the bucket upkeep',
+      (l) => l.msg === 'bucket partitions maintained',
+    );
+    expect(upkeep).toMatchObject({ busy: false, dropped: 0, moving: false });
+    expect(upkeep.created).toBeGreaterThan(0);
+    await s.increment(10);
+    await drained(s);
+    const { rows } = await s.pool.query<{ ranged: number; defaulted: number }>(
+      `SELECT count(*) FILTER (WHERE tableoid::regclass::text NOT LIKE '%default')::integer AS ranged,
+              count(*) FILTER (WHERE tableoid::regclass::text LIKE '%default')::integer AS defaulted
+       FROM tally.counter_buckets`,
+    );
+    expect(rows[0]).toMatchObject({ defaulted: 0 });
+    expect(rows[0]?.ranged).toBeGreaterThan(0);
+    const metrics = await fetch(`http://127.0.0.1:${await w.metricsPort()}/metrics`);
+    expect(await metrics.text()).toMatch(
+      new RegExp(`^tally_bucket_partitions_created_total ${String(upkeep.created)}$`, 'm'),
+    );
+  });
+
   it('re-creates its schedules when Redis loses its data, and flushing resumes', async () => {
     const s = await store({ persistence: 'none' });
     const w = worker(s.env);

@@ -96,6 +96,10 @@ export const workerVariables: Variables = [
     'TALLY_LEDGER_PRUNE_INTERVAL_MS',
     `how often the ledger is pruned (default ${serviceDefaults.ledgerPruneIntervalMs})`,
   ],
+  [
+    'TALLY_BUCKET_UPKEEP_INTERVAL_MS',
+    `how often bucket partitions are created ahead and pruned (default ${serviceDefaults.bucketUpkeepIntervalMs})`,
+  ],
   ...shutdown,
 ];
 

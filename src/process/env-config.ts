@@ -42,6 +42,8 @@ export const serviceDefaults = {
   workerConcurrency: 4,
   jobLockMs: 30_000,
   ledgerPruneIntervalMs: 60_000,
+  // A minute range is a day wide and the next one always exists: a few runs a day would do.
+  bucketUpkeepIntervalMs: 600_000,
 } as const;
 
 /**

@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { AppliedBatch, Tally } from '../index.js';
+import type { AppliedBatch, BucketUpkeepReport, Tally } from '../index.js';
 import { sharedFor } from '../engine/concurrency.js';
 import { registerDurabilityGauge } from '../redis/durability-metric.js';
 
@@ -60,6 +60,31 @@ export class FlushMetrics {
     help: 'Flush ledger rows this replica deleted (older than TALLY_LEDGER_RETENTION_MS).',
     registers: [this.registry],
   });
+  private readonly partitionsCreated = new Counter({
+    name: 'tally_bucket_partitions_created_total',
+    help: 'Bucket range partitions this replica created ahead of the flushes.',
+    registers: [this.registry],
+  });
+  private readonly partitionsDropped = new Counter({
+    name: 'tally_bucket_partitions_dropped_total',
+    help: 'Bucket range partitions this replica dropped, wholly past their retention (TALLY_RETENTION).',
+    registers: [this.registry],
+  });
+  private readonly partitionsDeferred = new Counter({
+    name: 'tally_bucket_partitions_deferred_total',
+    help: 'Partition creates and drops this replica put off: their lock was not free within the lock timeout.',
+    registers: [this.registry],
+  });
+  private readonly bucketRowsPruned = new Counter({
+    name: 'tally_bucket_rows_pruned_total',
+    help: 'Bucket rows past the retention this replica deleted one by one (from default partitions, or while moving an upgraded store).',
+    registers: [this.registry],
+  });
+  private readonly bucketRowsMoved = new Counter({
+    name: 'tally_bucket_rows_moved_total',
+    help: "Rows of an upgraded store's unpartitioned bucket table this replica moved into the partitions.",
+    registers: [this.registry],
+  });
   private readonly refused = new Gauge({
     name: 'tally_refused_batches',
     help: 'In-flight batches the flushes refuse (BATCH_REFUSED, older than the pruned ledger), per shard: flushing of the shard is stopped until an operator resolves it.',
@@ -98,6 +123,14 @@ export class FlushMetrics {
 
   recordPruned(rows: number): void {
     this.pruned.inc(rows);
+  }
+
+  recordBucketUpkeep(report: BucketUpkeepReport): void {
+    this.partitionsCreated.inc(report.created);
+    this.partitionsDropped.inc(report.dropped);
+    this.partitionsDeferred.inc(report.deferred);
+    this.bucketRowsPruned.inc(report.deleted);
+    this.bucketRowsMoved.inc(report.moved);
   }
 
   recordSkipped(): void {

@@ -50,6 +50,8 @@ export interface FlushWorkerConfig extends StoreEnv {
   ledgerRetentionMs: number;
   /** How often this replica prunes the ledger (one replica at a time does). */
   ledgerPruneIntervalMs: number;
+  /** How often this replica maintains the bucket partitions (one replica at a time does). */
+  bucketUpkeepIntervalMs: number;
 }
 
 /** The worker's configuration, from the environment; every default is set here. */
@@ -86,6 +88,13 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): FlushWorker
       env,
       'TALLY_LEDGER_PRUNE_INTERVAL_MS',
       serviceDefaults.ledgerPruneIntervalMs,
+      1_000,
+      maxTimerMs,
+    ),
+    bucketUpkeepIntervalMs: integerFromEnv(
+      env,
+      'TALLY_BUCKET_UPKEEP_INTERVAL_MS',
+      serviceDefaults.bucketUpkeepIntervalMs,
       1_000,
       maxTimerMs,
     ),
@@ -137,33 +146,66 @@ function flushJob(tally: Tally, metrics: FlushMetrics, logger: Logger) {
   };
 }
 
+/** How soon upkeep runs again while an upgraded store's bucket rows are still moving. */
+const upkeepAgainMs = 1_000;
+
 /**
- * Prunes the flush ledger every `intervalMs`, one run at a time (engine/ledger-pruning.ts).
- * Returns the function that stops it, waiting for a run in progress.
+ * Runs a maintenance task now and then every `intervalMs`, one run at a time; a run that
+ * returns 'again' has work left and is followed after `upkeepAgainMs`. A failed run is logged
+ * and the next one retries. Returns the function that stops it, waiting for a run in progress.
  */
-function pruneLedgerPeriodically(
-  tally: Tally,
-  metrics: FlushMetrics,
-  logger: Logger,
+function runPeriodically(
+  task: () => Promise<'again' | undefined>,
   intervalMs: number,
+  onError: (error: unknown) => void,
 ): () => Promise<void> {
-  let pruning: Promise<void> | undefined;
-  const timer = setInterval(() => {
-    pruning ??= tally
-      .pruneLedger()
-      .then(({ deleted, busy }) => {
-        metrics.recordPruned(deleted);
-        if (deleted > 0) logger.info({ deleted, busy }, 'flush ledger pruned');
-      })
+  let running: Promise<void> | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  const schedule = (delayMs: number) => {
+    if (stopped) return;
+    timer = setTimeout(run, delayMs);
+    timer.unref();
+  };
+  const run = () => {
+    running = task()
       .catch((error: unknown) => {
-        logger.warn({ err: error }, 'could not prune the flush ledger; the next run retries');
+        onError(error);
+        return undefined;
       })
-      .finally(() => (pruning = undefined));
-  }, intervalMs);
-  timer.unref();
+      .then((next) => {
+        running = undefined;
+        schedule(next === 'again' ? upkeepAgainMs : intervalMs);
+      });
+  };
+  run();
   return async () => {
-    clearInterval(timer);
-    await pruning;
+    stopped = true;
+    clearTimeout(timer);
+    await running;
+  };
+}
+
+/** Prunes the flush ledger (engine/ledger-pruning.ts). */
+function pruneLedgerTask(tally: Tally, metrics: FlushMetrics, logger: Logger) {
+  return async () => {
+    const { deleted, busy } = await tally.pruneLedger();
+    metrics.recordPruned(deleted);
+    if (deleted > 0) logger.info({ deleted, busy }, 'flush ledger pruned');
+    return undefined;
+  };
+}
+
+/** Upkeep of the bucket partitions (engine/bucket-upkeep.ts); at once again while moving. */
+function bucketUpkeepTask(tally: Tally, metrics: FlushMetrics, logger: Logger) {
+  return async () => {
+    const report = await tally.maintainBuckets();
+    metrics.recordBucketUpkeep(report);
+    const { created, dropped, deferred, deleted, moved } = report;
+    if (created + dropped + deferred + deleted + moved > 0) {
+      logger.info(report, 'bucket partitions maintained');
+    }
+    return report.moving ? 'again' : undefined;
   };
 }
 
@@ -209,7 +251,24 @@ export async function startFlushWorker(
     logger.warn({ err: error }, 'worker error');
   });
   const stopReviving = reviveStoppedSchedules(queue, config, logger);
-  const stopPruning = pruneLedgerPeriodically(tally, metrics, logger, config.ledgerPruneIntervalMs);
+  const stopPruning = runPeriodically(
+    pruneLedgerTask(tally, metrics, logger),
+    config.ledgerPruneIntervalMs,
+    (error) => {
+      logger.warn({ err: error }, 'could not prune the flush ledger; the next run retries');
+    },
+  );
+  // At start, before flushes come to need this period's ranges; then on a schedule.
+  const stopUpkeep = runPeriodically(
+    bucketUpkeepTask(tally, metrics, logger),
+    config.bucketUpkeepIntervalMs,
+    (error) => {
+      logger.warn({ err: error }, 'could not maintain the bucket partitions; the next run retries');
+    },
+  );
+  const stopMaintenance = async () => {
+    await Promise.all([stopPruning(), stopUpkeep()]);
+  };
   const connections = [
     ['the flush jobs', () => worker.close()], // waits for the flushes in progress
     ['the queue', () => queue.close()],
@@ -227,7 +286,7 @@ export async function startFlushWorker(
       );
     } catch (error) {
       stopReviving();
-      await closeInOrder([['the ledger pruning', stopPruning], ...connections]);
+      await closeInOrder([['the maintenance', stopMaintenance], ...connections]);
       throw error;
     }
   }
@@ -248,7 +307,7 @@ export async function startFlushWorker(
       server?.markClosing();
       stopReviving();
       await closeInOrder([
-        ['the ledger pruning', stopPruning],
+        ['the maintenance', stopMaintenance],
         ...connections,
         ['the metrics server', () => server?.close()],
       ]);
