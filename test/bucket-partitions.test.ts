@@ -144,6 +144,13 @@ describe('bucket partitions', () => {
       [old.table],
     );
     expect(rows[0]?.n).toBe(0); // dropped, not only detached
+
+    // A run killed between detaching a range and dropping it leaves the table: the next drops it.
+    const orphan = partitionRange('minute', now - 30 * dayMs).table;
+    await pool.query(`CREATE TABLE tally.${orphan} (LIKE tally.counter_buckets)`);
+    await pruner.maintainBuckets();
+    const left = await pool.query(`SELECT 1 FROM pg_class WHERE relname = $1`, [orphan]);
+    expect(left.rowCount).toBe(0);
     expect(await rowsIn(pool, 'counter_buckets_minute_default')).toBe(0);
 
     // The writer still keeps minutes forever, but they were pruned: refused, not a silent 0.
@@ -264,5 +271,55 @@ describe('bucket partitions', () => {
        WHERE granularity = 'hour'`,
     );
     expect(Number(horizon.rows[0]?.ms)).toBeGreaterThan(ancient);
+  });
+
+  it('loses nothing and counts nothing twice while flushes write the buckets being moved', async () => {
+    const url = await createDatabase();
+    const pool = new pg.Pool({ connectionString: url });
+    onTestFinished(() => pool.end());
+    const before = (await loadMigrations()).filter((migration) => migration.version < 6);
+    await migrate(url, { migrations: before });
+    const now = Date.now();
+    // 30,000 rows to move: 100 counters × the last 300 minutes, 1 each.
+    const first = Math.floor(now / 60_000) * 60_000 - 300 * 60_000;
+    await pool.query(
+      `INSERT INTO tally.counter_buckets
+       SELECT 'c' || (i % 100), 'minute', to_timestamp(($1::bigint + (i / 100) * 60000) / 1000.0), 1
+       FROM generate_series(0, 29999) i`,
+      [first],
+    );
+    await migrate(url);
+    const client = await tallyOn(redis.url, url, {
+      shards: 2,
+      buckets: ['minute'],
+      retention: { ...keepAll, minute: '7d' },
+      maxBackdateMs: 7 * dayMs,
+    });
+    onTestFinished(() => client.close());
+
+    // Increments into the same minutes while the upkeep moves them, flushed as they come.
+    let writing = true;
+    let acknowledged = 0;
+    const writer = (async () => {
+      for (let i = 0; writing; i++) {
+        await client.incr(`c${i % 100}`, 1, { at: first + (i % 300) * 60_000 });
+        acknowledged++;
+        if (i % 50 === 0) await client.flush();
+      }
+    })();
+    let moving = true;
+    for (let runs = 0; moving && runs < 100; runs++) {
+      ({ moving } = await client.maintainBuckets());
+    }
+    writing = false;
+    await writer;
+    await client.flush();
+    expect(moving).toBe(false);
+    expect(acknowledged).toBeGreaterThan(0);
+    const { rows } = await pool.query<{ value: string; rows: string }>(
+      `SELECT sum(value)::text AS value, count(*)::text AS rows FROM tally.counter_bucket_rows`,
+    );
+    expect(Number(rows[0]?.value)).toBe(30_000 + acknowledged);
+    expect(Number(rows[0]?.rows)).toBe(30_000); // one row per bucket: moved rows were merged
   });
 });

@@ -143,12 +143,13 @@ class Upkeep {
 
   /**
    * Creates a range partition unless it exists: an empty table, given the rows the default
-   * partition took for its range meanwhile, then attached (a brief lock of the default
-   * partition, none that stops flushes to other ranges).
+   * partition took for its range meanwhile, then attached. The default partition is held for
+   * the transaction; flushes to other ranges are not stopped.
    */
   private async create(range: PartitionRange): Promise<void> {
     if (this.attached.has(range.table)) return;
     const created = await this.ddl(async (client) => {
+      await client.query(bucketSql.lockDefault(defaultPartitionTable(range.granularity)));
       await client.query(bucketSql.createTable(range.table));
       await client.query(
         bucketSql.takeFromDefault(defaultPartitionTable(range.granularity), range.table),

@@ -59,6 +59,9 @@ export const flushSql = {
            SELECT name, granularity, to_timestamp(start_ms / 1000.0), delta
            FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
              AS d (name, granularity, start_ms, delta)
+           -- In key order, as the upkeep moves rows (bucketSql.moveUnpartitioned): two
+           -- upserts of the same keys in different orders deadlock.
+           ORDER BY name, granularity, start_ms
            ON CONFLICT (name, granularity, bucket_start) DO UPDATE
              SET value = b.value + EXCLUDED.value`,
   },
@@ -132,6 +135,13 @@ export const bucketSql = {
    * behind it, so it gives up and the next run tries again.
    */
   lockTimeout: (ms: number) => `SET LOCAL lock_timeout = ${Math.trunc(ms)}`,
+  /**
+   * Holds a default partition until commit, first, as attaching a range to its parent would:
+   * without it a flush could add a row of the range between takeFromDefault and the attach,
+   * which then fails.
+   */
+  lockDefault: (defaultTable: string) =>
+    `LOCK TABLE tally.${pg.escapeIdentifier(defaultTable)} IN ACCESS EXCLUSIVE MODE`,
   /** An empty table shaped like the buckets, to become a range partition. */
   createTable: (table: string) =>
     `CREATE TABLE tally.${pg.escapeIdentifier(table)} (LIKE tally.counter_buckets)`,
@@ -205,6 +215,7 @@ export const bucketSql = {
                         WHERE bucket_start >= coalesce(
                                 to_timestamp(($7::jsonb ->> granularity)::bigint / 1000.0),
                                 '-infinity')
+                        ORDER BY name, granularity, bucket_start -- as a flush writes them
                         ON CONFLICT (name, granularity, bucket_start) DO UPDATE
                           SET value = b.value + EXCLUDED.value
                         RETURNING 1)
