@@ -298,10 +298,10 @@ describe('bucket partitions', () => {
     onTestFinished(() => client.close());
 
     // Increments into the same minutes while the upkeep moves them, flushed as they come.
-    let writing = true;
+    const writes = { on: true };
     let acknowledged = 0;
     const writer = (async () => {
-      for (let i = 0; writing; i++) {
+      for (let i = 0; writes.on; i++) {
         await client.incr(`c${i % 100}`, 1, { at: first + (i % 300) * 60_000 });
         acknowledged++;
         if (i % 50 === 0) await client.flush();
@@ -311,7 +311,7 @@ describe('bucket partitions', () => {
     for (let runs = 0; moving && runs < 100; runs++) {
       ({ moving } = await client.maintainBuckets());
     }
-    writing = false;
+    writes.on = false;
     await writer;
     await client.flush();
     expect(moving).toBe(false);
