@@ -3,7 +3,8 @@
 import { createTally } from '../src/index.js';
 import { startWorker } from '../test/support/tally-process.js';
 import { freshDatabase, type BenchContext } from './support/context.js';
-import { percentile, sleep, zipf } from './support/measure.js';
+import { percentile, zipf } from './support/measure.js';
+import { offerOpenLoop, sampleFlushLag } from './support/open-loop.js';
 import { human, type BenchmarkResult } from './support/results.js';
 
 const rate = 100_000;
@@ -25,36 +26,13 @@ export async function flushLag(ctx: BenchContext): Promise<BenchmarkResult> {
   await worker.waitForLog('start-up', (line) => line.msg === 'flush worker started');
   const tally = await createTally({ redis: ctx.redis.url, postgres: database, keyPrefix: 'lag' });
   const pick = zipf(100_000);
-  const samples: number[] = [];
-  let offered = 0;
-  let acknowledged = 0;
-  let failed = 0;
   const started = performance.now();
   const deadline = started + seconds * 1_000;
-  const sampler = (async () => {
-    while (performance.now() < deadline) {
-      await sleep(100);
-      const status = await tally.status();
-      if (performance.now() - started > warmUpMs) {
-        samples.push(Math.max(...status.shards.map((shard) => shard.oldestUnflushedAgeMs)));
-      }
-    }
-  })();
-  // Open loop: each millisecond tick offers what the rate owes since the start, whatever is
-  // still in flight (a closed loop would slow down with the system and hide lag).
-  while (performance.now() < deadline) {
-    const owed = Math.floor(((performance.now() - started) / 1_000) * rate) - offered;
-    for (let i = 0; i < owed; i++) {
-      offered++;
-      tally.incr(`c${pick()}`).then(
-        () => acknowledged++,
-        () => failed++,
-      );
-    }
-    await sleep(1);
-  }
-  await sampler;
-  while (acknowledged + failed < offered) await sleep(10);
+  const [lags, { offered, failed }] = await Promise.all([
+    sampleFlushLag(tally, deadline),
+    offerOpenLoop(rate, deadline, () => tally.incr(`c${pick()}`)),
+  ]);
+  const samples = lags.filter((s) => s.atMs - started > warmUpMs).map((s) => s.lagMs);
   await tally.close();
   worker.kill('SIGTERM');
   await worker.exited;

@@ -10,6 +10,7 @@ import { hotPath } from './hot-path.js';
 import { httpIngest } from './http.js';
 import { flushLag } from './lag.js';
 import { reconcile } from './reconcile.js';
+import { retentionPruning } from './retention.js';
 import { usageQuery } from './usage-query.js';
 import { throughputChart } from './support/chart.js';
 import type { BenchContext } from './support/context.js';
@@ -22,6 +23,7 @@ const benchmarks: Record<string, (ctx: BenchContext) => Promise<BenchmarkResult>
   reconcile,
   lag: flushLag,
   'usage-query': usageQuery,
+  retention: retentionPruning,
 };
 
 const { values } = parseArgs({
