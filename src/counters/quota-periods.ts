@@ -40,7 +40,7 @@ export function resolveQuotaPeriod(
 ): QuotaPeriodSpec {
   if (!(quotaPers as readonly unknown[]).includes(per)) {
     throw new ValidationError(
-      `${where}.per must be one of ${quotaPers.join(', ')}, got ${String(JSON.stringify(per) as string | undefined).slice(0, 40)}.`,
+      `${where}.per must be one of ${quotaPers.join(', ')}, got ${String(per).slice(0, 40)}.`,
     );
   }
   const zone = timeZone === undefined ? 'UTC' : validateTimeZone(timeZone);
