@@ -6,7 +6,7 @@ import {
   type ResolvedConfig,
   type TallyOptions,
 } from './config.js';
-import type { Granularity } from './counters/buckets.js';
+import { isGranularity, type Granularity } from './counters/buckets.js';
 import { openRedis, redisFailure } from './redis/connection.js';
 import { openPostgres } from './store/pool.js';
 import { statusSql } from './store/sql.js';
@@ -35,7 +35,12 @@ import { reconcileShard, type ShardReconcileReport } from './engine/reconciler.j
 import { defineScripts, ScriptStatus, type RedisConnection } from './redis/scripts.js';
 import { shardOf } from './counters/sharding.js';
 import { shardKeys } from './redis/shard-keys.js';
-import { ensureStoreIdentity, markStoreSetUp, storeWasSetUp } from './store/settings.js';
+import {
+  ensureStoreIdentity,
+  markStoreSetUp,
+  recordKeptGranularities,
+  storeWasSetUp,
+} from './store/settings.js';
 import { readUsage, type UsageBucket, type UsageQuery } from './engine/usage.js';
 import { queryUsage, streamUsage } from './engine/usage-query.js';
 import type { UsagePage, UsageQueryInput, UsageRow } from './engine/query-spec.js';
@@ -91,6 +96,13 @@ export interface TallyStatus {
   redis: RedisDurability;
   /** The schema version PostgreSQL is migrated to; null while PostgreSQL cannot be read. */
   schemaVersion: number | null;
+  /** The time buckets' state; null while PostgreSQL cannot be read. */
+  buckets: {
+    /** Per granularity, the instant before which the store holds no complete buckets. */
+    prunedBefore: Partial<Record<Granularity, Date>>;
+    /** An upgraded store's rows are still being moved into the partitions (schema 6). */
+    moving: boolean;
+  } | null;
 }
 
 export interface Tally {
@@ -512,6 +524,7 @@ class TallyClient implements Tally {
       ]),
       pool.query<{ version: number }>(statusSql.schemaVersion),
       pool.query<{ shard: number; losses: number }>(statusSql.unreportedLossesPerShard),
+      pool.query<{ horizons: Record<string, string>; moving: boolean }>(statusSql.buckets),
     ]).catch(() => undefined);
     const lastFlush = new Map(
       postgresPart?.[0].rows.flatMap((row) => (row.at === null ? [] : [[row.shard, row.at]])),
@@ -553,6 +566,7 @@ class TallyClient implements Tally {
       shards,
       redis: this.ctx.durability,
       schemaVersion: postgresPart?.[1].rows[0]?.version ?? null,
+      buckets: bucketStatus(postgresPart?.[3].rows[0]),
     };
   }
 
@@ -659,6 +673,18 @@ function unreachable(server: 'Redis' | 'PostgreSQL') {
  * redisLossAccepted allows it), and every shard whose Redis totals lack the PostgreSQL base is
  * rebuilt.
  */
+/** The status' bucket part from its row (undefined: PostgreSQL could not be read). */
+function bucketStatus(
+  row: { horizons: Record<string, string>; moving: boolean } | undefined,
+): TallyStatus['buckets'] {
+  if (row === undefined) return null;
+  const prunedBefore: Partial<Record<Granularity, Date>> = {};
+  for (const [granularity, at] of Object.entries(row.horizons)) {
+    if (isGranularity(granularity)) prunedBefore[granularity] = new Date(at);
+  }
+  return { prunedBefore, moving: row.moving };
+}
+
 export async function createTally(options: TallyOptions): Promise<Tally> {
   const config = resolveConfig(options);
   const redis = openRedis(options.redis, config.redisCommandTimeoutMs, config.logger);
@@ -672,6 +698,15 @@ export async function createTally(options: TallyOptions): Promise<Tally> {
     await waitUntilReady(redis).catch(unreachable('Redis'));
     await assertSchemaCurrent(pool).catch(unreachable('PostgreSQL'));
     await ensureStoreIdentity(pool, config).catch(unreachable('PostgreSQL'));
+    const added = await recordKeptGranularities(pool, config.buckets).catch(
+      unreachable('PostgreSQL'),
+    );
+    if (added.length > 0) {
+      config.logger.warn(
+        { added },
+        'granularities kept from now on: reads of earlier periods from them are refused',
+      );
+    }
     const durability = await inspectRedisDurability(redis, config.redisLossAccepted).catch(
       unreachable('Redis'),
     );

@@ -144,6 +144,8 @@ describe('bucket partitions', () => {
       [old.table],
     );
     expect(rows[0]?.n).toBe(0); // dropped, not only detached
+    const { buckets } = await pruner.status();
+    expect(buckets?.prunedBefore.minute?.getTime()).toBeGreaterThanOrEqual(old.endMs);
 
     // A run killed between detaching a range and dropping it leaves the table: the next drops it.
     const orphan = partitionRange('minute', now - 30 * dayMs).table;
@@ -157,7 +159,7 @@ describe('bucket partitions', () => {
     const from = now - 2 * dayMs - 60_000;
     const read = { from, to: from + 120_000, granularity: 'minute' as const };
     await expect(writer.usage('calls', read)).rejects.toThrow(
-      /has pruned the minute buckets before/,
+      /holds no complete minute buckets before/,
     );
     await expect(
       writer.query({ counter: 'calls', from, to: now, granularity: 'total' }),
@@ -256,8 +258,10 @@ describe('bucket partitions', () => {
     const expected = (12_000 * 12_001) / 2 + 3;
     expect(await sum()).toBe(expected);
 
+    expect((await client.status()).buckets?.moving).toBe(true);
     const report = await client.maintainBuckets();
     expect(report).toMatchObject({ moved: 12_000, deleted: 1, moving: false, busy: false });
+    expect((await client.status()).buckets?.moving).toBe(false);
     const { rows } = await pool.query<{ old: string | null }>(
       `SELECT to_regclass('tally.counter_buckets_unpartitioned')::text AS old`,
     );
@@ -321,5 +325,35 @@ describe('bucket partitions', () => {
     );
     expect(Number(rows[0]?.value)).toBe(30_000 + acknowledged);
     expect(Number(rows[0]?.rows)).toBe(30_000); // one row per bucket: moved rows were merged
+  });
+
+  it('refuses reads from a granularity added later of the periods before it was added', async () => {
+    const { tally } = await store();
+    const now = Date.now();
+    const dayOnly = await tally({ buckets: ['day'], retention: keepAll });
+    await dayOnly.incr('calls', 5, { at: now - 2 * dayMs });
+    await dayOnly.flush();
+    const withHours = await tally({ buckets: ['hour', 'day'], retention: keepAll });
+    const hourFrom = Math.floor((now - 2 * dayMs) / 3_600_000) * 3_600_000;
+    // Its hour buckets hold nothing from before it was added: not a 0, a refusal.
+    await expect(
+      withHours.usage('calls', { from: hourFrom, to: hourFrom + 3_600_000, granularity: 'hour' }),
+    ).rejects.toThrow(/holds no complete hour buckets before .*not kept yet/);
+    await expect(
+      withHours.query({ counter: 'calls', from: hourFrom, to: now, granularity: 'total' }),
+    ).rejects.toBeInstanceOf(ValidationError);
+    // Whole days still read from the day buckets, kept all along.
+    const dayFrom = Math.floor((now - 2 * dayMs) / dayMs) * dayMs;
+    const days = await withHours.usage('calls', {
+      from: dayFrom,
+      to: dayFrom + dayMs,
+      granularity: 'day',
+    });
+    expect(days).toEqual([{ start: new Date(dayFrom), value: 5 }]);
+    // The hour it was added in began before: incomplete too, so refused as well.
+    await withHours.incr('calls', 2);
+    const hour = Math.floor(Date.now() / 3_600_000) * 3_600_000;
+    const read = { from: hour, to: hour + 3_600_000, granularity: 'hour' as const };
+    await expect(withHours.usage('calls', read)).rejects.toBeInstanceOf(ValidationError);
   });
 });

@@ -263,6 +263,14 @@ function describeStatus(status: TallyStatus): string[] {
       ]),
     ]),
   ];
+  for (const [granularity, at] of Object.entries(status.buckets?.prunedBefore ?? {})) {
+    lines.push(`${granularity} buckets held from ${at.toISOString()} (pruned or not kept before)`);
+  }
+  if (status.buckets?.moving === true) {
+    lines.push(
+      'bucket rows of the upgraded store are still moving into the partitions (the worker does it)',
+    );
+  }
   for (const { shard, inflightBatch } of status.shards) {
     if (inflightBatch?.refused !== true) continue;
     lines.push(

@@ -153,9 +153,10 @@ export function checkRetained(
 }
 
 /**
- * Refuses a read of `granularity` buckets from `fromMs` on when the store pruned buckets after
- * it: `prunedBeforeMs` is the granularity's horizon (tally.bucket_horizons), which stays where
- * pruning left it when the retention is lengthened later.
+ * Refuses a read of `granularity` buckets from `fromMs` on when the store holds none complete
+ * before `prunedBeforeMs`, the granularity's horizon (tally.bucket_horizons): pruned while the
+ * retention was shorter (a retention lengthened later brings nothing back), or not kept yet
+ * (a granularity added to the buckets later holds nothing from before).
  */
 export function checkNotPruned(
   granularity: Granularity,
@@ -164,8 +165,9 @@ export function checkNotPruned(
 ): void {
   if (prunedBeforeMs === undefined || fromMs >= prunedBeforeMs) return;
   throw new ValidationError(
-    `The read starts at ${new Date(fromMs).toISOString()}, but the store has pruned the ` +
-      `${granularity} buckets before ${new Date(prunedBeforeMs).toISOString()} (option ` +
-      'retention, TALLY_RETENTION, was shorter then). Start later, or read a coarser granularity.',
+    `The read starts at ${new Date(fromMs).toISOString()}, but the store holds no complete ` +
+      `${granularity} buckets before ${new Date(prunedBeforeMs).toISOString()}: pruned while ` +
+      'the retention was shorter (option retention, TALLY_RETENTION), or not kept yet (option ' +
+      'buckets, TALLY_BUCKETS). Start later, or read another granularity.',
   );
 }

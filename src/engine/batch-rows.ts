@@ -1,10 +1,13 @@
 import { parsePendingField, tagBuckets, type TagBuckets } from '../redis/bucket-tags.js';
 import { fieldSeparator } from '../redis/shard-keys.js';
+import type { Granularity } from '../counters/buckets.js';
 
 /** A batch's deltas as the columns of PostgreSQL rows, ready for the flush's unnest upserts. */
 export interface BatchRows {
   counters: { names: string[]; deltas: string[] };
   buckets: { names: string[]; granularities: string[]; startsMs: number[]; deltas: string[] };
+  /** The granularities the bucket rows have, each once. */
+  bucketGranularities: Set<Granularity>;
 }
 
 /**
@@ -51,6 +54,7 @@ function emptyRows(): BatchRows {
   return {
     counters: { names: [], deltas: [] },
     buckets: { names: [], granularities: [], startsMs: [], deltas: [] },
+    bucketGranularities: new Set(),
   };
 }
 
@@ -58,6 +62,7 @@ function emptyRows(): BatchRows {
 function oneTagRows(tag: string, fields: { counter: string; delta: string }[]): BatchRows {
   const { granularities, starts } = tagBuckets(tag);
   const rows = emptyRows();
+  for (const granularity of granularities) rows.bucketGranularities.add(granularity);
   for (const { counter, delta } of fields) {
     rows.counters.names.push(counter);
     rows.counters.deltas.push(delta);
@@ -105,6 +110,10 @@ function manyTagRows(byTag: Map<string, { counter: string; delta: string }[]>): 
     rows.buckets.granularities.push(row.granularity);
     rows.buckets.startsMs.push(row.startMs);
     rows.buckets.deltas.push(row.delta);
+  }
+  for (const tag of byTag.keys()) {
+    for (const granularity of tagBuckets(tag).granularities)
+      rows.bucketGranularities.add(granularity);
   }
   return rows;
 }

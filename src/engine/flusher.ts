@@ -219,6 +219,9 @@ async function applyInPostgres(
         values: [rows.counters.names, rows.counters.deltas, shard],
       });
       await reachFaultPoint('mid-transaction');
+      if (rows.bucketGranularities.size > 0) {
+        await client.query(flushSql.holdDefaultPartitions([...rows.bucketGranularities]));
+      }
       await client.query({
         ...flushSql.addToBuckets,
         values: [

@@ -57,3 +57,20 @@ export async function storeWasSetUp(pool: pg.Pool): Promise<boolean> {
 export async function markStoreSetUp(pool: pg.Pool): Promise<void> {
   await pool.query(settingsSql.markSetUp);
 }
+
+/**
+ * Records which granularities the store keeps. One that a process keeps and the record lacks
+ * was added now: its buckets hold nothing from before, so the reads of earlier periods from
+ * it are refused (the pruning horizon moves to now), not answered with a silent 0. One the
+ * process does not keep leaves the record, so adding it back later moves the horizon again.
+ * Returns the granularities added.
+ */
+export async function recordKeptGranularities(
+  pool: pg.Pool,
+  buckets: readonly string[],
+): Promise<string[]> {
+  const { rows } = await pool.query<{ g: string }>(settingsSql.recordGranularities, [
+    JSON.stringify([...buckets].sort()),
+  ]);
+  return rows.map((row) => row.g);
+}

@@ -5,7 +5,9 @@
  * prepares them once per connection.
  */
 import pg from 'pg';
+import type { Granularity } from '../counters/buckets.js';
 import type { Selection } from '../counters/selection.js';
+import { defaultPartitionTable, granularityTable } from './partition-layout.js';
 
 /** SQL pieces of the horizon rule below; the arguments are placeholders. */
 const inLedger = (shard: string, batch: string) =>
@@ -53,6 +55,20 @@ export const flushSql = {
            ON CONFLICT (name) DO UPDATE
              SET value = c.value + EXCLUDED.value, updated_at = now()`,
   },
+  /**
+   * Holds the default partitions of the granularities a flush writes, before it writes them
+   * (after each granularity's table, the order a detach takes them in): an attach of a range
+   * then waits for the flush, or the flush for the attach. Unheld, a flush that routed a row to
+   * a default partition just before a range for it was attached failed on the new constraint.
+   */
+  holdDefaultPartitions: (granularities: readonly Granularity[]) =>
+    `LOCK TABLE ${granularities
+      .map(
+        (granularity) =>
+          `ONLY tally.${pg.escapeIdentifier(granularityTable(granularity))}, ` +
+          `tally.${pg.escapeIdentifier(defaultPartitionTable(granularity))}`,
+      )
+      .join(', ')} IN ROW EXCLUSIVE MODE`,
   addToBuckets: {
     name: 'tally_apply_buckets',
     text: `INSERT INTO tally.counter_buckets AS b (name, granularity, bucket_start, value)
@@ -291,6 +307,10 @@ export const statusSql = {
   schemaVersion: `SELECT coalesce(max(version), 0) AS version FROM tally.schema_migrations`,
   unreportedLossesPerShard: `SELECT shard, count(*)::integer AS losses FROM tally.redis_losses
                              WHERE reported_at IS NULL GROUP BY shard`,
+  /** Each granularity's pruning horizon, and whether an upgraded store's rows still move. */
+  buckets: `SELECT (SELECT coalesce(json_object_agg(granularity, pruned_before), '{}')
+                    FROM tally.bucket_horizons) AS horizons,
+                   to_regclass('tally.counter_buckets_unpartitioned') IS NOT NULL AS moving`,
 } as const;
 
 /** The store's recorded settings (store/settings.ts). */
@@ -301,6 +321,27 @@ export const settingsSql = {
   wasSetUp: `SELECT 1 FROM tally.settings WHERE key = 'set_up_at'`,
   markSetUp: `INSERT INTO tally.settings (key, value) VALUES ('set_up_at', to_jsonb(now()))
               ON CONFLICT DO NOTHING`,
+  /**
+   * Records the granularities kept ($1, a JSON array) and returns those the record lacked
+   * before, for which it moves the pruning horizon to now: their buckets exist from now on
+   * only. The first record (a new store, or one from before the record) adds none.
+   */
+  recordGranularities: `WITH old AS (
+                          SELECT value FROM tally.settings WHERE key = 'buckets' FOR UPDATE
+                        ), added AS (
+                          SELECT g FROM jsonb_array_elements_text($1::jsonb) AS g
+                          WHERE EXISTS (SELECT 1 FROM old) AND NOT (SELECT value FROM old) ? g
+                        ), horizons AS (
+                          INSERT INTO tally.bucket_horizons AS h (granularity, pruned_before)
+                          SELECT g, now() FROM added
+                          ON CONFLICT (granularity) DO UPDATE
+                            SET pruned_before = greatest(h.pruned_before, EXCLUDED.pruned_before)
+                        ), recorded AS (
+                          INSERT INTO tally.settings (key, value) VALUES ('buckets', $1::jsonb)
+                          ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+                          WHERE tally.settings.value IS DISTINCT FROM EXCLUDED.value
+                        )
+                        SELECT g FROM added`,
 } as const;
 
 /** The migration runner (store/migrator.ts). */
