@@ -19,11 +19,19 @@ afterAll(async () => {
 const dayMs = 86_400_000;
 const keepAll = { minute: null, hour: null, day: null, month: null };
 
-/** A database of its own, a pool on it, and Tally clients on it closed with the test. */
-async function store() {
+/**
+ * A database of its own, a pool on it, and Tally clients on it closed with the test (each
+ * migrates it). `upgradedFrom`: the database is left at that schema version until then, as a
+ * store of an older version is.
+ */
+async function store(upgradedFrom?: number) {
   const url = await createDatabase();
   const pool = new pg.Pool({ connectionString: url });
   onTestFinished(() => pool.end());
+  if (upgradedFrom !== undefined) {
+    const older = (await loadMigrations()).filter((m) => m.version <= upgradedFrom);
+    await migrate(url, { migrations: older });
+  }
   const keyPrefix = `b${randomBytes(4).toString('hex')}`;
   const tally = async (options: Partial<TallyOptions>) => {
     const client = await tallyOn(redis.url, url, { shards: 2, keyPrefix, ...options });
@@ -210,11 +218,7 @@ describe('bucket partitions', () => {
   });
 
   it('moves an upgraded store’s rows into the partitions while reads stay exact, then drops the old table', async () => {
-    const url = await createDatabase();
-    const pool = new pg.Pool({ connectionString: url });
-    onTestFinished(() => pool.end());
-    const before = (await loadMigrations()).filter((migration) => migration.version < 6);
-    await migrate(url, { migrations: before });
+    const { pool, tally } = await store(5);
     const now = Date.now();
     const hour = 3_600_000;
     // 12,000 counters with an hour bucket an hour ago, and one an hour bucket 200 days ago.
@@ -235,15 +239,11 @@ describe('bucket partitions', () => {
       `INSERT INTO tally.counter_buckets VALUES ('c1', 'hour', to_timestamp($1 / 1000.0), 1000)`,
       [ancient],
     );
-    await migrate(url);
-
-    const client = await tallyOn(redis.url, url, {
-      shards: 2,
+    const client = await tally({
       buckets: ['hour'],
       retention: { ...keepAll, hour: '90d' },
       maxBackdateMs: 35 * dayMs,
     });
-    onTestFinished(() => client.close());
     const read = { from: recent, to: recent + hour, granularity: 'hour' as const };
     // A flush into a bucket still held by the old table: the reads add the two up.
     await client.incr('c7', 3, { at: recent + 1 });
@@ -278,11 +278,7 @@ describe('bucket partitions', () => {
   });
 
   it('loses nothing and counts nothing twice while flushes write the buckets being moved', async () => {
-    const url = await createDatabase();
-    const pool = new pg.Pool({ connectionString: url });
-    onTestFinished(() => pool.end());
-    const before = (await loadMigrations()).filter((migration) => migration.version < 6);
-    await migrate(url, { migrations: before });
+    const { pool, tally } = await store(5);
     const now = Date.now();
     // 30,000 rows to move: 100 counters × the last 300 minutes, 1 each.
     const first = Math.floor(now / 60_000) * 60_000 - 300 * 60_000;
@@ -292,14 +288,11 @@ describe('bucket partitions', () => {
        FROM generate_series(0, 29999) i`,
       [first],
     );
-    await migrate(url);
-    const client = await tallyOn(redis.url, url, {
-      shards: 2,
+    const client = await tally({
       buckets: ['minute'],
       retention: { ...keepAll, minute: '7d' },
       maxBackdateMs: 7 * dayMs,
     });
-    onTestFinished(() => client.close());
 
     // Increments into the same minutes while the upkeep moves them, flushed as they come.
     const writes = { on: true };
