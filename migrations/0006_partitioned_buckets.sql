@@ -4,7 +4,7 @@
 -- counter_buckets becomes a tree: one partition per granularity, each split by bucket_start
 -- into ranges (minute: a UTC day, hour: a UTC month, day and month: a UTC year). The worker
 -- creates the ranges ahead of time and drops those wholly past the retention
--- (src/engine/bucket-partitions.ts). Each granularity also has a DEFAULT partition, so a row
+-- (src/engine/bucket-upkeep.ts). Each granularity also has a DEFAULT partition, so a row
 -- whose range does not exist yet (a store no worker maintains, a flush that lagged past a
 -- dropped range) is kept rather than failing its whole flush; the worker moves such rows into
 -- their range when it creates it, and deletes those past the retention.

@@ -667,12 +667,6 @@ function unreachable(server: 'Redis' | 'PostgreSQL') {
   };
 }
 
-/**
- * Connects, checks the store and returns a client. Start-up checks: the schema is current, the
- * shard count and key prefix match the store's, Redis' durability is stated (and refused unless
- * redisLossAccepted allows it), and every shard whose Redis totals lack the PostgreSQL base is
- * rebuilt.
- */
 /** The status' bucket part from its row (undefined: PostgreSQL could not be read). */
 function bucketStatus(
   row: { horizons: Record<string, string>; moving: boolean } | undefined,
@@ -685,6 +679,12 @@ function bucketStatus(
   return { prunedBefore, moving: row.moving };
 }
 
+/**
+ * Connects, checks the store and returns a client. Start-up checks: the schema is current, the
+ * shard count and key prefix match the store's, Redis' durability is stated (and refused unless
+ * redisLossAccepted allows it), and every shard whose Redis totals lack the PostgreSQL base is
+ * rebuilt.
+ */
 export async function createTally(options: TallyOptions): Promise<Tally> {
   const config = resolveConfig(options);
   const redis = openRedis(options.redis, config.redisCommandTimeoutMs, config.logger);

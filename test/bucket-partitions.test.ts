@@ -3,7 +3,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { loadMigrations, migrate, ValidationError, type TallyOptions } from '../src/index.js';
 import { partitionRange } from '../src/store/partition-layout.js';
-import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
+import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
 import { tallyOn } from './support/tally-store.js';
 import { shardOf } from '../src/counters/sharding.js';
 import { bucketStart, granularities } from '../src/counters/buckets.js';
@@ -161,6 +161,12 @@ describe('bucket partitions', () => {
     await pruner.maintainBuckets();
     const left = await pool.query(`SELECT 1 FROM pg_class WHERE relname = $1`, [orphan]);
     expect(left.rowCount).toBe(0);
+    // One the horizon does not cover was not detached by the upkeep: someone else's, kept.
+    const foreign = partitionRange('minute', now + 10 * dayMs).table;
+    await pool.query(`CREATE TABLE tally.${foreign} (LIKE tally.counter_buckets)`);
+    await pruner.maintainBuckets();
+    const kept = await pool.query(`SELECT 1 FROM pg_class WHERE relname = $1`, [foreign]);
+    expect(kept.rowCount).toBe(1);
     expect(await rowsIn(pool, 'counter_buckets_minute_default')).toBe(0);
 
     // The writer still keeps minutes forever, but they were pruned: refused, not a silent 0.
@@ -182,6 +188,44 @@ describe('bucket partitions', () => {
       granularity: 'minute',
     });
     expect(recent.reduce((sum, bucket) => sum + bucket.value, 0)).toBe(7);
+  });
+
+  it('answers a usage query from its snapshot even when a range is dropped while it runs', async () => {
+    const { pool, tally } = await store();
+    const now = Date.now();
+    const writer = await tally({
+      buckets: ['minute'],
+      retention: keepAll,
+      maxBackdateMs: 3 * dayMs,
+    });
+    await writer.maintainBuckets();
+    await writer.incr('calls', 5, { at: now - 2 * dayMs });
+    await writer.incr('calls', 7, { at: now });
+    await writer.flush();
+    const pruner = await tally({ buckets: ['minute'], retention: { ...keepAll, minute: '1d' } });
+
+    // The query stops for 3 s after taking its snapshot, before it reads the buckets.
+    const before = process.env.TALLY_FAULT_DELAY;
+    process.env.TALLY_FAULT_DELAY = 'query-after-snapshot:3000';
+    onTestFinished(() => {
+      if (before === undefined) delete process.env.TALLY_FAULT_DELAY;
+      else process.env.TALLY_FAULT_DELAY = before;
+    });
+    const from = Math.floor((now - 2 * dayMs) / 60_000) * 60_000;
+    const to = Math.floor(now / 60_000) * 60_000 + 60_000;
+    const query = writer.query({ prefix: 'calls', from, to, granularity: 'total' });
+    await waitFor('the query to hold its snapshot', async () => {
+      const { rows } = await pool.query<{ held: boolean }>(
+        `SELECT count(*) > 0 AS held FROM pg_stat_activity
+         WHERE datname = current_database() AND state = 'idle in transaction'
+           AND query LIKE 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;%'`,
+      );
+      return rows[0]?.held === true ? true : undefined;
+    });
+    // Its snapshot holds both increments: dropping the range under it would lose one.
+    const [{ rows }, report] = await Promise.all([query, pruner.maintainBuckets()]);
+    expect(rows.map((row) => row.value)).toEqual([12]);
+    expect(report.dropped).toBeGreaterThanOrEqual(1); // after the query, on a later attempt
   });
 
   it('gives up a drop that waits past the lock timeout and drops it on a later run', async () => {
@@ -343,6 +387,14 @@ describe('bucket partitions', () => {
       granularity: 'day',
     });
     expect(days).toEqual([{ start: new Date(dayFrom), value: 5 }]);
+    // A process keeping fewer (a CLI run without TALLY_BUCKETS) takes nothing off the record:
+    // the hours are not started over when the next one keeps them.
+    const addedAt = (await withHours.status()).buckets?.prunedBefore.hour;
+    expect(addedAt).toBeInstanceOf(Date);
+    await tally({ buckets: ['day'], retention: keepAll });
+    const again = await tally({ buckets: ['hour', 'day'], retention: keepAll });
+    expect((await again.status()).buckets?.prunedBefore.hour).toEqual(addedAt);
+
     // The hour it was added in began before: incomplete too, so refused as well.
     await withHours.incr('calls', 2);
     const hour = Math.floor(Date.now() / 3_600_000) * 3_600_000;

@@ -142,8 +142,9 @@ export function checkRetained(
   nowMs: number,
 ): void {
   const ms = retention[granularity];
-  const oldestKept = oldestKeptBucketMs(retention, granularity, nowMs);
-  if (ms !== null && oldestKept !== undefined && fromMs < oldestKept) {
+  if (ms === null) return;
+  const oldestKept = bucketStart(granularity, nowMs - ms);
+  if (fromMs < oldestKept) {
     throw new ValidationError(
       `The read starts at ${new Date(fromMs).toISOString()}, but ${granularity} buckets are ` +
         `kept ${formatDuration(ms)} (option retention, TALLY_RETENTION): none before ` +

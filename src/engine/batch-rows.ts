@@ -83,8 +83,10 @@ function manyTagRows(byTag: Map<string, { counter: string; delta: string }[]>): 
     string,
     { counter: string; granularity: string; startMs: number; delta: string }
   >();
+  const rows = emptyRows();
   for (const [tag, fields] of byTag) {
     const { granularities, starts }: TagBuckets = tagBuckets(tag);
+    for (const granularity of granularities) rows.bucketGranularities.add(granularity);
     for (const { counter, delta } of fields) {
       const total = totals.get(counter);
       totals.set(counter, total === undefined ? delta : addExact(total, delta));
@@ -97,7 +99,6 @@ function manyTagRows(byTag: Map<string, { counter: string; delta: string }[]>): 
       });
     }
   }
-  const rows = emptyRows();
   for (const counter of [...totals.keys()].sort()) {
     rows.counters.names.push(counter);
     rows.counters.deltas.push(totals.get(counter) ?? '0');

@@ -27,19 +27,15 @@ import type { EngineContext } from './engine-context.js';
  * How a DDL statement waits for its lock: each attempt gives up after `lockTimeoutMs`, and is
  * tried again after a pause, up to `attempts` times; then it is left for the next run.
  *
- * A detach takes its granularity's table exclusively. It waits for the flushes in progress,
- * and flushes arriving meanwhile wait behind it: with a long timeout, each of 28 drops (a first
- * run over a month of minute ranges) held the next flush up to a flush transaction's length,
- * and the flush lag p99 rose 1.5× (bench/retention.ts). With a short one it takes the table
- * in a gap between flushes or gives up at once, costing a flush 50 ms at most.
+ * A detach takes its granularity's table exclusively, and an attach its default partition,
+ * which every flush writing that granularity holds (flushSql.holdDefaultPartitions). Either
+ * waits for the flushes in progress, and flushes arriving meanwhile wait behind it: with a
+ * 1 s timeout, each of 28 drops (a first run over a month of minute ranges) held the next
+ * flush up to a flush transaction's length, and the flush lag p99 rose 1.5×
+ * (bench/retention.ts). With 50 ms the statement takes its lock in a gap between flushes or
+ * gives up at once, costing a flush 50 ms at most.
  */
-interface LockWait {
-  lockTimeoutMs: number;
-  attempts: number;
-}
-const detachWait: LockWait = { lockTimeoutMs: 50, attempts: 40 };
-/** An attach holds only the default partition: flushes to other ranges pass. */
-const attachWait: LockWait = { lockTimeoutMs: 1_000, attempts: 1 };
+const lockWait = { lockTimeoutMs: 50, attempts: 40 } as const;
 /** The pause between attempts: random, so that it does not fall into step with the flushes. */
 const retryPauseMs = () => 50 + Math.random() * 200;
 /** Rows one delete or move statement touches: a short transaction, bounded WAL. */
@@ -60,6 +56,8 @@ export interface BucketUpkeepReport {
   moved: number;
   /** Pre-partitioning rows are left to move: run again soon. */
   moving: boolean;
+  /** This run moved the last pre-partitioning rows and dropped their table. */
+  moveFinished: boolean;
   /** Another process held the upkeep lock: this run did nothing. */
   busy: boolean;
 }
@@ -79,6 +77,7 @@ export async function maintainBuckets(
     deleted: 0,
     moved: 0,
     moving: false,
+    moveFinished: false,
     busy: false,
   };
   try {
@@ -122,14 +121,20 @@ class Upkeep {
   ) {}
 
   async run(): Promise<void> {
-    const { rows } = await this.client.query<{ table: string; attached: boolean }>(
-      bucketSql.partitionTables,
-    );
-    for (const { table, attached } of rows) {
-      if (parsePartitionTable(table) === undefined) continue;
-      // Detached by a run that stopped before dropping it: its rows are past the retention.
+    const [tables, horizons] = await Promise.all([
+      this.client.query<{ table: string; attached: boolean }>(bucketSql.partitionTables),
+      this.client.query<{ granularity: string; ms: string }>(bucketSql.horizons),
+    ]);
+    const prunedBefore = new Map(horizons.rows.map((row) => [row.granularity, Number(row.ms)]));
+    for (const { table, attached } of tables.rows) {
+      const range = parsePartitionTable(table);
+      if (range === undefined) continue;
       if (attached) this.attached.add(table);
-      else await this.client.query(bucketSql.drop(table));
+      // Detached by a run that stopped before dropping it: the horizon, moved in the detach's
+      // transaction, covers it. A table of the same name it does not cover is someone else's.
+      else if ((prunedBefore.get(range.granularity) ?? -Infinity) >= range.endMs) {
+        await this.client.query(bucketSql.drop(table));
+      }
     }
     for (const granularity of granularities) {
       await this.dropPastRetention(granularity);
@@ -161,12 +166,12 @@ class Upkeep {
 
   /**
    * Creates a range partition unless it exists: an empty table, given the rows the default
-   * partition took for its range meanwhile, then attached. The default partition is held for
-   * the transaction; flushes to other ranges are not stopped.
+   * partition took for its range meanwhile, then attached, the default partition held from the
+   * start (flushes of the granularity wait meanwhile). False when its lock never came free.
    */
-  private async create(range: PartitionRange): Promise<void> {
-    if (this.attached.has(range.table)) return;
-    const created = await this.ddl(attachWait, async (client) => {
+  private async create(range: PartitionRange): Promise<boolean> {
+    if (this.attached.has(range.table)) return true;
+    const created = await this.ddl(async (client) => {
       await client.query(bucketSql.lockDefault(defaultPartitionTable(range.granularity)));
       await client.query(bucketSql.createTable(range.table));
       await client.query(
@@ -182,9 +187,10 @@ class Upkeep {
         ),
       );
     });
-    if (!created) return;
+    if (!created) return false;
     this.attached.add(range.table);
     this.report.created++;
+    return true;
   }
 
   /**
@@ -197,11 +203,13 @@ class Upkeep {
     if (cutoff === undefined) return;
     const past = [...this.attached]
       .map((table) => parsePartitionTable(table))
-      .filter((range) => range?.granularity === granularity && range.endMs <= cutoff)
-      .sort((a, b) => (a?.startMs ?? 0) - (b?.startMs ?? 0));
+      .filter(
+        (range): range is PartitionRange =>
+          range?.granularity === granularity && range.endMs <= cutoff,
+      )
+      .sort((a, b) => a.startMs - b.startMs);
     for (const [i, range] of past.entries()) {
-      if (range === undefined) continue;
-      const detached = await this.ddl(detachWait, async (client) => {
+      const detached = await this.ddl(async (client) => {
         await client.query(bucketSql.advanceHorizon, [granularity, range.endMs]);
         await client.query(bucketSql.detach(granularityTable(granularity), range.table));
       });
@@ -221,13 +229,16 @@ class Upkeep {
     const cutoff = this.cutoffMs(granularity);
     if (cutoff === undefined) return;
     for (;;) {
+      // The horizon moves in the transaction that deletes, so no read sees the one without
+      // the other; not at all when nothing goes.
       const deleted = await inTransaction(this.client, async (client) => {
-        await client.query(bucketSql.advanceHorizon, [granularity, cutoff]);
         const result = await client.query(
           bucketSql.deleteFromDefault(defaultPartitionTable(granularity)),
           [cutoff, rowsPerStatement],
         );
-        return result.rowCount ?? 0;
+        const rows = result.rowCount ?? 0;
+        if (rows > 0) await client.query(bucketSql.advanceHorizon, [granularity, cutoff]);
+        return rows;
       });
       this.report.deleted += deleted;
       if (deleted < rowsPerStatement) return;
@@ -248,11 +259,6 @@ class Upkeep {
         return cutoff === undefined ? [] : [[granularity, cutoff]];
       }),
     );
-    await inTransaction(this.client, async (client) => {
-      for (const [granularity, cutoff] of Object.entries(cutoffs)) {
-        await client.query(bucketSql.advanceHorizon, [granularity, cutoff]);
-      }
-    });
     const deadline = performance.now() + moveBudgetMs;
     let after: BucketKey | [null, null, null] = [null, null, null];
     while (performance.now() < deadline) {
@@ -263,49 +269,57 @@ class Upkeep {
       const next = batch.rows[0];
       const last: BucketKey | null = next?.last ?? null;
       if (last === null) {
-        const finished = await this.ddl(detachWait, async (client) => {
+        const finished = await this.ddl(async (client) => {
           for (const statement of bucketSql.finishMove) await client.query(statement);
         });
         this.report.moving = !finished;
+        this.report.moveFinished = finished;
         return;
       }
       for (const [granularity, firstMs, lastMs] of next?.spans ?? []) {
         const fromMs = Math.max(Number(firstMs), cutoffs[granularity] ?? -Infinity);
         if (fromMs > Number(lastMs)) continue;
         for (const range of partitionRanges(granularity, fromMs, Number(lastMs))) {
-          await this.create(range);
+          // Moved without its range, the rows would stay in the default partition: the
+          // writable window, all later runs create, may not reach back to them.
+          if (!(await this.create(range))) {
+            this.report.moving = true;
+            return;
+          }
         }
       }
-      const moved = await inTransaction(this.client, (client) =>
-        client.query<{ moved: number; kept: number }>(bucketSql.moveUnpartitioned, [
-          ...after,
-          ...last,
-          JSON.stringify(cutoffs),
-        ]),
-      );
-      const counts = moved.rows[0] ?? { moved: 0, kept: 0 };
-      this.report.moved += counts.kept;
-      this.report.deleted += counts.moved - counts.kept;
+      const counts = await inTransaction(this.client, async (client) => {
+        const { rows } = await client.query<{ moved: number; pruned: Record<string, number> }>(
+          bucketSql.moveUnpartitioned,
+          [...after, ...last, JSON.stringify(cutoffs)],
+        );
+        const pruned = rows[0]?.pruned ?? {};
+        // In the transaction that deletes them, as everywhere.
+        for (const granularity of Object.keys(pruned)) {
+          await client.query(bucketSql.advanceHorizon, [granularity, cutoffs[granularity]]);
+        }
+        const deleted = Object.values(pruned).reduce((sum, n) => sum + n, 0);
+        return { moved: rows[0]?.moved ?? 0, deleted };
+      });
+      this.report.moved += counts.moved;
+      this.report.deleted += counts.deleted;
       after = last;
     }
     this.report.moving = true;
   }
 
   /** Runs DDL in a transaction under the lock wait; false when every attempt gave up. */
-  private async ddl(
-    wait: LockWait,
-    work: (client: pg.ClientBase) => Promise<void>,
-  ): Promise<boolean> {
+  private async ddl(work: (client: pg.ClientBase) => Promise<void>): Promise<boolean> {
     for (let attempt = 1; ; attempt++) {
       try {
         await inTransaction(this.client, async (client) => {
-          await client.query(bucketSql.lockTimeout(wait.lockTimeoutMs));
+          await client.query(bucketSql.lockTimeout(lockWait.lockTimeoutMs));
           await work(client);
         });
         return true;
       } catch (error) {
         if (!isLockTimeout(error)) throw error;
-        if (attempt === wait.attempts) break;
+        if (attempt === lockWait.attempts) break;
         await setTimeout(retryPauseMs());
       }
     }

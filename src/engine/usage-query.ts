@@ -156,7 +156,8 @@ async function openSnapshot(
     query.source,
   );
   // Several statements in one simple query: node-postgres answers with one result each.
-  const [, ledger, names, horizon] = (await client.query(statements)) as unknown as [
+  const [, , ledger, names, horizon] = (await client.query(statements)) as unknown as [
+    pg.QueryResult,
     pg.QueryResult,
     pg.QueryResult<VerdictRow>,
     pg.QueryResult<{ name: string }>,

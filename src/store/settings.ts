@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import { TallyError } from '../errors.js';
 import { settingsSql } from './sql.js';
+import { withTransaction } from './transaction.js';
 
 /** What a process must agree on with the store: the settings recorded at its set-up. */
 const identity = [
@@ -61,16 +62,18 @@ export async function markStoreSetUp(pool: pg.Pool): Promise<void> {
 /**
  * Records which granularities the store keeps. One that a process keeps and the record lacks
  * was added now: its buckets hold nothing from before, so the reads of earlier periods from
- * it are refused (the pruning horizon moves to now), not answered with a silent 0. One the
- * process does not keep leaves the record, so adding it back later moves the horizon again.
- * Returns the granularities added.
+ * it are refused (the pruning horizon moves to now), not answered with a silent 0. Returns the
+ * granularities added.
  */
 export async function recordKeptGranularities(
   pool: pg.Pool,
   buckets: readonly string[],
 ): Promise<string[]> {
-  const { rows } = await pool.query<{ g: string }>(settingsSql.recordGranularities, [
-    JSON.stringify([...buckets].sort()),
-  ]);
-  return rows.map((row) => row.g);
+  return withTransaction(pool, async (client) => {
+    await client.query(settingsSql.lockGranularities);
+    const { rows } = await client.query<{ g: string }>(settingsSql.recordGranularities, [
+      JSON.stringify([...buckets].sort()),
+    ]);
+    return rows.map((row) => row.g);
+  });
 }

@@ -217,26 +217,29 @@ export const bucketSql = {
   /**
    * Moves the unpartitioned rows after key ($1, $2, $3) up to key ($4, $5, $6) into the
    * partitions, added to any row a flush wrote there meanwhile; rows before their granularity's
-   * cutoff ($7: a JSON object of ms) are deleted, not moved. Returns how many rows it moved.
+   * cutoff ($7: a JSON object of ms) are deleted, not moved. Returns how many it moved, and per
+   * granularity how many it deleted (a JSON object), whose horizons must move.
    */
-  moveUnpartitioned: `WITH moved AS (
+  moveUnpartitioned: `WITH removed AS (
                         DELETE FROM tally.counter_buckets_unpartitioned
                         WHERE ($1::text IS NULL
                                OR (name, granularity, bucket_start) > ($1, $2, $3::timestamptz))
                           AND (name, granularity, bucket_start) <= ($4, $5, $6::timestamptz)
-                        RETURNING name, granularity, bucket_start, value
-                      ), kept AS (
+                        RETURNING name, granularity, bucket_start, value,
+                                  bucket_start >= coalesce(
+                                    to_timestamp(($7::jsonb ->> granularity)::bigint / 1000.0),
+                                    '-infinity') AS retained
+                      ), moved AS (
                         INSERT INTO tally.counter_buckets AS b
-                        SELECT name, granularity, bucket_start, value FROM moved
-                        WHERE bucket_start >= coalesce(
-                                to_timestamp(($7::jsonb ->> granularity)::bigint / 1000.0),
-                                '-infinity')
+                        SELECT name, granularity, bucket_start, value FROM removed WHERE retained
                         ORDER BY name, granularity, bucket_start -- as a flush writes them
                         ON CONFLICT (name, granularity, bucket_start) DO UPDATE
                           SET value = b.value + EXCLUDED.value
                         RETURNING 1)
                       SELECT (SELECT count(*) FROM moved)::integer AS moved,
-                             (SELECT count(*) FROM kept)::integer AS kept`,
+                             (SELECT coalesce(json_object_agg(granularity, n), '{}')
+                              FROM (SELECT granularity, count(*)::integer AS n FROM removed
+                                    WHERE NOT retained GROUP BY granularity) AS p) AS pruned`,
   /** The last step of the move: reads leave the emptied table, which is dropped. */
   finishMove: [
     `CREATE OR REPLACE VIEW tally.counter_bucket_rows AS
@@ -244,7 +247,7 @@ export const bucketSql = {
     `DROP TABLE tally.counter_buckets_unpartitioned`,
   ],
   /** Each granularity's pruning horizon, ms. */
-  horizons: `SELECT granularity, (extract(epoch FROM pruned_before) * 1000)::bigint AS ms
+  horizons: `SELECT granularity, (extract(epoch FROM pruned_before) * 1000)::bigint::text AS ms
              FROM tally.bucket_horizons`,
 } as const;
 
@@ -321,13 +324,17 @@ export const settingsSql = {
   wasSetUp: `SELECT 1 FROM tally.settings WHERE key = 'set_up_at'`,
   markSetUp: `INSERT INTO tally.settings (key, value) VALUES ('set_up_at', to_jsonb(now()))
               ON CONFLICT DO NOTHING`,
+  /** Serialises recordGranularities: two first starts must not both find no record. */
+  lockGranularities: `SELECT pg_advisory_xact_lock(500152355964)`,
   /**
-   * Records the granularities kept ($1, a JSON array) and returns those the record lacked
+   * Adds the granularities kept ($1, a JSON array) to the record and returns those it lacked
    * before, for which it moves the pruning horizon to now: their buckets exist from now on
-   * only. The first record (a new store, or one from before the record) adds none.
+   * only. The first record (a new store, or one from before the record) adds none. Nothing
+   * leaves the record: a process keeping fewer (a CLI run without TALLY_BUCKETS) changes
+   * nothing.
    */
   recordGranularities: `WITH old AS (
-                          SELECT value FROM tally.settings WHERE key = 'buckets' FOR UPDATE
+                          SELECT value FROM tally.settings WHERE key = 'buckets'
                         ), added AS (
                           SELECT g FROM jsonb_array_elements_text($1::jsonb) AS g
                           WHERE EXISTS (SELECT 1 FROM old) AND NOT (SELECT value FROM old) ? g
@@ -337,9 +344,12 @@ export const settingsSql = {
                           ON CONFLICT (granularity) DO UPDATE
                             SET pruned_before = greatest(h.pruned_before, EXCLUDED.pruned_before)
                         ), recorded AS (
-                          INSERT INTO tally.settings (key, value) VALUES ('buckets', $1::jsonb)
-                          ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
-                          WHERE tally.settings.value IS DISTINCT FROM EXCLUDED.value
+                          INSERT INTO tally.settings AS s (key, value) VALUES ('buckets', $1::jsonb)
+                          ON CONFLICT (key) DO UPDATE
+                            SET value = (SELECT jsonb_agg(DISTINCT g ORDER BY g)
+                                         FROM jsonb_array_elements_text(s.value || EXCLUDED.value)
+                                           AS g)
+                          WHERE NOT s.value @> EXCLUDED.value
                         )
                         SELECT g FROM added`,
 } as const;
@@ -479,8 +489,9 @@ export const querySql = {
   /**
    * Opens a usage query's read-only snapshot and reads in it, in one round trip (a simple
    * query, so its values are written in as quoted literals):
+   * 0. a lock of the buckets the query reads, which takes no snapshot;
    * 1. per in-flight batch, whether the ledger has it or refuses it (batchVerdicts) — the
-   *    first statement, which takes the snapshot;
+   *    first statement that takes the snapshot;
    * 2. up to `limit` names of the selected counters, in no order, so that a narrow `where` is
    *    answered by the labels' GIN index;
    * 3. how far `granularity` has been pruned (bucketSql.advanceHorizon), ms as text, if at all.
@@ -492,11 +503,16 @@ export const querySql = {
     clockMarginMs: number,
     selection: Selection,
     limit: number,
-    granularity: string,
+    granularity: Granularity,
   ): string {
     const literals = new Literals();
     const conditions = selectionConditions(selection, literals);
+    // Locked before the first statement takes the snapshot: a range detached, or the view
+    // pointed elsewhere by the end of a move (catalog changes, which MVCC does not cover)
+    // after it would make the COPY miss rows the snapshot still counts as there.
+    const table = `tally.${pg.escapeIdentifier(granularityTable(granularity))}`;
     return `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+            LOCK TABLE tally.counter_bucket_rows, ONLY ${table} IN ACCESS SHARE MODE;
             ${querySql.batchVerdicts(batches, clockMarginMs)};
             SELECT l.name FROM tally.counter_labels l
             WHERE ${conditions.join(' AND ')} LIMIT ${literals.add(limit)};

@@ -202,8 +202,13 @@ function bucketUpkeepTask(tally: Tally, metrics: FlushMetrics, logger: Logger) {
     const report = await tally.maintainBuckets();
     metrics.recordBucketUpkeep(report);
     const { created, dropped, deferred, deleted, moved } = report;
-    if (created + dropped + deferred + deleted + moved > 0) {
+    if (created + dropped + deferred + deleted + moved > 0 || report.moveFinished) {
       logger.info(report, 'bucket partitions maintained');
+    }
+    if (report.moveFinished) {
+      logger.info(
+        "the upgraded store's bucket rows are all in the partitions; its old table is dropped",
+      );
     }
     return report.moving ? 'again' : undefined;
   };
