@@ -164,9 +164,9 @@ export interface Tally {
    * Upkeep of the bucket partitions (the worker runs it on a schedule; a process that flushes
    * without the worker should too): creates the ranges flushes will write, drops those past
    * the retention, and moves an upgraded store's rows into the partitions. Bounded steps; one
-   * process at a time, the others find it busy.
+   * process at a time, the others find it busy. `signal` stops it between steps.
    */
-  maintainBuckets(): Promise<BucketUpkeepReport>;
+  maintainBuckets(options?: { signal?: AbortSignal }): Promise<BucketUpkeepReport>;
   /**
    * Settles a batch the flushes refuse (BATCH_REFUSED: it reappeared from before the pruned
    * part of the ledger, so it may have been applied already). `discard` drops it and rebuilds
@@ -484,9 +484,9 @@ class TallyClient implements Tally {
     return pruneLedger(this.ctx, this.config.ledgerRetentionMs);
   }
 
-  async maintainBuckets(): Promise<BucketUpkeepReport> {
+  async maintainBuckets(options: { signal?: AbortSignal } = {}): Promise<BucketUpkeepReport> {
     this.assertOpen();
-    return maintainBuckets(this.ctx);
+    return maintainBuckets(this.ctx, options);
   }
 
   async resolveRefusedBatch(

@@ -68,7 +68,7 @@ const isLockTimeout = (error: unknown) =>
 
 export async function maintainBuckets(
   ctx: EngineContext,
-  nowMs: number = Date.now(),
+  options: { signal?: AbortSignal } = {},
 ): Promise<BucketUpkeepReport> {
   const report: BucketUpkeepReport = {
     created: 0,
@@ -88,7 +88,7 @@ export async function maintainBuckets(
         return;
       }
       try {
-        const upkeep = new Upkeep(ctx, client, nowMs, report);
+        const upkeep = new Upkeep(ctx, client, Date.now(), report, options.signal);
         await upkeep.run();
       } finally {
         await client.query(bucketSql.unlock);
@@ -118,6 +118,8 @@ class Upkeep {
     private readonly client: pg.ClientBase,
     private readonly nowMs: number,
     private readonly report: BucketUpkeepReport,
+    /** Aborted: the process is stopping; what is left waits for the next run. */
+    private readonly signal: AbortSignal | undefined,
   ) {}
 
   async run(): Promise<void> {
@@ -261,7 +263,7 @@ class Upkeep {
     );
     const deadline = performance.now() + moveBudgetMs;
     let after: BucketKey | [null, null, null] = [null, null, null];
-    while (performance.now() < deadline) {
+    while (performance.now() < deadline && this.signal?.aborted !== true) {
       const batch: pg.QueryResult<NextBatchRow> = await this.client.query<NextBatchRow>(
         bucketSql.nextUnpartitionedBatch,
         [...after, rowsPerStatement],
@@ -319,7 +321,7 @@ class Upkeep {
         return true;
       } catch (error) {
         if (!isLockTimeout(error)) throw error;
-        if (attempt === lockWait.attempts) break;
+        if (attempt === lockWait.attempts || this.signal?.aborted === true) break;
         await setTimeout(retryPauseMs());
       }
     }

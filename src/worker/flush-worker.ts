@@ -152,23 +152,24 @@ const upkeepAgainMs = 1_000;
 /**
  * Runs a maintenance task now and then every `intervalMs`, one run at a time; a run that
  * returns 'again' has work left and is followed after `upkeepAgainMs`. A failed run is logged
- * and the next one retries. Returns the function that stops it, waiting for a run in progress.
+ * and the next one retries. Returns the function that stops it: it aborts the task's signal
+ * and waits for the run in progress.
  */
 function runPeriodically(
-  task: () => Promise<'again' | undefined>,
+  task: (signal: AbortSignal) => Promise<'again' | undefined>,
   intervalMs: number,
   onError: (error: unknown) => void,
 ): () => Promise<void> {
   let running: Promise<void> | undefined;
   let timer: NodeJS.Timeout | undefined;
-  let stopped = false;
+  const stopping = new AbortController();
   const schedule = (delayMs: number) => {
-    if (stopped) return;
+    if (stopping.signal.aborted) return;
     timer = setTimeout(run, delayMs);
     timer.unref();
   };
   const run = () => {
-    running = task()
+    running = task(stopping.signal)
       .catch((error: unknown) => {
         onError(error);
         return undefined;
@@ -180,7 +181,7 @@ function runPeriodically(
   };
   run();
   return async () => {
-    stopped = true;
+    stopping.abort();
     clearTimeout(timer);
     await running;
   };
@@ -198,8 +199,8 @@ function pruneLedgerTask(tally: Tally, metrics: FlushMetrics, logger: Logger) {
 
 /** Upkeep of the bucket partitions (engine/bucket-upkeep.ts); at once again while moving. */
 function bucketUpkeepTask(tally: Tally, metrics: FlushMetrics, logger: Logger) {
-  return async () => {
-    const report = await tally.maintainBuckets();
+  return async (signal: AbortSignal) => {
+    const report = await tally.maintainBuckets({ signal });
     metrics.recordBucketUpkeep(report);
     const { created, dropped, deferred, deleted, moved } = report;
     if (created + dropped + deferred + deleted + moved > 0 || report.moveFinished) {
