@@ -75,9 +75,10 @@ export interface TallyOptions {
    */
   queryTimeoutMs?: number;
   /**
-   * Rebuild, at start-up, every shard whose Redis totals lack the PostgreSQL base. Off for
-   * tools that report on the store as they find it (`tally reconcile`, `tally status`).
-   * Default true.
+   * Rebuild, at start-up, every shard whose Redis totals lack the PostgreSQL base, and record
+   * the granularities this process keeps (a new one is readable from now on only). Off for
+   * tools that report on the store as they find it (`tally reconcile`, `tally status`): they
+   * change neither, whatever their TALLY_BUCKETS. Default true.
    */
   rebuildAtStart?: boolean;
 }

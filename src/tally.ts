@@ -698,9 +698,9 @@ export async function createTally(options: TallyOptions): Promise<Tally> {
     await waitUntilReady(redis).catch(unreachable('Redis'));
     await assertSchemaCurrent(pool).catch(unreachable('PostgreSQL'));
     await ensureStoreIdentity(pool, config).catch(unreachable('PostgreSQL'));
-    const added = await recordKeptGranularities(pool, config.buckets).catch(
-      unreachable('PostgreSQL'),
-    );
+    const added = config.rebuildAtStart
+      ? await recordKeptGranularities(pool, config.buckets).catch(unreachable('PostgreSQL'))
+      : [];
     if (added.length > 0) {
       config.logger.warn(
         { added },

@@ -401,6 +401,9 @@ describe('bucket partitions', () => {
     await tally({ buckets: ['day'], retention: keepAll });
     const again = await tally({ buckets: ['hour', 'day'], retention: keepAll });
     expect((await again.status()).buckets?.prunedBefore.hour).toEqual(addedAt);
+    // A report on the store as it is (tally status: no rebuild) records nothing either.
+    await tally({ buckets: ['minute', 'hour', 'day'], retention: keepAll, rebuildAtStart: false });
+    expect((await again.status()).buckets?.prunedBefore.minute).toBeUndefined();
 
     // The hour it was added in began before: incomplete too, so refused as well.
     await withHours.incr('calls', 2);
