@@ -5,6 +5,7 @@ import { loadMigrations, migrate, ValidationError, type TallyOptions } from '../
 import { partitionRange } from '../src/store/partition-layout.js';
 import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
 import { tallyOn } from './support/tally-store.js';
+import { startWorker } from './support/tally-process.js';
 import { shardOf } from '../src/counters/sharding.js';
 import { bucketStart, granularities } from '../src/counters/buckets.js';
 
@@ -410,5 +411,62 @@ describe('bucket partitions', () => {
     const hour = Math.floor(Date.now() / 3_600_000) * 3_600_000;
     const read = { from: hour, to: hour + 3_600_000, granularity: 'hour' as const };
     await expect(withHours.usage('calls', read)).rejects.toBeInstanceOf(ValidationError);
+  });
+
+  it('finishes a move exactly after the worker moving it is killed (kill -9) in the middle', async () => {
+    const { pool, url } = await store(5);
+    // 200,000 hour rows over the last 80 days: 40 batches, more than one run's 10 s budget
+    // on a slow machine, or at least several transactions for the kill to fall between.
+    const hour = 3_600_000;
+    const first = Math.floor(Date.now() / hour) * hour - 1_920 * hour;
+    await pool.query(
+      `INSERT INTO tally.counter_buckets
+       SELECT 'c' || (i % 1000), 'hour', to_timestamp(($1::bigint + (i / 1000) * 3600000) / 1000.0), i % 7
+       FROM generate_series(0, 199999) i`,
+      [first],
+    );
+    const sums = async (table: string) => {
+      const { rows } = await pool.query<{ value: string; n: string }>(
+        `SELECT sum(value)::text AS value, count(*)::text AS n FROM tally.${table}`,
+      );
+      return rows[0];
+    };
+    const expected = await sums('counter_buckets');
+    await migrate(url);
+    const env = {
+      REDIS_URL: redis.url,
+      DATABASE_URL: url,
+      TALLY_KEY_PREFIX: `k${randomBytes(4).toString('hex')}`,
+      TALLY_SHARDS: '2',
+      TALLY_LOG_LEVEL: 'info',
+      TALLY_ACCEPT_REDIS_LOSS: 'any',
+    };
+    const killed = startWorker(env);
+    onTestFinished(() => {
+      killed.kill('SIGKILL');
+    });
+    // Killed once some rows have moved and others have not.
+    await waitFor('some rows moved', async () => {
+      const left = await sums('counter_buckets_unpartitioned');
+      return left !== undefined && Number(left.n) < 200_000 ? true : undefined;
+    });
+    killed.kill('SIGKILL');
+    await killed.exited;
+    const left = await sums('counter_buckets_unpartitioned');
+    expect(Number(left?.n)).toBeGreaterThan(0); // the kill fell in the middle
+
+    const restarted = startWorker(env);
+    onTestFinished(async () => {
+      restarted.kill('SIGTERM');
+      await restarted.exited;
+    });
+    await restarted.waitForLog(
+      'the end of the move',
+      (line) => line.msg?.startsWith("the upgraded store's bucket rows are all in") === true,
+      60_000,
+    );
+    expect(await sums('counter_bucket_rows')).toEqual(expected);
+    expect(await sums('counter_buckets')).toEqual(expected);
+    expect(await rowsIn(pool, 'counter_buckets_hour_default')).toBe(0);
   });
 });
