@@ -469,4 +469,22 @@ describe('bucket partitions', () => {
     expect(await sums('counter_buckets')).toEqual(expected);
     expect(await rowsIn(pool, 'counter_buckets_hour_default')).toBe(0);
   });
+
+  it('goes on with its other steps when one keeps failing, and says so', async () => {
+    const { pool, tally } = await store();
+    const client = await tally({
+      buckets: ['minute', 'hour'],
+      retention: keepAll,
+      maxBackdateMs: 2 * dayMs,
+    });
+    // Someone's table holds the name of tomorrow's minute range: that create fails every run.
+    const now = Date.now();
+    const taken = partitionRange('minute', now + dayMs).table;
+    await pool.query(`CREATE TABLE tally.${taken} (LIKE tally.counter_buckets)`);
+    await expect(client.maintainBuckets()).rejects.toThrow(/bucket partitions/);
+    // The other ranges were made all the same.
+    expect(await partitionsOf(pool, 'minute')).toContain(partitionRange('minute', now).table);
+    expect(await partitionsOf(pool, 'hour')).toContain(partitionRange('hour', now).table);
+    expect(await partitionsOf(pool, 'minute')).not.toContain(taken);
+  });
 });

@@ -138,15 +138,24 @@ class Upkeep {
         await this.client.query(bucketSql.drop(table));
       }
     }
+    // Independent steps: one that keeps failing (a table of someone else's in the way of a
+    // range) must not stop the others, run after run. The first failure is thrown at the end.
+    const failures: unknown[] = [];
+    const step = async (work: () => Promise<unknown>) => {
+      await work().catch((error: unknown) => failures.push(error));
+    };
     for (const granularity of granularities) {
-      await this.dropPastRetention(granularity);
-      await this.deleteFromDefault(granularity);
+      await step(() => this.dropPastRetention(granularity));
+      await step(() => this.deleteFromDefault(granularity));
     }
     for (const granularity of this.ctx.config.buckets) {
       const { fromMs, toMs } = this.writableWindow(granularity);
-      for (const range of partitionRanges(granularity, fromMs, toMs)) await this.create(range);
+      for (const range of partitionRanges(granularity, fromMs, toMs)) {
+        await step(() => this.create(range));
+      }
     }
-    await this.moveUnpartitioned();
+    await step(() => this.moveUnpartitioned());
+    if (failures.length > 0) throw failures[0];
   }
 
   /** Where the granularity's oldest kept bucket starts now; undefined when it keeps forever. */
