@@ -487,4 +487,21 @@ describe('bucket partitions', () => {
     expect(await partitionsOf(pool, 'hour')).toContain(partitionRange('hour', now).table);
     expect(await partitionsOf(pool, 'minute')).not.toContain(taken);
   });
+
+  it('keeps at most 64 ranges of a granularity writable, however far back increments may go', async () => {
+    const { pool, tally } = await store();
+    // Minutes kept forever, ten years of backdating: 3,650 day-wide ranges if all were made.
+    const client = await tally({ buckets: ['minute'], retention: keepAll });
+    await client.maintainBuckets();
+    const minutes = await partitionsOf(pool, 'minute');
+    expect(minutes).toHaveLength(64);
+    expect(minutes).toContain(partitionRange('minute', Date.now() + dayMs).table);
+    // An increment dated before them is kept in the default partition and read.
+    const at = Math.floor((Date.now() - 400 * dayMs) / 60_000) * 60_000;
+    await client.incr('calls', 3, { at });
+    await client.flush();
+    expect(await rowsIn(pool, 'counter_buckets_minute_default')).toBe(1);
+    const read = { from: at, to: at + 60_000, granularity: 'minute' as const };
+    expect(await client.usage('calls', read)).toEqual([{ start: new Date(at), value: 3 }]);
+  });
 });

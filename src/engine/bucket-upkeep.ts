@@ -38,6 +38,13 @@ import type { EngineContext } from './engine-context.js';
 const lockWait = { lockTimeoutMs: 50, attempts: 40 } as const;
 /** The pause between attempts: random, so that it does not fall into step with the flushes. */
 const retryPauseMs = () => 50 + Math.random() * 200;
+/**
+ * The most ranges of one granularity the upkeep keeps writable, the newest: minute buckets
+ * kept forever with ten years of backdating would be 3,650 partitions (a minute to create, and
+ * every statement planning over them). An increment dated before them lands in the default
+ * partition: kept and read, pruned row by row.
+ */
+const maxRangesAhead = 64;
 /** Rows one delete or move statement touches: a short transaction, bounded WAL. */
 const rowsPerStatement = 5_000;
 /** How long one run moves pre-partitioning rows; the worker runs again at once while some remain. */
@@ -150,7 +157,7 @@ class Upkeep {
     }
     for (const granularity of this.ctx.config.buckets) {
       const { fromMs, toMs } = this.writableWindow(granularity);
-      for (const range of partitionRanges(granularity, fromMs, toMs)) {
+      for (const range of partitionRanges(granularity, fromMs, toMs).slice(-maxRangesAhead)) {
         await step(() => this.create(range));
       }
     }
