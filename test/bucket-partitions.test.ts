@@ -304,13 +304,16 @@ describe('bucket partitions', () => {
     expect(await sum()).toBe(expected);
 
     expect((await client.status()).buckets?.moving).toBe(true);
-    // A stopping process (its signal aborted) leaves the rows for a later run.
+    // A stopping process (its signal aborted) starts no step: rows and ranges wait for a
+    // later run.
     const stopping = new AbortController();
     stopping.abort();
     expect(await client.maintainBuckets({ signal: stopping.signal })).toMatchObject({
+      created: 0,
       moved: 0,
-      moving: true,
+      deferred: 0,
     });
+    expect(await partitionsOf(pool, 'hour')).toEqual([]);
     const report = await client.maintainBuckets();
     expect(report).toMatchObject({ moved: 12_000, deleted: 1, moving: false, busy: false });
     expect((await client.status()).buckets?.moving).toBe(false);
@@ -415,8 +418,8 @@ describe('bucket partitions', () => {
 
   it('finishes a move exactly after the worker moving it is killed (kill -9) in the middle', async () => {
     const { pool, url } = await store(5);
-    // 200,000 hour rows over the last 80 days: 40 batches, more than one run's 10 s budget
-    // on a slow machine, or at least several transactions for the kill to fall between.
+    // 200,000 hour rows: 1,000 counters over 200 hours of 80 days ago, before the ranges a
+    // flush may write (35 days) but inside the retention (90): 40 batches of 5,000.
     const hour = 3_600_000;
     const first = Math.floor(Date.now() / hour) * hour - 1_920 * hour;
     await pool.query(
@@ -446,10 +449,14 @@ describe('bucket partitions', () => {
       killed.kill('SIGKILL');
     });
     // Killed once some rows have moved and others have not.
-    await waitFor('some rows moved', async () => {
-      const left = await sums('counter_buckets_unpartitioned');
-      return left !== undefined && Number(left.n) < 200_000 ? true : undefined;
-    });
+    await waitFor(
+      'some rows moved',
+      async () => {
+        const left = await sums('counter_buckets_unpartitioned');
+        return left !== undefined && Number(left.n) < 200_000 ? true : undefined;
+      },
+      { timeoutMs: 60_000 },
+    );
     killed.kill('SIGKILL');
     await killed.exited;
     const left = await sums('counter_buckets_unpartitioned');

@@ -112,9 +112,5 @@ function manyTagRows(byTag: Map<string, { counter: string; delta: string }[]>): 
     rows.buckets.startsMs.push(row.startMs);
     rows.buckets.deltas.push(row.delta);
   }
-  for (const tag of byTag.keys()) {
-    for (const granularity of tagBuckets(tag).granularities)
-      rows.bucketGranularities.add(granularity);
-  }
   return rows;
 }

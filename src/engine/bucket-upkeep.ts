@@ -130,6 +130,14 @@ class Upkeep {
   ) {}
 
   async run(): Promise<void> {
+    // Independent steps: one that keeps failing (a table of someone else's in the way of a
+    // range) must not stop the others, run after run. The first failure is thrown at the end.
+    // None starts once the process is stopping.
+    const failures: unknown[] = [];
+    const step = async (work: () => Promise<unknown>) => {
+      if (this.signal?.aborted === true) return;
+      await work().catch((error: unknown) => failures.push(error));
+    };
     const [tables, horizons] = await Promise.all([
       this.client.query<{ table: string; attached: boolean }>(bucketSql.partitionTables),
       this.client.query<{ granularity: string; ms: string }>(bucketSql.horizons),
@@ -142,26 +150,22 @@ class Upkeep {
       // Detached by a run that stopped before dropping it: the horizon, moved in the detach's
       // transaction, covers it. A table of the same name it does not cover is someone else's.
       else if ((prunedBefore.get(range.granularity) ?? -Infinity) >= range.endMs) {
-        await this.client.query(bucketSql.drop(table));
+        await step(() => this.ddl((client) => client.query(bucketSql.drop(table))));
       }
     }
-    // Independent steps: one that keeps failing (a table of someone else's in the way of a
-    // range) must not stop the others, run after run. The first failure is thrown at the end.
-    const failures: unknown[] = [];
-    const step = async (work: () => Promise<unknown>) => {
-      await work().catch((error: unknown) => failures.push(error));
-    };
     for (const granularity of granularities) {
       await step(() => this.dropPastRetention(granularity));
       await step(() => this.deleteFromDefault(granularity));
     }
     for (const granularity of this.ctx.config.buckets) {
-      const { fromMs, toMs } = this.writableWindow(granularity);
-      for (const range of partitionRanges(granularity, fromMs, toMs).slice(-maxRangesAhead)) {
-        await step(() => this.create(range));
-      }
+      for (const range of this.writableRanges(granularity)) await step(() => this.create(range));
     }
-    await step(() => this.moveUnpartitioned());
+    await step(() =>
+      this.moveUnpartitioned().catch((error: unknown) => {
+        this.report.moving = true; // the old table is still there: again soon
+        throw error;
+      }),
+    );
     if (failures.length > 0) throw failures[0];
   }
 
@@ -171,15 +175,24 @@ class Upkeep {
   }
 
   /**
-   * The buckets flushes may write: from the oldest an increment may be dated at (kept by the
-   * retention) to the newest, plus the whole next range, so that no write waits for a run at
-   * a range's end.
+   * The ranges flushes may write: from the oldest bucket an increment may be dated in (kept by
+   * the retention) to the newest, plus the whole next range, so that no write waits for a run
+   * at a range's end; the newest `maxRangesAhead` of them at most.
    */
-  private writableWindow(granularity: Granularity): { fromMs: number; toMs: number } {
+  private writableRanges(granularity: Granularity): PartitionRange[] {
     const { maxBackdateMs, maxFutureMs } = this.ctx.config;
     const cutoff = this.cutoffMs(granularity);
     const fromMs = Math.max(this.nowMs - maxBackdateMs, cutoff ?? -Infinity);
-    return { fromMs, toMs: partitionRange(granularity, this.nowMs + maxFutureMs).endMs };
+    const toMs = partitionRange(granularity, this.nowMs + maxFutureMs).endMs;
+    return partitionRanges(granularity, fromMs, toMs).slice(-maxRangesAhead);
+  }
+
+  /** Where the oldest of the newest `maxRangesAhead` ranges (the next one counted) starts. */
+  private oldestRangeMs(granularity: Granularity): number {
+    let range = partitionRange(granularity, this.nowMs + this.ctx.config.maxFutureMs);
+    for (let n = 0; n < maxRangesAhead - 1; n++)
+      range = partitionRange(granularity, range.startMs - 1);
+    return range.startMs;
   }
 
   /**
@@ -237,7 +250,9 @@ class Upkeep {
         return;
       }
       this.attached.delete(range.table);
-      await this.client.query(bucketSql.drop(range.table));
+      // Left detached when its lock never comes free: the next run drops it (the horizon
+      // covers it).
+      await this.ddl((client) => client.query(bucketSql.drop(range.table)));
       this.report.dropped++;
     }
   }
@@ -246,7 +261,7 @@ class Upkeep {
   private async deleteFromDefault(granularity: Granularity): Promise<void> {
     const cutoff = this.cutoffMs(granularity);
     if (cutoff === undefined) return;
-    for (;;) {
+    while (this.signal?.aborted !== true) {
       // The horizon moves in the transaction that deletes, so no read sees the one without
       // the other; not at all when nothing goes.
       const deleted = await inTransaction(this.client, async (client) => {
@@ -295,7 +310,9 @@ class Upkeep {
         return;
       }
       for (const [granularity, firstMs, lastMs] of next?.spans ?? []) {
-        const fromMs = Math.max(Number(firstMs), cutoffs[granularity] ?? -Infinity);
+        // Rows older than the newest `maxRangesAhead` ranges go to the default partition.
+        const oldestMade = this.oldestRangeMs(granularity);
+        const fromMs = Math.max(Number(firstMs), cutoffs[granularity] ?? -Infinity, oldestMade);
         if (fromMs > Number(lastMs)) continue;
         for (const range of partitionRanges(granularity, fromMs, Number(lastMs))) {
           // Moved without its range, the rows would stay in the default partition: the
@@ -327,7 +344,7 @@ class Upkeep {
   }
 
   /** Runs DDL in a transaction under the lock wait; false when every attempt gave up. */
-  private async ddl(work: (client: pg.ClientBase) => Promise<void>): Promise<boolean> {
+  private async ddl(work: (client: pg.ClientBase) => Promise<unknown>): Promise<boolean> {
     for (let attempt = 1; ; attempt++) {
       try {
         await inTransaction(this.client, async (client) => {
@@ -337,7 +354,9 @@ class Upkeep {
         return true;
       } catch (error) {
         if (!isLockTimeout(error)) throw error;
-        if (attempt === lockWait.attempts || this.signal?.aborted === true) break;
+        // Stopping: not deferred, only left, as every step after it.
+        if (this.signal?.aborted === true) return false;
+        if (attempt === lockWait.attempts) break;
         await setTimeout(retryPauseMs());
       }
     }

@@ -67,7 +67,7 @@ const tablePattern = new RegExp(`^counter_buckets_(${granularities.join('|')})_p
 
 /**
  * The range a partition table's name stands for; undefined for a name this layout does not
- * make (a table someone else created is never touched).
+ * make (the upkeep touches no other table).
  */
 export function parsePartitionTable(table: string): PartitionRange | undefined {
   const match = tablePattern.exec(table);

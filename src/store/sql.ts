@@ -509,10 +509,11 @@ export const querySql = {
     const conditions = selectionConditions(selection, literals);
     // Locked before the first statement takes the snapshot: a range detached, or the view
     // pointed elsewhere by the end of a move (catalog changes, which MVCC does not cover)
-    // after it would make the COPY miss rows the snapshot still counts as there.
-    const table = `tally.${pg.escapeIdentifier(granularityTable(granularity))}`;
+    // after it would make the COPY miss rows the snapshot still counts as there. Locking the
+    // view locks every table under it, every partition of every granularity: the upkeep's
+    // DDL waits for the query (and, past its lock wait, for the next run).
     return `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-            LOCK TABLE tally.counter_bucket_rows, ONLY ${table} IN ACCESS SHARE MODE;
+            LOCK TABLE tally.counter_bucket_rows IN ACCESS SHARE MODE;
             ${querySql.batchVerdicts(batches, clockMarginMs)};
             SELECT l.name FROM tally.counter_labels l
             WHERE ${conditions.join(' AND ')} LIMIT ${literals.add(limit)};
