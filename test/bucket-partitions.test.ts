@@ -6,8 +6,9 @@ import { partitionRange } from '../src/store/partition-layout.js';
 import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
 import { tallyOn } from './support/tally-store.js';
 import { startWorker } from './support/tally-process.js';
+import { pauseQueriesAfterSnapshot } from './support/query-pause.js';
 import { shardOf } from '../src/counters/sharding.js';
-import { bucketStart, granularities } from '../src/counters/buckets.js';
+import { bucketStart, granularities, type Granularity } from '../src/counters/buckets.js';
 
 let redis: RedisHandle;
 beforeAll(async () => {
@@ -40,6 +41,18 @@ async function store(upgradedFrom?: number) {
     return client;
   };
   return { url, pool, tally };
+}
+type Store = Awaited<ReturnType<typeof store>>;
+
+/** A writer keeping minute buckets forever, with 5 counted two days ago and 7 now, flushed. */
+async function minutesOfTwoDays(tally: Store['tally'], buckets: Granularity[]) {
+  const now = Date.now();
+  const writer = await tally({ buckets, retention: keepAll, maxBackdateMs: 3 * dayMs });
+  await writer.maintainBuckets();
+  await writer.incr('calls', 5, { at: now - 2 * dayMs });
+  await writer.incr('calls', 7, { at: now });
+  await writer.flush();
+  return { writer, now };
 }
 
 /** The range partitions attached to a granularity's table, by name. */
@@ -122,16 +135,7 @@ describe('bucket partitions', () => {
 
   it('drops ranges past the retention, and refuses reads before them even once the retention is lengthened', async () => {
     const { pool, tally } = await store();
-    const now = Date.now();
-    const writer = await tally({
-      buckets: ['minute', 'day'],
-      retention: keepAll,
-      maxBackdateMs: 3 * dayMs,
-    });
-    await writer.maintainBuckets();
-    await writer.incr('calls', 5, { at: now - 2 * dayMs });
-    await writer.incr('calls', 7, { at: now });
-    await writer.flush();
+    const { writer, now } = await minutesOfTwoDays(tally, ['minute', 'day']);
     const old = partitionRange('minute', now - 2 * dayMs);
     expect(await rowsIn(pool, old.table)).toBe(1);
     // A stray row in the default partition from before the retention goes too.
@@ -193,36 +197,15 @@ describe('bucket partitions', () => {
 
   it('answers a usage query from its snapshot even when a range is dropped while it runs', async () => {
     const { pool, tally } = await store();
-    const now = Date.now();
-    const writer = await tally({
-      buckets: ['minute'],
-      retention: keepAll,
-      maxBackdateMs: 3 * dayMs,
-    });
-    await writer.maintainBuckets();
-    await writer.incr('calls', 5, { at: now - 2 * dayMs });
-    await writer.incr('calls', 7, { at: now });
-    await writer.flush();
+    const { writer, now } = await minutesOfTwoDays(tally, ['minute']);
     const pruner = await tally({ buckets: ['minute'], retention: { ...keepAll, minute: '1d' } });
 
     // The query stops for 3 s after taking its snapshot, before it reads the buckets.
-    const before = process.env.TALLY_FAULT_DELAY;
-    process.env.TALLY_FAULT_DELAY = 'query-after-snapshot:3000';
-    onTestFinished(() => {
-      if (before === undefined) delete process.env.TALLY_FAULT_DELAY;
-      else process.env.TALLY_FAULT_DELAY = before;
-    });
+    const paused = pauseQueriesAfterSnapshot(3_000);
     const from = Math.floor((now - 2 * dayMs) / 60_000) * 60_000;
     const to = Math.floor(now / 60_000) * 60_000 + 60_000;
     const query = writer.query({ prefix: 'calls', from, to, granularity: 'total' });
-    await waitFor('the query to hold its snapshot', async () => {
-      const { rows } = await pool.query<{ held: boolean }>(
-        `SELECT count(*) > 0 AS held FROM pg_stat_activity
-         WHERE datname = current_database() AND state = 'idle in transaction'
-           AND query LIKE 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;%'`,
-      );
-      return rows[0]?.held === true ? true : undefined;
-    });
+    await paused.held(pool);
     // Its snapshot holds both increments: dropping the range under it would lose one.
     const [{ rows }, report] = await Promise.all([query, pruner.maintainBuckets()]);
     expect(rows.map((row) => row.value)).toEqual([12]);

@@ -10,8 +10,9 @@ import type { TallyError } from '../src/index.js';
 import { shardOf } from '../src/counters/sharding.js';
 import { shardKeys } from '../src/redis/shard-keys.js';
 import { FlushMetrics } from '../src/worker/flush-metrics.js';
-import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
+import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
 import { runTypeScript } from './support/child-process.js';
+import { pauseQueriesAfterSnapshot } from './support/query-pause.js';
 import { postgresTotals, tallyOn } from './support/tally-store.js';
 
 const cli = new URL('../src/cli/main.ts', import.meta.url);
@@ -418,12 +419,7 @@ describe('pruning the flush ledger', () => {
       const { tally, pool, batchId } = await refusedBatch();
       const day = 24 * hourMs;
       const today = Math.floor(Date.now() / day) * day;
-      const before = process.env.TALLY_FAULT_DELAY;
-      process.env.TALLY_FAULT_DELAY = 'query-after-snapshot:5000';
-      onTestFinished(() => {
-        if (before === undefined) delete process.env.TALLY_FAULT_DELAY;
-        else process.env.TALLY_FAULT_DELAY = before;
-      });
+      const paused = pauseQueriesAfterSnapshot(5_000);
       const query = tally.query({
         prefix: 'billed',
         from: new Date(today - 3 * day),
@@ -431,14 +427,7 @@ describe('pruning the flush ledger', () => {
         granularity: 'total',
       });
       // The query holds its snapshot, which counts the refused batch as applied.
-      await waitFor('the query to hold its snapshot', async () => {
-        const { rows } = await pool.query<{ held: boolean }>(
-          `SELECT count(*) > 0 AS held FROM pg_stat_activity
-           WHERE datname = current_database() AND state = 'idle in transaction'
-             AND query LIKE 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;%'`,
-        );
-        return rows[0]?.held === true ? true : undefined;
-      });
+      await paused.held(pool);
       await tally.resolveRefusedBatch(0, batchId, 'apply');
       const { rows } = await query;
       expect(rows.map((row) => [row.counter, row.value])).toEqual([['billed', 10]]);
