@@ -252,8 +252,9 @@ class Upkeep {
       this.attached.delete(range.table);
       // Left detached when its lock never comes free: the next run drops it (the horizon
       // covers it).
-      await this.ddl((client) => client.query(bucketSql.drop(range.table)));
-      this.report.dropped++;
+      if (await this.ddl((client) => client.query(bucketSql.drop(range.table)))) {
+        this.report.dropped++;
+      }
     }
   }
 
