@@ -53,7 +53,7 @@ export function validateTimeZone(zone: unknown): string {
 }
 
 /** The zone's wall clock at `atMs`, written as if it were a UTC instant (ms). */
-function wallClockMs(zone: string, atMs: number): number {
+export function wallClockMs(zone: string, atMs: number): number {
   const parts: Record<string, string> = {};
   for (const part of formatterOf(zone).formatToParts(atMs)) parts[part.type] = part.value;
   const year = Number(parts.year);
