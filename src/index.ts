@@ -12,6 +12,7 @@ export type {
   BatchIncrementResult,
   IncrementOptions,
   IncrementResult,
+  LimitState,
 } from './engine/increments.js';
 export type { AppliedBatch } from './engine/flusher.js';
 export type { LedgerPruneReport } from './engine/ledger-pruning.js';
@@ -35,6 +36,8 @@ export type {
 } from './engine/discovery.js';
 export type { RedisDurability, RedisLossAccepted } from './redis/durability.js';
 export type { Granularity } from './counters/buckets.js';
+export type { LimitMode, LimitOptions } from './counters/limits.js';
+export type { QuotaPer } from './counters/quota-periods.js';
 export type { Retention, RetentionInput } from './counters/retention.js';
 export { canonicalName, type CounterRef, type Labels } from './counters/counter-name.js';
 export {

@@ -32,6 +32,7 @@ import {
 } from './engine/increments.js';
 import { assertSchemaCurrent } from './store/migrator.js';
 import { reconcileShard, type ShardReconcileReport } from './engine/reconciler.js';
+import { QuotaSeeder } from './engine/quota-seeding.js';
 import { defineScripts, ScriptStatus, type RedisConnection } from './redis/scripts.js';
 import { shardOf } from './counters/sharding.js';
 import { shardKeys } from './redis/shard-keys.js';
@@ -218,8 +219,13 @@ class TallyClient implements Tally {
      */
     private setUp: boolean,
   ) {
-    this.sender = new IncrementSender(ctx.redis, ctx.scripts, ctx.config, (shard) =>
-      this.rebuildShard(shard),
+    const rebuild = (shard: number) => this.rebuildShard(shard);
+    this.sender = new IncrementSender(
+      ctx.redis,
+      ctx.scripts,
+      ctx.config,
+      rebuild,
+      new QuotaSeeder(ctx, rebuild),
     );
     this.preparer = new IncrementPreparer(ctx.config);
   }

@@ -213,6 +213,10 @@ describe('increments and reads', () => {
       value: 8,
       duplicate: false,
       limit: 10,
+      usage: 8,
+      remaining: 2,
+      resetAt: null,
+      limitExceeded: false,
     });
     expect((await tally.incr('q', 2, { limit: 10 })).value).toBe(10);
     // Concurrent callers racing for the last units: exactly the limit is granted.

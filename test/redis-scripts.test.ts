@@ -23,6 +23,8 @@ const names = [
   'markRefused',
   'reconcileChunk',
   'readBuckets',
+  'beginQuotaSeed',
+  'finishQuotaSeed',
   'readBatchState',
   'readUnflushed',
   'releaseLock',

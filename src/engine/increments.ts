@@ -3,6 +3,8 @@ import { BucketTags } from '../redis/bucket-tags.js';
 import { toEpochMs } from '../counters/buckets.js';
 import { formatDuration } from '../counters/durations.js';
 import { oldestRetainedMs } from '../counters/retention.js';
+import { LimitResolver, type LimitOptions, type PreparedLimit } from '../counters/limits.js';
+import type { QuotaSeeder } from './quota-seeding.js';
 import type { ResolvedConfig } from '../config.js';
 import { inOneWrite, redisFailure } from '../redis/connection.js';
 import { canonicalName, validateName, type CounterRef } from '../counters/counter-name.js';
@@ -30,16 +32,43 @@ export interface IncrementOptions {
   idempotencyKey?: string;
   /** When the increment happened, for its time buckets (default: now). */
   at?: Date | number;
-  /** Apply only if the new total stays ≤ limit; otherwise change nothing. */
-  limit?: number;
+  /**
+   * A number: apply only if the new total stays ≤ limit; otherwise change nothing. An object:
+   * the same on the total (`{ max }`), or on the usage of a period of a zone's calendar
+   * (`{ max, per: 'month', timeZone, anchorDay }`), 'hard' (refuse) or 'soft' (apply, report).
+   */
+  limit?: number | LimitOptions;
+  /** Decide only: 'allowed' or 'over-limit' for this increment, and count nothing. */
+  check?: boolean;
 }
 
+/**
+ * What a limited increment's result carries besides its status: the usage the limit is on
+ * (the total, or the period's usage) after the increment (before it, if it was not applied).
+ */
+export interface LimitState {
+  limit: number;
+  usage: number;
+  /** What is left until the limit, 0 when none (never negative). */
+  remaining: number;
+  /** When the usage's period began; null for a cap on the total. */
+  periodStart: Date | null;
+  /** When the period ends and the usage starts from 0 again; null for a cap on the total. */
+  resetAt: Date | null;
+  /** The usage is past the limit (only a soft limit lets increments take it there). */
+  limitExceeded: boolean;
+}
+
+type Limited = Partial<LimitState>;
+
 export type IncrementResult =
-  | { status: 'applied'; value: number; duplicate: false }
+  | ({ status: 'applied'; value: number; duplicate: false } & Limited)
   /** Counted before under the same idempotency key; nothing changed now. */
-  | { status: 'duplicate'; value: number; duplicate: true }
+  | ({ status: 'duplicate'; value: number; duplicate: true } & Limited)
+  /** A check (`check: true`) that would apply; nothing changed. */
+  | ({ status: 'allowed'; value: number; duplicate: false } & Limited)
   /** Would have passed the limit; nothing changed. `value` is the current total. */
-  | { status: 'over-limit'; value: number; duplicate: false; limit: number };
+  | ({ status: 'over-limit'; value: number; duplicate: false } & LimitState);
 
 /**
  * A result of incrMany: as incr's, or an increment refused because it would leave ±(2^53−1)
@@ -57,7 +86,9 @@ export interface PreparedIncrement {
   counter: string;
   shard: number;
   delta: number;
-  limit: number | undefined;
+  limit: PreparedLimit | undefined;
+  /** Decide only, count nothing. */
+  check: boolean;
   idempotencyKey: string | undefined;
   /**
    * With an idempotency key: the parameters it is kept with, so that a retry is told from the
@@ -87,9 +118,11 @@ function safeInteger(value: unknown, what: string): number {
  */
 export class IncrementPreparer {
   private readonly bucketTags: BucketTags;
+  private readonly limits: LimitResolver;
 
   constructor(private readonly config: ResolvedConfig) {
     this.bucketTags = new BucketTags(config.buckets);
+    this.limits = new LimitResolver(config.buckets, config.retention);
   }
 
   /**
@@ -127,21 +160,28 @@ export class IncrementPreparer {
     if (typeof untyped !== 'object' || untyped === null) {
       throw new ValidationError('Increment options must be an object.');
     }
-    const limit = options.limit === undefined ? undefined : safeInteger(options.limit, 'limit');
+    const check = options.check ?? false;
+    if (typeof check !== 'boolean') throw new ValidationError('check must be true or false.');
     const idempotencyKey =
       options.idempotencyKey === undefined
         ? undefined
         : validateName(options.idempotencyKey, 'An idempotency key');
     const atMs = options.at === undefined ? undefined : this.checkedAt(options.at);
+    const nowMs = Date.now();
+    const limit =
+      options.limit === undefined
+        ? undefined
+        : this.limits.resolve(options.limit, atMs ?? nowMs, nowMs);
     return {
       counter,
       shard: shardOf(counter, this.config.shards),
       delta,
       limit,
+      check,
       idempotencyKey,
       fingerprint:
-        idempotencyKey === undefined ? undefined : `${delta}|${limit ?? ''}|${atMs ?? ''}`,
-      bucketTag: atMs === undefined ? this.bucketTags.now(Date.now()) : this.bucketTags.at(atMs),
+        idempotencyKey === undefined ? undefined : `${delta}|${limit?.key ?? ''}|${atMs ?? ''}`,
+      bucketTag: atMs === undefined ? this.bucketTags.now(nowMs) : this.bucketTags.at(atMs),
     };
   }
 }
@@ -261,9 +301,9 @@ const singleEntry = (waiting: Waiting): Operation => ({
   members: [waiting],
 });
 
-/** An increment without an idempotency key or a limit: it may be merged with others. */
+/** An increment without an idempotency key, a limit or a check: it may be merged with others. */
 const isMergeable = (increment: PreparedIncrement) =>
-  increment.idempotencyKey === undefined && increment.limit === undefined;
+  increment.idempotencyKey === undefined && increment.limit === undefined && !increment.check;
 
 /**
  * Turns a group into script entries, merging plain increments of one counter that share their
@@ -316,6 +356,7 @@ export class IncrementSender {
     private readonly config: ResolvedConfig,
     /** Rebuilds a shard whose totals lack the PostgreSQL base; see Tally.rebuildShard. */
     private readonly rebuildShard: (shard: number) => Promise<void>,
+    private readonly seeder: QuotaSeeder,
   ) {}
 
   send(increment: PreparedIncrement): Promise<IncrementResult> {
@@ -368,9 +409,12 @@ export class IncrementSender {
   };
 
   /** Settles every promise of the operations' members; never rejects itself. */
-  private async sendOperations(shard: number, operations: Operation[]): Promise<void> {
-    const { incrementTimeoutMs, redisCommandTimeoutMs } = this.config;
-    const deadline = Date.now() + incrementTimeoutMs;
+  private async sendOperations(
+    shard: number,
+    operations: Operation[],
+    deadline = Date.now() + this.config.incrementTimeoutMs,
+  ): Promise<void> {
+    const { redisCommandTimeoutMs } = this.config;
     let pending = operations;
     for (let attempt = 0; pending.length > 0; attempt++) {
       let reply: ScriptReply;
@@ -397,18 +441,53 @@ export class IncrementSender {
         continue;
       }
       const decideAlone: Operation[] = [];
+      const needSeed: Operation[] = [];
+      // Period usages follow the entries' pairs, one per periodic entry, in order.
+      let usageIndex = 1 + 2 * pending.length;
       pending.forEach((operation, index) => {
         const status = reply[1 + 2 * index];
         const total = Number(reply[2 + 2 * index]);
+        const usage =
+          operation.increment.limit?.period === undefined ? total : Number(reply[usageIndex++]);
         const [only] = operation.members;
-        if (operation.members.length === 1 && only !== undefined) settle(only, status, total);
+        if (status === IncrementStatus.needsSeed) needSeed.push(operation);
+        else if (operation.members.length === 1 && only !== undefined)
+          settle(only, status, total, usage);
         else if (status === IncrementStatus.applied) distribute(operation, total);
         // The merged sum would overflow: which of them fit is decided one by one.
         else decideAlone.push(...operation.members.map(singleEntry));
       });
-      if (decideAlone.length > 0) await this.sendOperations(shard, decideAlone);
+      if (decideAlone.length > 0) await this.sendOperations(shard, decideAlone, deadline);
+      if (needSeed.length > 0) await this.seedAndSend(shard, needSeed, deadline);
       return;
     }
+  }
+
+  /**
+   * Seeds the quota periods the entries need (their increments were not applied), then sends
+   * them again; a seed that fails fails its entries, with nothing counted.
+   */
+  private async seedAndSend(
+    shard: number,
+    operations: Operation[],
+    deadline: number,
+  ): Promise<void> {
+    const ready: Operation[] = [];
+    await Promise.all(
+      operations.map(async (operation) => {
+        const { counter, limit } = operation.increment;
+        try {
+          if (limit?.period === undefined || limit.granularity === undefined) {
+            throw new Error('increment.lua asked to seed an entry without a quota period');
+          }
+          await this.seeder.seed(counter, limit.period, limit.granularity, deadline);
+          ready.push(operation);
+        } catch (error) {
+          for (const member of operation.members) member.reject(error);
+        }
+      }),
+    );
+    if (ready.length > 0) await this.sendOperations(shard, ready, deadline);
   }
 
   /** The shard's keys, and the keys every increment.lua call of the shard starts with. */
@@ -439,6 +518,7 @@ export class IncrementSender {
       if (tagNumber === 0) tagNumber = tags.push(increment.bucketTag);
       let entrySpec = String(tagNumber);
       if (!isMergeable(increment)) {
+        const { limit } = increment;
         let idempotencyIndex = 0;
         if (increment.idempotencyKey !== undefined) {
           const copy =
@@ -448,7 +528,10 @@ export class IncrementSender {
           );
           scriptKeys = copy;
         }
-        entrySpec = `${entrySpec}:${idempotencyIndex}:${increment.limit ?? ''}:${increment.fingerprint ?? ''}`;
+        const flags = `${increment.check ? 'c' : ''}${limit?.mode === 'soft' ? 's' : ''}`;
+        const period =
+          limit?.period === undefined ? '' : `${limit.period.startMs},${limit.period.endMs}`;
+        entrySpec = `${entrySpec}:${idempotencyIndex}:${flags}:${limit?.max ?? ''}:${period}:${increment.fingerprint ?? ''}`;
       }
       entries.push(increment.counter, delta, entrySpec);
     }
@@ -473,22 +556,36 @@ function distribute(operation: Operation, totalAfter: number): void {
   }
 }
 
-function settle(waiting: Waiting, status: unknown, value: number): void {
+/** The limit's state after an entry (before it, if it was not applied). */
+function limitState(limit: PreparedLimit, usage: number): LimitState {
+  return {
+    limit: limit.max,
+    usage,
+    remaining: Math.max(0, limit.max - usage),
+    periodStart: limit.period === undefined ? null : new Date(limit.period.startMs),
+    resetAt: limit.period === undefined ? null : new Date(limit.period.endMs),
+    limitExceeded: usage > limit.max,
+  };
+}
+
+function settle(waiting: Waiting, status: unknown, value: number, usage: number): void {
   const { increment } = waiting;
+  const { limit } = increment;
+  const state = limit === undefined ? undefined : limitState(limit, usage);
   switch (status) {
     case IncrementStatus.applied:
-      waiting.resolve({ status: 'applied', value, duplicate: false });
+      waiting.resolve({ status: 'applied', value, duplicate: false, ...state });
+      return;
+    case IncrementStatus.allowed:
+      waiting.resolve({ status: 'allowed', value, duplicate: false, ...state });
       return;
     case IncrementStatus.duplicate:
-      waiting.resolve({ status: 'duplicate', value, duplicate: true });
+      waiting.resolve({ status: 'duplicate', value, duplicate: true, ...state });
       return;
     case IncrementStatus.overLimit:
-      waiting.resolve({
-        status: 'over-limit',
-        value,
-        duplicate: false,
-        limit: increment.limit ?? maxSafeValue,
-      });
+      // Only an increment with a limit can pass it.
+      if (state === undefined) break;
+      waiting.resolve({ status: 'over-limit', value, duplicate: false, ...state });
       return;
     case IncrementStatus.overflow:
       waiting.reject(new OverflowError(increment.counter, increment.delta, value));
@@ -498,7 +595,6 @@ function settle(waiting: Waiting, status: unknown, value: number): void {
         new IdempotencyKeyReusedError(increment.counter, increment.idempotencyKey ?? '', value),
       );
       return;
-    default:
-      waiting.reject(new Error(`increment.lua returned unknown status ${String(status)}`));
   }
+  waiting.reject(new Error(`increment.lua returned unexpected status ${String(status)}`));
 }

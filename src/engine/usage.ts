@@ -16,6 +16,7 @@ import type { EngineContext } from './engine-context.js';
 import { ledgerClockMarginMs } from './ledger-pruning.js';
 import { shardOf } from '../counters/sharding.js';
 import { shardKeys } from '../redis/shard-keys.js';
+import type { ScriptReply } from '../redis/scripts.js';
 
 export interface UsageQuery {
   /** Start of the period (inclusive; the bucket holding it is the first one). */
@@ -59,7 +60,7 @@ function periodStarts(ctx: EngineContext, query: UsageQuery): { starts: number[]
 }
 
 /** What one consistent read found: the unflushed deltas per bucket, the flushed buckets. */
-interface UsageRead {
+export interface UsageRead {
   /** Bucket start → delta not yet in PostgreSQL, summed exactly. */
   unflushed: Map<number, bigint>;
   /** Bucket start (ms, as text) → flushed value (decimal text). */
@@ -67,21 +68,19 @@ interface UsageRead {
 }
 
 /**
- * The counter's unflushed deltas (from Redis) and flushed buckets (from PostgreSQL), read so
- * that they fit together: a flush that moved deltas between the two reads makes it read again.
+ * Completes a read of the counter's unflushed deltas (`redisReply`: counter-deltas.lua's, read
+ * atomically by the caller) with its flushed buckets from PostgreSQL in [fromMs, toMs), so that
+ * they fit together: undefined when a flush moved deltas between the two reads (read again).
  */
-async function readOnce(
+export async function completeUsageRead(
   ctx: EngineContext,
   counter: string,
   granularity: Granularity,
-  starts: readonly number[],
-  toMs: number,
+  range: { fromMs: number; toMs: number },
+  redisReply: ScriptReply,
 ): Promise<UsageRead | undefined> {
   const shard = shardOf(counter, ctx.config.shards);
   const keys = shardKeys(ctx.config.keyPrefix, shard);
-  const redisReply = await ctx.scripts.readBuckets(keys, counter).catch((error: unknown) => {
-    throw redisFailure(error, 'read', 'a usage read');
-  });
   const [snapshots, batchId, snapshotMs, pendingTags] = redisReply as [
     number,
     string,
@@ -100,8 +99,8 @@ async function readOnce(
         batchId,
         counter,
         granularity,
-        starts[0],
-        toMs,
+        range.fromMs,
+        range.toMs,
         snapshotMs,
         ledgerClockMarginMs,
       ],
@@ -116,11 +115,11 @@ async function readOnce(
       throw redisFailure(error, 'read', 'a usage read');
     })) ?? 0,
   );
-  if (snapshotsAfter !== snapshots) return undefined;
+  if (snapshotsAfter !== Number(snapshots)) return undefined;
   const prunedBefore = rows[0]?.pruned_before_ms;
   checkNotPruned(
     granularity,
-    starts[0] ?? toMs,
+    range.fromMs,
     prunedBefore == null ? undefined : Number(prunedBefore),
   );
 
@@ -128,7 +127,7 @@ async function readOnce(
   // value that looks safe.
   const unflushed = new Map<number, bigint>();
   // Pairs of (bucket tag, delta): the pending ones, then the in-flight ones unless applied.
-  const pairsEnd = rows[0]?.applied === true ? 4 + 2 * pendingTags : redisReply.length;
+  const pairsEnd = rows[0]?.applied === true ? 4 + 2 * Number(pendingTags) : redisReply.length;
   for (let i = 4; i < pairsEnd; i += 2) {
     const tagged = tagBuckets(String(redisReply[i]));
     const start = tagged.starts[tagged.granularities.indexOf(granularity)];
@@ -136,6 +135,20 @@ async function readOnce(
     unflushed.set(start, (unflushed.get(start) ?? 0n) + BigInt(String(redisReply[i + 1])));
   }
   return { unflushed, flushed: rows[0]?.buckets ?? {} };
+}
+
+/** One consistent read of the counter's buckets in [fromMs, toMs). */
+async function readOnce(
+  ctx: EngineContext,
+  counter: string,
+  granularity: Granularity,
+  range: { fromMs: number; toMs: number },
+): Promise<UsageRead | undefined> {
+  const keys = shardKeys(ctx.config.keyPrefix, shardOf(counter, ctx.config.shards));
+  const redisReply = await ctx.scripts.readBuckets(keys, counter).catch((error: unknown) => {
+    throw redisFailure(error, 'read', 'a usage read');
+  });
+  return completeUsageRead(ctx, counter, granularity, range, redisReply);
 }
 
 /**
@@ -150,7 +163,10 @@ export async function readUsage(
   const counter = canonicalName(ref);
   const { starts, toMs } = periodStarts(ctx, query);
   for (let attempt = 0; attempt < maxReadAttempts; attempt++) {
-    const read = await readOnce(ctx, counter, query.granularity, starts, toMs);
+    const read = await readOnce(ctx, counter, query.granularity, {
+      fromMs: starts[0] ?? toMs,
+      toMs,
+    });
     if (read === undefined) continue;
     return starts.map((start) => {
       const exact = BigInt(read.flushed[String(start)] ?? '0') + (read.unflushed.get(start) ?? 0n);

@@ -14,6 +14,10 @@ export const ScriptStatus = {
   ok: 0,
   needsRebuild: 1,
   batchChanged: 2,
+  /** begin-quota-seed.lua: another seeder's marker is too young to take over. */
+  seedBusy: 3,
+  /** begin-quota-seed.lua: the period's usage is whole already. */
+  seeded: 4,
 } as const;
 
 export const IncrementStatus = {
@@ -22,6 +26,10 @@ export const IncrementStatus = {
   overLimit: 3,
   overflow: 4,
   keyReused: 5,
+  /** The entry's quota period has no whole usage yet: seed it, then send the entry again. */
+  needsSeed: 6,
+  /** A check (`check: true`) that would apply. */
+  allowed: 7,
 } as const;
 
 export type ScriptReply = (string | number)[];
@@ -61,6 +69,8 @@ const files = {
   markRefused: 'mark-refused.lua',
   reconcileChunk: 'reconcile-chunk.lua',
   readBuckets: 'read-buckets.lua',
+  beginQuotaSeed: 'begin-quota-seed.lua',
+  finishQuotaSeed: 'finish-quota-seed.lua',
   readBatchState: 'read-batch-state.lua',
   readUnflushed: 'read-unflushed.lua',
   releaseLock: 'release-lock.lua',
@@ -96,6 +106,9 @@ export const incrementKeys = (keys: ShardKeys): string[] => [
   keys.pendingTags,
   keys.pendingSince,
   keys.pendingNewCounters,
+  keys.quotaUsage,
+  keys.quotaPeriods,
+  keys.quotaSeeding,
 ];
 
 export type SnapshotReply =
@@ -139,6 +152,19 @@ export interface Scripts {
   /** {snapshot count, in-flight batch id, its snapshot ms, P, P (tag, delta) pairs, in-flight pairs}. */
   readBuckets(keys: ShardKeys, counter: string): Promise<ScriptReply>;
   /**
+   * {OK, then readBuckets' reply}, {SEEDED}, {SEED_BUSY} or {NEEDS_REBUILD}
+   * (begin-quota-seed.lua).
+   */
+  beginQuotaSeed(
+    keys: ShardKeys,
+    seed: { counter: string; period: string; nonce: string; takeoverMs: number },
+  ): Promise<ScriptReply>;
+  /** {OK} or {BATCH_CHANGED} (finish-quota-seed.lua). */
+  finishQuotaSeed(
+    keys: ShardKeys,
+    seed: { field: string; nonce: string; snapshots: number; usage: string },
+  ): Promise<ScriptReply>;
+  /**
    * {snapshot count, in-flight batch id, its snapshot ms, new counters matching
    * `newCounterPattern`...} (none for '').
    */
@@ -161,6 +187,16 @@ export interface Scripts {
   /** Whether the lock was still `token`'s and now lives `ttlMs` more. */
   extendLock(lockKey: string, token: string, ttlMs: number): Promise<boolean>;
 }
+
+/** The keys counter-deltas.lua reads, in its order (read-buckets.lua, begin-quota-seed.lua). */
+const readBucketsKeys = (keys: ShardKeys): string[] => [
+  keys.pending,
+  keys.pendingTags,
+  keys.inflight,
+  keys.inflightTags,
+  keys.inflightMeta,
+  keys.snapshots,
+];
 
 /** ioredis flattens array arguments into one command, so none is spread into a call here. */
 type Invoke = (...args: (number | readonly (string | number)[])[]) => Promise<unknown>;
@@ -239,17 +275,24 @@ export function defineScripts(redis: RedisConnection): Scripts {
         chunk.pairs.flat(),
       ) as Promise<ScriptReply>,
     readBuckets: (keys, counter) =>
+      run('readBuckets', readBucketsKeys(keys), [counter]) as Promise<ScriptReply>,
+    beginQuotaSeed: (keys, seed) =>
       run(
-        'readBuckets',
+        'beginQuotaSeed',
         [
-          keys.pending,
-          keys.pendingTags,
-          keys.inflight,
-          keys.inflightTags,
-          keys.inflightMeta,
-          keys.snapshots,
+          ...readBucketsKeys(keys),
+          keys.epoch,
+          keys.quotaUsage,
+          keys.quotaPeriods,
+          keys.quotaSeeding,
         ],
-        [counter],
+        [seed.counter, seed.period, seed.nonce, seed.takeoverMs],
+      ) as Promise<ScriptReply>,
+    finishQuotaSeed: (keys, seed) =>
+      run(
+        'finishQuotaSeed',
+        [keys.quotaUsage, keys.quotaSeeding, keys.snapshots],
+        [seed.field, seed.nonce, seed.snapshots, seed.usage],
       ) as Promise<ScriptReply>,
     readBatchState: (keys, newCounterPattern) =>
       run(

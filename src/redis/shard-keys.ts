@@ -34,6 +34,15 @@ export interface ShardKeys {
   snapshots: string;
   /** The flush lock: reconcile and flush of one shard never run at once. */
   lock: string;
+  /**
+   * Hash: `<startMs>,<endMs>␟<counter>` → the counter's whole usage in that quota period
+   * (PostgreSQL's part included), for periodic limits (engine/quota-seeding.ts).
+   */
+  quotaUsage: string;
+  /** Hash: counter → its quota periods in `quotaUsage`, `<startMs>,<endMs>;...`. */
+  quotaPeriods: string;
+  /** Hash: a `quotaUsage` field being seeded → `<seeder's nonce>|<started, Redis ms>`. */
+  quotaSeeding: string;
   /** Where an idempotency key of `counter` is remembered. */
   idempotency(counter: string, key: string): string;
 }
@@ -57,6 +66,9 @@ export function shardKeys(prefix: string, shard: number): ShardKeys {
     inflightMeta: `${base}:inflight-meta`,
     snapshots: `${base}:snapshots`,
     lock: `${base}:lock`,
+    quotaUsage: `${base}:quota-usage`,
+    quotaPeriods: `${base}:quota-periods`,
+    quotaSeeding: `${base}:quota-seeding`,
     idempotency: (counter, key) => `${base}:idem:${counter}${fieldSeparator}${key}`,
   };
 }

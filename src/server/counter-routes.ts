@@ -1,8 +1,10 @@
 import type { FastifyPluginCallbackJsonSchemaToTs } from '@fastify/type-provider-json-schema-to-ts';
 import { canonicalName, type CounterRef } from '../counters/counter-name.js';
-import type { BatchIncrementResult } from '../engine/increments.js';
+import type { FastifyReply } from 'fastify';
+import type { BatchIncrementResult, LimitState } from '../engine/increments.js';
 import { OverflowError, TallyError } from '../errors.js';
 import type { Tally } from '../tally.js';
+import { toHttpError } from './http-errors.js';
 import type { HttpMetrics } from './http-metrics.js';
 import {
   incrementBatchSchema,
@@ -22,7 +24,42 @@ export interface CounterRoutesOptions {
 const nameOf = (ref: CounterRef) => (typeof ref === 'string' ? ref : canonicalName(ref));
 
 function resultBody(counter: string, result: BatchIncrementResult) {
-  return { counter, value: result.value, duplicate: result.duplicate, status: result.status };
+  const body = { counter, value: result.value, duplicate: result.duplicate, status: result.status };
+  if (!('usage' in result) || result.usage === undefined) return body;
+  return { ...body, ...limitBody(result as LimitState) };
+}
+
+/** A limit's state as JSON (dates as ISO 8601). */
+function limitBody(state: LimitState) {
+  return {
+    limit: state.limit,
+    usage: state.usage,
+    remaining: state.remaining,
+    periodStart: state.periodStart?.toISOString() ?? null,
+    resetAt: state.resetAt?.toISOString() ?? null,
+    limitExceeded: state.limitExceeded,
+  };
+}
+
+const secondsUntil = (date: Date) => Math.max(0, Math.ceil((date.getTime() - Date.now()) / 1000));
+
+/**
+ * The IETF rate-limit header fields (draft-ietf-httpapi-ratelimit-headers-10): the policy (its
+ * quota q, and its window w in seconds for a periodic limit, named by the period or "total")
+ * and the state (what remains, r, and for a periodic limit the seconds until it resets, t).
+ */
+function setRateLimitHeaders(reply: FastifyReply, state: LimitState, per: string | undefined) {
+  const name = `"${per ?? 'total'}"`;
+  const { periodStart, resetAt } = state;
+  const window =
+    periodStart === null || resetAt === null
+      ? ''
+      : `;w=${Math.round((resetAt.getTime() - periodStart.getTime()) / 1000)}`;
+  void reply.header('RateLimit-Policy', `${name};q=${Math.max(0, state.limit)}${window}`);
+  void reply.header(
+    'RateLimit',
+    `${name};r=${state.remaining}${resetAt === null ? '' : `;t=${secondsUntil(resetAt)}`}`,
+  );
 }
 
 /**
@@ -40,6 +77,7 @@ export const counterRoutes: FastifyPluginCallbackJsonSchemaToTs<{
         by: item.by ?? 1,
         ...(item.idempotencyKey === undefined ? {} : { idempotencyKey: item.idempotencyKey }),
         ...(item.limit === undefined ? {} : { limit: item.limit }),
+        ...(item.check === undefined ? {} : { check: item.check }),
         ...(item.at === undefined ? {} : { at: new Date(item.at) }),
       })),
     );
@@ -65,7 +103,7 @@ export const counterRoutes: FastifyPluginCallbackJsonSchemaToTs<{
         done();
       },
     },
-    async (request) => {
+    async (request, reply) => {
       const { counter } = request.params;
       const body = request.body;
       // incr, not incrMany: its errors name the counter, not "item 0" of a batch.
@@ -73,16 +111,31 @@ export const counterRoutes: FastifyPluginCallbackJsonSchemaToTs<{
         .incr(counter, body.by ?? 1, {
           ...(body.idempotencyKey === undefined ? {} : { idempotencyKey: body.idempotencyKey }),
           ...(body.limit === undefined ? {} : { limit: body.limit }),
+          ...(body.check === undefined ? {} : { check: body.check }),
+          ...(body.at === undefined ? {} : { at: new Date(body.at) }),
         })
         .catch((error: unknown) => {
           if (error instanceof OverflowError) metrics.increments.inc({ status: 'overflow' });
           throw error;
         });
       metrics.increments.inc({ status: result.status });
+      if (result.usage !== undefined) {
+        const per = typeof body.limit === 'object' ? body.limit.per : undefined;
+        setRateLimitHeaders(reply, result as LimitState, per);
+      }
       if (result.status === 'over-limit') {
-        throw new TallyError('OVER_LIMIT', `${counter} would pass its limit of ${result.limit}.`, {
-          details: { counter, value: result.value, limit: result.limit },
-        });
+        const refusal = new TallyError(
+          'OVER_LIMIT',
+          `${counter} would pass its limit of ${result.limit}.`,
+          { details: { counter, value: result.value, ...limitBody(result) } },
+        );
+        // A total cap's refusal is final: 409 whatever was asked (a 429 invites retries).
+        if (body.overLimitStatus !== 429 || result.resetAt === null) throw refusal;
+        metrics.errors.inc({ code: refusal.code });
+        return reply
+          .status(429)
+          .header('Retry-After', String(secondsUntil(result.resetAt)))
+          .send({ error: { ...toHttpError(refusal).body.error } });
       }
       return resultBody(counter, result);
     },

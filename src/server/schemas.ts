@@ -83,6 +83,40 @@ const errors = {
   503: errorBody,
 } as const;
 
+/** An increment's limit: a cap on the total, or a quota per period of a zone's calendar. */
+const limit = {
+  description:
+    'A whole number caps the total. An object caps the total ({ max }) or, with per, the ' +
+    "usage in the period of the increment's time (a minute, hour, day or month of timeZone's " +
+    'calendar, months starting on anchorDay, its last day when the month is shorter). Hard ' +
+    '(default) refuses an increment with by ≥ 0 that would leave the usage above max; soft ' +
+    'applies it and answers limitExceeded.',
+  oneOf: [
+    integer,
+    {
+      type: 'object',
+      required: ['max'],
+      additionalProperties: false,
+      properties: {
+        max: integer,
+        per: { type: 'string', enum: ['minute', 'hour', 'day', 'month'] },
+        timeZone: { type: 'string', minLength: 1, maxLength: 64, description: 'IANA zone (UTC).' },
+        anchorDay: { type: 'integer', minimum: 1, maximum: 31 },
+        mode: { type: 'string', enum: ['hard', 'soft'] },
+      },
+    },
+  ],
+} as const;
+const check = {
+  type: 'boolean',
+  description: 'Decide only: answer allowed or over-limit for this increment, count nothing.',
+} as const;
+const at = {
+  type: 'string',
+  format: 'date-time',
+  description: "When the increment happened, for its buckets and its quota's period (now).",
+} as const;
+
 const incrementResult = {
   type: 'object',
   required: ['counter', 'value', 'duplicate', 'status'],
@@ -92,8 +126,25 @@ const incrementResult = {
     duplicate: { type: 'boolean' },
     status: {
       type: 'string',
-      enum: ['applied', 'duplicate', 'over-limit', 'overflow', 'key-reused'],
+      enum: ['applied', 'allowed', 'duplicate', 'over-limit', 'overflow', 'key-reused'],
     },
+    // With a limit: the usage it is on (the total, or the period's) after the increment.
+    limit: integer,
+    usage: integer,
+    remaining: { type: 'integer', minimum: 0 },
+    periodStart: {
+      type: 'string',
+      format: 'date-time',
+      nullable: true,
+      description: 'When the quota period began; null for a cap on the total.',
+    },
+    resetAt: {
+      type: 'string',
+      format: 'date-time',
+      nullable: true,
+      description: 'When the quota period ends; null for a cap on the total.',
+    },
+    limitExceeded: { type: 'boolean' },
   },
 } as const;
 
@@ -122,8 +173,9 @@ export function incrementBatchSchema(maxBatch: number) {
               counter: counterRef,
               by: integer,
               idempotencyKey,
-              at: { type: 'string', format: 'date-time' },
-              limit: integer,
+              at,
+              limit,
+              check,
             },
           },
         },
@@ -149,12 +201,28 @@ const counterParams = {
 export const incrementOneSchema = {
   summary: 'Increment one counter',
   params: counterParams,
+  description:
+    'With a limit, the answer carries the RateLimit-Policy and RateLimit header fields ' +
+    '(draft-ietf-httpapi-ratelimit-headers). A hard refusal is 409 OVER_LIMIT, or 429 with ' +
+    'Retry-After (seconds until the period resets) for a periodic limit when overLimitStatus ' +
+    'is 429.',
   body: {
     type: 'object',
     additionalProperties: false,
-    properties: { by: integer, idempotencyKey, limit: integer },
+    properties: {
+      by: integer,
+      idempotencyKey,
+      at,
+      limit,
+      check,
+      overLimitStatus: {
+        type: 'integer',
+        enum: [409, 429],
+        description: "A periodic hard limit's refusal: 409 (default) or 429 with Retry-After.",
+      },
+    },
   },
-  response: { 200: incrementResult, ...errors },
+  response: { 200: incrementResult, 429: errorBody, ...errors },
 } as const;
 
 export const readOneSchema = {

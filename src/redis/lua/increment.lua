@@ -3,30 +3,46 @@
 
   KEYS[1] epoch marker      KEYS[2] totals            KEYS[3] pending deltas
   KEYS[4] pending tags      KEYS[5] pending-since     KEYS[6] pending new counters
-  KEYS[7..] idempotency keys, referred to by index from ARGV
+  KEYS[7] quota usage       KEYS[8] quota periods     KEYS[9] quota seeding markers
+  KEYS[10..] idempotency keys, referred to by index from ARGV
 
   ARGV[1] idempotency window, ms
   ARGV[2] T: bucket tags in the table that follows
   ARGV[3 .. 2 + T] the table of bucket tags (bucket-tags.ts); a pending field is tag .. counter
   then per increment 3 values: counter, delta, spec. The spec is the tag's number in the table,
-  or for an increment with an idempotency key or a limit 'tag:keyIndex:limit:fingerprint'
-  (keyIndex into KEYS, 0 for none; limit '' for none; fingerprint: the increment's parameters,
-  kept as the idempotency key's value).
+  or for an increment with an idempotency key or a limit
+  'tag:keyIndex:flags:max:period:fingerprint': keyIndex into KEYS, 0 for none; flags 'c' for a
+  check (decide, change nothing) and 's' for a soft limit (apply, the caller reports passing
+  it); max the limit, '' for none; period '<startMs>,<endMs>' for a periodic limit, '' for a
+  limit on the total; fingerprint the increment's parameters, kept as the idempotency key's
+  value.
+
+  A limit holds while an increment with delta ≥ 0 leaves its usage ≤ max (negative increments,
+  refunds, always pass); the usage is the total, or for a periodic limit the counter's usage in
+  the period: the hash `quota usage` keeps it whole (PostgreSQL's part included) for the
+  periods of `quota periods`, counter → '<start>,<end>;...', seeded by begin-/finish-quota-seed
+  .lua. Every applied increment of such a counter adds to each listed period holding its
+  smallest bucket's start, and drops the periods that ended at or before it. A periodic entry
+  whose period is not seeded (no usage, or a seed under way) returns NEEDS_SEED and changes
+  nothing.
 
   Returns {NEEDS_REBUILD} and applies nothing when the epoch marker is missing: the totals
-  would lack the PostgreSQL base. Otherwise {OK, status1, total1, status2, total2, ...} with
-  status APPLIED, DUPLICATE, OVER_LIMIT, OVERFLOW or KEY_REUSED (the idempotency key was counted
-  with other parameters) and the counter's total after the increment (unchanged unless
-  APPLIED). A total is an integer reply below 10^15 in magnitude and a decimal
-  string above: ioredis parses integer replies near 2^53 inexactly (it reads 9007199254740991
-  as 9007199254740992), and formatting every total as a string costs more Redis time than two
-  hash increments.
+  would lack the PostgreSQL base. Otherwise {OK, status1, total1, status2, total2, ..., then the
+  period usage of each periodic entry, in order ('' for NEEDS_SEED)} with status APPLIED,
+  ALLOWED (a check that would apply), DUPLICATE, OVER_LIMIT, OVERFLOW, KEY_REUSED (the
+  idempotency key was counted with other parameters) or NEEDS_SEED, and the counter's total
+  after the increment (unchanged unless APPLIED). A value is an integer reply below 10^15 in
+  magnitude and a decimal string above: ioredis parses integer replies near 2^53 inexactly (it
+  reads 9007199254740991 as 9007199254740992), and formatting every total as a string costs
+  more Redis time than two hash increments.
 
   Each applied increment costs two hash increments, its total and its pending delta, however
-  many granularities are configured: this script is the hot path's Redis time. An increment
-  that creates a counter's total also adds the counter to the pending new counters (once in the
-  counter's life, and again only if its total comes back to 0): usage queries look up those and
-  the counters PostgreSQL knows, instead of scanning every pending field.
+  many granularities are configured: this script is the hot path's Redis time. In a shard with
+  quotas, one HGET of the counter's periods more (none in a shard without: one EXISTS per
+  call). An increment that creates a counter's total also adds the counter to the pending new
+  counters (once in the counter's life, and again only if its total comes back to 0): usage
+  queries look up those and the counters PostgreSQL knows, instead of scanning every pending
+  field.
 
   Totals stay within ±(2^53−1) and so does each delta: their sum fits Redis's 64-bit integers,
   and as a Lua double it is exact within the range and never rounds back into it from outside,
@@ -47,15 +63,55 @@ if totalsLackBase(KEYS[1]) then
 end
 
 local totals, pending = KEYS[2], KEYS[3]
+local quotaUsage, quotaPeriods, quotaSeeding = KEYS[7], KEYS[8], KEYS[9]
+local SEPARATOR = '\031'
 local windowMs = ARGV[1]
 local tagCount = tonumber(ARGV[2])
 local tags = {}
+-- Per tag, the start of its smallest bucket: the instant quota periods are matched against.
+local instants = {}
 for t = 1, tagCount do
   tags[t] = ARGV[2 + t]
+  instants[t] = tonumber(string.match(tags[t], SEPARATOR .. '(-?%d+)' .. SEPARATOR .. '$'))
 end
+local quotas = redis.call('EXISTS', quotaPeriods) == 1
 local result = { OK }
 local size = 1
+local usages = {}
 local appliedAny = false
+
+local function exactReply(value)
+  if value < EXACT_REPLY and value > -EXACT_REPLY then return value end
+  return exactString(value)
+end
+
+-- Adds an applied delta to the counter's periods that hold `instant`, and drops those that
+-- ended at or before it (a later increment of theirs seeds them again, exactly).
+local function addToPeriods(counter, instant, delta)
+  local periods = redis.call('HGET', quotaPeriods, counter)
+  if not periods or not instant then return end
+  local kept, dropped = {}, false
+  for period, startMs, endMs in string.gmatch(periods, '((-?%d+),(-?%d+))') do
+    local field = period .. SEPARATOR .. counter
+    if tonumber(endMs) <= instant then
+      dropped = true
+      redis.call('HDEL', quotaUsage, field)
+      redis.call('HDEL', quotaSeeding, field)
+    else
+      kept[#kept + 1] = period
+      if tonumber(startMs) <= instant then
+        redis.call('HINCRBY', quotaUsage, field, delta)
+      end
+    end
+  end
+  if dropped then
+    if #kept == 0 then
+      redis.call('HDEL', quotaPeriods, counter)
+    else
+      redis.call('HSET', quotaPeriods, counter, table.concat(kept, ';'))
+    end
+  end
+end
 
 local i = 3 + tagCount
 local last = #ARGV
@@ -80,49 +136,69 @@ while i <= last do
       total = redis.call('HINCRBY', totals, counter, -tonumber(delta))
     else
       redis.call('HINCRBY', pending, tags[tag] .. counter, delta)
+      if quotas then addToPeriods(counter, instants[tag], delta) end
       status = APPLIED
     end
   else
-    local keyIndex, limit, fingerprint
-    tag, keyIndex, limit, fingerprint = string.match(spec, '^(%d+):(%d+):([^:]*):(.*)$')
-    keyIndex = tonumber(keyIndex)
+    local keyIndex, flags, max, period, fingerprint
+    tag, keyIndex, flags, max, period, fingerprint =
+      string.match(spec, '^(%d+):(%d+):(%a*):(-?%d*):([-%d,]*):(.*)$')
+    tag, keyIndex, delta = tonumber(tag), tonumber(keyIndex), tonumber(delta)
     local stored = redis.call('HGET', totals, counter)
     total = tonumber(stored or 0)
-    local new = total + tonumber(delta)
-    local seen = keyIndex > 0 and redis.call('GET', KEYS[keyIndex])
-    if seen then
+    local new = total + delta
+    -- What the limit is on: the total, or the period's usage.
+    local usage = total
+    if period ~= '' then
+      local field = period .. SEPARATOR .. counter
+      usage = tonumber(redis.call('HGET', quotaUsage, field))
+      if usage == nil or redis.call('HEXISTS', quotaSeeding, field) == 1 then
+        status = NEEDS_SEED
+      end
+    end
+    local seen = status == nil and keyIndex > 0 and redis.call('GET', KEYS[keyIndex])
+    if status then
+      -- NEEDS_SEED: decided once the period's usage is whole.
+    elseif seen then
       if seen == fingerprint or seen == ANY_PARAMETERS then
         status = DUPLICATE
       else
         status = KEY_REUSED
       end
-    elseif new > MAX or new < -MAX then
+    elseif new > MAX or new < -MAX or usage + delta > MAX or usage + delta < -MAX then
       status = OVERFLOW
-    elseif limit ~= '' and new > tonumber(limit) then
+    elseif max ~= '' and delta >= 0 and usage + delta > tonumber(max)
+        and not string.find(flags, 's', 1, true) then
       status = OVER_LIMIT
+    elseif string.find(flags, 'c', 1, true) then
+      status = ALLOWED
     else
       redis.call('HINCRBY', totals, counter, delta)
-      redis.call('HINCRBY', pending, tags[tonumber(tag)] .. counter, delta)
+      redis.call('HINCRBY', pending, tags[tag] .. counter, delta)
       if not stored then
         redis.call('SADD', KEYS[6], counter)
       end
       if keyIndex > 0 then
         redis.call('SET', KEYS[keyIndex], fingerprint, 'PX', windowMs)
       end
+      if quotas then addToPeriods(counter, instants[tag], delta) end
       status = APPLIED
       total = new
+      usage = usage + delta
+    end
+    if period ~= '' then
+      usages[#usages + 1] = status == NEEDS_SEED and '' or exactReply(usage)
     end
   end
   if status == APPLIED then appliedAny = true end
 
   result[size + 1] = status
-  if total < EXACT_REPLY and total > -EXACT_REPLY then
-    result[size + 2] = total
-  else
-    result[size + 2] = exactString(total)
-  end
+  result[size + 2] = exactReply(total)
   size = size + 2
   i = i + 3
+end
+for u = 1, #usages do
+  result[size + u] = usages[u]
 end
 
 if appliedAny then

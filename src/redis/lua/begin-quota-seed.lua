@@ -1,0 +1,54 @@
+--[[
+  Starts seeding a counter's usage in one quota period (engine/quota-seeding.ts): installs an
+  accumulator that every increment of the counter in the period adds to from now on, and reads,
+  in the same atomic step, the counter's deltas not yet flushed, which PostgreSQL's flushed sum
+  then completes. finish-quota-seed.lua adds both to the accumulator.
+
+  KEYS[1] pending deltas     KEYS[2] pending tags
+  KEYS[3] in-flight deltas   KEYS[4] in-flight tags
+  KEYS[5] in-flight meta     KEYS[6] snapshot count
+  KEYS[7] epoch marker       KEYS[8] quota usage
+  KEYS[9] quota periods      KEYS[10] quota seeding markers
+  ARGV[1] counter   ARGV[2] the period, '<startMs>,<endMs>'   ARGV[3] the seeder's nonce
+  ARGV[4] how old (ms, Redis' clock) another seeder's marker must be to be taken over
+
+  Returns {NEEDS_REBUILD} when the totals lack the PostgreSQL base (nothing to seed from yet),
+  {SEEDED} when the period's usage is already whole, {SEED_BUSY} while another seeder's marker
+  is younger than ARGV[4], else {OK} followed by counterDeltas' reply. A seeder that starts
+  again keeps its nonce, so it takes its own marker over at once; the accumulator starts from 0
+  again, and the old read is void (finish-quota-seed.lua checks the snapshot count).
+]]
+--- @include "statuses"
+--- @include "totals-lack-base"
+--- @include "server-time-ms"
+--- @include "counter-deltas"
+
+if totalsLackBase(KEYS[7]) then
+  return { NEEDS_REBUILD }
+end
+
+local counter, period, nonce = ARGV[1], ARGV[2], ARGV[3]
+local field = period .. '\031' .. counter
+local now = serverTimeMs()
+local marker = redis.call('HGET', KEYS[10], field)
+if marker then
+  local owner, started = string.match(marker, '^(.-)|(%d+)$')
+  if owner ~= nonce and now - tonumber(started) < tonumber(ARGV[4]) then
+    return { SEED_BUSY }
+  end
+elseif redis.call('HEXISTS', KEYS[8], field) == 1 then
+  return { SEEDED }
+end
+
+redis.call('HSET', KEYS[8], field, 0)
+redis.call('HSET', KEYS[10], field, nonce .. '|' .. now)
+local periods = redis.call('HGET', KEYS[9], counter)
+if not periods then
+  redis.call('HSET', KEYS[9], counter, period)
+elseif not string.find(';' .. periods .. ';', ';' .. period .. ';', 1, true) then
+  redis.call('HSET', KEYS[9], counter, periods .. ';' .. period)
+end
+
+local reply = counterDeltas(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], counter)
+table.insert(reply, 1, OK)
+return reply

@@ -1,0 +1,228 @@
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { type LimitOptions, type Tally, type TallyOptions } from '../src/index.js';
+import fc from 'fast-check';
+import { quotaPeriodOf, resolveQuotaPeriod } from '../src/counters/quota-periods.js';
+import { shardOf } from '../src/counters/sharding.js';
+import { shardKeys } from '../src/redis/shard-keys.js';
+import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
+import { tallyOn } from './support/tally-store.js';
+
+let redis: RedisHandle;
+beforeAll(async () => {
+  redis = await startRedis({ persistence: 'aof-always' });
+});
+afterAll(async () => {
+  await redis.stop();
+});
+
+/** A store and `clients` Tally clients on it (one namespace), closed when the test ends. */
+async function store(options: Partial<TallyOptions> = {}, clients = 1) {
+  const url = await createDatabase();
+  const keyPrefix = `q${randomBytes(4).toString('hex')}`;
+  const tallies: Tally[] = [];
+  for (let i = 0; i < clients; i++) {
+    tallies.push(await tallyOn(redis.url, url, { shards: 2, ...options, keyPrefix }));
+  }
+  const pool = new pg.Pool({ connectionString: url });
+  const raw = new Redis(redis.url);
+  onTestFinished(async () => {
+    await Promise.all(tallies.map((tally) => tally.close()));
+    await pool.end();
+    await raw.quit();
+  });
+  const [tally] = tallies as [Tally, ...Tally[]];
+  return { tally, tallies, pool, raw, keyPrefix };
+}
+
+const monthly = (max: number, extra: Partial<LimitOptions> = {}): LimitOptions => ({
+  max,
+  per: 'month',
+  ...extra,
+});
+
+describe('periodic quotas', () => {
+  it("count the period's flushed and pending usage, and reset with the period", async () => {
+    const { tally } = await store();
+    const november = Date.UTC(2026, 10, 10);
+    // Usage before any limit was asked for: 4 flushed, 3 pending, 2 in October (another period).
+    await tally.incr('api', 4, { at: november });
+    await tally.incr('api', 2, { at: Date.UTC(2026, 9, 31, 23) });
+    await tally.flush();
+    await tally.incr('api', 3, { at: november });
+
+    const limit = monthly(10);
+    const applied = await tally.incr('api', 2, { at: november, limit });
+    expect(applied).toEqual({
+      status: 'applied',
+      value: 11,
+      duplicate: false,
+      limit: 10,
+      usage: 9,
+      remaining: 1,
+      periodStart: new Date(Date.UTC(2026, 10, 1)),
+      resetAt: new Date(Date.UTC(2026, 11, 1)),
+      limitExceeded: false,
+    });
+    expect(await tally.incr('api', 2, { at: november, limit })).toMatchObject({
+      status: 'over-limit',
+      value: 11,
+      usage: 9,
+      remaining: 1,
+    });
+    // A check decides without counting; by 0 asks whether the usage is within the limit.
+    expect(await tally.incr('api', 1, { at: november, limit, check: true })).toMatchObject({
+      status: 'allowed',
+      usage: 9,
+    });
+    expect(await tally.get('api')).toBe(11);
+    expect((await tally.incr('api', 1, { at: november, limit })).remaining).toBe(0);
+    expect((await tally.incr('api', 1, { at: november, limit })).status).toBe('over-limit');
+    expect((await tally.incr('api', 0, { at: november, limit })).status).toBe('applied');
+    // Refunds always pass; soft limits apply and say so.
+    expect(await tally.incr('api', -3, { at: november, limit })).toMatchObject({
+      status: 'applied',
+      usage: 7,
+    });
+    expect(
+      await tally.incr('api', 5, { at: november, limit: monthly(10, { mode: 'soft' }) }),
+    ).toMatchObject({ status: 'applied', usage: 12, remaining: 0, limitExceeded: true });
+    // December starts from 0.
+    expect(await tally.incr('api', 10, { at: Date.UTC(2026, 11, 1), limit })).toMatchObject({
+      status: 'applied',
+      usage: 10,
+      resetAt: new Date(Date.UTC(2027, 0, 1)),
+    });
+  });
+
+  it("reset exactly at the zone's midnight on the anchor day, the month's last day when shorter", async () => {
+    const { tally } = await store();
+    const limit = monthly(5, { timeZone: 'Europe/Berlin', anchorDay: 31 });
+    // Berlin is UTC+1 in winter: its 2026-02-28 00:00 (February's period start, the last day)
+    // is 2026-02-27T23:00Z.
+    const boundary = Date.UTC(2026, 1, 27, 23);
+    expect(await tally.incr('b', 5, { at: boundary - 1, limit })).toMatchObject({
+      status: 'applied',
+      resetAt: new Date(boundary),
+    });
+    expect((await tally.incr('b', 1, { at: boundary - 1, limit })).status).toBe('over-limit');
+    const next = await tally.incr('b', 5, { at: boundary, limit });
+    expect(next).toMatchObject({ status: 'applied', usage: 5 });
+    // March's period starts on the 31st again, at Berlin's midnight: summer time (UTC+2) by then.
+    expect(next.resetAt).toEqual(new Date(Date.UTC(2026, 2, 30, 22)));
+    // The old period is still whole when a late increment asks for it.
+    expect((await tally.incr('b', 1, { at: boundary - 1, limit })).status).toBe('over-limit');
+  });
+
+  it('never let concurrent clients of several processes past max, while flushes run', async () => {
+    const { tallies, tally } = await store({}, 3);
+    const at = Date.UTC(2026, 10, 15);
+    await tally.incr('shared', 40, { at });
+    await tally.flush();
+    const limit = monthly(250);
+    let flushing = true;
+    const flusher = (async () => {
+      while (flushing) await tally.flush();
+    })();
+    const results = await Promise.all(
+      tallies.flatMap((client) =>
+        Array.from({ length: 120 }, () => client.incr('shared', 1, { at, limit })),
+      ),
+    );
+    flushing = false;
+    await flusher;
+    const applied = results.filter((result) => result.status === 'applied');
+    expect(applied).toHaveLength(210);
+    expect(results.filter((result) => result.status === 'over-limit')).toHaveLength(150);
+    // The applied increments' usages are those of one serial order: 41, 42, ..., 250.
+    const usages = applied.map((result) => result.usage ?? 0).sort((a, b) => a - b);
+    expect(usages).toEqual(Array.from({ length: 210 }, (_, i) => 41 + i));
+    expect(await tally.get('shared')).toBe(250);
+  });
+
+  it('stay exact through a Redis kill -9 (AOF always), a wipe and rebuild, and a repair', async () => {
+    const { tally, raw, keyPrefix } = await store({ shards: 1 });
+    const at = Date.UTC(2026, 10, 15);
+    const limit = monthly(20);
+    const incr = (by: number) => tally.incr('k', by, { at, limit });
+    expect((await incr(8)).status).toBe('applied');
+    await tally.flush();
+    expect((await incr(4)).usage).toBe(12);
+
+    // kill -9: the AOF (fsync always) keeps the usage with the deltas it sums.
+    await redis.kill('SIGKILL');
+    await redis.restart();
+    expect(await incr(8)).toMatchObject({ status: 'applied', usage: 20 });
+    expect((await incr(1)).status).toBe('over-limit');
+
+    // A wipe of the flushed store: the shard is rebuilt, the period seeded from PostgreSQL.
+    await tally.flush();
+    const keys = await raw.keys(`${keyPrefix}:*`);
+    await raw.del(...keys);
+    expect(await incr(1)).toMatchObject({ status: 'over-limit', usage: 20 });
+
+    // A repair drops usages summed from a Redis it found wrong: they seed again.
+    const shard = shardKeys(keyPrefix, shardOf('k', 1));
+    await raw.hset(shard.quotaUsage, `${Date.UTC(2026, 10, 1)},${Date.UTC(2026, 11, 1)}\u001fk`, 0);
+    await raw.hincrby(shard.totals, 'k', 5);
+    await tally.reconcile({ repair: true });
+    expect(await incr(1)).toMatchObject({ status: 'over-limit', usage: 20 });
+    expect(await tally.get('k')).toBe(20);
+  });
+
+  it('equal a model over random periods, zones, anchors, instants, refunds and flushes', async () => {
+    const { tally } = await store({ buckets: ['minute', 'hour', 'day'] });
+    const zones = ['UTC', 'Europe/Berlin', 'America/New_York', 'Asia/Kolkata'] as const;
+    const from = Date.UTC(2026, 0, 20);
+    const span = 120 * 86_400_000;
+    const step = fc.record({
+      per: fc.constantFrom('day', 'month' as const),
+      timeZone: fc.constantFrom(...zones),
+      anchorDay: fc.integer({ min: 1, max: 31 }),
+      at: fc.integer({ min: from, max: from + span }),
+      by: fc.integer({ min: -2, max: 6 }),
+      max: fc.integer({ min: 0, max: 12 }),
+      soft: fc.boolean(),
+      check: fc.boolean(),
+      flush: fc.boolean(),
+    });
+    let run = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.array(step, { minLength: 1, maxLength: 30 }), async (steps) => {
+        const counter = `m${run++}`;
+        const applied: { at: number; by: number }[] = [];
+        for (const s of steps) {
+          const anchorDay = s.per === 'month' ? s.anchorDay : undefined;
+          const limit: LimitOptions = {
+            max: s.max,
+            per: s.per,
+            timeZone: s.timeZone,
+            ...(anchorDay === undefined ? {} : { anchorDay }),
+            mode: s.soft ? 'soft' : 'hard',
+          };
+          const period = quotaPeriodOf(
+            resolveQuotaPeriod(s.per, s.timeZone, anchorDay, 'model'),
+            s.at,
+          );
+          // Minute buckets: an increment belongs to the period its minute starts in.
+          const minute = s.at - (s.at % 60_000);
+          const usage = applied
+            .filter((a) => a.at >= period.startMs && a.at < period.endMs)
+            .reduce((sum, a) => sum + a.by, 0);
+          const refused = !s.soft && s.by >= 0 && usage + s.by > s.max;
+          const result = await tally.incr(counter, s.by, { at: s.at, limit, check: s.check });
+          const passes = !refused;
+          expect(result.status).toBe(refused ? 'over-limit' : s.check ? 'allowed' : 'applied');
+          const after = passes && !s.check ? usage + s.by : usage;
+          expect(result.usage).toBe(after);
+          expect(result.resetAt).toEqual(new Date(period.endMs));
+          if (passes && !s.check) applied.push({ at: minute, by: s.by });
+          if (s.flush) await tally.flush();
+        }
+      }),
+      { numRuns: 25 },
+    );
+  });
+});
