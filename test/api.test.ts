@@ -95,7 +95,18 @@ describe('routes', () => {
       { counter: b, value: 1, duplicate: false, status: 'applied' },
       { counter: a, value: 5, duplicate: false, status: 'applied' },
       { counter: a, value: 5, duplicate: true, status: 'duplicate' },
-      { counter: b, value: 1, duplicate: false, status: 'over-limit' },
+      {
+        counter: b,
+        value: 1,
+        duplicate: false,
+        status: 'over-limit',
+        limit: 3,
+        usage: 1,
+        remaining: 2,
+        periodStart: null,
+        resetAt: null,
+        limitExceeded: false,
+      },
     ]);
 
     const one = await call('POST', `/v1/counters/${encodeURIComponent(a)}/increment`, { by: 10 });
@@ -311,6 +322,68 @@ describe('errors', () => {
     expect(big.status).toBe(409);
     expect(big.json.error.code).toBe('OVERFLOW');
     expect((await call('GET', `/v1/counters/${encodeURIComponent(c)}`)).json.value).toBe(5);
+  });
+
+  it('a periodic quota: RateLimit headers, 409 by default, 429 with Retry-After when asked', async () => {
+    const c = name('quota');
+    const path = `/v1/counters/${encodeURIComponent(c)}/increment`;
+    // One instant for every request: the period cannot change under the test at midnight.
+    const at = new Date().toISOString();
+    const limit = { max: 3, per: 'day' };
+    const post = async (body: object): Promise<{ status: number; headers: Headers; json: any }> => {
+      const response = await fetch(`${openUrl}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ at, limit, ...body }),
+      });
+      return { status: response.status, headers: response.headers, json: await response.json() };
+    };
+    const first = await post({ by: 2 });
+    expect(first.status).toBe(200);
+    const resetAt = Date.parse(first.json.resetAt);
+    expect(first.json).toMatchObject({ status: 'applied', limit: 3, usage: 2, remaining: 1 });
+    expect(resetAt - Date.parse(first.json.periodStart)).toBe(86_400_000);
+    expect(first.headers.get('ratelimit-policy')).toBe('"day";q=3;w=86400');
+    const state = /^"day";r=1;t=(\d+)$/.exec(first.headers.get('ratelimit') ?? '');
+    expect(Number(state?.[1])).toBeCloseTo((resetAt - Date.now()) / 1000, -1);
+
+    const refused = await post({ by: 2 });
+    expect(refused.status).toBe(409);
+    expect(refused.json.error).toMatchObject({
+      code: 'OVER_LIMIT',
+      details: { counter: c, usage: 2, remaining: 1, resetAt: first.json.resetAt },
+    });
+    expect(refused.headers.get('ratelimit')).toMatch(/^"day";r=1;t=\d+$/);
+    const tooMany = await post({ by: 2, overLimitStatus: 429 });
+    expect(tooMany.status).toBe(429);
+    expect(tooMany.json.error.code).toBe('OVER_LIMIT');
+    expect(Number(tooMany.headers.get('retry-after'))).toBeCloseTo(
+      (resetAt - Date.now()) / 1000,
+      -1,
+    );
+    // A cap on the total is final: 409 even when 429 is asked for.
+    const capped = await post({ by: 9, limit: 5, overLimitStatus: 429 });
+    expect(capped.status).toBe(409);
+    expect(capped.headers.get('ratelimit-policy')).toBe('"total";q=5');
+    expect(capped.headers.get('retry-after')).toBeNull();
+
+    const checked = await post({ by: 1, check: true });
+    expect(checked.json).toMatchObject({ status: 'allowed', value: 2, usage: 2 });
+    for (const bad of [
+      { limit: { max: 3, per: 'week' } },
+      { limit: { max: 3, per: 'day', timeZone: 'Asia/Kolkata' } },
+      { limit: { max: 3, per: 'day', extra: true } },
+      { check: 'yes' },
+      { overLimitStatus: 503 },
+    ]) {
+      const answer = await post(bad);
+      expect([JSON.stringify(bad), answer.status, answer.json.error.code]).toEqual([
+        JSON.stringify(bad),
+        400,
+        'VALIDATION',
+      ]);
+    }
+    expect((await call('GET', `/v1/counters/${encodeURIComponent(c)}`)).json.value).toBe(2);
   });
 
   it('a body sent without a content type, or a JSON null, is refused, not taken for no body', async () => {

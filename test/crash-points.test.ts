@@ -127,6 +127,12 @@ describe('a flushing process killed with SIGKILL', () => {
           const [bucket] = await tally.usage(counter, { ...day, granularity: 'day' });
           expect([counter, bucket?.value]).toEqual([counter, value]);
         }
+        // And a quota's usage of that day, seeded now from the same three parts.
+        const limit = { max: Number.MAX_SAFE_INTEGER, per: 'day' } as const;
+        for (const [counter, value] of acknowledged) {
+          const checked = await tally.incr(counter, 0, { at: day.from, limit, check: true });
+          expect([counter, checked.usage]).toEqual([counter, value]);
+        }
         await finish(tally, pool, acknowledged);
       } finally {
         await tally.close();

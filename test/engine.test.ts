@@ -215,6 +215,7 @@ describe('increments and reads', () => {
       limit: 10,
       usage: 8,
       remaining: 2,
+      periodStart: null,
       resetAt: null,
       limitExceeded: false,
     });

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { type LimitOptions, type Tally, type TallyOptions } from '../src/index.js';
+import { TallyError, type LimitOptions, type Tally, type TallyOptions } from '../src/index.js';
 import fc from 'fast-check';
 import { quotaPeriodOf, resolveQuotaPeriod } from '../src/counters/quota-periods.js';
 import { shardOf } from '../src/counters/sharding.js';
@@ -122,16 +122,16 @@ describe('periodic quotas', () => {
     await tally.incr('shared', 40, { at });
     await tally.flush();
     const limit = monthly(250);
-    let flushing = true;
+    const flushing = { on: true };
     const flusher = (async () => {
-      while (flushing) await tally.flush();
+      while (flushing.on) await tally.flush();
     })();
     const results = await Promise.all(
       tallies.flatMap((client) =>
         Array.from({ length: 120 }, () => client.incr('shared', 1, { at, limit })),
       ),
     );
-    flushing = false;
+    flushing.on = false;
     await flusher;
     const applied = results.filter((result) => result.status === 'applied');
     expect(applied).toHaveLength(210);
@@ -224,5 +224,62 @@ describe('periodic quotas', () => {
       }),
       { numRuns: 25 },
     );
+  });
+
+  it("take over a dead seeder's marker once it is 2 s old (Redis' clock), and wait before", async () => {
+    const { tally, raw, keyPrefix } = await store({ shards: 1 });
+    const at = Date.UTC(2026, 10, 15);
+    await tally.incr('s', 3, { at });
+    const keys = shardKeys(keyPrefix, 0);
+    const field = `${Date.UTC(2026, 10, 1)},${Date.UTC(2026, 11, 1)}\u001fs`;
+    // A seeder that died after its first step: its accumulator and its marker, just written.
+    const [seconds] = await raw.time();
+    await raw.hset(keys.quotaUsage, field, 1_000);
+    await raw.hset(keys.quotaPeriods, 's', field.split('\u001f')[0] ?? '');
+    await raw.hset(keys.quotaSeeding, field, `dead-seeder|${Number(seconds) * 1000}`);
+    const started = Date.now();
+    const result = await tally.incr('s', 1, { at, limit: monthly(10) });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1_000);
+    expect(result).toMatchObject({ status: 'applied', usage: 4 });
+    expect(await raw.hexists(keys.quotaSeeding, field)).toBe(0);
+  });
+
+  it('refuse bad limits, and quotas the kept buckets cannot answer, with a typed error', async () => {
+    const { tally } = await store({ retention: { hour: '30d', day: null } });
+    const at = Date.UTC(2026, 10, 15);
+    const bad: [unknown, RegExp][] = [
+      [{ max: 1, per: 'week' }, /limit\.per must be one of minute, hour, day, month/],
+      [{ max: 1, per: 'month', anchorDay: 0 }, /anchorDay must be a whole number from 1 to 31/],
+      [{ max: 1, per: 'day', anchorDay: 3 }, /anchorDay is for monthly periods/],
+      [{ max: 1, per: 'day', timeZone: 'Mars/Olympus' }, /not an IANA time zone/],
+      [{ max: 1.5, per: 'day' }, /limit\.max must be a whole number/],
+      [{ max: 1, per: 'day', every: 2 }, /limit has no property "every"/],
+      [{ max: 1, per: 'day', mode: 'lax' }, /limit\.mode must be hard or soft/],
+      [{ max: 1, timeZone: 'UTC' }, /need limit\.per/],
+      [[1], /limit must be a whole number .* or an object/],
+      // Kolkata's midnight is at :30 (UTC+5:30): hour buckets do not start on it.
+      [{ max: 1, per: 'day', timeZone: 'Asia/Kolkata' }, /needs buckets that start on its bounds/],
+      // A Berlin month is read from hour buckets, kept here 30 days: shorter than a month.
+      [
+        { max: 1, per: 'month', timeZone: 'Europe/Berlin' },
+        /kept only 30 days.*shorter than one period/,
+      ],
+    ];
+    for (const [limit, message] of bad) {
+      const error: unknown = await tally
+        .incr('v', 1, { at, limit: limit as LimitOptions })
+        .catch((caught: unknown) => caught);
+      expect(error, JSON.stringify(limit)).toBeInstanceOf(TallyError);
+      expect([(error as TallyError).code, (error as TallyError).message]).toEqual([
+        'VALIDATION',
+        expect.stringMatching(message),
+      ]);
+    }
+    await expect(tally.incr('v', 1, { check: 'yes' as unknown as boolean })).rejects.toMatchObject({
+      code: 'VALIDATION',
+    });
+    expect(await tally.get('v')).toBe(0);
+    // A UTC month is read from the day buckets, kept forever here: accepted.
+    expect((await tally.incr('v', 1, { at, limit: monthly(5) })).status).toBe('applied');
   });
 });

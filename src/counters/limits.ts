@@ -105,7 +105,7 @@ export class LimitResolver {
     const mode = given.mode ?? 'hard';
     if (!(limitModes as readonly unknown[]).includes(mode)) {
       throw new ValidationError(
-        `limit.mode must be hard or soft, got ${String(mode).slice(0, 40)}.`,
+        `limit.mode must be hard or soft, got ${typeof mode === 'string' ? JSON.stringify(mode.slice(0, 40)) : typeof mode}.`,
       );
     }
     const suffix = mode === 'soft' ? '/soft' : '';

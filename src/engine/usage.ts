@@ -115,7 +115,7 @@ export async function completeUsageRead(
       throw redisFailure(error, 'read', 'a usage read');
     })) ?? 0,
   );
-  if (snapshotsAfter !== Number(snapshots)) return undefined;
+  if (snapshotsAfter !== snapshots) return undefined;
   const prunedBefore = rows[0]?.pruned_before_ms;
   checkNotPruned(
     granularity,
@@ -127,7 +127,7 @@ export async function completeUsageRead(
   // value that looks safe.
   const unflushed = new Map<number, bigint>();
   // Pairs of (bucket tag, delta): the pending ones, then the in-flight ones unless applied.
-  const pairsEnd = rows[0]?.applied === true ? 4 + 2 * Number(pendingTags) : redisReply.length;
+  const pairsEnd = rows[0]?.applied === true ? 4 + 2 * pendingTags : redisReply.length;
   for (let i = 4; i < pairsEnd; i += 2) {
     const tagged = tagBuckets(String(redisReply[i]));
     const start = tagged.starts[tagged.granularities.indexOf(granularity)];

@@ -25,8 +25,8 @@ const nameOf = (ref: CounterRef) => (typeof ref === 'string' ? ref : canonicalNa
 
 function resultBody(counter: string, result: BatchIncrementResult) {
   const body = { counter, value: result.value, duplicate: result.duplicate, status: result.status };
-  if (!('usage' in result) || result.usage === undefined) return body;
-  return { ...body, ...limitBody(result as LimitState) };
+  if (result.status === 'overflow' || result.status === 'key-reused') return body;
+  return result.usage === undefined ? body : { ...body, ...limitBody(result as LimitState) };
 }
 
 /** A limit's state as JSON (dates as ISO 8601). */
