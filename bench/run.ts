@@ -9,6 +9,7 @@ import { flush } from './flush.js';
 import { hotPath } from './hot-path.js';
 import { httpIngest } from './http.js';
 import { flushLag } from './lag.js';
+import { quotaIncrements } from './quota.js';
 import { reconcile } from './reconcile.js';
 import { retentionPruning } from './retention.js';
 import { usageQuery } from './usage-query.js';
@@ -23,6 +24,7 @@ const benchmarks: Record<string, (ctx: BenchContext) => Promise<BenchmarkResult>
   reconcile,
   lag: flushLag,
   'usage-query': usageQuery,
+  quota: quotaIncrements,
   retention: retentionPruning,
 };
 
