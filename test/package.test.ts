@@ -178,7 +178,7 @@ describe('the published package', () => {
         env: { ...process.env, REDIS_URL: redis.url, DATABASE_URL: database },
       });
       expect(stdout).toMatch(
-        /^1 applied \{ start: \d{4}-\d\d-\d\dT\d\d:00:00\.000Z, value: 1 \}$/m,
+        /^1 applied 9999 \d{4}-\d\d-\d\dT\d\d:00:00\.000Z \{ start: \d{4}-\d\d-\d\dT\d\d:00:00\.000Z, value: 1 \}$/m,
       );
       expect(stdout).toMatch(/^\{ tenant: 'acme' \} 3$/m);
     } finally {
