@@ -282,4 +282,27 @@ describe('periodic quotas', () => {
     // A UTC month is read from the day buckets, kept forever here: accepted.
     expect((await tally.incr('v', 1, { at, limit: monthly(5) })).status).toBe('applied');
   });
+
+  it('bound the periods one counter has in use, so a client cannot make its increments slow', async () => {
+    const { tally } = await store();
+    const at = Date.UTC(2026, 10, 20);
+    for (let anchorDay = 1; anchorDay <= 16; anchorDay++) {
+      const result = await tally.incr('many', 1, { at, limit: monthly(100, { anchorDay }) });
+      expect(result.status).toBe('applied');
+    }
+    await expect(
+      tally.incr('many', 1, { at, limit: monthly(100, { anchorDay: 17 }) }),
+    ).rejects.toMatchObject({
+      code: 'VALIDATION',
+      message: expect.stringMatching(/16 quota periods/),
+    });
+    expect(await tally.get('many')).toBe(16);
+    // The periods already in use still answer, and other counters are not affected.
+    expect((await tally.incr('many', 1, { at, limit: monthly(100, { anchorDay: 3 }) })).usage).toBe(
+      17,
+    );
+    expect((await tally.incr('few', 1, { at, limit: monthly(100, { anchorDay: 17 }) })).usage).toBe(
+      1,
+    );
+  });
 });

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Granularity } from '../counters/buckets.js';
 import type { QuotaPeriod } from '../counters/quota-periods.js';
 import { shardOf } from '../counters/sharding.js';
-import { TallyError } from '../errors.js';
+import { TallyError, ValidationError } from '../errors.js';
 import { redisFailure } from '../redis/connection.js';
 import { ScriptStatus } from '../redis/scripts.js';
 import { fieldSeparator, shardKeys } from '../redis/shard-keys.js';
@@ -28,6 +28,12 @@ import { completeUsageRead, maxReadAttempts } from './usage.js';
 
 /** How old another process's seed marker must be before it is taken over. */
 export const seedTakeoverMs = 2_000;
+/**
+ * The most quota periods one counter may have in use at once (kinds of period: per, zone,
+ * anchor; and backdated periods until the next current increment drops them): every increment
+ * of the counter walks its list in Redis, so a client inventing periods must not grow it.
+ */
+export const maxPeriodsPerCounter = 16;
 /** The wait before asking again while another process seeds the same period. */
 const busyRetryMs = 20;
 
@@ -77,7 +83,13 @@ export class QuotaSeeder {
     let reads = 0;
     while (Date.now() < deadline) {
       const begun = await this.ctx.scripts
-        .beginQuotaSeed(keys, { counter, period: periodArg, nonce, takeoverMs: seedTakeoverMs })
+        .beginQuotaSeed(keys, {
+          counter,
+          period: periodArg,
+          nonce,
+          takeoverMs: seedTakeoverMs,
+          maxPeriods: maxPeriodsPerCounter,
+        })
         .catch((error: unknown) => {
           throw redisFailure(error, 'write', 'a quota seed');
         });
@@ -86,6 +98,12 @@ export class QuotaSeeder {
       if (status === ScriptStatus.seedBusy) {
         await sleep(busyRetryMs);
         continue;
+      }
+      if (status === ScriptStatus.tooManyPeriods) {
+        throw new ValidationError(
+          `${counter} has ${maxPeriodsPerCounter} quota periods in use already (limits with ` +
+            'other per, timeZone or anchorDay, or backdated ones); nothing was counted.',
+        );
       }
       if (status === ScriptStatus.needsRebuild) {
         await this.rebuildShard(shard);

@@ -18,6 +18,8 @@ export const ScriptStatus = {
   seedBusy: 3,
   /** begin-quota-seed.lua: the period's usage is whole already. */
   seeded: 4,
+  /** begin-quota-seed.lua: the counter has the most periods in use already. */
+  tooManyPeriods: 5,
 } as const;
 
 export const IncrementStatus = {
@@ -152,12 +154,18 @@ export interface Scripts {
   /** {snapshot count, in-flight batch id, its snapshot ms, P, P (tag, delta) pairs, in-flight pairs}. */
   readBuckets(keys: ShardKeys, counter: string): Promise<ScriptReply>;
   /**
-   * {OK, then readBuckets' reply}, {SEEDED}, {SEED_BUSY} or {NEEDS_REBUILD}
+   * {OK, then readBuckets' reply}, {SEEDED}, {SEED_BUSY}, {TOO_MANY_PERIODS} or {NEEDS_REBUILD}
    * (begin-quota-seed.lua).
    */
   beginQuotaSeed(
     keys: ShardKeys,
-    seed: { counter: string; period: string; nonce: string; takeoverMs: number },
+    seed: {
+      counter: string;
+      period: string;
+      nonce: string;
+      takeoverMs: number;
+      maxPeriods: number;
+    },
   ): Promise<ScriptReply>;
   /** {OK} or {BATCH_CHANGED} (finish-quota-seed.lua). */
   finishQuotaSeed(
@@ -286,7 +294,7 @@ export function defineScripts(redis: RedisConnection): Scripts {
           keys.quotaPeriods,
           keys.quotaSeeding,
         ],
-        [seed.counter, seed.period, seed.nonce, seed.takeoverMs],
+        [seed.counter, seed.period, seed.nonce, seed.takeoverMs, seed.maxPeriods],
       ) as Promise<ScriptReply>,
     finishQuotaSeed: (keys, seed) =>
       run(

@@ -11,12 +11,15 @@
   KEYS[9] quota periods      KEYS[10] quota seeding markers
   ARGV[1] counter   ARGV[2] the period, '<startMs>,<endMs>'   ARGV[3] the seeder's nonce
   ARGV[4] how old (ms, Redis' clock) another seeder's marker must be to be taken over
+  ARGV[5] the most periods a counter may have in use at once
 
   Returns {NEEDS_REBUILD} when the totals lack the PostgreSQL base (nothing to seed from yet),
   {SEEDED} when the period's usage is already whole, {SEED_BUSY} while another seeder's marker
-  is younger than ARGV[4], else {OK} followed by counterDeltas' reply. A seeder that starts
-  again keeps its nonce, so it takes its own marker over at once; the accumulator starts from 0
-  again, and the old read is void (finish-quota-seed.lua checks the snapshot count).
+  is younger than ARGV[4], {TOO_MANY_PERIODS} when the counter has ARGV[5] other periods in use
+  (every increment of the counter walks its list), else {OK} followed by counterDeltas' reply.
+  A seeder that starts again keeps its nonce, so it takes its own marker over at once; the
+  accumulator starts from 0 again, and the old read is void (finish-quota-seed.lua checks the
+  snapshot count).
 ]]
 --- @include "statuses"
 --- @include "totals-lack-base"
@@ -40,14 +43,19 @@ elseif redis.call('HEXISTS', KEYS[8], field) == 1 then
   return { SEEDED }
 end
 
+local periods = redis.call('HGET', KEYS[9], counter)
+if periods and not string.find(';' .. periods .. ';', ';' .. period .. ';', 1, true) then
+  local _, separators = string.gsub(periods, ';', '')
+  if separators + 1 >= tonumber(ARGV[5]) then
+    return { TOO_MANY_PERIODS }
+  end
+  periods = periods .. ';' .. period
+elseif not periods then
+  periods = period
+end
 redis.call('HSET', KEYS[8], field, 0)
 redis.call('HSET', KEYS[10], field, nonce .. '|' .. now)
-local periods = redis.call('HGET', KEYS[9], counter)
-if not periods then
-  redis.call('HSET', KEYS[9], counter, period)
-elseif not string.find(';' .. periods .. ';', ';' .. period .. ';', 1, true) then
-  redis.call('HSET', KEYS[9], counter, periods .. ';' .. period)
-end
+redis.call('HSET', KEYS[9], counter, periods)
 
 local reply = counterDeltas(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], counter)
 table.insert(reply, 1, OK)
