@@ -15,6 +15,7 @@ export type {
   LimitState,
 } from './engine/increments.js';
 export type { AppliedBatch } from './engine/flusher.js';
+export type { DeleteOptions, DeletionResult, DeletionTarget } from './engine/deletion.js';
 export type { LedgerPruneReport } from './engine/ledger-pruning.js';
 export type { BucketUpkeepReport } from './engine/bucket-upkeep.js';
 export type { Drift, ShardReconcileReport } from './engine/reconciler.js';

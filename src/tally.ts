@@ -33,6 +33,13 @@ import {
 import { assertSchemaCurrent } from './store/migrator.js';
 import { reconcileShard, type ShardReconcileReport } from './engine/reconciler.js';
 import { QuotaSeeder } from './engine/quota-seeding.js';
+import {
+  deleteCounters,
+  finishDeletions,
+  type DeleteOptions,
+  type DeletionResult,
+  type DeletionTarget,
+} from './engine/deletion.js';
 import { defineScripts, ScriptStatus, type RedisConnection } from './redis/scripts.js';
 import { shardOf } from './counters/sharding.js';
 import { shardKeys } from './redis/shard-keys.js';
@@ -168,6 +175,19 @@ export interface Tally {
    * process at a time, the others find it busy. `signal` stops it between steps.
    */
   maintainBuckets(options?: { signal?: AbortSignal }): Promise<BucketUpkeepReport>;
+  /**
+   * Deletes a counter (a name, or { name, labels }) or a selection of them ({ counter, where }:
+   * a base name's labelled counters whose labels match; { prefix }: plain names). Once it
+   * resolves, reads and queries give 0 for them, and no flush, retry or reconcile brings back
+   * a delta counted before; an increment racing it is deleted with it or counted after it.
+   * Recorded in tally.counter_deletions (`requestedBy`). `dryRun` lists what would go.
+   */
+  delete(target: DeletionTarget, options?: DeleteOptions): Promise<DeletionResult>;
+  /**
+   * Finishes deletions a process left running when it died (the worker runs it every
+   * minute); how many it finished.
+   */
+  finishDeletions(): Promise<number>;
   /**
    * Settles a batch the flushes refuse (BATCH_REFUSED: it reappeared from before the pruned
    * part of the ledger, so it may have been applied already). `discard` drops it and rebuilds
@@ -493,6 +513,16 @@ class TallyClient implements Tally {
   async maintainBuckets(options: { signal?: AbortSignal } = {}): Promise<BucketUpkeepReport> {
     this.assertOpen();
     return maintainBuckets(this.ctx, options);
+  }
+
+  async delete(target: DeletionTarget, options?: DeleteOptions): Promise<DeletionResult> {
+    this.assertOpen();
+    return deleteCounters(this.ctx, target, options);
+  }
+
+  async finishDeletions(): Promise<number> {
+    this.assertOpen();
+    return finishDeletions(this.ctx);
   }
 
   async resolveRefusedBatch(

@@ -12,6 +12,7 @@ import {
   scriptSource,
   ScriptStatus,
 } from '../src/redis/scripts.js';
+import { shardKeys } from '../src/redis/shard-keys.js';
 import { startRedis, type RedisHandle } from './support/index.js';
 
 const luaDir = new URL('../src/redis/lua/', import.meta.url);
@@ -26,6 +27,7 @@ const names = [
   'beginQuotaSeed',
   'finishQuotaSeed',
   'readBatchState',
+  'deleteCounters',
   'readUnflushed',
   'releaseLock',
   'extendLock',
@@ -107,6 +109,35 @@ describe('the Lua scripts', () => {
       expect(await scripts.releaseLock('lock', 'me')).toBe(true);
       expect(await client.exists('lock')).toBe(0);
     } finally {
+      client.disconnect();
+    }
+  });
+
+  it('freeze new deltas, or remove counters, only for the holder of the shard lock', async () => {
+    const client = new Redis(redis.url);
+    try {
+      const scripts = defineScripts(client);
+      const keys = shardKeys('locked', 0);
+      // As increment.lua leaves a counter without buckets: its field under the empty tag.
+      await client.hset(keys.pending, 'c', 1);
+      await client.sadd(keys.pendingTags, '');
+      await client.hset(keys.totals, 'c', 1);
+      await client.set(keys.lock, 'holder');
+      await expect(scripts.snapshot(keys, 'b1', 'paused')).rejects.toMatchObject({ code: 'BUSY' });
+      expect(await scripts.deleteCounters(keys, 'paused', ['c'])).toEqual([ScriptStatus.lostLock]);
+      expect([await client.hget(keys.pending, 'c'), await client.hget(keys.totals, 'c')]).toEqual([
+        '1',
+        '1',
+      ]);
+      expect(await scripts.snapshot(keys, 'b1', 'holder')).toMatchObject({ state: 'created' });
+      expect(await scripts.deleteCounters(keys, 'holder', ['c', 'never'])).toEqual([
+        ScriptStatus.ok,
+        'b1',
+        'c',
+      ]);
+      expect(await client.hlen(keys.inflight)).toBe(0);
+    } finally {
+      await client.flushall();
       client.disconnect();
     }
   });

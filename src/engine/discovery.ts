@@ -140,6 +140,32 @@ async function newCounters(
   return found;
 }
 
+/** How many names one listing statement of selectedCounterNames reads. */
+const namesPerStatement = 10_000;
+
+/**
+ * Every counter a selection takes, the store's and those only in Redis so far, in byte order
+ * (a counter deletion reads them all: engine/deletion.ts).
+ */
+export async function selectedCounterNames(
+  ctx: EngineContext,
+  selection: Selection,
+  what: string,
+): Promise<string[]> {
+  const names = await newCounters(ctx, selection, what);
+  for (let after: string | undefined; ;) {
+    const rows = await storeRows<{ name: string }>(
+      ctx,
+      querySql.counterNames(selection, after, namesPerStatement),
+      what,
+    );
+    for (const row of rows) names.add(row.name);
+    after = rows.at(-1)?.name;
+    if (rows.length < namesPerStatement) break;
+  }
+  return [...names].sort(compareCodePoints);
+}
+
 /** Counters by base name and labels, or plain names by prefix, a page at a time. */
 export async function listCounters(
   ctx: EngineContext,

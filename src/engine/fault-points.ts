@@ -1,7 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /**
- * Named points in the flush, and in a usage query between its reads, where a test can make the
+ * Named points in the flush, in a usage query between its reads, and in a counter deletion
+ * between its PostgreSQL and Redis steps, where a test can make the
  * process kill itself (SIGKILL, nothing runs after it) or stall, to prove that recovery from
  * each point is exact, that shutdown waits for a flush in progress, and that a query is exact
  * whatever a flush does between its reads. Armed through the environment of the process:
@@ -12,11 +13,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 export type FaultPoint =
   | 'before-snapshot'
   | 'after-snapshot'
+  | 'before-transaction'
   | 'mid-transaction'
   | 'after-commit'
   | 'during-acknowledge'
   | 'query-before-snapshot'
-  | 'query-after-snapshot';
+  | 'query-after-snapshot'
+  | 'delete-after-postgres';
 
 export function reachFaultPoint(point: FaultPoint): Promise<void> | undefined {
   if (process.env.TALLY_FAULT_POINT === point) process.kill(process.pid, 'SIGKILL');

@@ -62,12 +62,12 @@ export async function flushShard(
   options: FlushShardOptions = {},
 ): Promise<AppliedBatch[]> {
   const keys = shardKeys(ctx.config.keyPrefix, shard);
-  const work = async () => {
+  const work = async (lockToken: string) => {
     // Debug lines that bracket the time this process holds the shard: tests check from them
     // that no two processes ever flush one shard at once.
     ctx.config.logger.debug({ shard, event: 'flush-start', atMs: Date.now() }, 'flush start');
     try {
-      return await snapshotAndApply(ctx, shard, keys, options);
+      return await snapshotAndApply(ctx, shard, keys, lockToken, options);
     } finally {
       ctx.config.logger.debug({ shard, event: 'flush-end', atMs: Date.now() }, 'flush end');
     }
@@ -79,6 +79,7 @@ async function snapshotAndApply(
   ctx: EngineContext,
   shard: number,
   keys: ShardKeys,
+  lockToken: string,
   options: FlushShardOptions,
 ): Promise<AppliedBatch[]> {
   await reachFaultPoint('before-snapshot');
@@ -86,7 +87,7 @@ async function snapshotAndApply(
   const applied: AppliedBatch[] = [];
   // At most two rounds: a resumed batch, then the deltas that were pending behind it.
   for (let round = 0; round < 2; round++) {
-    const snapshot = await ctx.scripts.snapshot(keys, randomUUID());
+    const snapshot = await ctx.scripts.snapshot(keys, randomUUID(), lockToken);
     if (snapshot.state === 'empty') break;
     const override = options.applyRefused?.batchId;
     if (override !== undefined && snapshot.batchId !== override) {
@@ -134,6 +135,7 @@ async function applyBatch(
   // The flat reply, not ioredis' object: building an object of tens of thousands of fields
   // cost as much as the rest of the preparation.
   const rows = batchRows((await ctx.redis.call('HGETALL', keys.inflight)) as string[]);
+  await reachFaultPoint('before-transaction');
   const transaction = () => applyInPostgres(ctx, shard, keys, batch, rows);
   const outcome = await (postgresQueue?.run(transaction) ?? transaction());
   if (outcome instanceof Date) await refuse(ctx, shard, keys, batch, outcome);
@@ -216,7 +218,7 @@ async function applyInPostgres(
       if (inserted !== true) return 'already-applied';
       await client.query({
         ...flushSql.addToTotals,
-        values: [rows.counters.names, rows.counters.deltas, shard],
+        values: [rows.counters.names, rows.counters.deltas, shard, batch.id],
       });
       await reachFaultPoint('mid-transaction');
       if (rows.bucketGranularities.size > 0) {
@@ -229,6 +231,8 @@ async function applyInPostgres(
           rows.buckets.granularities,
           rows.buckets.startsMs,
           rows.buckets.deltas,
+          shard,
+          batch.id,
         ],
       });
       return 'applied';

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { TallyError } from '../errors.js';
 import { postgresFailure } from '../store/pool.js';
-import { pruneSql } from '../store/sql.js';
+import { deletionSql, pruneSql } from '../store/sql.js';
 import { inTransaction, withClient } from '../store/transaction.js';
 import { shardKeys } from '../redis/shard-keys.js';
 import type { EngineContext } from './engine-context.js';
@@ -76,6 +76,9 @@ export async function pruneLedger(
     if (lock.rows[0]?.locked !== true) return { deleted: 0, busy: true };
     try {
       await assertClocksAgree(ctx, client);
+      // Before the ledger rows they are matched by go: a batch in the ledger is never applied
+      // again, so its tombstones (engine/deletion.ts) have done their work.
+      await client.query(deletionSql.pruneTombstones);
       const { rows } = await client.query<{ shard: number }>(pruneSql.shardsWithOldRows, [
         ctx.config.shards,
         retentionMs,

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Cluster, Redis } from 'ioredis';
 import type { ShardKeys } from './shard-keys.js';
+import { TallyError } from '../errors.js';
 
 /** A connection Tally's commands run on: one Redis, or a Redis Cluster. */
 export type RedisConnection = Redis | Cluster;
@@ -20,6 +21,8 @@ export const ScriptStatus = {
   seeded: 4,
   /** begin-quota-seed.lua: the counter has the most periods in use already. */
   tooManyPeriods: 5,
+  /** delete-counters.lua: the caller no longer holds the shard lock. */
+  lostLock: 6,
 } as const;
 
 export const IncrementStatus = {
@@ -74,6 +77,7 @@ const files = {
   beginQuotaSeed: 'begin-quota-seed.lua',
   finishQuotaSeed: 'finish-quota-seed.lua',
   readBatchState: 'read-batch-state.lua',
+  deleteCounters: 'delete-counters.lua',
   readUnflushed: 'read-unflushed.lua',
   releaseLock: 'release-lock.lua',
   extendLock: 'extend-lock.lua',
@@ -132,8 +136,11 @@ export interface Scripts {
   ): Promise<ScriptReply>;
   /** {OK, total...} as decimal strings, or {NEEDS_REBUILD}. */
   readTotals(keys: ShardKeys, counters: readonly string[]): Promise<ScriptReply>;
-  /** Flush step 1: freezes pending into the in-flight batch, or resumes the one there. */
-  snapshot(keys: ShardKeys, newBatchId: string): Promise<SnapshotReply>;
+  /**
+   * Flush step 1: freezes pending into the in-flight batch, or resumes the one there. Only
+   * the holder of the shard lock (`lockToken`) freezes new deltas.
+   */
+  snapshot(keys: ShardKeys, newBatchId: string, lockToken: string): Promise<SnapshotReply>;
   /**
    * Flush step 3: deletes the in-flight batch if it is still `batchId`; whether it did.
    * `inPostgres` false: an operator discarded it (its new counters become orphans).
@@ -190,6 +197,15 @@ export interface Scripts {
       counters: readonly string[] | undefined;
     },
   ): Promise<ScriptReply>;
+  /**
+   * {OK, in-flight batch id or '', the counters Redis had} or {LOST_LOCK}
+   * (delete-counters.lua).
+   */
+  deleteCounters(
+    keys: ShardKeys,
+    lockToken: string,
+    counters: readonly string[],
+  ): Promise<ScriptReply>;
   /** Whether the lock was still `token`'s and is now released. */
   releaseLock(lockKey: string, token: string): Promise<boolean>;
   /** Whether the lock was still `token`'s and now lives `ttlMs` more. */
@@ -228,7 +244,7 @@ export function defineScripts(redis: RedisConnection): Scripts {
       commands.increment(keys.length, keys, ...args) as Promise<ScriptReply>,
     readTotals: (keys, counters) =>
       run('readTotals', [keys.epoch, keys.totals], counters) as Promise<ScriptReply>,
-    async snapshot(keys, newBatchId) {
+    async snapshot(keys, newBatchId, lockToken) {
       const [state, batchId, snapshotMs] = (await run(
         'snapshot',
         [
@@ -241,9 +257,17 @@ export function defineScripts(redis: RedisConnection): Scripts {
           keys.snapshots,
           keys.pendingNewCounters,
           keys.inflightNewCounters,
+          keys.lock,
         ],
-        [newBatchId],
+        [newBatchId, lockToken],
       )) as [string, string?, string?];
+      if (state === 'lost-lock') {
+        throw new TallyError(
+          'BUSY',
+          `Lost shard lock ${keys.lock} (this process was paused past its TTL); nothing was ` +
+            'snapshotted.',
+        );
+      }
       if (state === 'empty' || batchId === undefined) return { state: 'empty' };
       return {
         state: state === 'resumed' ? 'resumed' : 'created',
@@ -336,6 +360,27 @@ export function defineScripts(redis: RedisConnection): Scripts {
           read.pattern,
         ],
         read.counters ?? [],
+      ) as Promise<ScriptReply>,
+    deleteCounters: (keys, lockToken, counters) =>
+      run(
+        'deleteCounters',
+        [
+          keys.lock,
+          keys.totals,
+          keys.pending,
+          keys.pendingTags,
+          keys.inflight,
+          keys.inflightTags,
+          keys.inflightMeta,
+          keys.pendingNewCounters,
+          keys.inflightNewCounters,
+          keys.orphanCounters,
+          keys.quotaUsage,
+          keys.quotaPeriods,
+          keys.quotaSeeding,
+        ],
+        [lockToken],
+        counters,
       ) as Promise<ScriptReply>,
     releaseLock: async (lockKey, token) =>
       Number(await run('releaseLock', [lockKey], [token])) === 1,

@@ -26,7 +26,8 @@ interface LockContext {
 export async function withShardLock<T>(
   ctx: LockContext,
   lockKey: string,
-  work: () => Promise<T>,
+  /** Gets the lock's token, for the scripts that check it is still held. */
+  work: (token: string) => Promise<T>,
   waitMs: number = ctx.config.flushLockTtlMs,
 ): Promise<T> {
   const ttlMs = ctx.config.flushLockTtlMs;
@@ -62,7 +63,7 @@ export async function withShardLock<T>(
   }, ttlMs / 3);
   renew.unref();
   try {
-    return await work();
+    return await work(token);
   } finally {
     clearInterval(renew);
     await ctx.scripts.releaseLock(lockKey, token);

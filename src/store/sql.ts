@@ -28,6 +28,53 @@ const refusedByHorizon = (shard: string, batch: string, snapshotMs: string, marg
   `(NOT ${inLedger(shard, batch)} AND ${beforeHorizon(shard, snapshotMs, marginMs)})`;
 
 /** The flush's transaction (engine/flusher.ts). */
+/**
+ * Per shard, the transaction-level advisory lock a counter deletion and a flush of the shard
+ * take (key: this + the shard).
+ */
+const shardDeletionLockBase = 500152356000;
+
+/** A tombstone of counter `name` in batch `batch` of shard `shard` (migrations/0007). */
+const tombstoned = (shard: string, batch: string, name: string) =>
+  `SELECT 1 FROM tally.counter_tombstones t
+   WHERE t.shard = ${shard} AND t.batch_id = ${batch} AND t.name = ${name}`;
+
+/** Deleting counters (engine/deletion.ts). */
+export const deletionSql = {
+  /** A deletion's record, running. */
+  begin: `INSERT INTO tally.counter_deletions (requested_by, selector)
+          VALUES ($1, $2::jsonb) RETURNING id::text`,
+  /** Deletions left running by a process that died, oldest first. */
+  running: `SELECT id::text, requested_by, selector FROM tally.counter_deletions
+            WHERE state = 'running' ORDER BY id`,
+  /** Held by the process running deletion $1 for as long as it runs (a session lock). */
+  tryClaim: `SELECT pg_try_advisory_lock(500152360000000 + $1::bigint) AS claimed`,
+  release: `SELECT pg_advisory_unlock(500152360000000 + $1::bigint)`,
+  /** The shard's deletion lock: flushes of shard $1 wait for this transaction. */
+  lockShard: `SELECT pg_advisory_xact_lock(${shardDeletionLockBase} + $1::bigint)`,
+  /** The counters $1 of shard $2: their totals; the names it had. */
+  deleteTotals: `DELETE FROM tally.counters WHERE name = ANY($1::text[]) AND shard = $2
+                 RETURNING name`,
+  deleteBuckets: `DELETE FROM tally.counter_buckets WHERE name = ANY($1::text[])`,
+  deleteLabels: `DELETE FROM tally.counter_labels WHERE name = ANY($1::text[])`,
+  /**
+   * Tombstones of counters $1 in batch $3 of shard $2, the batch in flight when the deletion
+   * took their deltas out of Redis, unless the ledger has it (its deltas are in the rows just
+   * deleted, and it is never applied again).
+   */
+  tombstone: `INSERT INTO tally.counter_tombstones (shard, batch_id, name)
+              SELECT $2, $3, unnest($1::text[])
+              WHERE NOT EXISTS (SELECT 1 FROM tally.applied_batches
+                                WHERE shard = $2 AND batch_id = $3)
+              ON CONFLICT DO NOTHING`,
+  finish: `UPDATE tally.counter_deletions
+           SET state = 'done', counters = counters + $2, finished_at = now() WHERE id = $1`,
+  /** Tombstones of batches the ledger has: those batches are never applied again. */
+  pruneTombstones: `DELETE FROM tally.counter_tombstones t
+                    WHERE EXISTS (SELECT 1 FROM tally.applied_batches a
+                                  WHERE a.shard = t.shard AND a.batch_id = t.batch_id)`,
+} as const;
+
 export const flushSql = {
   /**
    * The batch's ledger row, unless the ledger has it already (`inserted` false), or the horizon
@@ -36,8 +83,12 @@ export const flushSql = {
    */
   claimBatch: {
     name: 'tally_claim_batch',
+    // The shard's deletion lock first: a counter deletion of the shard and this transaction
+    // run one after the other, so its statements see the deletion's tombstones, or the
+    // deletion sees what it applied (engine/deletion.ts).
     text: `WITH refused AS (
-             SELECT ${refusedByHorizon('$1', '$2', '$4', '$5')} AS refused
+             SELECT ${refusedByHorizon('$1', '$2', '$4', '$5')} AS refused,
+                    pg_advisory_xact_lock(${shardDeletionLockBase} + $1::bigint)
            ), inserted AS (
              INSERT INTO tally.applied_batches (shard, batch_id, counters)
              SELECT $1, $2, $3 FROM refused WHERE NOT refused
@@ -48,10 +99,12 @@ export const flushSql = {
                   (SELECT pruned_before FROM tally.ledger_horizons WHERE shard = $1) AS horizon
            FROM refused`,
   },
+  /** $3 shard, $4 batch: the batch's tombstoned counters (deleted since) are skipped. */
   addToTotals: {
     name: 'tally_apply_counters',
     text: `INSERT INTO tally.counters AS c (name, shard, value)
            SELECT name, $3, delta FROM unnest($1::text[], $2::bigint[]) AS d (name, delta)
+           WHERE NOT EXISTS (${tombstoned('$3', '$4', 'd.name')})
            ON CONFLICT (name) DO UPDATE
              SET value = c.value + EXCLUDED.value, updated_at = now()`,
   },
@@ -69,12 +122,14 @@ export const flushSql = {
           `tally.${pg.escapeIdentifier(defaultPartitionTable(granularity))}`,
       )
       .join(', ')} IN ROW EXCLUSIVE MODE`,
+  /** $5 shard, $6 batch, as addToTotals. */
   addToBuckets: {
     name: 'tally_apply_buckets',
     text: `INSERT INTO tally.counter_buckets AS b (name, granularity, bucket_start, value)
            SELECT name, granularity, to_timestamp(start_ms / 1000.0), delta
            FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
              AS d (name, granularity, start_ms, delta)
+           WHERE NOT EXISTS (${tombstoned('$5', '$6', 'd.name')})
            -- In key order, as the upkeep moves rows (bucketSql.moveUnpartitioned): two
            -- upserts of the same keys in different orders deadlock.
            ORDER BY name, granularity, start_ms

@@ -197,6 +197,15 @@ function pruneLedgerTask(tally: Tally, metrics: FlushMetrics, logger: Logger) {
   };
 }
 
+/** Finishes counter deletions a process left running (engine/deletion.ts). */
+function finishDeletionsTask(tally: Tally, logger: Logger) {
+  return async () => {
+    const finished = await tally.finishDeletions();
+    if (finished > 0) logger.info({ finished }, 'counter deletions finished');
+    return undefined;
+  };
+}
+
 /** Upkeep of the bucket partitions (engine/bucket-upkeep.ts); at once again while moving. */
 function bucketUpkeepTask(tally: Tally, metrics: FlushMetrics, logger: Logger) {
   return async (signal: AbortSignal) => {
@@ -264,6 +273,13 @@ export async function startFlushWorker(
       logger.warn({ err: error }, 'could not prune the flush ledger; the next run retries');
     },
   );
+  const stopDeletions = runPeriodically(
+    finishDeletionsTask(tally, logger),
+    config.ledgerPruneIntervalMs,
+    (error) => {
+      logger.warn({ err: error }, 'could not finish a counter deletion; the next run retries');
+    },
+  );
   // At start, before flushes come to need this period's ranges; then on a schedule.
   const stopUpkeep = runPeriodically(
     bucketUpkeepTask(tally, metrics, logger),
@@ -273,7 +289,7 @@ export async function startFlushWorker(
     },
   );
   const stopMaintenance = async () => {
-    await Promise.all([stopPruning(), stopUpkeep()]);
+    await Promise.all([stopPruning(), stopDeletions(), stopUpkeep()]);
   };
   const connections = [
     ['the flush jobs', () => worker.close()], // waits for the flushes in progress

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 
 export interface ChildResult {
@@ -8,12 +8,12 @@ export interface ChildResult {
   stderr: string;
 }
 
-/** Runs a TypeScript file in a child Node process (through tsx) and waits for it to end. */
-export async function runTypeScript(
+/** Starts a TypeScript file in a child Node process (through tsx); `done` when it ends. */
+export function startTypeScript(
   file: URL,
   args: readonly string[],
   env: NodeJS.ProcessEnv = {},
-): Promise<ChildResult> {
+): { child: ChildProcess; done: Promise<ChildResult> } {
   const child = spawn(process.execPath, ['--import', 'tsx', file.pathname, ...args], {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -22,6 +22,18 @@ export async function runTypeScript(
   let stderr = '';
   child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const [code, signal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null];
-  return { code, signal, stdout, stderr };
+  const done = (async () => {
+    const [code, signal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null];
+    return { code, signal, stdout, stderr };
+  })();
+  return { child, done };
+}
+
+/** Runs a TypeScript file in a child Node process (through tsx) and waits for it to end. */
+export function runTypeScript(
+  file: URL,
+  args: readonly string[],
+  env: NodeJS.ProcessEnv = {},
+): Promise<ChildResult> {
+  return startTypeScript(file, args, env).done;
 }
