@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { validate } from '@readme/openapi-parser';
 import { Redis } from 'ioredis';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTally, migrate, type Tally } from '../src/index.js';
 import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
@@ -188,12 +189,14 @@ describe('routes', () => {
       '/v1/counters/{counter}',
       '/v1/counters/{counter}/increment',
       '/v1/counters/{counter}/usage',
+      '/v1/counters:delete',
       '/v1/counters:read',
       '/v1/increments',
       '/v1/labels/{label}/values',
       '/v1/usage',
       '/v1/usage:query',
     ]);
+    expect(Object.keys(document.paths['/v1/counters/{counter}']).sort()).toEqual(['delete', 'get']);
     // A usage query answers JSON or CSV.
     expect(
       Object.keys(document.paths['/v1/usage:query'].post.responses['200'].content).sort(),
@@ -384,6 +387,67 @@ describe('errors', () => {
       ]);
     }
     expect((await call('GET', `/v1/counters/${encodeURIComponent(c)}`)).json.value).toBe(2);
+  });
+
+  it('deletes a counter or a selection, after a dry run, recording the token that asked', async () => {
+    const gone = name('gone');
+    const tenant = name('tenant');
+    const auth = { authorization: `Bearer ${secondToken}` };
+    const post = (counter: unknown, by: number) =>
+      call('POST', '/v1/increments', { increments: [{ counter, by }] }, auth, guardedUrl);
+    await post(gone, 5);
+    await post({ name: 'calls', labels: { tenant, route: '/a' } }, 2);
+    await post({ name: 'calls', labels: { tenant, route: '/b' } }, 3);
+    const path = `/v1/counters/${encodeURIComponent(gone)}`;
+    expect((await call('DELETE', path, undefined, {}, guardedUrl)).status).toBe(401);
+    expect(await call('DELETE', `${path}?dryRun=true`, undefined, auth, guardedUrl)).toEqual({
+      status: 200,
+      json: { deletionId: null, counters: 1, names: [gone], dryRun: true },
+    });
+    expect((await call('GET', path, undefined, auth, guardedUrl)).json.value).toBe(5);
+    const deleted = await call('DELETE', path, undefined, auth, guardedUrl);
+    expect(deleted.json).toMatchObject({ counters: 1, names: [gone], dryRun: false });
+    expect((await call('GET', path, undefined, auth, guardedUrl)).json.value).toBe(0);
+
+    const selection = await call(
+      'POST',
+      '/v1/counters:delete',
+      { counter: 'calls', where: { tenant } },
+      auth,
+      guardedUrl,
+    );
+    expect(selection.json).toMatchObject({ counters: 2, dryRun: false });
+    const listed = await call(
+      'GET',
+      `/v1/counters?counter=calls&where=tenant=${tenant}`,
+      undefined,
+      auth,
+      guardedUrl,
+    );
+    expect(listed.json.counters).toEqual([]);
+    const bad = await call('POST', '/v1/counters:delete', { prefix: '' }, auth, guardedUrl);
+    expect([bad.status, bad.json.error.code]).toEqual([400, 'VALIDATION']);
+    const unknown = await call(
+      'POST',
+      '/v1/counters:delete',
+      { counter: 'calls', all: true },
+      auth,
+      guardedUrl,
+    );
+    expect(unknown.status).toBe(400);
+
+    const pool = new pg.Pool({ connectionString: databaseUrl });
+    try {
+      const { rows } = await pool.query<{ requested_by: string; counters: string }>(
+        'SELECT requested_by, counters FROM tally.counter_deletions ORDER BY id',
+      );
+      expect(rows).toEqual([
+        { requested_by: 'http:token-2@127.0.0.1', counters: '1' },
+        { requested_by: 'http:token-2@127.0.0.1', counters: '2' },
+      ]);
+    } finally {
+      await pool.end();
+    }
   });
 
   it('a body sent without a content type, or a JSON null, is refused, not taken for no body', async () => {

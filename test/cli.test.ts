@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTally, loadMigrations, migrate, type Tally } from '../src/index.js';
 import { findPostgresBinDir } from './support/binaries.js';
@@ -50,7 +51,15 @@ async function store() {
 
 describe('tally CLI', () => {
   it('has --help on every subcommand, and documents the exit codes', async () => {
-    for (const command of ['migrate', 'flush', 'reconcile', 'status', 'serve', 'worker']) {
+    for (const command of [
+      'migrate',
+      'flush',
+      'reconcile',
+      'status',
+      'delete',
+      'serve',
+      'worker',
+    ]) {
       const help = await runTypeScript(cli, [command, '--help']);
       expect(help.code, command).toBe(0);
       expect(help.stdout).toContain(`Usage: tally ${command}`);
@@ -121,6 +130,46 @@ describe('tally CLI', () => {
     expect(none.stderr).toMatch(
       /Shard 1 has no refused batch "b1" \(none of its batches is refused\)/,
     );
+  });
+
+  it('delete lists what would go, deletes only with --yes, and records who asked', async () => {
+    const { tally, cli, databaseUrl } = await store();
+    try {
+      await tally.incr({ name: 'calls', labels: { tenant: 'acme', route: '/a' } }, 2);
+      await tally.incr({ name: 'calls', labels: { tenant: 'other', route: '/a' } }, 3);
+      await tally.incr('plain', 1);
+      const dry = await cli(['delete', 'calls', '--where', 'tenant=acme']);
+      expect([dry.code, dry.stdout]).toEqual([
+        0,
+        'calls{route="/a",tenant="acme"}\nwould delete 1 counter; run again with --yes to delete\n',
+      ]);
+      expect(await tally.get('calls{route="/a",tenant="acme"}')).toBe(2);
+      const done = await cli(['delete', 'calls', '--where', 'tenant=acme', '--yes', '--json']);
+      expect(done.code, done.stderr).toBe(0);
+      expect(JSON.parse(done.stdout)).toMatchObject({ counters: 1, dryRun: false });
+      expect(
+        await tally.getMany([
+          'calls{route="/a",tenant="acme"}',
+          'calls{route="/a",tenant="other"}',
+        ]),
+      ).toEqual([0, 3]);
+      expect((await cli(['delete', 'plain', '--yes'])).stdout).toMatch(
+        /^plain\ndeleted 1 counter \(deletion \d+\)\n$/,
+      );
+      expect(await tally.get('plain')).toBe(0);
+      const bad = await cli(['delete', 'calls', '--prefix', 'c']);
+      expect([bad.code, bad.stderr]).toEqual([2, expect.stringContaining('not both')]);
+      const records = await postgresRows(
+        databaseUrl,
+        'SELECT requested_by FROM tally.counter_deletions ORDER BY id',
+      );
+      expect(records).toEqual([
+        { requested_by: expect.stringMatching(/^cli:.+@.+$/) },
+        { requested_by: expect.stringMatching(/^cli:.+@.+$/) },
+      ]);
+    } finally {
+      await tally.close();
+    }
   });
 
   it('migrate applies and lists migrations', async () => {
@@ -334,3 +383,14 @@ describe('tally CLI', () => {
     }
   });
 });
+
+/** Rows of one statement, on a connection of its own. */
+async function postgresRows(url: string, text: string): Promise<unknown[]> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return (await client.query(text)).rows;
+  } finally {
+    await client.end();
+  }
+}

@@ -154,8 +154,9 @@ describe('1. authorisation is decided on the matched route', () => {
   it('denies by default: unknown paths and wrong methods need the token too', async () => {
     expect((await call('GET', '/v2/anything', undefined, {})).status).toBe(401);
     expect((await call('GET', '/admin', undefined, {})).status).toBe(401);
+    expect((await call('PUT', '/v1/counters/a', undefined, {})).status).toBe(401);
     expect((await call('DELETE', '/v1/counters/a', undefined, {})).status).toBe(401);
-    const wrongMethod = await call('DELETE', '/v1/counters/a');
+    const wrongMethod = await call('PUT', '/v1/counters/a');
     expect(wrongMethod.status).toBe(405);
     expect(wrongMethod.json).toMatchObject({ error: { code: 'METHOD_NOT_ALLOWED' } });
   });

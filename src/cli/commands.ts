@@ -1,6 +1,9 @@
 import { SingleBar } from 'cli-progress';
 import { migrate, migrationStatus } from '../store/migrator.js';
 import type { ShardReconcileReport } from '../engine/reconciler.js';
+import { hostname, userInfo } from 'node:os';
+import type { DeletionTarget } from '../engine/deletion.js';
+import { whereOf } from '../engine/query-spec.js';
 import type { Tally, TallyStatus } from '../tally.js';
 import { ValidationError } from '../errors.js';
 import { ExitCode } from './exit-codes.js';
@@ -326,6 +329,60 @@ export async function resolveBatchCommand(
         ? `${what} discarded (${plural(resolved.deltas, 'delta')}); Redis totals rebuilt from ` +
             'PostgreSQL + pending'
         : `${what} applied (${plural(resolved.deltas, 'delta')})`,
+    );
+    return ExitCode.ok;
+  });
+}
+
+export interface DeleteCommandOptions extends StoreOptions {
+  prefix?: string;
+  where?: string[];
+  yes?: boolean;
+  json?: boolean;
+}
+
+/** Who runs `tally delete`, for the deletion's record. */
+function cliRequester(): string {
+  let user = 'unknown';
+  try {
+    user = userInfo().username;
+  } catch {
+    // no passwd entry (a container's arbitrary uid): the host still says where
+  }
+  return `cli:${user}@${hostname()}`.slice(0, 200);
+}
+
+/**
+ * `tally delete`: lists what a deletion takes (a dry run), or with --yes deletes it. A name
+ * alone is that counter; with --where, the base name's labelled counters matching; --prefix,
+ * plain names.
+ */
+export async function deleteCommand(counter: string | undefined, options: DeleteCommandOptions) {
+  if ((counter === undefined) === (options.prefix === undefined)) {
+    throw new ValidationError('Name a counter, or --prefix for plain names (not both).');
+  }
+  const target: DeletionTarget =
+    options.prefix !== undefined
+      ? { prefix: options.prefix }
+      : options.where !== undefined
+        ? { counter: counter ?? '', where: whereOf(options.where) }
+        : (counter ?? '');
+  return withStore(options, async (tally) => {
+    const result = await tally.delete(target, {
+      dryRun: options.yes !== true,
+      requestedBy: cliRequester(),
+    });
+    if (options.json === true) {
+      print(JSON.stringify(result, null, 2));
+      return ExitCode.ok;
+    }
+    for (const name of result.names) print(name);
+    const more = result.counters - result.names.length;
+    if (more > 0) print(`… and ${plural(more, 'more counter')}`);
+    print(
+      result.dryRun
+        ? `would delete ${plural(result.counters, 'counter')}; run again with --yes to delete`
+        : `deleted ${plural(result.counters, 'counter')} (deletion ${result.deletionId ?? ''})`,
     );
     return ExitCode.ok;
   });

@@ -2,6 +2,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { resolve } from 'node:path';
 import { packageVersion } from '../package-files.js';
 import {
+  deleteCommand,
   flushCommand,
   migrateCommand,
   reconcileCommand,
@@ -112,6 +113,24 @@ withStoreOptions(
     .option('--format <format>', 'table, csv or json (default: table on a terminal, else csv)')
     .option('--output <file>', 'write to this file instead of stdout'),
 ).action(action(usageCommand));
+
+withStoreOptions(
+  program
+    .command('delete')
+    .description(
+      'delete counters for good (a tenant that left): lists what would go; --yes deletes it ' +
+        'and records the deletion in PostgreSQL',
+    )
+    .argument('[counter]', 'a counter name; with --where, the base name of labelled counters')
+    .option('--prefix <prefix>', 'plain (unlabelled) counters whose names start with this')
+    .option(
+      '--where <label=value>',
+      "the base name's labelled counters with this label value; repeat for more labels",
+      collect,
+    )
+    .option('--yes', 'delete (without it, only list what would go)')
+    .option('--json', 'print the result as JSON'),
+).action(action(deleteCommand));
 
 program
   .command('worker')

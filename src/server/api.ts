@@ -3,6 +3,7 @@ import Fastify, { LogController, type FastifyError, type FastifyReply } from 'fa
 import type { Logger } from 'pino';
 import type { Tally } from '../tally.js';
 import { requireTokens } from './auth.js';
+import { deletionRoutes } from './deletion-routes.js';
 import { counterRoutes } from './counter-routes.js';
 import { answerMethodNotAllowed } from './method-not-allowed.js';
 import { clientErrorResponse, toHttpError } from './http-errors.js';
@@ -112,6 +113,7 @@ export async function buildApi(options: ApiOptions) {
   await app.register(requireTokens, { tokens });
   await app.register(httpHooks, { metrics });
   await app.register(counterRoutes, { tally, maxBatch, metrics });
+  await app.register(deletionRoutes, { tally, tokens });
   await app.register(usageRoutes, {
     tally,
     maxConcurrentQueries: options.maxConcurrentQueries ?? httpDefaults.maxConcurrentQueries,

@@ -54,6 +54,17 @@ export function isAuthenticated(request: FastifyRequest, tokens: readonly string
 }
 
 /**
+ * Who sent a request, for records such as a deletion's: the token's place in
+ * `TALLY_API_TOKEN` (never the token) and the client's address.
+ */
+export function callerOf(request: FastifyRequest, tokens: readonly string[]): string {
+  if (tokens.length === 0) return `http:unauthenticated@${request.ip}`;
+  const given = bearerToken(request.headers.authorization) ?? '';
+  const index = tokens.findIndex((token) => sameSecret(given, token));
+  return `http:token-${index + 1}@${request.ip}`;
+}
+
+/**
  * Authorises on the route that matched, never on the URL string: the router decodes `%76` to
  * `v` and accepts absolute-form targets, so no prefix test on `request.url` can be trusted.
  * Deny by default: only routes marked `config: { open: true }` skip the check; everything

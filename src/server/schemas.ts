@@ -364,6 +364,19 @@ const usageAnswer = {
   },
 } as const;
 
+/** `where` in a JSON body: label → value, or → a list of values (any of them). */
+const whereBody = {
+  type: 'object',
+  maxProperties: 16,
+  description: 'label → value, or → a list of values (any of them).',
+  additionalProperties: {
+    oneOf: [
+      ...labelScalar.oneOf,
+      { type: 'array', minItems: 1, maxItems: 1000, items: labelScalar },
+    ],
+  },
+} as const;
+
 export const usageQuerySchema = {
   summary: 'Usage of many counters: filtered and grouped by labels, per calendar window',
   description:
@@ -375,17 +388,7 @@ export const usageQuerySchema = {
     additionalProperties: false,
     properties: {
       ...selectionProperties,
-      where: {
-        type: 'object',
-        maxProperties: 16,
-        description: 'label → value, or → a list of values (any of them).',
-        additionalProperties: {
-          oneOf: [
-            ...labelScalar.oneOf,
-            { type: 'array', minItems: 1, maxItems: 1000, items: labelScalar },
-          ],
-        },
-      },
+      where: whereBody,
       groupBy: { type: 'array', maxItems: 8, items: labelKeyString },
       ...windowProperties,
       limit: pageLimit,
@@ -496,4 +499,63 @@ export const labelValuesSchema = {
     },
     ...errors,
   },
+} as const;
+
+const deletionAnswer = {
+  type: 'object',
+  required: ['deletionId', 'counters', 'names', 'dryRun'],
+  properties: {
+    deletionId: {
+      type: 'string',
+      nullable: true,
+      description: 'The record in tally.counter_deletions; null for a dry run.',
+    },
+    counters: { type: 'integer', description: 'How many counters went (or would go).' },
+    names: {
+      type: 'array',
+      items: { type: 'string' },
+      description: 'The first 1,000 of them, in byte order.',
+    },
+    dryRun: { type: 'boolean' },
+  },
+} as const;
+
+const deletionDescription =
+  'Once answered, reads and queries give 0 for the counters, and no flush, retry or reconcile ' +
+  'brings back a delta counted before; an increment racing the deletion is deleted with it or ' +
+  'counted after it. Recorded in tally.counter_deletions with the token that asked. One ' +
+  'deletion at a time per server (503 BUSY otherwise).';
+
+export const deleteOneSchema = {
+  summary: 'Delete one counter',
+  description: deletionDescription,
+  params: counterParams,
+  querystring: {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      dryRun: {
+        type: 'string',
+        enum: ['true', 'false'],
+        description: 'true: only say what would go.',
+      },
+    },
+  },
+  response: { 200: deletionAnswer, ...errors },
+} as const;
+
+export const deleteSelectionSchema = {
+  summary:
+    "Delete counters: a base name's labelled counters matching where, or plain names by prefix",
+  description: deletionDescription,
+  body: {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      ...selectionProperties,
+      where: whereBody,
+      dryRun: { type: 'boolean', description: 'Only say what would go.' },
+    },
+  },
+  response: { 200: deletionAnswer, ...errors },
 } as const;
