@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
@@ -158,14 +158,15 @@ describe('tally CLI', () => {
       );
       expect(await tally.get('plain')).toBe(0);
       const bad = await cli(['delete', 'calls', '--prefix', 'c']);
-      expect([bad.code, bad.stderr]).toEqual([2, expect.stringContaining('not both')]);
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toContain('not both');
       const records = await postgresRows(
         databaseUrl,
         'SELECT requested_by FROM tally.counter_deletions ORDER BY id',
       );
-      expect(records).toEqual([
-        { requested_by: expect.stringMatching(/^cli:.+@.+$/) },
-        { requested_by: expect.stringMatching(/^cli:.+@.+$/) },
+      expect(records.map((row) => row.requested_by)).toEqual([
+        `cli:${userInfo().username}@${hostname()}`,
+        `cli:${userInfo().username}@${hostname()}`,
       ]);
     } finally {
       await tally.close();
@@ -385,11 +386,11 @@ describe('tally CLI', () => {
 });
 
 /** Rows of one statement, on a connection of its own. */
-async function postgresRows(url: string, text: string): Promise<unknown[]> {
+async function postgresRows(url: string, text: string): Promise<Record<string, unknown>[]> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
-    return (await client.query(text)).rows;
+    return (await client.query<Record<string, unknown>>(text)).rows;
   } finally {
     await client.end();
   }
