@@ -64,6 +64,8 @@ const namesShown = 1_000;
 const chunkSize = 1_000;
 /** Shards deleted from at once. */
 const shardConcurrency = 4;
+/** Bucket rows deleted per statement before a chunk's locked step. */
+const bucketRowsPerStatement = 10_000;
 /** A chunk whose lock was lost (a paused process) is tried again this many times. */
 const maxChunkAttempts = 3;
 
@@ -138,9 +140,7 @@ async function existing(ctx: EngineContext, shard: number, names: string[]): Pro
     throw redisFailure(error, 'read', 'a counter deletion');
   });
   const { rows } = await ctx.pool
-    .query<{ name: string }>('SELECT name FROM tally.counters WHERE name = ANY($1::text[])', [
-      names,
-    ])
+    .query<{ name: string }>(deletionSql.stored, [names])
     .catch((error: unknown) => {
       throw postgresFailure(error, 'a counter deletion');
     });
@@ -155,6 +155,16 @@ async function deleteChunk(
   names: readonly string[],
 ): Promise<string[]> {
   const keys = shardKeys(ctx.config.keyPrefix, shard);
+  // The bulk of the bucket rows first, in short statements, without the shard's locks: all of
+  // them go anyway, and the locked step deletes what flushes wrote meanwhile.
+  for (;;) {
+    const { rowCount } = await ctx.pool
+      .query(deletionSql.deleteSomeBuckets, [names, bucketRowsPerStatement])
+      .catch((error: unknown) => {
+        throw postgresFailure(error, 'a counter deletion');
+      });
+    if ((rowCount ?? 0) < bucketRowsPerStatement) break;
+  }
   for (let attempt = 1; ; attempt++) {
     const found = await withShardLock(ctx, keys.lock, async (token) => {
       const batchId = await ctx.redis.hget(keys.inflightMeta, 'batch').catch((error: unknown) => {
@@ -268,6 +278,10 @@ export async function deleteCounters(
     });
   const deletionId = rows[0]?.id ?? '';
   const deleted = (await runRecorded(ctx, deletionId, resolved)) ?? [];
+  ctx.config.logger.info(
+    { deletionId, requestedBy, selector: resolved.selector, counters: deleted.length },
+    'counters deleted',
+  );
   return {
     deletionId,
     counters: deleted.length,

@@ -56,6 +56,17 @@ export const deletionSql = {
   deleteTotals: `DELETE FROM tally.counters WHERE name = ANY($1::text[]) AND shard = $2
                  RETURNING name`,
   deleteBuckets: `DELETE FROM tally.counter_buckets WHERE name = ANY($1::text[])`,
+  /**
+   * Up to $2 bucket rows of counters $1, before the locked step (which then finds only the
+   * rows flushed since): a counter with years of minute buckets must not hold its shard's
+   * flushes for the whole delete.
+   */
+  deleteSomeBuckets: `DELETE FROM tally.counter_buckets
+                      WHERE (name, granularity, bucket_start) IN (
+                        SELECT name, granularity, bucket_start FROM tally.counter_buckets
+                        WHERE name = ANY($1::text[]) LIMIT $2)`,
+  /** Which of counters $1 PostgreSQL has (a dry run). */
+  stored: `SELECT name FROM tally.counters WHERE name = ANY($1::text[])`,
   deleteLabels: `DELETE FROM tally.counter_labels WHERE name = ANY($1::text[])`,
   /**
    * Tombstones of counters $1 in batch $3 of shard $2, the batch in flight when the deletion
