@@ -302,4 +302,26 @@ describe('periodic quotas', () => {
       1,
     );
   });
+
+  it('keep the period just ended for late increments, and drop older ones', async () => {
+    const { tally, raw, keyPrefix } = await store({ shards: 1 });
+    const keys = shardKeys(keyPrefix, 0);
+    const limit = monthly(100);
+    const month = (m: number) => Date.UTC(2026, m, 1);
+    await tally.incr('late', 1, { at: month(9) + 5, limit });
+    await tally.incr('late', 1, { at: month(10) + 5, limit });
+    expect(await raw.hget(keys.quotaPeriods, 'late')).toBe(
+      `${month(9)},${month(10)};${month(10)},${month(11)}`,
+    );
+    // A late increment into October is counted there, without a seed.
+    expect((await tally.incr('late', 1, { at: month(10) - 5, limit })).usage).toBe(2);
+    // October is dropped once as long as it lasted has passed since its end (31 days).
+    await tally.incr('late', 1, { at: Date.UTC(2026, 11, 2, 12), limit });
+    expect(await raw.hget(keys.quotaPeriods, 'late')).toBe(
+      `${month(10)},${month(11)};${month(11)},${month(12)}`,
+    );
+    expect(await raw.hexists(keys.quotaUsage, `${month(9)},${month(10)}\u001flate`)).toBe(0);
+    // Dropped, it seeds again when asked for, exactly.
+    expect((await tally.incr('late', 0, { at: month(9) + 5, limit })).usage).toBe(2);
+  });
 });

@@ -22,7 +22,8 @@
   the period: the hash `quota usage` keeps it whole (PostgreSQL's part included) for the
   periods of `quota periods`, counter → '<start>,<end>;...', seeded by begin-/finish-quota-seed
   .lua. Every applied increment of such a counter adds to each listed period holding its
-  smallest bucket's start, and drops the periods that ended at or before it. A periodic entry
+  smallest bucket's start, and drops the periods that ended a period's length or more before
+  it. A periodic entry
   whose period is not seeded (no usage, or a seed under way) returns NEEDS_SEED and changes
   nothing.
 
@@ -86,20 +87,24 @@ local function exactReply(value)
 end
 
 -- Adds an applied delta to the counter's periods that hold `instant`, and drops those that
--- ended at or before it (a later increment of theirs seeds them again, exactly).
+-- ended a period's length or more before it (a later increment of theirs seeds them again,
+-- exactly). The period just ended stays: late increments into it are common (a month's last
+-- requests reported after midnight), and each would otherwise seed it again while the
+-- current period's increments dropped it.
 local function addToPeriods(counter, instant, delta)
   local periods = redis.call('HGET', quotaPeriods, counter)
   if not periods or not instant then return end
   local kept, dropped = {}, false
   for period, startMs, endMs in string.gmatch(periods, '((-?%d+),(-?%d+))') do
     local field = period .. SEPARATOR .. counter
-    if tonumber(endMs) <= instant then
+    local startAt, endAt = tonumber(startMs), tonumber(endMs)
+    if endAt + (endAt - startAt) <= instant then
       dropped = true
       redis.call('HDEL', quotaUsage, field)
       redis.call('HDEL', quotaSeeding, field)
     else
       kept[#kept + 1] = period
-      if tonumber(startMs) <= instant then
+      if startAt <= instant and instant < endAt then
         redis.call('HINCRBY', quotaUsage, field, delta)
       end
     end
