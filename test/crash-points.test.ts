@@ -1,10 +1,9 @@
-import { randomBytes } from 'node:crypto';
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTally, migrate, type Tally } from '../src/index.js';
+import { createTally, type Tally } from '../src/index.js';
 import { runTypeScript } from './support/child-process.js';
-import { createDatabase, startRedis, type RedisHandle } from './support/index.js';
-import { anyDate, postgresTotals } from './support/tally-store.js';
+import { startRedis, type RedisHandle } from './support/index.js';
+import { oneShardStore, postgresTotals } from './support/tally-store.js';
 
 const flushOnce = new URL('./fixtures/flush-once.ts', import.meta.url);
 
@@ -18,21 +17,8 @@ afterAll(async () => {
 
 /** A store, a client in this process, and what was acknowledged to it. */
 async function store() {
-  const postgres = await createDatabase();
-  await migrate(postgres);
-  const options = {
-    redis: redis.url,
-    postgres,
-    keyPrefix: `crash${randomBytes(4).toString('hex')}`,
-    // One shard, so the process dies holding the store's only batch.
-    shards: 1,
-    // The killed process never releases its lock; the next flush takes it once it expires.
-    flushLockTtlMs: 1_000,
-    buckets: ['hour', 'day'] as const,
-    ...anyDate,
-  };
-  const tally = await createTally({ ...options, buckets: [...options.buckets] });
-  const pool = new pg.Pool({ connectionString: postgres });
+  // The killed process never releases its lock; the next flush takes it once it expires.
+  const { options, tally, pool } = await oneShardStore(redis.url, 'crash', 1_000);
   const acknowledged = new Map<string, number>();
   const increment = async (round: number) => {
     for (let i = 0; i < 40; i++) {

@@ -1,12 +1,11 @@
-import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { createTally, migrate, type Tally } from '../src/index.js';
+import type { Tally } from '../src/index.js';
 import { shardKeys } from '../src/redis/shard-keys.js';
 import { runTypeScript, startTypeScript } from './support/child-process.js';
-import { createDatabase, startRedis, waitFor, type RedisHandle } from './support/index.js';
-import { anyDate, postgresTotals } from './support/tally-store.js';
+import { startRedis, waitFor, type RedisHandle } from './support/index.js';
+import { oneShardStore, postgresTotals } from './support/tally-store.js';
 
 const flushOnce = new URL('./fixtures/flush-once.ts', import.meta.url);
 const deleteOnce = new URL('./fixtures/delete-once.ts', import.meta.url);
@@ -21,20 +20,7 @@ afterAll(async () => {
 
 /** A store on one shard (so a stuck batch holds every counter), and a client of it. */
 async function store() {
-  const postgres = await createDatabase();
-  await migrate(postgres);
-  const options = {
-    redis: redis.url,
-    postgres,
-    keyPrefix: `del${randomBytes(4).toString('hex')}`,
-    shards: 1,
-    // A flusher killed or paused loses its lock quickly.
-    flushLockTtlMs: 600,
-    buckets: ['hour', 'day'] as const,
-    ...anyDate,
-  };
-  const tally = await createTally({ ...options, buckets: [...options.buckets] });
-  const pool = new pg.Pool({ connectionString: postgres });
+  const { options, tally, pool } = await oneShardStore(redis.url, 'del', 600);
   const raw = new Redis(redis.url);
   onTestFinished(async () => {
     await tally.close();

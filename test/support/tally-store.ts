@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { createTally, migrate, type Tally, type TallyOptions } from '../../src/index.js';
+import { createDatabase } from './shared-postgres.js';
 
 /**
  * For tests that count at fixed dates, whenever they run: ten years of backdating, and every
@@ -48,3 +49,26 @@ export async function postgresTotals(db: string | pg.Pool): Promise<Map<string, 
     await client.end();
   }
 }
+
+/**
+ * A migrated store on one shard (a process killed or paused mid-flush then holds its only
+ * batch), a client of it, and its options as a child process takes them (JSON). A killed or
+ * paused flusher loses its lock after `flushLockTtlMs`.
+ */
+export async function oneShardStore(redisUrl: string, prefix: string, flushLockTtlMs: number) {
+  const postgres = await createDatabase();
+  await migrate(postgres);
+  const options = {
+    redis: redisUrl,
+    postgres,
+    keyPrefix: `${prefix}${randomBytes(4).toString('hex')}`,
+    shards: 1,
+    flushLockTtlMs,
+    buckets: ['hour', 'day'] as const,
+    ...anyDate,
+  };
+  const tally = await createTally({ ...options, buckets: [...options.buckets] });
+  const pool = new pg.Pool({ connectionString: postgres });
+  return { options, tally, pool };
+}
+
