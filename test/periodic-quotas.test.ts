@@ -283,45 +283,50 @@ describe('periodic quotas', () => {
     expect((await tally.incr('v', 1, { at, limit: monthly(5) })).status).toBe('applied');
   });
 
-  it('bound the periods one counter has in use, so a client cannot make its increments slow', async () => {
-    const { tally } = await store();
-    const at = Date.UTC(2026, 10, 20);
-    for (let anchorDay = 1; anchorDay <= 16; anchorDay++) {
-      const result = await tally.incr('many', 1, { at, limit: monthly(100, { anchorDay }) });
-      expect(result.status).toBe('applied');
-    }
-    const refused = tally.incr('many', 1, { at, limit: monthly(100, { anchorDay: 17 }) });
-    await expect(refused).rejects.toMatchObject({ code: 'VALIDATION' });
-    await expect(refused).rejects.toThrow(/16 quota periods/);
-    expect(await tally.get('many')).toBe(16);
-    // The periods already in use still answer, and other counters are not affected.
-    expect((await tally.incr('many', 1, { at, limit: monthly(100, { anchorDay: 3 }) })).usage).toBe(
-      17,
-    );
-    expect((await tally.incr('few', 1, { at, limit: monthly(100, { anchorDay: 17 }) })).usage).toBe(
-      1,
-    );
-  });
-
-  it('keep the period just ended for late increments, and drop older ones', async () => {
+  it('list at most 16 periods per counter, dropping the one that ends first, which seeds again', async () => {
     const { tally, raw, keyPrefix } = await store({ shards: 1 });
     const keys = shardKeys(keyPrefix, 0);
-    const limit = monthly(100);
-    const month = (m: number) => Date.UTC(2026, m, 1);
-    await tally.incr('late', 1, { at: month(9) + 5, limit });
-    await tally.incr('late', 1, { at: month(10) + 5, limit });
-    expect(await raw.hget(keys.quotaPeriods, 'late')).toBe(
-      `${month(9)},${month(10)};${month(10)},${month(11)}`,
+    const at = Date.UTC(2026, 10, 20);
+    for (let anchorDay = 1; anchorDay <= 17; anchorDay++) {
+      const result = await tally.incr('many', 1, { at, limit: monthly(100, { anchorDay }) });
+      expect([anchorDay, result.status, result.usage]).toEqual([anchorDay, 'applied', anchorDay]);
+    }
+    const listed = (await raw.hget(keys.quotaPeriods, 'many'))?.split(';') ?? [];
+    expect(listed).toHaveLength(16);
+    // Anchored on the 1st, the period Nov 1 – Dec 1 ends first: it made room for the 17th.
+    expect(listed).not.toContain(`${Date.UTC(2026, 10, 1)},${Date.UTC(2026, 11, 1)}`);
+    expect((await tally.incr('many', 0, { at, limit: monthly(100, { anchorDay: 1 }) })).usage).toBe(
+      17,
     );
-    // A late increment into October is counted there, without a seed.
-    expect((await tally.incr('late', 1, { at: month(10) - 5, limit })).usage).toBe(2);
-    // October is dropped once as long as it lasted has passed since its end (31 days).
-    await tally.incr('late', 1, { at: Date.UTC(2026, 11, 2, 12), limit });
+    expect(await tally.get('many')).toBe(17);
+  });
+
+  it('keep ended periods for late increments, and drop those no increment can reach', async () => {
+    const { tally, raw, keyPrefix } = await store({ shards: 1, maxBackdateMs: 40 * 86_400_000 });
+    const keys = shardKeys(keyPrefix, 0);
+    const limit = { max: 100, per: 'day' } as const;
+    const today = Math.floor(Date.now() / 86_400_000) * 86_400_000;
+    const day = (offset: number) => today + offset * 86_400_000;
+    await tally.incr('late', 1, { at: day(-1), limit });
+    await tally.incr('late', 1, { at: day(0), limit });
     expect(await raw.hget(keys.quotaPeriods, 'late')).toBe(
-      `${month(10)},${month(11)};${month(11)},${month(12)}`,
+      `${day(-1)},${day(0)};${day(0)},${day(1)}`,
     );
-    expect(await raw.hexists(keys.quotaUsage, `${month(9)},${month(10)}\u001flate`)).toBe(0);
-    // Dropped, it seeds again when asked for, exactly.
-    expect((await tally.incr('late', 0, { at: month(9) + 5, limit })).usage).toBe(2);
+    // A late increment into yesterday is counted there, its period still whole.
+    expect((await tally.incr('late', 1, { at: day(0) - 5, limit })).usage).toBe(2);
+    // A period that ended more than the backdating window (40 days) ago goes with the next
+    // increment of the counter.
+    const ancient = `${day(-42)},${day(-41)}`;
+    await raw.hset(
+      keys.quotaPeriods,
+      'late',
+      `${ancient};${day(-1)},${day(0)};${day(0)},${day(1)}`,
+    );
+    await raw.hset(keys.quotaUsage, `${ancient}\u001flate`, 7);
+    await tally.incr('late', 1, { at: day(0) });
+    expect(await raw.hget(keys.quotaPeriods, 'late')).toBe(
+      `${day(-1)},${day(0)};${day(0)},${day(1)}`,
+    );
+    expect(await raw.hexists(keys.quotaUsage, `${ancient}\u001flate`)).toBe(0);
   });
 });

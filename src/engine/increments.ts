@@ -535,7 +535,8 @@ export class IncrementSender {
       }
       entries.push(increment.counter, delta, entrySpec);
     }
-    const args = [[this.config.idempotencyWindowMs, tags.length, ...tags], entries];
+    const { idempotencyWindowMs, maxBackdateMs } = this.config;
+    const args = [[idempotencyWindowMs, maxBackdateMs, tags.length, ...tags], entries];
     const call = () => this.scripts.increment(scriptKeys, args);
     return call().then(async (reply) => {
       if (reply[0] === ScriptStatus.ok) return reply;

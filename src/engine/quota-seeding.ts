@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Granularity } from '../counters/buckets.js';
 import type { QuotaPeriod } from '../counters/quota-periods.js';
 import { shardOf } from '../counters/sharding.js';
-import { TallyError, ValidationError } from '../errors.js';
+import { TallyError } from '../errors.js';
 import { redisFailure } from '../redis/connection.js';
 import { ScriptStatus } from '../redis/scripts.js';
 import { fieldSeparator, shardKeys } from '../redis/shard-keys.js';
@@ -29,9 +29,10 @@ import { completeUsageRead, maxReadAttempts } from './usage.js';
 /** How old another process's seed marker must be before it is taken over. */
 export const seedTakeoverMs = 2_000;
 /**
- * The most quota periods one counter may have in use at once (kinds of period: per, zone,
- * anchor; and backdated periods until the next current increment drops them): every increment
- * of the counter walks its list in Redis, so a client inventing periods must not grow it.
+ * The most quota periods one counter lists at once (kinds of period: per, zone, anchor; and
+ * the recent ones late increments still reach): every increment of the counter walks its list
+ * in Redis, so a client inventing periods must not grow it. When full, the period that ends
+ * first is dropped, and seeds again if asked for.
  */
 export const maxPeriodsPerCounter = 16;
 /** The wait before asking again while another process seeds the same period. */
@@ -99,12 +100,6 @@ export class QuotaSeeder {
         await sleep(busyRetryMs);
         continue;
       }
-      if (status === ScriptStatus.tooManyPeriods) {
-        throw new ValidationError(
-          `${counter} has ${maxPeriodsPerCounter} quota periods in use already (limits with ` +
-            'other per, timeZone or anchorDay, or backdated ones); nothing was counted.',
-        );
-      }
       if (status === ScriptStatus.needsRebuild) {
         await this.rebuildShard(shard);
         continue;
@@ -140,7 +135,8 @@ export class QuotaSeeder {
     throw new TallyError(
       'UNAVAILABLE',
       `The quota usage of ${counter} from ${new Date(period.startMs).toISOString()} could not ` +
-        'be read whole in time (flushes or other seeders kept changing it); nothing was counted.',
+        'be read whole in time (flushes or other seeders kept changing it); this increment was ' +
+        'not counted.',
     );
   }
 }

@@ -19,10 +19,8 @@ export const ScriptStatus = {
   seedBusy: 3,
   /** begin-quota-seed.lua: the period's usage is whole already. */
   seeded: 4,
-  /** begin-quota-seed.lua: the counter has the most periods in use already. */
-  tooManyPeriods: 5,
   /** delete-counters.lua: the caller no longer holds the shard lock. */
-  lostLock: 6,
+  lostLock: 5,
 } as const;
 
 export const IncrementStatus = {
@@ -161,7 +159,7 @@ export interface Scripts {
   /** {snapshot count, in-flight batch id, its snapshot ms, P, P (tag, delta) pairs, in-flight pairs}. */
   readBuckets(keys: ShardKeys, counter: string): Promise<ScriptReply>;
   /**
-   * {OK, then readBuckets' reply}, {SEEDED}, {SEED_BUSY}, {TOO_MANY_PERIODS} or {NEEDS_REBUILD}
+   * {OK, then readBuckets' reply}, {SEEDED}, {SEED_BUSY} or {NEEDS_REBUILD}
    * (begin-quota-seed.lua).
    */
   beginQuotaSeed(

@@ -71,4 +71,3 @@ export async function oneShardStore(redisUrl: string, prefix: string, flushLockT
   const pool = new pg.Pool({ connectionString: postgres });
   return { options, tally, pool };
 }
-

@@ -11,12 +11,13 @@
   KEYS[9] quota periods      KEYS[10] quota seeding markers
   ARGV[1] counter   ARGV[2] the period, '<startMs>,<endMs>'   ARGV[3] the seeder's nonce
   ARGV[4] how old (ms, Redis' clock) another seeder's marker must be to be taken over
-  ARGV[5] the most periods a counter may have in use at once
+  ARGV[5] the most periods a counter may list at once
 
   Returns {NEEDS_REBUILD} when the totals lack the PostgreSQL base (nothing to seed from yet),
   {SEEDED} when the period's usage is already whole, {SEED_BUSY} while another seeder's marker
-  is younger than ARGV[4], {TOO_MANY_PERIODS} when the counter has ARGV[5] other periods in use
-  (every increment of the counter walks its list), else {OK} followed by counterDeltas' reply.
+  is younger than ARGV[4], else {OK} followed by counterDeltas' reply. A counter lists at most
+  ARGV[5] periods (every increment of it walks the list): when full, the period that ends first
+  is dropped to make room, usage and marker with it (a seed of it under way then starts over).
   A seeder that starts again keeps its nonce, so it takes its own marker over at once; the
   accumulator starts from 0 again, and the old read is void (finish-quota-seed.lua checks the
   snapshot count).
@@ -45,11 +46,21 @@ end
 
 local periods = redis.call('HGET', KEYS[9], counter)
 if periods and not string.find(';' .. periods .. ';', ';' .. period .. ';', 1, true) then
-  local _, separators = string.gsub(periods, ';', '')
-  if separators + 1 >= tonumber(ARGV[5]) then
-    return { TOO_MANY_PERIODS }
+  local listed, earliest = {}, nil
+  for entry, endMs in string.gmatch(periods, '(-?%d+,(-?%d+))') do
+    listed[#listed + 1] = entry
+    if earliest == nil or tonumber(endMs) < earliest.endMs then
+      earliest = { index = #listed, endMs = tonumber(endMs) }
+    end
   end
-  periods = periods .. ';' .. period
+  if #listed >= tonumber(ARGV[5]) then
+    -- Full: the period that ends first makes room (its next increment seeds it again).
+    local evicted = table.remove(listed, earliest.index)
+    redis.call('HDEL', KEYS[8], evicted .. '\031' .. counter)
+    redis.call('HDEL', KEYS[10], evicted .. '\031' .. counter)
+  end
+  listed[#listed + 1] = period
+  periods = table.concat(listed, ';')
 elseif not periods then
   periods = period
 end

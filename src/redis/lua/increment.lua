@@ -7,8 +7,9 @@
   KEYS[10..] idempotency keys, referred to by index from ARGV
 
   ARGV[1] idempotency window, ms
-  ARGV[2] T: bucket tags in the table that follows
-  ARGV[3 .. 2 + T] the table of bucket tags (bucket-tags.ts); a pending field is tag .. counter
+  ARGV[2] how long after its end a quota period stays listed, ms (the backdating window)
+  ARGV[3] T: bucket tags in the table that follows
+  ARGV[4 .. 3 + T] the table of bucket tags (bucket-tags.ts); a pending field is tag .. counter
   then per increment 3 values: counter, delta, spec. The spec is the tag's number in the table,
   or for an increment with an idempotency key or a limit
   'tag:keyIndex:flags:max:period:fingerprint': keyIndex into KEYS, 0 for none; flags 'c' for a
@@ -22,8 +23,8 @@
   the period: the hash `quota usage` keeps it whole (PostgreSQL's part included) for the
   periods of `quota periods`, counter → '<start>,<end>;...', seeded by begin-/finish-quota-seed
   .lua. Every applied increment of such a counter adds to each listed period holding its
-  smallest bucket's start, and drops the periods that ended a period's length or more before
-  it. A periodic entry
+  smallest bucket's start, and drops the periods that ended ARGV[2] or more before it (no
+  increment can reach them any more). A periodic entry
   whose period is not seeded (no usage, or a seed under way) returns NEEDS_SEED and changes
   nothing.
 
@@ -67,12 +68,13 @@ local totals, pending = KEYS[2], KEYS[3]
 local quotaUsage, quotaPeriods, quotaSeeding = KEYS[7], KEYS[8], KEYS[9]
 local SEPARATOR = '\031'
 local windowMs = ARGV[1]
-local tagCount = tonumber(ARGV[2])
+local periodGraceMs = tonumber(ARGV[2])
+local tagCount = tonumber(ARGV[3])
 local tags = {}
 -- Per tag, the start of its smallest bucket: the instant quota periods are matched against.
 local instants = {}
 for t = 1, tagCount do
-  tags[t] = ARGV[2 + t]
+  tags[t] = ARGV[3 + t]
   instants[t] = tonumber(string.match(tags[t], SEPARATOR .. '(-?%d+)' .. SEPARATOR .. '$'))
 end
 local quotas = redis.call('EXISTS', quotaPeriods) == 1
@@ -87,10 +89,10 @@ local function exactReply(value)
 end
 
 -- Adds an applied delta to the counter's periods that hold `instant`, and drops those that
--- ended a period's length or more before it (a later increment of theirs seeds them again,
--- exactly). The period just ended stays: late increments into it are common (a month's last
--- requests reported after midnight), and each would otherwise seed it again while the
--- current period's increments dropped it.
+-- ended periodGraceMs or more before it: no increment can be dated into them any more. Ended
+-- periods stay until then because late increments are common (a month's last requests
+-- reported after midnight): dropped at their end, each late one would seed its period again
+-- while the current period's increments dropped it anew. begin-quota-seed.lua bounds the list.
 local function addToPeriods(counter, instant, delta)
   local periods = redis.call('HGET', quotaPeriods, counter)
   if not periods or not instant then return end
@@ -98,7 +100,7 @@ local function addToPeriods(counter, instant, delta)
   for period, startMs, endMs in string.gmatch(periods, '((-?%d+),(-?%d+))') do
     local field = period .. SEPARATOR .. counter
     local startAt, endAt = tonumber(startMs), tonumber(endMs)
-    if endAt + (endAt - startAt) <= instant then
+    if endAt + periodGraceMs <= instant then
       dropped = true
       redis.call('HDEL', quotaUsage, field)
       redis.call('HDEL', quotaSeeding, field)
@@ -118,7 +120,7 @@ local function addToPeriods(counter, instant, delta)
   end
 end
 
-local i = 3 + tagCount
+local i = 4 + tagCount
 local last = #ARGV
 while i <= last do
   local counter = ARGV[i]
