@@ -5,8 +5,8 @@
 -- paused past its lock could freeze new deltas under a deletion.
 
 -- Every deletion: who asked, when, for which counters, how many went. `running` until every
--- shard is done; a process that died meanwhile leaves it running, and the worker (or the next
--- `tally delete`) finishes it.
+-- shard is done; a process that died meanwhile leaves it running, and the worker finishes it
+-- (engine/deletion.ts, finishDeletions).
 CREATE TABLE tally.counter_deletions (
   id bigserial PRIMARY KEY,
   requested_at timestamptz NOT NULL DEFAULT now(),
@@ -18,6 +18,15 @@ CREATE TABLE tally.counter_deletions (
   finished_at timestamptz
 );
 CREATE INDEX counter_deletions_running ON tally.counter_deletions (id) WHERE state = 'running';
+
+-- The counters each deletion took, written with each chunk's deletion: a deletion run again
+-- after a crash takes them again (a selection no longer finds the ones PostgreSQL lost), and
+-- the record says what went.
+CREATE TABLE tally.counter_deletion_names (
+  deletion_id bigint NOT NULL REFERENCES tally.counter_deletions (id),
+  name text NOT NULL,
+  PRIMARY KEY (deletion_id, name)
+);
 
 -- The deleted counters whose deltas sat in their shard's in-flight batch at the deletion: a
 -- flush of that batch still to come (its flusher read the batch before the deletion took it

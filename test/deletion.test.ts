@@ -227,4 +227,20 @@ describe('deleting counters', () => {
     expect(await deletions(pool)).toMatchObject([{ state: 'done', counters: 1 }]);
     expect(await tally.finishDeletions()).toBe(0);
   });
+
+  it('finishes a crashed deletion of a selection, though PostgreSQL no longer lists its counters', async () => {
+    const { options, tally, pool } = await store();
+    const acme = { name: 'calls', labels: { tenant: 'acme' } };
+    await tally.incr(acme, 4, { at: day });
+    await tally.flush(); // nothing pending: only PostgreSQL lists it
+    const target = JSON.stringify({ counter: 'calls', where: { tenant: 'acme' } });
+    const child = await runTypeScript(deleteOnce, [JSON.stringify(options), target], {
+      TALLY_FAULT_POINT: 'delete-after-postgres',
+    });
+    expect(child.signal).toBe('SIGKILL');
+    expect(await tally.get(acme)).toBe(4); // Redis still has it
+    expect(await tally.finishDeletions()).toBe(1);
+    expect(await tally.get(acme)).toBe(0);
+    expect(await deletions(pool)).toMatchObject([{ state: 'done', counters: 1 }]);
+  });
 });

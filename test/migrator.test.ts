@@ -69,6 +69,7 @@ describe('migrate', () => {
       'counter_buckets_minute_default',
       'counter_buckets_month',
       'counter_buckets_month_default',
+      'counter_deletion_names',
       'counter_deletions',
       'counter_labels',
       'counter_tombstones',

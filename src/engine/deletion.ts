@@ -1,3 +1,4 @@
+import type pg from 'pg';
 import { canonicalName, controlCharacters, type CounterRef } from '../counters/counter-name.js';
 import { shardOf } from '../counters/sharding.js';
 import { TallyError, ValidationError } from '../errors.js';
@@ -6,7 +7,7 @@ import { ScriptStatus } from '../redis/scripts.js';
 import { withShardLock } from '../redis/shard-lock.js';
 import { shardKeys } from '../redis/shard-keys.js';
 import { postgresFailure } from '../store/pool.js';
-import { deletionSql } from '../store/sql.js';
+import { bucketSql, deletionSql } from '../store/sql.js';
 import { withClient, withTransaction } from '../store/transaction.js';
 import { forEachLimited } from './concurrency.js';
 import { selectedCounterNames } from './discovery.js';
@@ -131,6 +132,25 @@ async function targetNames(ctx: EngineContext, target: ResolvedTarget): Promise<
   return target.name === undefined ? [] : [target.name];
 }
 
+/**
+ * Refuses while an upgraded store's buckets move into the partitions (schema 6): a counter's
+ * rows in the old table would be moved back after its deletion.
+ */
+async function refuseDuringBucketMove(ctx: EngineContext): Promise<void> {
+  const { rows } = await ctx.pool
+    .query<{ exists: boolean }>(bucketSql.unpartitionedExists)
+    .catch((error: unknown) => {
+      throw postgresFailure(error, 'a counter deletion');
+    });
+  if (rows[0]?.exists === true) {
+    throw new TallyError(
+      'BUSY',
+      "The upgraded store's bucket rows are still moving into the partitions (schema 6; " +
+        '`tally status` says so): delete counters once the worker has finished the move.',
+    );
+  }
+}
+
 /** Which of one shard's names Redis or PostgreSQL has (for a dry run). */
 async function existing(ctx: EngineContext, shard: number, names: string[]): Promise<string[]> {
   const keys = shardKeys(ctx.config.keyPrefix, shard);
@@ -151,6 +171,7 @@ async function existing(ctx: EngineContext, shard: number, names: string[]): Pro
 /** Deletes one chunk of one shard's counters; the names Redis or PostgreSQL had. */
 async function deleteChunk(
   ctx: EngineContext,
+  deletionId: string,
   shard: number,
   names: readonly string[],
 ): Promise<string[]> {
@@ -172,6 +193,7 @@ async function deleteChunk(
       });
       const stored = await withTransaction(ctx.pool, async (client) => {
         await client.query(deletionSql.lockShard, [shard]);
+        await client.query(deletionSql.recordNames, [deletionId, names]);
         const { rows } = await client.query<{ name: string }>(deletionSql.deleteTotals, [
           names,
           shard,
@@ -208,7 +230,11 @@ async function deleteChunk(
 }
 
 /** Deletes the names from every shard; those Redis or PostgreSQL had, in byte order. */
-async function deleteNames(ctx: EngineContext, names: readonly string[]): Promise<string[]> {
+async function deleteNames(
+  ctx: EngineContext,
+  deletionId: string,
+  names: readonly string[],
+): Promise<string[]> {
   const byShard = new Map<number, string[]>();
   for (const name of names) {
     const shard = shardOf(name, ctx.config.shards);
@@ -219,17 +245,41 @@ async function deleteNames(ctx: EngineContext, names: readonly string[]): Promis
   const deleted: string[] = [];
   await forEachLimited([...byShard], shardConcurrency, async ([shard, shardNames]) => {
     for (let start = 0; start < shardNames.length; start += chunkSize) {
-      deleted.push(...(await deleteChunk(ctx, shard, shardNames.slice(start, start + chunkSize))));
+      const chunk = shardNames.slice(start, start + chunkSize);
+      deleted.push(...(await deleteChunk(ctx, deletionId, shard, chunk)));
     }
   });
   return deleted.sort(compareCodePoints);
 }
 
 /**
- * Runs a recorded deletion to its end, holding its claim (a session lock) meanwhile: the
- * counters Redis or PostgreSQL had, or undefined if another process holds the claim.
+ * Runs a deletion this session has claimed (a session advisory lock) to its end: the counters
+ * it took, in byte order. Run again after a crash, it takes the counters the first run
+ * recorded as well as what the target selects now.
  */
-async function runRecorded(
+async function runClaimed(
+  ctx: EngineContext,
+  client: pg.ClientBase,
+  deletionId: string,
+  target: ResolvedTarget,
+): Promise<string[]> {
+  try {
+    const taken = (await client.query<{ name: string }>(deletionSql.namesTaken, [deletionId])).rows;
+    const earlier = new Set(taken.map((row) => row.name));
+    // Listed once claimed: a resumed deletion takes what was counted since, too.
+    const names = new Set([...earlier, ...(await targetNames(ctx, target))]);
+    const found = await deleteNames(ctx, deletionId, [...names]);
+    // Those an earlier run took count, though this one found nothing of them left.
+    const deleted = [...new Set([...found, ...earlier])].sort(compareCodePoints);
+    await client.query(deletionSql.finish, [deletionId, deleted.length]);
+    return deleted;
+  } finally {
+    await client.query(deletionSql.release, [deletionId]);
+  }
+}
+
+/** Runs a recorded deletion unless another process holds it: what it took, or undefined. */
+function runRecorded(
   ctx: EngineContext,
   deletionId: string,
   target: ResolvedTarget,
@@ -237,18 +287,13 @@ async function runRecorded(
   return withClient(ctx.pool, async (client) => {
     const claim = await client.query<{ claimed: boolean }>(deletionSql.tryClaim, [deletionId]);
     if (claim.rows[0]?.claimed !== true) return undefined;
-    try {
-      // Listed once claimed: a resumed deletion takes what was counted since, too.
-      const deleted = await deleteNames(ctx, await targetNames(ctx, target));
-      await client.query(deletionSql.finish, [deletionId, deleted.length]);
-      return deleted;
-    } finally {
-      await client.query(deletionSql.release, [deletionId]);
-    }
-  }).catch((error: unknown) => {
-    throw error instanceof TallyError ? error : postgresFailure(error, 'a counter deletion');
-  });
+    return runClaimed(ctx, client, deletionId, target);
+  }).catch(asDeletionFailure);
 }
+
+const asDeletionFailure = (error: unknown): never => {
+  throw error instanceof TallyError ? error : postgresFailure(error, 'a counter deletion');
+};
 
 export async function deleteCounters(
   ctx: EngineContext,
@@ -271,13 +316,18 @@ export async function deleteCounters(
       dryRun: true,
     };
   }
-  const { rows } = await ctx.pool
-    .query<{ id: string }>(deletionSql.begin, [requestedBy, JSON.stringify(resolved.selector)])
-    .catch((error: unknown) => {
-      throw postgresFailure(error, 'recording a counter deletion');
-    });
-  const deletionId = rows[0]?.id ?? '';
-  const deleted = (await runRecorded(ctx, deletionId, resolved)) ?? [];
+  await refuseDuringBucketMove(ctx);
+  const { deletionId, deleted } = await withClient(ctx.pool, async (client) => {
+    const { rows } = await client.query<{ id: string; claimed: boolean }>(deletionSql.begin, [
+      requestedBy,
+      JSON.stringify(resolved.selector),
+    ]);
+    const [record] = rows;
+    if (record?.claimed !== true) {
+      throw new Error('a new deletion record was claimed by another session');
+    }
+    return { deletionId: record.id, deleted: await runClaimed(ctx, client, record.id, resolved) };
+  }).catch(asDeletionFailure);
   ctx.config.logger.info(
     { deletionId, requestedBy, selector: resolved.selector, counters: deleted.length },
     'counters deleted',

@@ -7,6 +7,7 @@ import { LimitResolver, type LimitOptions, type PreparedLimit } from '../counter
 import type { QuotaSeeder } from './quota-seeding.js';
 import type { ResolvedConfig } from '../config.js';
 import { inOneWrite, redisFailure } from '../redis/connection.js';
+import { forEachLimited } from './concurrency.js';
 import { canonicalName, validateName, type CounterRef } from '../counters/counter-name.js';
 import {
   IdempotencyKeyReusedError,
@@ -278,6 +279,17 @@ class BatchSlot implements Waiting {
   }
 }
 
+/**
+ * Seeds of one call's entries at once (each a PostgreSQL read): a batch of a thousand new
+ * periods must not take the pool's every connection.
+ */
+const seedConcurrency = 8;
+/**
+ * Times an entry is seeded and sent again before it fails: another seed can void one (a
+ * repair, or the period dropped from a full list), but not forever.
+ */
+const maxSeedRounds = 3;
+
 /** Backoff before each retry of increments whose reply was lost (they carry idempotency keys). */
 const lostReplyRetryDelaysMs = [20, 100, 500];
 
@@ -413,6 +425,7 @@ export class IncrementSender {
     shard: number,
     operations: Operation[],
     deadline = Date.now() + this.config.incrementTimeoutMs,
+    seedRound = 0,
   ): Promise<void> {
     const { redisCommandTimeoutMs } = this.config;
     let pending = operations;
@@ -458,7 +471,7 @@ export class IncrementSender {
         else decideAlone.push(...operation.members.map(singleEntry));
       });
       if (decideAlone.length > 0) await this.sendOperations(shard, decideAlone, deadline);
-      if (needSeed.length > 0) await this.seedAndSend(shard, needSeed, deadline);
+      if (needSeed.length > 0) await this.seedAndSend(shard, needSeed, deadline, seedRound);
       return;
     }
   }
@@ -471,23 +484,32 @@ export class IncrementSender {
     shard: number,
     operations: Operation[],
     deadline: number,
+    seedRound: number,
   ): Promise<void> {
+    if (seedRound >= maxSeedRounds) {
+      const failure = new TallyError(
+        'UNAVAILABLE',
+        `The quota usage was reset ${maxSeedRounds} times under these increments (repairs, ` +
+          'or a counter with more kinds of period than it can list); they were not counted.',
+      );
+      for (const operation of operations)
+        for (const member of operation.members) member.reject(failure);
+      return;
+    }
     const ready: Operation[] = [];
-    await Promise.all(
-      operations.map(async (operation) => {
-        const { counter, limit } = operation.increment;
-        try {
-          if (limit?.period === undefined || limit.granularity === undefined) {
-            throw new Error('increment.lua asked to seed an entry without a quota period');
-          }
-          await this.seeder.seed(counter, limit.period, limit.granularity, deadline);
-          ready.push(operation);
-        } catch (error) {
-          for (const member of operation.members) member.reject(error);
+    await forEachLimited(operations, seedConcurrency, async (operation) => {
+      const { counter, limit } = operation.increment;
+      try {
+        if (limit?.period === undefined || limit.granularity === undefined) {
+          throw new Error('increment.lua asked to seed an entry without a quota period');
         }
-      }),
-    );
-    if (ready.length > 0) await this.sendOperations(shard, ready, deadline);
+        await this.seeder.seed(counter, limit.period, limit.granularity, deadline);
+        ready.push(operation);
+      } catch (error) {
+        for (const member of operation.members) member.reject(error);
+      }
+    });
+    if (ready.length > 0) await this.sendOperations(shard, ready, deadline, seedRound + 1);
   }
 
   /** The shard's keys, and the keys every increment.lua call of the shard starts with. */

@@ -27,12 +27,14 @@ const beforeHorizon = (shard: string, snapshotMs: string, marginMs: string) =>
 const refusedByHorizon = (shard: string, batch: string, snapshotMs: string, marginMs: string) =>
   `(NOT ${inLedger(shard, batch)} AND ${beforeHorizon(shard, snapshotMs, marginMs)})`;
 
-/** The flush's transaction (engine/flusher.ts). */
 /**
  * Per shard, the transaction-level advisory lock a counter deletion and a flush of the shard
  * take (key: this + the shard).
  */
 const shardDeletionLockBase = 500152356000;
+
+/** Per deletion, the session advisory lock its runner holds (key: this + its id). */
+const deletionClaimBase = 500152360000000;
 
 /** A tombstone of counter `name` in batch `batch` of shard `shard` (migrations/0007). */
 const tombstoned = (shard: string, batch: string, name: string) =>
@@ -41,15 +43,26 @@ const tombstoned = (shard: string, batch: string, name: string) =>
 
 /** Deleting counters (engine/deletion.ts). */
 export const deletionSql = {
-  /** A deletion's record, running. */
-  begin: `INSERT INTO tally.counter_deletions (requested_by, selector)
-          VALUES ($1, $2::jsonb) RETURNING id::text`,
+  /**
+   * A deletion's record, running, claimed by this session in the same statement: a worker
+   * finishing left-over deletions never sees it unclaimed.
+   */
+  begin: `WITH record AS (
+            INSERT INTO tally.counter_deletions (requested_by, selector)
+            VALUES ($1, $2::jsonb) RETURNING id
+          )
+          SELECT id::text, pg_try_advisory_lock(${deletionClaimBase} + id) AS claimed FROM record`,
+  /** The counters deletion $1 took so far (a run after a crash takes them again). */
+  namesTaken: `SELECT name FROM tally.counter_deletion_names WHERE deletion_id = $1`,
+  /** Records that deletion $1 takes counters $2. */
+  recordNames: `INSERT INTO tally.counter_deletion_names (deletion_id, name)
+                SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING`,
   /** Deletions left running by a process that died, oldest first. */
   running: `SELECT id::text, requested_by, selector FROM tally.counter_deletions
             WHERE state = 'running' ORDER BY id`,
   /** Held by the process running deletion $1 for as long as it runs (a session lock). */
-  tryClaim: `SELECT pg_try_advisory_lock(500152360000000 + $1::bigint) AS claimed`,
-  release: `SELECT pg_advisory_unlock(500152360000000 + $1::bigint)`,
+  tryClaim: `SELECT pg_try_advisory_lock(${deletionClaimBase} + $1::bigint) AS claimed`,
+  release: `SELECT pg_advisory_unlock(${deletionClaimBase} + $1::bigint)`,
   /** The shard's deletion lock: flushes of shard $1 wait for this transaction. */
   lockShard: `SELECT pg_advisory_xact_lock(${shardDeletionLockBase} + $1::bigint)`,
   /** The counters $1 of shard $2: their totals; the names it had. */
@@ -79,13 +92,14 @@ export const deletionSql = {
                                 WHERE shard = $2 AND batch_id = $3)
               ON CONFLICT DO NOTHING`,
   finish: `UPDATE tally.counter_deletions
-           SET state = 'done', counters = counters + $2, finished_at = now() WHERE id = $1`,
+           SET state = 'done', counters = $2, finished_at = now() WHERE id = $1`,
   /** Tombstones of batches the ledger has: those batches are never applied again. */
   pruneTombstones: `DELETE FROM tally.counter_tombstones t
                     WHERE EXISTS (SELECT 1 FROM tally.applied_batches a
                                   WHERE a.shard = t.shard AND a.batch_id = t.batch_id)`,
 } as const;
 
+/** The flush's transaction (engine/flusher.ts). */
 export const flushSql = {
   /**
    * The batch's ledger row, unless the ledger has it already (`inserted` false), or the horizon
