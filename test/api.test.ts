@@ -364,7 +364,12 @@ describe('errors', () => {
       (resetAt - Date.now()) / 1000,
       -1,
     );
-    // A cap on the total is final: 409 even when 429 is asked for.
+    // A period that has ended never resets for its increments: 409 even when 429 is asked for.
+    const yesterday = new Date(Date.parse(at) - 86_400_000).toISOString();
+    expect((await post({ at: yesterday, by: 3 })).status).toBe(200);
+    const ended = await post({ at: yesterday, by: 1, overLimitStatus: 429 });
+    expect([ended.status, ended.headers.get('retry-after')]).toEqual([409, null]);
+    // A cap on the total is final too.
     const capped = await post({ by: 9, limit: 5, overLimitStatus: 429 });
     expect(capped.status).toBe(409);
     expect(capped.headers.get('ratelimit-policy')).toBe('"total";q=5');

@@ -435,8 +435,14 @@ describe('pruning the flush ledger', () => {
 
     it("applied on the operator's word", async () => {
       const { tally, pool, batchId } = await refusedBatch();
+      // A quota seeded meanwhile counts the refused batch as applied, as reads do...
+      const quota = () =>
+        tally.incr('billed', 0, { limit: { max: 1_000, per: 'month' }, check: true });
+      expect((await quota()).usage).toBe(5);
       await tally.resolveRefusedBatch(0, batchId, 'apply');
       expect((await postgresTotals(pool)).get('billed')).toBe(10);
+      // ...and seeds again once it is applied.
+      expect((await quota()).usage).toBe(10);
       expect((await tally.status()).shards[0]?.inflightBatch).toBeNull();
     });
   });

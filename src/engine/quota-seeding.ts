@@ -42,6 +42,20 @@ const busyRetryMs = 20;
 export const quotaUsageField = (period: QuotaPeriod, counter: string) =>
   `${period.startMs},${period.endMs}${fieldSeparator}${counter}`;
 
+/**
+ * Drops a shard's quota usages (a repair found Redis wrong, or a refused batch's fate changed
+ * what PostgreSQL holds): each period seeds again when an increment next needs it, and a seed
+ * under way loses its marker and starts over.
+ */
+export async function dropQuotaUsage(ctx: EngineContext, shard: number): Promise<void> {
+  const keys = shardKeys(ctx.config.keyPrefix, shard);
+  await ctx.redis
+    .del(keys.quotaUsage, keys.quotaPeriods, keys.quotaSeeding)
+    .catch((error: unknown) => {
+      throw redisFailure(error, 'write', `dropping the quota usages of shard ${shard}`);
+    });
+}
+
 export class QuotaSeeder {
   /** In one process, seeds of one period share a promise. */
   private readonly seeds = new Map<string, Promise<void>>();

@@ -1,11 +1,11 @@
 import type pg from 'pg';
 import { parsePendingField } from '../redis/bucket-tags.js';
-import { redisFailure } from '../redis/connection.js';
 import { postgresFailure } from '../store/pool.js';
 import { reconcileSql } from '../store/sql.js';
 import type { EngineContext } from './engine-context.js';
 import { withShardLock } from '../redis/shard-lock.js';
 import { refusedInflightBatch } from './ledger-pruning.js';
+import { dropQuotaUsage } from './quota-seeding.js';
 import { ScriptStatus } from '../redis/scripts.js';
 import { shardKeys, type ShardKeys } from '../redis/shard-keys.js';
 
@@ -258,17 +258,9 @@ async function reconcileOnce(
   const drift = [...stored.drift, ...redisOnly.drift];
 
   const redisLostData = epochMissing && options.storeWasSetUp;
-  if (options.repair) {
-    // Quota usages were summed from what Redis held, which a repair finds was wrong (or an
-    // operator's discard took deltas from): dropped, each period seeds again from the repaired
-    // state when an increment next needs it (engine/quota-seeding.ts). A seed under way loses
-    // its marker and starts over.
-    await ctx.redis
-      .del(keys.quotaUsage, keys.quotaPeriods, keys.quotaSeeding)
-      .catch((error: unknown) => {
-        throw redisFailure(error, 'write', `dropping the quota usages of shard ${shard}`);
-      });
-  }
+  // Quota usages were summed from what Redis held, which a repair finds was wrong (or an
+  // operator's discard took deltas from).
+  if (options.repair) await dropQuotaUsage(ctx, shard);
   if (options.repair && epochMissing) {
     // Recorded before the marker is back: whoever rebuilds the shard, a later reconcile learns
     // of the loss (a crash in between leaves the marker missing, which reports it too).

@@ -5,6 +5,7 @@ import type { EngineContext } from './engine-context.js';
 import { flushShard } from './flusher.js';
 import { refusedInflightBatch } from './ledger-pruning.js';
 import { reconcileShard } from './reconciler.js';
+import { dropQuotaUsage } from './quota-seeding.js';
 
 export type RefusedBatchDecision = 'discard' | 'apply';
 
@@ -49,6 +50,9 @@ export async function resolveRefusedBatch(
     await flushShard(ctx, shard, {
       applyRefused: { batchId, check: () => assertRefused(ctx, shard, batchId) },
     });
+    // Quota seeds counted the refused batch as applied (its verdict until now), so their
+    // usage lacks it: dropped, they seed again from PostgreSQL, which has it now.
+    await dropQuotaUsage(ctx, shard);
     return { shard, batchId, decision, deltas };
   }
   await withShardLock(ctx, keys.lock, async () => {

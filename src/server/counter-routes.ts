@@ -129,8 +129,15 @@ export const counterRoutes: FastifyPluginCallbackJsonSchemaToTs<{
           `${counter} would pass its limit of ${result.limit}.`,
           { details: { counter, value: result.value, ...limitBody(result) } },
         );
-        // A total cap's refusal is final: 409 whatever was asked (a 429 invites retries).
-        if (body.overLimitStatus !== 429 || result.resetAt === null) throw refusal;
+        // A refusal no wait can lift is final: 409 whatever was asked (a 429 invites retries).
+        // So is a total cap's, and one in a period that has ended (a backdated increment).
+        if (
+          body.overLimitStatus !== 429 ||
+          result.resetAt === null ||
+          result.resetAt.getTime() <= Date.now()
+        ) {
+          throw refusal;
+        }
         metrics.errors.inc({ code: refusal.code });
         return reply
           .status(429)
