@@ -113,7 +113,7 @@ describe('the Lua scripts', () => {
     }
   });
 
-  it('freeze new deltas, or remove counters, only for the holder of the shard lock', async () => {
+  it('freeze new deltas, remove counters or repair totals only for the holder of the shard lock', async () => {
     const client = new Redis(redis.url);
     try {
       const scripts = defineScripts(client);
@@ -125,6 +125,11 @@ describe('the Lua scripts', () => {
       await client.set(keys.lock, 'holder');
       await expect(scripts.snapshot(keys, 'b1', 'paused')).rejects.toMatchObject({ code: 'BUSY' });
       expect(await scripts.deleteCounters(keys, 'paused', ['c'])).toEqual([ScriptStatus.lostLock]);
+      const pairs: [string, string][] = [['c', '5']];
+      const repair = { batchId: '', inflightApplied: false, repair: true, pairs };
+      expect(await scripts.reconcileChunk(keys, { ...repair, lockToken: 'paused' })).toEqual([
+        ScriptStatus.lostLock,
+      ]);
       expect([await client.hget(keys.pending, 'c'), await client.hget(keys.totals, 'c')]).toEqual([
         '1',
         '1',

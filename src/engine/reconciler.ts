@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { parsePendingField } from '../redis/bucket-tags.js';
+import { TallyError } from '../errors.js';
 import { postgresFailure } from '../store/pool.js';
 import { reconcileSql } from '../store/sql.js';
 import type { EngineContext } from './engine-context.js';
@@ -98,11 +99,24 @@ class BatchChanged extends Error {}
 /** Compares one chunk in Redis (and repairs it); returns its drift. */
 async function reconcileChunk(
   ctx: EngineContext,
-  { keys, batchId, inflightApplied, repair }: ChunkContext,
+  { keys, batchId, inflightApplied, repair, lockToken }: ChunkContext,
   pairs: [string, string][],
 ): Promise<Drift[]> {
-  const reply = await ctx.scripts.reconcileChunk(keys, { batchId, inflightApplied, repair, pairs });
+  const reply = await ctx.scripts.reconcileChunk(keys, {
+    batchId,
+    inflightApplied,
+    repair,
+    lockToken,
+    pairs,
+  });
   if (reply[0] === ScriptStatus.batchChanged) throw new BatchChanged();
+  if (reply[0] === ScriptStatus.lostLock) {
+    throw new TallyError(
+      'BUSY',
+      `Lost shard lock ${keys.lock} during a repair (this process was paused past its TTL); ` +
+        'the rest was not repaired: run it again.',
+    );
+  }
   const drift: Drift[] = [];
   for (let i = 1; i < reply.length; i += 3) {
     drift.push({
@@ -126,10 +140,10 @@ export async function reconcileShard(
   options: ReconcileShardOptions,
 ): Promise<ShardReconcileReport> {
   const keys = shardKeys(ctx.config.keyPrefix, shard);
-  const report = await withShardLock(ctx, keys.lock, async () => {
+  const report = await withShardLock(ctx, keys.lock, async (lockToken) => {
     for (;;) {
       try {
-        return await reconcileOnce(ctx, shard, keys, options);
+        return await reconcileOnce(ctx, shard, keys, options, lockToken);
       } catch (error) {
         // A flush that lost the lock (paused past its TTL) moved the in-flight batch: read again.
         if (!(error instanceof BatchChanged)) throw error;
@@ -166,6 +180,7 @@ interface ChunkContext {
   batchId: string;
   inflightApplied: boolean;
   repair: boolean;
+  lockToken: string;
 }
 
 /**
@@ -227,6 +242,7 @@ async function reconcileOnce(
   shard: number,
   keys: ShardKeys,
   options: ReconcileShardOptions,
+  lockToken: string,
 ): Promise<ShardReconcileReport> {
   const epochMissing = (await ctx.redis.exists(keys.epoch)) === 0;
   // A refused batch may or may not be in PostgreSQL already: no expected total can be computed
@@ -249,10 +265,17 @@ async function reconcileOnce(
     keys,
     batchId,
     repair: options.repair,
+    lockToken,
   });
   const redisOnly = await compareRedisOnlyCounters(
     ctx,
-    { keys, batchId, inflightApplied: stored.inflightApplied, repair: options.repair },
+    {
+      keys,
+      batchId,
+      inflightApplied: stored.inflightApplied,
+      repair: options.repair,
+      lockToken,
+    },
     stored.seen,
   );
   const drift = [...stored.drift, ...redisOnly.drift];

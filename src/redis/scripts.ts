@@ -146,13 +146,17 @@ export interface Scripts {
   acknowledge(keys: ShardKeys, batchId: string, inPostgres: boolean): Promise<boolean>;
   /** Marks the in-flight batch `batchId` refused (the ledger's horizon, ms). */
   markRefused(keys: ShardKeys, batchId: string, horizonMs: number): Promise<void>;
-  /** {OK, counter, redis total, expected...} for the drifted counters, or {BATCH_CHANGED}. */
+  /**
+   * {OK, counter, redis total, expected...} for the drifted counters, {BATCH_CHANGED}, or
+   * {LOST_LOCK} for a repair whose caller no longer holds the shard lock.
+   */
   reconcileChunk(
     keys: ShardKeys,
     chunk: {
       batchId: string;
       inflightApplied: boolean;
       repair: boolean;
+      lockToken: string;
       pairs: readonly [string, string][];
     },
   ): Promise<ScriptReply>;
@@ -300,8 +304,14 @@ export function defineScripts(redis: RedisConnection): Scripts {
           keys.inflight,
           keys.inflightTags,
           keys.inflightMeta,
+          keys.lock,
         ],
-        [chunk.batchId, chunk.inflightApplied ? '1' : '0', chunk.repair ? '1' : '0'],
+        [
+          chunk.batchId,
+          chunk.inflightApplied ? '1' : '0',
+          chunk.repair ? '1' : '0',
+          chunk.lockToken,
+        ],
         chunk.pairs.flat(),
       ) as Promise<ScriptReply>,
     readBuckets: (keys, counter) =>
