@@ -59,8 +59,11 @@ const longestPeriodMs: Record<QuotaPer, number> = {
   month: (31 * 24 + 1) * 3_600_000,
 };
 
-/** The most period kinds (per, zone, anchor) kept resolved; past it the cache starts over. */
-const maxCachedSpecs = 1_000;
+/**
+ * The most period kinds (per, zone, anchor) kept resolved; past it the cache starts over.
+ * Each costs a few hundred bytes; 31 anchors × 4 kinds × 100 zones in use fit.
+ */
+const maxCachedSpecs = 16_384;
 
 interface CachedSpec {
   spec: QuotaPeriodSpec;
@@ -76,6 +79,7 @@ interface CachedSpec {
  */
 export class LimitResolver {
   private readonly specs = new Map<string, CachedSpec>();
+  private readonly sources = new Map<string, Granularity>();
 
   constructor(
     private readonly buckets: readonly Granularity[],
@@ -151,12 +155,17 @@ export class LimitResolver {
     if (found !== undefined) return found;
     const spec = resolveQuotaPeriod(per, timeZone, anchorDay, 'limit');
     const sample = quotaPeriodOf(spec, Date.now());
-    const granularity = this.sourceOf(spec, sample);
-    const resolved = { spec, granularity, current: sample };
-    if (cacheKey !== undefined) {
-      if (this.specs.size >= maxCachedSpecs) this.specs.clear();
-      this.specs.set(cacheKey, resolved);
+    // The granularity depends on the zone's midnights only, not on the anchor: found once per
+    // kind and zone, so requests inventing anchors (or spellings of a zone) cost one period
+    // each, not a year of them.
+    const sourceKey = `${spec.per}|${spec.timeZone}`;
+    let granularity = this.sources.get(sourceKey);
+    if (granularity === undefined) {
+      granularity = this.sourceOf(spec, sample);
+      remember(this.sources, sourceKey, granularity);
     }
+    const resolved = { spec, granularity, current: sample };
+    if (cacheKey !== undefined) remember(this.specs, cacheKey, resolved);
     return resolved;
   }
 
@@ -189,6 +198,12 @@ export class LimitResolver {
     }
     return granularity;
   }
+}
+
+/** Keeps a value in a bounded cache, which starts over once full. */
+function remember<T>(cache: Map<string, T>, key: string, value: T): void {
+  if (cache.size >= maxCachedSpecs) cache.clear();
+  cache.set(key, value);
 }
 
 function totalCap(max: number, mode: LimitMode, key: string): PreparedLimit {
