@@ -92,6 +92,20 @@ describe('quota periods', () => {
   // Zones with no clock change at midnight, so every period starts at 00:00 on the wall clock.
   const zones = ['UTC', 'Europe/Berlin', 'America/New_York', 'Asia/Kolkata', 'Australia/Lord_Howe'];
 
+  it('has hours of 30 and 90 minutes where Lord Howe moves its clock by half an hour', () => {
+    const hourly = resolveQuotaPeriod('hour', 'Australia/Lord_Howe', undefined, 'limit');
+    // 2047-10-06 02:00 (UTC+10:30) jumps to 02:30 (UTC+11): the hour 02:00–03:00 is 30 minutes.
+    const jump = Date.UTC(2047, 9, 5, 15, 30);
+    expect(quotaPeriodOf(hourly, jump - 1)).toEqual({ startMs: jump - 3_600_000, endMs: jump });
+    expect(quotaPeriodOf(hourly, jump)).toEqual({ startMs: jump, endMs: jump + 1_800_000 });
+    // 2047-04-07 02:00 (UTC+11) goes back to 01:30 (UTC+10:30): 01:00–02:00 is 90 minutes.
+    const back = Date.UTC(2047, 3, 6, 15);
+    expect(quotaPeriodOf(hourly, back)).toEqual({
+      startMs: back - 3_600_000,
+      endMs: back + 1_800_000,
+    });
+  });
+
   it('model: periods hold their instant, tile the time line, and start where the calendar says', () => {
     fc.assert(
       fc.property(
@@ -114,7 +128,17 @@ describe('quota periods', () => {
           expect(quotaPeriodOf(spec, startMs - 1).endMs).toBe(startMs);
           const wall = wallParts(timeZone, startMs);
           if (per === 'minute') expect(startMs % 60_000).toBe(0);
-          if (per === 'hour' || per === 'day' || per === 'month') expect(wall.minute).toBe(0);
+          if (per === 'hour') {
+            // The wall clock enters a new hour at the start and keeps it to the end, also
+            // where it jumps (it may then enter at :30, past a gap) or repeats half an hour.
+            const hourOf = (ms: number) => {
+              const { day, hour } = wallParts(timeZone, ms);
+              return day * 24 + hour;
+            };
+            expect(hourOf(startMs - 1)).not.toBe(hourOf(startMs));
+            expect(hourOf(endMs - 1)).toBe(hourOf(startMs));
+          }
+          if (per === 'day' || per === 'month') expect(wall.minute).toBe(0);
           if (per === 'day' || per === 'month') expect(wall.hour).toBe(0);
           if (per === 'month') {
             expect(wall.day).toBe(Math.min(anchor, daysInZoneMonth(timeZone, startMs)));
