@@ -231,6 +231,20 @@ describe('a process that cannot start exits at once, with the right code', () =>
         extra: { REDIS_URL: 'redis://:bad%zz@127.0.0.1:1' },
         message: /REDIS_URL is not a valid URL/,
       },
+      // A cluster's or a Sentinel set's hosts, malformed: refused before anything connects.
+      { extra: { REDIS_URL: 'redis+cluster://' }, message: /names no host.*redis\+cluster:/ },
+      {
+        extra: { REDIS_URL: 'redis+cluster://a:1,b:99999' },
+        message: /"b:99999" is not a host:port/,
+      },
+      {
+        extra: { REDIS_URL: 'redis+sentinel://a:26379' },
+        message: /ends with \/<name of the primary>/,
+      },
+      {
+        extra: { REDIS_URL: 'redis+sentinel://s3cret-user:hunter2@a/mymaster?foo=1' },
+        message: /unknown parameter "foo"/,
+      },
       { extra: { TALLY_SHARDS: '0x10' }, message: /TALLY_SHARDS must be a whole number/ },
       { extra: { TALLY_SHARDS: '16.0' }, message: /TALLY_SHARDS must be a whole number/ },
       { extra: { TALLY_SHARDS: '1e1' }, message: /TALLY_SHARDS must be a whole number/ },
@@ -241,6 +255,7 @@ describe('a process that cannot start exits at once, with the right code', () =>
         const result = await runTypeScript(cli, [command], env(extra));
         expect(result.code, `${command} ${JSON.stringify(extra)}`).toBe(2);
         expect(result.stderr, `${command} ${JSON.stringify(extra)}`).toMatch(message);
+        expect(result.stderr).not.toContain('hunter2');
       }
     }
     const flag = await runTypeScript(cli, ['status', '--shards', '1e1'], env());

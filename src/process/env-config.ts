@@ -8,6 +8,7 @@ import {
 } from '../config.js';
 import type { RedisLossAccepted } from '../redis/durability.js';
 import { ValidationError } from '../errors.js';
+import { parseRedisUrl } from '../redis/redis-url.js';
 import { parseLogFormat, parseLogLevel, type LogFormat, type LogLevel } from './logging.js';
 import { integerFromEnv, requiredEnv } from './lifecycle.js';
 
@@ -31,7 +32,6 @@ export interface StoreEnv {
 }
 
 const urlProtocols = {
-  REDIS_URL: ['redis:', 'rediss:'],
   DATABASE_URL: ['postgres:', 'postgresql:'],
 } as const;
 
@@ -50,7 +50,11 @@ export const serviceDefaults = {
  * A service URL, checked before anything connects: a typo then fails at once with exit 2 and
  * the variable's name, not as `ENOTFOUND` (exit 3) later. The message never repeats a password.
  */
-export function serviceUrl(name: keyof typeof urlProtocols, raw: string): string {
+export function serviceUrl(name: keyof typeof urlProtocols | 'REDIS_URL', raw: string): string {
+  if (name === 'REDIS_URL') {
+    parseRedisUrl(raw, name);
+    return raw;
+  }
   const protocols: readonly string[] = urlProtocols[name];
   let url: URL | undefined;
   try {

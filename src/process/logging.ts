@@ -37,7 +37,7 @@ export function parseLogFormat(raw: string | undefined): LogFormat | undefined {
 export function redactSecrets(text: string): string {
   return text
     .replace(/([a-z][a-z0-9+.-]*:\/\/[^:/?#@\s]*):[^/?#\s]*@/gi, '$1:***@')
-    .replace(/([?&;](?:password|passwd|pass|pwd|token|secret|auth)=)[^&;#\s"']*/gi, '$1***')
+    .replace(/([?&;](?:[a-z_]*password|passwd|pass|pwd|token|secret|auth)=)[^&;#\s"']*/gi, '$1***')
     .replace(/\b(bearer)\s+[^\s"',]+/gi, '$1 ***');
 }
 

@@ -1,7 +1,8 @@
 import { Cluster, Redis, ReplyError } from 'ioredis';
 import type { Logger } from 'pino';
 import { TallyError } from '../errors.js';
-import { scriptCommand, type RedisConnection } from './scripts.js';
+import { connectRedis, parseRedisUrl } from './redis-url.js';
+import { scriptCommand, scriptCommands, type RedisConnection } from './scripts.js';
 
 /**
  * Options Tally needs on its Redis connection, whoever created it:
@@ -14,8 +15,18 @@ function safeRedisOptions(commandTimeoutMs: number) {
   return {
     autoResendUnfulfilledCommands: false,
     commandTimeout: commandTimeoutMs,
+    reconnectOnError: demotedPrimary,
     ...pipelining,
   };
+}
+
+/**
+ * A primary that became a replica (a Sentinel failover, a managed Redis' DNS flip) answers
+ * writes with READONLY: nothing was applied, and the connection is reconnected so that it finds
+ * the new primary. The call itself fails (UNAVAILABLE), it is not re-sent.
+ */
+function demotedPrimary(error: Error): boolean {
+  return error.message.startsWith('READONLY');
 }
 
 /**
@@ -30,6 +41,22 @@ function safeRedisOptions(commandTimeoutMs: number) {
 const pipelining = {
   enableAutoPipelining: true,
   autoPipeliningIgnoredCommands: [scriptCommand('increment')],
+};
+
+/**
+ * A cluster's own re-sending: ioredis re-sends a command whose node connection closed
+ * (retryDelayOnFailover), though the dead primary may have applied it and replicated it first.
+ * Off, as autoResendUnfulfilledCommands is on every node: OUTCOME_UNKNOWN instead. Redirections
+ * (MOVED, ASK), TRYAGAIN and CLUSTERDOWN are still followed: those replies mean not applied.
+ *
+ * No script is auto-pipelined on a cluster: ioredis routes an auto-pipelined command by its
+ * first argument, which for a script of Tally's is its key count, not a key, and the pipeline
+ * then fails ("All keys in the pipeline should belong to the same slots allocation group").
+ */
+const clusterSafeOptions = {
+  retryDelayOnFailover: 0,
+  enableAutoPipelining: true,
+  autoPipeliningIgnoredCommands: scriptCommands(),
 };
 
 /**
@@ -57,12 +84,13 @@ export function openRedis(
 ): RedisConnection {
   const options = safeRedisOptions(commandTimeoutMs);
   let redis: RedisConnection;
-  if (typeof option === 'string') redis = new Redis(option, options);
-  else if (option instanceof Cluster) {
+  if (typeof option === 'string') {
+    redis = connectRedis(parseRedisUrl(option), options, clusterSafeOptions);
+  } else if (option instanceof Cluster) {
     // The cluster's per-node options with Tally's on top. (The cast works around ioredis'
     // option types under exactOptionalPropertyTypes.)
     const overrides = {
-      ...pipelining,
+      ...clusterSafeOptions,
       redisOptions: { ...option.options.redisOptions, ...options },
     } as Parameters<Cluster['duplicate']>[1];
     redis = option.duplicate(undefined, overrides);

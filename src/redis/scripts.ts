@@ -99,6 +99,9 @@ const loaded = Object.fromEntries(
 /** The command a script runs under on a Tally connection. */
 export const scriptCommand = (name: ScriptName) => loaded[name].command;
 
+/** Every script's command. */
+export const scriptCommands = (): string[] => Object.values(loaded).map(({ command }) => command);
+
 /** The script's source as Redis runs it, includes resolved (tests read it). */
 export const scriptSource = (name: ScriptName) => loaded[name].lua;
 

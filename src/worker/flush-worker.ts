@@ -6,11 +6,11 @@
  */
 import { performance } from 'node:perf_hooks';
 import { Queue, Worker, type Job } from 'bullmq';
-import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { serviceDefaults, storeEnv, type StoreEnv } from '../process/env-config.js';
 import { createTally, FlushError, TallyError, type Tally } from '../index.js';
 import { logConnectionErrors } from '../redis/connection.js';
+import { connectRedis, parseRedisUrl } from '../redis/redis-url.js';
 import { createLogger } from '../process/logging.js';
 import { FlushMetrics } from './flush-metrics.js';
 import {
@@ -242,7 +242,7 @@ export async function startFlushWorker(
     logger,
   });
   // BullMQ's blocking commands need a connection that never gives up on a request.
-  const connection = new Redis(config.redisUrl, { maxRetriesPerRequest: null });
+  const connection = connectRedis(parseRedisUrl(config.redisUrl), { maxRetriesPerRequest: null });
   logConnectionErrors(connection, logger, 'redis (bullmq)');
   // One hash tag for every queue key, so the queue also runs on Redis Cluster.
   const prefix = `{${config.keyPrefix}:bull}`;

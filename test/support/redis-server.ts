@@ -17,6 +17,10 @@ export type RedisPersistence = 'none' | 'aof-everysec' | 'aof-always';
 export interface StartRedisOptions {
   /** Default 'none', like the Redis that most deployments start with. */
   persistence?: RedisPersistence;
+  /** Default: a free one. */
+  port?: number;
+  /** More `redis-server` arguments (a cluster node's, a replica's). Local servers only. */
+  extraArgs?: readonly string[];
 }
 
 /** A private Redis server for one test file. */
@@ -64,11 +68,19 @@ function waitForRedis(host: string, port: number): Promise<true> {
 
 export async function startRedis(options: StartRedisOptions = {}): Promise<RedisHandle> {
   const persistence = options.persistence ?? 'none';
-  const port = await freePort();
-  const backend = await chooseBackend('Redis');
+  const port = options.port ?? (await freePort());
+  const extraArgs = options.extraArgs ?? [];
+  // A cluster node or replica must reach its peers on 127.0.0.1: binaries on this machine.
+  const backend = extraArgs.length > 0 ? 'local' : await chooseBackend('Redis');
+  const binary = findRedisServer();
+  if (backend === 'local' && binary === undefined) {
+    throw new Error(
+      'These tests need redis-server on this machine (Debian/Ubuntu: apt-get install redis-server).',
+    );
+  }
   const handle =
-    backend === 'local'
-      ? new LocalRedis(findRedisServer() ?? 'redis-server', port, persistence)
+    backend === 'local' && binary !== undefined
+      ? new LocalRedis(binary, port, persistence, extraArgs)
       : new ContainerRedis(port, persistence);
   await handle.start();
   return handle;
@@ -84,6 +96,7 @@ class LocalRedis implements RedisHandle {
     private readonly binary: string,
     readonly port: number,
     readonly persistence: RedisPersistence,
+    private readonly extraArgs: readonly string[],
   ) {
     this.url = `redis://${this.host}:${port}`;
   }
@@ -101,7 +114,7 @@ class LocalRedis implements RedisHandle {
     await mkdir(this.dataDir, { recursive: true });
     this.server = await startSupervised({
       command: this.binary,
-      args: serverArgs(this.port, this.dataDir, this.persistence),
+      args: [...serverArgs(this.port, this.dataDir, this.persistence), ...this.extraArgs],
       logFile: join(this.rootDir, 'redis.log'),
       orphanSignal: 'KILL',
       cleanupDir: this.rootDir,

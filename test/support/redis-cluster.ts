@@ -1,0 +1,204 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { Redis } from 'ioredis';
+import { freeClusterPort } from './free-port.js';
+import { startRedis, type RedisHandle, type RedisPersistence } from './redis-server.js';
+import { waitFor } from './wait-for.js';
+
+const run = promisify(execFile);
+
+export interface StartClusterOptions {
+  /** Default 3; each with one replica. */
+  primaries?: number;
+  /** How long a primary may not answer before its replica takes over (default 1000 ms). */
+  nodeTimeoutMs?: number;
+  persistence?: RedisPersistence;
+}
+
+/** One line of CLUSTER NODES. */
+export interface ClusterNode {
+  id: string;
+  port: number;
+  primary: boolean;
+  /** The primary's id, for a replica. */
+  primaryId: string | undefined;
+  failed: boolean;
+  /** Slot ranges served, for a primary. */
+  slots: [number, number][];
+}
+
+/** A Redis Cluster of local `redis-server`s (cluster-enabled), private to a test file. */
+export interface RedisClusterHandle {
+  readonly nodes: readonly RedisHandle[];
+  /** `redis+cluster://` with every node as a seed. */
+  readonly url: string;
+  /** The cluster as `node` sees it. */
+  topology(node?: RedisHandle): Promise<ClusterNode[]>;
+  /** The node that serves `key` as primary now. */
+  primaryOf(key: string): Promise<RedisHandle>;
+  /** The nodes that replicate `primary`. */
+  replicasOf(primary: RedisHandle): Promise<RedisHandle[]>;
+  /**
+   * Waits until every running node sees the cluster ok, every slot served by a running primary,
+   * and (unless told otherwise) every primary with a connected replica.
+   */
+  waitHealthy(options?: { replicated?: boolean; timeoutMs?: number }): Promise<void>;
+  /** A command on one node (a short-lived connection). */
+  command(node: RedisHandle, ...args: (string | number)[]): Promise<unknown>;
+  stop(): Promise<void>;
+}
+
+export function parseClusterNodes(text: string): ClusterNode[] {
+  return text
+    .trim()
+    .split('\n')
+    .map((line) => {
+      const [id = '', address = '', flags = '', primaryId = '', , , , , ...slots] = line.split(' ');
+      const flagList = flags.split(',');
+      return {
+        id,
+        port: Number(/:(\d+)@/.exec(address)?.[1]),
+        primary: flagList.includes('master'),
+        primaryId: primaryId === '-' ? undefined : primaryId,
+        failed: flagList.includes('fail') || flagList.includes('fail?'),
+        slots: slots
+          .filter((range) => !range.startsWith('['))
+          .map((range) => {
+            const [from = '0', to = from] = range.split('-');
+            return [Number(from), Number(to)] as [number, number];
+          }),
+      };
+    });
+}
+
+export async function nodeCommand(
+  node: RedisHandle,
+  ...args: (string | number)[]
+): Promise<unknown> {
+  const client = new Redis({
+    host: node.host,
+    port: node.port,
+    lazyConnect: true,
+    retryStrategy: () => null,
+    maxRetriesPerRequest: 0,
+    connectTimeout: 1_000,
+    commandTimeout: 2_000,
+  });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    return await client.call(String(args[0]), ...args.slice(1));
+  } finally {
+    client.disconnect();
+  }
+}
+
+function isRunning(node: RedisHandle): Promise<boolean> {
+  return nodeCommand(node, 'PING').then(
+    () => true,
+    () => false,
+  );
+}
+
+export async function startRedisCluster(
+  options: StartClusterOptions = {},
+): Promise<RedisClusterHandle> {
+  const primaries = options.primaries ?? 3;
+  const nodeTimeoutMs = options.nodeTimeoutMs ?? 1_000;
+  const ports: number[] = [];
+  while (ports.length < primaries * 2) {
+    const port = await freeClusterPort();
+    if (!ports.includes(port)) ports.push(port);
+  }
+  const nodes = await Promise.all(
+    ports.map((port) =>
+      startRedis({
+        port,
+        persistence: options.persistence ?? 'none',
+        extraArgs: [
+          '--cluster-enabled', 'yes',
+          '--cluster-config-file', 'nodes.conf',
+          '--cluster-node-timeout', String(nodeTimeoutMs),
+          // A replica whose primary died takes over however long ago it last heard from it.
+          '--cluster-replica-validity-factor', '0',
+        ], // prettier-ignore
+      }),
+    ),
+  );
+  await run('redis-cli', [
+    '--cluster', 'create',
+    ...ports.map((port) => `127.0.0.1:${port}`),
+    '--cluster-replicas', '1',
+    '--cluster-yes',
+  ]); // prettier-ignore
+  const byPort = new Map(nodes.map((node) => [node.port, node]));
+
+  const handle: RedisClusterHandle = {
+    nodes,
+    url: `redis+cluster://${ports.map((port) => `127.0.0.1:${port}`).join(',')}`,
+    async topology(node) {
+      for (const candidate of node === undefined ? nodes : [node]) {
+        try {
+          return parseClusterNodes(String(await nodeCommand(candidate, 'CLUSTER', 'NODES')));
+        } catch {
+          // down: ask the next one
+        }
+      }
+      throw new Error('no cluster node answers');
+    },
+    async primaryOf(key) {
+      const slot = Number(await handle.command(nodes[0]!, 'CLUSTER', 'KEYSLOT', key));
+      const serving = (await handle.topology()).find(
+        (node) =>
+          node.primary &&
+          !node.failed &&
+          node.slots.some(([from, to]) => from <= slot && slot <= to),
+      );
+      const found = serving === undefined ? undefined : byPort.get(serving.port);
+      if (found === undefined) throw new Error(`no primary serves slot ${slot}`);
+      return found;
+    },
+    async replicasOf(primary) {
+      const topology = await handle.topology();
+      const id = topology.find((node) => node.port === primary.port)?.id;
+      return topology
+        .filter((node) => node.primaryId === id && !node.failed)
+        .map((node) => byPort.get(node.port)!);
+    },
+    async waitHealthy(wait = {}) {
+      await waitFor(
+        'the Redis Cluster to be healthy',
+        async () => {
+          const running: RedisHandle[] = [];
+          for (const node of nodes) if (await isRunning(node)) running.push(node);
+          for (const node of running) {
+            const info = String(await handle.command(node, 'CLUSTER', 'INFO'));
+            if (!info.includes('cluster_state:ok')) return undefined;
+          }
+          const topology = await handle.topology(running[0]);
+          const live = topology.filter(
+            (node) => !node.failed && running.some((r) => r.port === node.port),
+          );
+          const covered = live
+            .filter((node) => node.primary)
+            .flatMap((node) => node.slots)
+            .reduce((sum, [from, to]) => sum + to - from + 1, 0);
+          if (covered !== 16_384) return undefined;
+          if (wait.replicated === false) return true;
+          for (const primary of live.filter((node) => node.primary && node.slots.length > 0)) {
+            const role = (await handle.command(byPort.get(primary.port)!, 'ROLE')) as unknown[];
+            if ((role[2] as unknown[]).length === 0) return undefined;
+          }
+          return true;
+        },
+        { timeoutMs: wait.timeoutMs ?? 30_000 },
+      );
+    },
+    command: nodeCommand,
+    async stop() {
+      await Promise.all(nodes.map((node) => node.stop()));
+    },
+  };
+  await handle.waitHealthy();
+  return handle;
+}
