@@ -55,6 +55,16 @@ export interface TallyOptions {
    * starts that could end past it (4 attempts at a 2 s command timeout took 8.6 s). Default 5 s.
    */
   incrementTimeoutMs?: number;
+  /**
+   * Replicas that must hold an increment before it is acknowledged (default 0, at most 16):
+   * each script call of the group commit is followed, on the same connection, by WAIT for them,
+   * and a WAIT that ends with fewer reports OUTCOME_UNKNOWN (the increment may be on the
+   * primary only; a keyed retry settles it). Flushes wait for at least as many. Needs replicas:
+   * with fewer connected than this, every increment fails.
+   */
+  minReplicas?: number;
+  /** How long an increment waits for its `minReplicas` (default 1 s). */
+  replicaWaitTimeoutMs?: number;
   /** How long a flush or reconcile holds a shard's lock before another may take it (default 30 s). */
   flushLockTtlMs?: number;
   /**
@@ -97,6 +107,8 @@ export interface ResolvedConfig {
   maxFutureMs: number;
   redisCommandTimeoutMs: number;
   incrementTimeoutMs: number;
+  minReplicas: number;
+  replicaWaitTimeoutMs: number;
   flushLockTtlMs: number;
   reconcileChunkSize: number;
   queryTimeoutMs: number;
@@ -142,6 +154,9 @@ export const storeDefaults = {
 /** Defaults `tally serve` shares with the library. */
 export const redisCommandTimeoutDefaultMs = 2_000;
 export const incrementTimeoutDefaultMs = 5_000;
+export const replicaWaitTimeoutDefaultMs = 1_000;
+/** The most replicas `minReplicas` may ask for. */
+export const maxMinReplicas = 16;
 export const durabilityCheckIntervalDefaultMs = 10_000;
 // Stripe's meter events take the same window: 35 days back (a billing month and its
 // late-arriving events), 5 minutes ahead (hosts' clocks disagree).
@@ -218,6 +233,13 @@ export function resolveConfig(options: TallyOptions): ResolvedConfig {
       options.incrementTimeoutMs ?? incrementTimeoutDefaultMs,
       1,
       3_600_000,
+    ),
+    minReplicas: integerIn('minReplicas', options.minReplicas ?? 0, 0, maxMinReplicas),
+    replicaWaitTimeoutMs: integerIn(
+      'replicaWaitTimeoutMs',
+      options.replicaWaitTimeoutMs ?? replicaWaitTimeoutDefaultMs,
+      1,
+      60_000,
     ),
     flushLockTtlMs: integerIn(
       'flushLockTtlMs',

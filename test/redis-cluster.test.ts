@@ -1,8 +1,15 @@
+import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { createDatabase } from './support/index.js';
+import { migrate, TallyError, type Tally } from '../src/index.js';
+import { shardKeys } from '../src/redis/shard-keys.js';
+import { runTypeScript } from './support/child-process.js';
+import { createDatabase, waitFor } from './support/index.js';
 import { startRedisCluster, type RedisClusterHandle } from './support/redis-cluster.js';
+import { startWorker } from './support/tally-process.js';
 import { postgresTotals, tallyOn } from './support/tally-store.js';
+
+const cli = new URL('../src/cli/main.ts', import.meta.url);
 
 let cluster: RedisClusterHandle;
 beforeAll(async () => {
@@ -14,9 +21,12 @@ afterAll(async () => {
 
 async function fresh(options: Parameters<typeof tallyOn>[2] = {}) {
   const url = await createDatabase();
+  const keyPrefix = `k${randomBytes(4).toString('hex')}`;
   const tally = await tallyOn(cluster.url, url, {
     shards: 8,
-    redisLossAccepted: 'any',
+    keyPrefix,
+    // The harness' nodes keep no AOF: what a crash of one loses is what these tests are about.
+    redisLossAccepted: 'bounded',
     ...options,
   });
   const pool = new pg.Pool({ connectionString: url });
@@ -24,24 +34,114 @@ async function fresh(options: Parameters<typeof tallyOn>[2] = {}) {
     await tally.close();
     await pool.end();
   });
-  return { tally, pool, url };
+  return { tally, pool, url, keyPrefix };
+}
+
+/** The primaries that serve the shards' slots (8 shards land on all three of them). */
+async function shardPrimaries(keyPrefix: string, shards: number): Promise<Set<number>> {
+  const ports = new Set<number>();
+  for (let shard = 0; shard < shards; shard++) {
+    ports.add((await cluster.primaryOf(shardKeys(keyPrefix, shard).totals)).port);
+  }
+  return ports;
 }
 
 describe('on a Redis Cluster of 3 primaries and 3 replicas', () => {
-  it('increments, reads, flushes and reconciles every shard', async () => {
-    const { tally, url } = await fresh();
+  it('increments (group commit), reads, usage, flush, reconcile and status work on every shard', async () => {
+    const { tally, url, keyPrefix } = await fresh();
+    expect((await shardPrimaries(keyPrefix, 8)).size).toBe(3);
     const names = Array.from({ length: 40 }, (_, i) => `c${i}`);
+    const at = new Date('2026-03-01T10:00:00Z');
+    // One turn: every shard's increments go as one call per shard, to three nodes.
     await Promise.all(
-      names.flatMap((name, i) => Array.from({ length: 5 }, () => tally.incr(name, i + 1))),
+      names.flatMap((name, i) => Array.from({ length: 5 }, () => tally.incr(name, i + 1, { at }))),
     );
-    expect(await tally.getMany(names)).toEqual(names.map((_, i) => 5 * (i + 1)));
-    const applied = await tally.flush();
-    expect(applied.length).toBe(8);
+    const expected = names.map((_, i) => 5 * (i + 1));
+    expect(await tally.getMany(names)).toEqual(expected);
+    const usage = { granularity: 'hour', from: at, to: new Date('2026-03-01T11:00:00Z') } as const;
+    expect(await tally.usage('c3', usage)).toEqual([{ start: at, value: 20 }]);
+
+    expect((await tally.flush()).length).toBe(8);
     const totals = await postgresTotals(url);
-    expect(names.map((name) => totals.get(name))).toEqual(names.map((_, i) => 5 * (i + 1)));
-    const report = await tally.reconcile();
-    console.log(JSON.stringify(report).slice(0, 500));
+    expect(names.map((name) => totals.get(name))).toEqual(expected);
+    // After the flush the same reads come from PostgreSQL's part and Redis' totals.
+    expect(await tally.usage('c3', usage)).toEqual([{ start: at, value: 20 }]);
+    expect(await tally.getMany(names)).toEqual(expected);
+    const page = await tally.query({
+      prefix: 'c',
+      granularity: 'day',
+      from: at,
+      to: new Date('2026-03-02'),
+    });
+    expect(page.rows.reduce((sum, row) => sum + row.value, 0)).toBe(
+      expected.reduce((a, b) => a + b),
+    );
+
+    const reports = await tally.reconcile();
+    expect(reports.map((report) => report.drift)).toEqual(Array.from({ length: 8 }, () => []));
     const status = await tally.status();
-    console.log(JSON.stringify(status).slice(0, 800));
+    // Durability is read from every primary and replica, and judged by the weakest.
+    expect(status.redis).toMatchObject({ servers: 6, appendonly: false });
+    expect(status.shards.every((shard) => shard.pendingDeltas === 0)).toBe(true);
+  });
+
+  it('minReplicas: acknowledged once a replica holds it; asked for more than exist, OUTCOME_UNKNOWN though the primary applied it', async () => {
+    const { tally } = await fresh({ minReplicas: 1 });
+    const results = await Promise.all(Array.from({ length: 50 }, (_, i) => tally.incr(`m${i % 8}`)));
+    expect(results.every((result) => result.status === 'applied')).toBe(true);
+    expect(await tally.getMany(['m0', 'm7'])).toEqual([7, 6]);
+
+    const { tally: greedy } = await fresh({ minReplicas: 2, replicaWaitTimeoutMs: 200 });
+    const error: unknown = await greedy.incr('g').catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(TallyError);
+    expect(error).toMatchObject({ code: 'OUTCOME_UNKNOWN' });
+    expect((error as Error).message).toMatch(/only 1 of the 2 replicas/);
+    expect(await greedy.get('g')).toBe(1);
+  });
+
+  it('tally worker flushes on the cluster (BullMQ) and tally status / reconcile report on it', async () => {
+    const databaseUrl = await createDatabase();
+    await migrate(databaseUrl);
+    const keyPrefix = `w${randomBytes(4).toString('hex')}`;
+    const env = {
+      REDIS_URL: cluster.url,
+      DATABASE_URL: databaseUrl,
+      TALLY_SHARDS: '8',
+      TALLY_KEY_PREFIX: keyPrefix,
+      TALLY_ACCEPT_REDIS_LOSS: 'bounded',
+      TALLY_FLUSH_INTERVAL_MS: '200',
+    };
+    const worker = startWorker(env);
+    onTestFinished(async () => {
+      worker.kill('SIGKILL');
+      await worker.exited;
+    });
+    await worker.metricsPort();
+    const { tally } = await freshOn(databaseUrl, keyPrefix);
+    await Promise.all(Array.from({ length: 64 }, (_, i) => tally.incr(`w${i % 16}`, 2)));
+    await waitFor('the worker to flush every counter', async () => {
+      const totals = await postgresTotals(databaseUrl);
+      return totals.size === 16 && [...totals.values()].every((value) => value === 8)
+        ? true
+        : undefined;
+    });
+    const status = await runTypeScript(cli, ['status', '--json'], { ...process.env, ...env });
+    expect(status.stderr).toBe('');
+    expect(status.code).toBe(0);
+    expect(JSON.parse(status.stdout)).toMatchObject({ redis: { servers: 6 } });
+    const reconcile = await runTypeScript(cli, ['reconcile'], { ...process.env, ...env });
+    expect(reconcile.code, reconcile.stderr).toBe(0);
   });
 });
+
+async function freshOn(databaseUrl: string, keyPrefix: string): Promise<{ tally: Tally }> {
+  const tally = await tallyOn(cluster.url, databaseUrl, {
+    shards: 8,
+    keyPrefix,
+    redisLossAccepted: 'bounded',
+  });
+  onTestFinished(async () => {
+    await tally.close();
+  });
+  return { tally };
+}

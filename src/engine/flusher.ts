@@ -9,7 +9,7 @@ import type { EngineContext } from './engine-context.js';
 import { FlushError, TallyError, ValidationError } from '../errors.js';
 import { brokenOnPurpose, reachFaultPoint } from './fault-points.js';
 import { withShardLock } from '../redis/shard-lock.js';
-import type { RedisConnection } from '../redis/scripts.js';
+import { onlineReplicas, waitForLocalAof, waitForReplicas } from '../redis/replication.js';
 import { shardKeys, type ShardKeys } from '../redis/shard-keys.js';
 
 /** One batch moved from Redis into PostgreSQL. */
@@ -26,8 +26,8 @@ export interface AppliedBatch {
   alreadyApplied: boolean;
 }
 
-/** How long a flush waits for WAITAOF before giving up on this attempt. */
-const waitAofTimeoutMs = 5_000;
+/** How long a flush waits for WAITAOF or WAIT before giving up on this attempt. */
+const snapshotKeepTimeoutMs = 5_000;
 
 export interface FlushShardOptions {
   /** How long to wait for another flush or reconcile of the shard (default: the lock TTL). */
@@ -96,7 +96,7 @@ async function snapshotAndApply(
       );
     }
     await reachFaultPoint('after-snapshot');
-    if (ctx.durability.waitaof) await waitForAof(ctx.redis);
+    await keepSnapshot(ctx, keys);
     const batch = {
       id: snapshot.batchId,
       // The operator's override: a snapshot time no horizon can refuse.
@@ -112,16 +112,19 @@ async function snapshotAndApply(
 }
 
 /**
- * Waits until Redis has fsynced the snapshot. Otherwise a Redis crash could forget a snapshot
- * that PostgreSQL already applied, and its deltas, back in pending, would be applied twice.
+ * Makes the snapshot outlive a crash or a failover of Redis before PostgreSQL applies it: Redis
+ * fsyncs it (WAITAOF), and every online replica holds it (WAIT; at least `minReplicas`).
+ * Otherwise a Redis that forgot it (restarted from an AOF written before it, or a replica
+ * promoted before it had it) would hold its deltas in pending again, under no batch id the
+ * ledger knows, and they would be applied twice.
  */
-async function waitForAof(redis: RedisConnection): Promise<void> {
-  const [local] = (await redis.call('WAITAOF', 1, 0, waitAofTimeoutMs)) as [number, number];
-  if (local < 1) {
-    throw new TallyError(
-      'UNAVAILABLE',
-      `Redis did not fsync the flush snapshot within ${waitAofTimeoutMs} ms; the flush will retry.`,
-    );
+async function keepSnapshot(ctx: EngineContext, keys: ShardKeys): Promise<void> {
+  const what = 'the flush snapshot; the flush will retry';
+  const online = await onlineReplicas(ctx.redis, keys.inflight);
+  const replicas = Math.max(ctx.config.minReplicas, online);
+  await waitForReplicas(ctx.redis, keys.inflight, replicas, snapshotKeepTimeoutMs, what);
+  if (ctx.durability.waitaof) {
+    await waitForLocalAof(ctx.redis, keys.inflight, snapshotKeepTimeoutMs, what);
   }
 }
 

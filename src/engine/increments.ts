@@ -559,7 +559,10 @@ export class IncrementSender {
     }
     const { idempotencyWindowMs, maxBackdateMs } = this.config;
     const args = [[idempotencyWindowMs, maxBackdateMs, tags.length, ...tags], entries];
-    const call = () => this.scripts.increment(scriptKeys, args);
+    const call = () =>
+      this.config.minReplicas === 0
+        ? this.scripts.increment(scriptKeys, args)
+        : this.callReplicated(scriptKeys, args);
     return call().then(async (reply) => {
       if (reply[0] === ScriptStatus.ok) return reply;
       await this.rebuildShard(shard);
@@ -567,6 +570,36 @@ export class IncrementSender {
       if (again[0] === ScriptStatus.ok) return again;
       throw new TallyError('UNAVAILABLE', `Shard ${shard} lost its totals again while rebuilding.`);
     });
+  }
+
+  /**
+   * The script call, acknowledged only once `minReplicas` replicas hold it: WAIT follows it on
+   * the same connection (Redis answers the WAITs of one event-loop turn with one round to the
+   * replicas, so a turn's calls share that wait). Fewer within the timeout: OUTCOME_UNKNOWN.
+   */
+  private async callReplicated(
+    keys: readonly string[],
+    args: readonly (readonly (string | number)[])[],
+  ): Promise<ScriptReply> {
+    const { minReplicas: replicas, replicaWaitTimeoutMs: timeoutMs } = this.config;
+    const { reply, replicas: acknowledged } = await this.scripts.incrementAndWait(keys, args, {
+      replicas,
+      timeoutMs,
+    });
+    // A shard that lost its totals applied nothing: no replica needs to hold it.
+    if (
+      reply[0] !== ScriptStatus.ok ||
+      (typeof acknowledged === 'number' && acknowledged >= replicas)
+    )
+      return reply;
+    const confirmed = typeof acknowledged === 'number' ? `only ${acknowledged}` : 'none';
+    throw new TallyError(
+      'OUTCOME_UNKNOWN',
+      `Redis' primary applied the increment, but ${confirmed} of the ${replicas} replicas ` +
+        `asked for (minReplicas) confirmed it within ${timeoutMs} ms: a failover could lose it. ` +
+        'Retry with the same idempotency key to count it exactly once.',
+      acknowledged instanceof Error ? { cause: acknowledged } : undefined,
+    );
   }
 }
 

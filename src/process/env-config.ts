@@ -2,7 +2,9 @@ import { granularities, isGranularity, type Granularity } from '../counters/buck
 import { parseRetention, type Retention } from '../counters/retention.js';
 import {
   durabilityCheckIntervalDefaultMs,
+  maxMinReplicas,
   maxShards,
+  replicaWaitTimeoutDefaultMs,
   redisLossChoices,
   storeDefaults,
 } from '../config.js';
@@ -27,6 +29,9 @@ export interface StoreEnv {
   redisLossAccepted: RedisLossAccepted;
   /** How often Redis' durability settings are read again (TallyOptions). */
   durabilityCheckIntervalMs: number;
+  /** TALLY_MIN_REPLICAS, TALLY_REPLICA_WAIT_TIMEOUT_MS (TallyOptions). */
+  minReplicas: number;
+  replicaWaitTimeoutMs: number;
   logLevel: LogLevel;
   logFormat: LogFormat | undefined;
 }
@@ -128,6 +133,14 @@ export function storeEnv(env: NodeJS.ProcessEnv): StoreEnv {
       'TALLY_DURABILITY_CHECK_INTERVAL_MS',
       durabilityCheckIntervalDefaultMs,
       100,
+    ),
+    minReplicas: integerFromEnv(env, 'TALLY_MIN_REPLICAS', 0, 0, maxMinReplicas),
+    replicaWaitTimeoutMs: integerFromEnv(
+      env,
+      'TALLY_REPLICA_WAIT_TIMEOUT_MS',
+      replicaWaitTimeoutDefaultMs,
+      1,
+      60_000,
     ),
     logLevel: parseLogLevel(env.TALLY_LOG_LEVEL, 'info'),
     logFormat: parseLogFormat(env.TALLY_LOG_FORMAT),

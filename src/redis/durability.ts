@@ -1,3 +1,4 @@
+import { Cluster, Redis as RedisServer, type Redis, type RedisOptions } from 'ioredis';
 import type { RedisConnection } from './scripts.js';
 
 /** What Redis' configuration means for increments acknowledged but not yet flushed. */
@@ -19,13 +20,18 @@ export interface RedisDurability {
   problem: string | null;
   /** The loss bound, in words, for logs, /readyz and `tally status`. */
   lossBound: string;
+  /**
+   * The servers read: 1, or every primary and replica of a cluster that answered. A cluster is
+   * judged by its weakest node, since a failover can promote any replica.
+   */
+  servers: number;
 }
 
 function infoField(info: string, field: string): string | undefined {
   return new RegExp(`^${field}:(.*)$`, 'm').exec(info)?.[1]?.trim();
 }
 
-async function configValue(redis: RedisConnection, name: string): Promise<string | undefined> {
+async function configValue(redis: Redis, name: string): Promise<string | undefined> {
   try {
     const reply = await redis.config('GET', name);
     return reply[1];
@@ -39,11 +45,68 @@ function atLeast(version: string, major: number, minor: number): boolean {
   return a > major || (a === major && b >= minor);
 }
 
-/** Reads Redis' persistence and eviction settings, and judges them under `accepted`. */
+/**
+ * Reads Redis' persistence and eviction settings, and judges them under `accepted`: of the one
+ * server, or of every node of a cluster (the weakest decides; evictions are summed).
+ */
 export async function inspectRedisDurability(
   redis: RedisConnection,
   accepted: RedisLossAccepted,
 ): Promise<RedisDurability> {
+  if (!(redis instanceof Cluster)) return inspectServer(redis, accepted);
+  const replicas = await replicaConnections(redis);
+  const settled = await Promise.allSettled(
+    [...redis.nodes('master'), ...replicas].map((node) => inspectServer(node, accepted)),
+  );
+  for (const replica of replicas) replica.disconnect();
+  const reports = settled.flatMap((result) =>
+    result.status === 'fulfilled' ? [result.value] : [],
+  );
+  const weakest =
+    reports.find((report) => report.problem !== null) ??
+    reports.find((report) => !report.durable) ??
+    reports[0];
+  if (weakest === undefined) {
+    const failure = settled.find((result) => result.status === 'rejected');
+    throw failure?.reason ?? new Error('the cluster has no node to read');
+  }
+  return {
+    ...weakest,
+    waitaof: reports.every((report) => report.waitaof),
+    evictedKeys: reports.reduce((sum, report) => sum + report.evictedKeys, 0),
+    servers: reports.length,
+  };
+}
+
+/**
+ * Short-lived connections to the cluster's replicas, which ioredis does not connect to while it
+ * reads from primaries only: from CLUSTER NODES, with the cluster's own per-node options.
+ */
+async function replicaConnections(cluster: Cluster): Promise<Redis[]> {
+  // (ioredis' option type cannot be passed back to it as it is under exactOptionalPropertyTypes.)
+  const nodeOptions = cluster.options.redisOptions as Omit<RedisOptions, 'replyMapping'>;
+  const nodes = String(await cluster.cluster('NODES'));
+  return nodes
+    .split('\n')
+    .map((line) => line.split(' '))
+    .filter(([, , flags = '']) => /\bslave\b/.test(flags) && !/fail|noaddr|handshake/.test(flags))
+    .flatMap(([, address = '']) => {
+      const match = /^(.*):(\d+)@/.exec(address);
+      if (match?.[1] === undefined) return [];
+      const replica = new RedisServer({
+        ...nodeOptions,
+        host: match[1],
+        port: Number(match[2]),
+        retryStrategy: () => null,
+        maxRetriesPerRequest: 0,
+      });
+      // A replica that cannot be reached fails its own read, reported by the caller.
+      replica.on('error', () => undefined);
+      return [replica];
+    });
+}
+
+async function inspectServer(redis: Redis, accepted: RedisLossAccepted): Promise<RedisDurability> {
   const info = await redis.info();
   const appendonly = infoField(info, 'aof_enabled') === '1';
   const appendfsync = (await configValue(redis, 'appendfsync')) ?? 'unknown';
@@ -83,6 +146,7 @@ export async function inspectRedisDurability(
     accepted: problem === null,
     problem,
     lossBound,
+    servers: 1,
   };
 }
 

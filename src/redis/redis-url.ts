@@ -92,8 +92,8 @@ function singleServer(raw: string, name: string): RedisTarget {
 export function parseRedisUrl(raw: string, name = 'REDIS_URL'): RedisTarget {
   const scheme = /^(rediss?)\+(cluster|sentinel):\/\//i.exec(raw);
   if (scheme === null) return singleServer(raw, name);
-  const tls = scheme[1]!.toLowerCase() === 'rediss';
-  const topology = scheme[2]!.toLowerCase() as 'cluster' | 'sentinel';
+  const tls = scheme[1]?.toLowerCase() === 'rediss';
+  const topology = scheme[2]?.toLowerCase() === 'cluster' ? 'cluster' : 'sentinel';
   const rest = raw.slice(scheme[0].length);
   const parts = /^(?:([^@/?#]*)@)?([^/?#]*)(?:\/([^?#]*))?(?:\?([^#]*))?$/.exec(rest);
   if (parts === null) throw invalid(name, 'it does not parse');

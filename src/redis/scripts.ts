@@ -135,6 +135,15 @@ export interface Scripts {
     keys: readonly string[],
     args: readonly (readonly (string | number)[])[],
   ): Promise<ScriptReply>;
+  /**
+   * increment.lua followed, in one pipeline on the same connection, by WAIT for `replicas`:
+   * the script's reply and how many replicas acknowledged it, or the WAIT's failure.
+   */
+  incrementAndWait(
+    keys: readonly string[],
+    args: readonly (readonly (string | number)[])[],
+    wait: { replicas: number; timeoutMs: number },
+  ): Promise<{ reply: ScriptReply; replicas: number | Error }>;
   /** {OK, total...} as decimal strings, or {NEEDS_REBUILD}. */
   readTotals(keys: ShardKeys, counters: readonly string[]): Promise<ScriptReply>;
   /**
@@ -247,6 +256,21 @@ export function defineScripts(redis: RedisConnection): Scripts {
     // The hot path: straight to the command, no wrapper's arrays.
     increment: (keys, args) =>
       commands.increment(keys.length, keys, ...args) as Promise<ScriptReply>,
+    async incrementAndWait(keys, args, wait) {
+      const pipeline = redis.pipeline();
+      // A defined command is a method of a pipeline too.
+      (pipeline as unknown as Record<string, Invoke>)[loaded.increment.command]?.(
+        keys.length,
+        keys,
+        ...args,
+      );
+      const [script, waited] =
+        (await pipeline.call('WAIT', wait.replicas, wait.timeoutMs).exec()) ?? [];
+      if (script === undefined || script[0] !== null) {
+        throw script?.[0] ?? new Error('the pipeline returned no script reply');
+      }
+      return { reply: script[1] as ScriptReply, replicas: waited?.[0] ?? Number(waited?.[1]) };
+    },
     readTotals: (keys, counters) =>
       run('readTotals', [keys.epoch, keys.totals], counters) as Promise<ScriptReply>,
     async snapshot(keys, newBatchId, lockToken) {

@@ -163,6 +163,8 @@ export async function runServer(env: NodeJS.ProcessEnv = process.env): Promise<v
     idempotencyWindowMs: config.idempotencyWindowMs,
     redisLossAccepted: config.redisLossAccepted,
     durabilityCheckIntervalMs: config.durabilityCheckIntervalMs,
+    minReplicas: config.minReplicas,
+    replicaWaitTimeoutMs: config.replicaWaitTimeoutMs,
     redisCommandTimeoutMs: config.redisCommandTimeoutMs,
     incrementTimeoutMs: config.incrementTimeoutMs,
     maxBackdateMs: config.maxBackdateMs,

@@ -237,6 +237,8 @@ export async function startFlushWorker(
     retention: config.retention,
     redisLossAccepted: config.redisLossAccepted,
     durabilityCheckIntervalMs: config.durabilityCheckIntervalMs,
+    minReplicas: config.minReplicas,
+    replicaWaitTimeoutMs: config.replicaWaitTimeoutMs,
     flushLockTtlMs: config.flushLockTtlMs,
     ledgerRetentionMs: config.ledgerRetentionMs,
     logger,

@@ -132,6 +132,11 @@ export async function startRedisCluster(
     '--cluster-yes',
   ]); // prettier-ignore
   const byPort = new Map(nodes.map((node) => [node.port, node]));
+  const nodeOn = (port: number): RedisHandle => {
+    const node = byPort.get(port);
+    if (node === undefined) throw new Error(`no node of this cluster listens on ${port}`);
+    return node;
+  };
 
   const handle: RedisClusterHandle = {
     nodes,
@@ -147,7 +152,7 @@ export async function startRedisCluster(
       throw new Error('no cluster node answers');
     },
     async primaryOf(key) {
-      const slot = Number(await handle.command(nodes[0]!, 'CLUSTER', 'KEYSLOT', key));
+      const slot = Number(await nodeCommand(nodeOn(ports[0] ?? 0), 'CLUSTER', 'KEYSLOT', key));
       const serving = (await handle.topology()).find(
         (node) =>
           node.primary &&
@@ -163,7 +168,7 @@ export async function startRedisCluster(
       const id = topology.find((node) => node.port === primary.port)?.id;
       return topology
         .filter((node) => node.primaryId === id && !node.failed)
-        .map((node) => byPort.get(node.port)!);
+        .map((node) => nodeOn(node.port));
     },
     async waitHealthy(wait = {}) {
       await waitFor(
@@ -186,7 +191,7 @@ export async function startRedisCluster(
           if (covered !== 16_384) return undefined;
           if (wait.replicated === false) return true;
           for (const primary of live.filter((node) => node.primary && node.slots.length > 0)) {
-            const role = (await handle.command(byPort.get(primary.port)!, 'ROLE')) as unknown[];
+            const role = (await handle.command(nodeOn(primary.port), 'ROLE')) as unknown[];
             if ((role[2] as unknown[]).length === 0) return undefined;
           }
           return true;

@@ -69,9 +69,8 @@ describe('parseRedisUrl', () => {
   });
 
   it('never repeats the string (it may hold a password)', () => {
-    expect(() => parseRedisUrl('redis+cluster://u:hunter2@a:1/x')).toThrow(
-      expect.objectContaining({ message: expect.not.stringContaining('hunter2') }),
-    );
+    expect(() => parseRedisUrl('redis+cluster://u:hunter2@a:1/x')).toThrow(/no database or name/);
+    expect(() => parseRedisUrl('redis+cluster://u:hunter2@a:1/x')).not.toThrow(/hunter2/);
   });
 
   it('logs redact the passwords of every form', () => {
