@@ -258,8 +258,9 @@ export function defineScripts(redis: RedisConnection): Scripts {
       commands.increment(keys.length, keys, ...args) as Promise<ScriptReply>,
     async incrementAndWait(keys, args, wait) {
       const pipeline = redis.pipeline();
-      // A defined command is a method of a pipeline too.
-      (pipeline as unknown as Record<string, Invoke>)[loaded.increment.command]?.(
+      // A defined command is a method of a pipeline too (it queues; the pipeline's exec sends).
+      type Queue = (...args: Parameters<Invoke>) => unknown;
+      (pipeline as unknown as Record<string, Queue>)[loaded.increment.command]?.(
         keys.length,
         keys,
         ...args,
