@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { migrate, TallyError, type Tally } from '../src/index.js';
+import { shardOf } from '../src/counters/sharding.js';
 import { shardKeys } from '../src/redis/shard-keys.js';
 import { runTypeScript } from './support/child-process.js';
 import { createDatabase, waitFor } from './support/index.js';
@@ -13,7 +14,8 @@ const cli = new URL('../src/cli/main.ts', import.meta.url);
 
 let cluster: RedisClusterHandle;
 beforeAll(async () => {
-  cluster = await startRedisCluster();
+  // Behind proxies, so that a test can lose a reply.
+  cluster = await startRedisCluster({ proxied: true });
 }, 60_000);
 afterAll(async () => {
   await cluster.stop();
@@ -85,9 +87,25 @@ describe('on a Redis Cluster of 3 primaries and 3 replicas', () => {
     expect(status.shards.every((shard) => shard.pendingDeltas === 0)).toBe(true);
   });
 
+  it('a lost reply is OUTCOME_UNKNOWN, and the cluster client never re-sends the increment: counted once', async () => {
+    const { tally, keyPrefix } = await fresh();
+    const counter = 'lost-reply-counter';
+    await tally.incr(counter);
+    const primary = await cluster.primaryOf(shardKeys(keyPrefix, shardOf(counter, 8)).totals);
+    const proxy = cluster.proxies.get(primary.port);
+    proxy?.loseReplyTo(counter);
+    const error: unknown = await tally.incr(counter).catch((caught: unknown) => caught);
+    expect(error).toMatchObject({ code: 'OUTCOME_UNKNOWN' });
+    expect(proxy?.repliesLost).toBe(1);
+    // Applied once: Redis has it, and nothing sent it again. (The connection is re-made.)
+    expect(await waitFor('a read', () => tally.get(counter).catch(() => undefined))).toBe(2);
+  });
+
   it('minReplicas: acknowledged once a replica holds it; asked for more than exist, OUTCOME_UNKNOWN though the primary applied it', async () => {
     const { tally } = await fresh({ minReplicas: 1 });
-    const results = await Promise.all(Array.from({ length: 50 }, (_, i) => tally.incr(`m${i % 8}`)));
+    const results = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => tally.incr(`m${i % 8}`)),
+    );
     expect(results.every((result) => result.status === 'applied')).toBe(true);
     expect(await tally.getMany(['m0', 'm7'])).toEqual([7, 6]);
 
@@ -131,6 +149,121 @@ describe('on a Redis Cluster of 3 primaries and 3 replicas', () => {
     expect(JSON.parse(status.stdout)).toMatchObject({ redis: { servers: 6 } });
     const reconcile = await runTypeScript(cli, ['reconcile'], { ...process.env, ...env });
     expect(reconcile.code, reconcile.stderr).toBe(0);
+  });
+});
+
+/**
+ * Clients that count with keyed increments, each retried with its key until acknowledged:
+ * `acknowledged` is what a caller was told was counted. Every other outcome is collected.
+ */
+function keyedLoad(tally: Tally, clients: number) {
+  const acknowledged = new Map<string, number>();
+  const failures = new Map<string, number>();
+  let running = true;
+  let issued = 0;
+  const loops = Array.from({ length: clients }, async (_, client) => {
+    for (let seq = 0; running; seq++) {
+      const counter = `f${(client + seq) % 16}`;
+      const key = `${client}-${seq}`;
+      issued++;
+      for (;;) {
+        try {
+          await tally.incr(counter, 1, { idempotencyKey: key });
+          acknowledged.set(counter, (acknowledged.get(counter) ?? 0) + 1);
+          break;
+        } catch (error) {
+          const code = error instanceof TallyError ? error.code : String(error);
+          failures.set(code, (failures.get(code) ?? 0) + 1);
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+      }
+    }
+  });
+  return {
+    acknowledged,
+    failures,
+    issued: () => issued,
+    async stop() {
+      running = false;
+      await Promise.all(loops);
+    },
+  };
+}
+
+describe('failover under load', () => {
+  it('kill -9 of a primary while clients count: its replica takes over, Tally follows, keyed retries are exact', async () => {
+    const { tally, url, keyPrefix } = await fresh({
+      minReplicas: 1,
+      redisCommandTimeoutMs: 1_000,
+      incrementTimeoutMs: 3_000,
+      // The flush in progress when its primary died could not release the shard's lock, which
+      // the promoted replica holds: the next flush waits out its TTL.
+      flushLockTtlMs: 3_000,
+    });
+    const load = keyedLoad(tally, 24);
+    // And plain increments of one counter on the victim's shard: never re-sent by Tally or
+    // ioredis, so each is counted once or, when its outcome is unknown, at most once.
+    const plain = { acknowledged: 0, unknown: 0, running: true };
+    const plainLoops = Array.from({ length: 8 }, async () => {
+      while (plain.running) {
+        await tally.incr('plain').then(
+          () => plain.acknowledged++,
+          async (error: unknown) => {
+            if ((error as TallyError).code === 'OUTCOME_UNKNOWN') plain.unknown++;
+            await new Promise((resolve) => setTimeout(resolve, 50));
+          },
+        );
+      }
+    });
+    const flushing = { on: true };
+    const flushes = (async () => {
+      while (flushing.on) {
+        await tally.flush().catch(() => undefined);
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+    })();
+    await waitFor('load to be counted', () => (load.issued() > 500 ? true : undefined));
+    const victim = await cluster.primaryOf(shardKeys(keyPrefix, shardOf('plain', 8)).totals);
+    const [replica] = await cluster.replicasOf(victim);
+    await victim.kill('SIGKILL');
+    // The replica is promoted once the others mark the primary failed (node timeout: 1 s).
+    await cluster.waitHealthy({ replicated: false });
+    expect((await cluster.primaryOf(shardKeys(keyPrefix, shardOf('plain', 8)).totals)).port).toBe(
+      replica?.port,
+    );
+    const afterFailover = load.issued();
+    // minReplicas 1: the promoted primary has no replica until the old one returns as one.
+    await victim.restart();
+    await cluster.waitHealthy();
+    await waitFor('load to go on after the failover', () =>
+      load.issued() > afterFailover + 500 ? true : undefined,
+    );
+    await load.stop();
+    plain.running = false;
+    await Promise.all(plainLoops);
+    flushing.on = false;
+    await flushes;
+
+    await tally.flush();
+    const totals = await postgresTotals(url);
+    const counters = [...load.acknowledged.keys()].sort();
+    expect(counters.map((counter) => totals.get(counter))).toEqual(
+      counters.map((counter) => load.acknowledged.get(counter)),
+    );
+    expect(await tally.getMany(counters)).toEqual(
+      counters.map((counter) => load.acknowledged.get(counter)),
+    );
+    const plainTotal = await tally.get('plain');
+    expect(plainTotal).toBeGreaterThanOrEqual(plain.acknowledged);
+    expect(plainTotal).toBeLessThanOrEqual(plain.acknowledged + plain.unknown);
+    expect(totals.get('plain')).toBe(plainTotal);
+    // The clients saw the failover, as typed errors only: in flight, OUTCOME_UNKNOWN.
+    expect(load.failures.get('OUTCOME_UNKNOWN')).toBeGreaterThan(0);
+    expect(
+      [...load.failures.keys()].filter(
+        (code) => !['OUTCOME_UNKNOWN', 'UNAVAILABLE'].includes(code),
+      ),
+    ).toEqual([]);
   });
 });
 

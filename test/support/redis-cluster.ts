@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import { freeClusterPort } from './free-port.js';
+import { startTcpProxy, type TcpProxy } from './tcp-proxy.js';
 import { startRedis, type RedisHandle, type RedisPersistence } from './redis-server.js';
 import { waitFor } from './wait-for.js';
 
@@ -13,11 +14,17 @@ export interface StartClusterOptions {
   /** How long a primary may not answer before its replica takes over (default 1000 ms). */
   nodeTimeoutMs?: number;
   persistence?: RedisPersistence;
+  /**
+   * Every node announces a TCP proxy in front of it as its address, so clients reach it
+   * through the proxy and a test can lose a reply (support/tcp-proxy.ts). Default false.
+   */
+  proxied?: boolean;
 }
 
 /** One line of CLUSTER NODES. */
 export interface ClusterNode {
   id: string;
+  /** The port it announces (its proxy's, with `proxied`). */
   port: number;
   primary: boolean;
   /** The primary's id, for a replica. */
@@ -30,7 +37,9 @@ export interface ClusterNode {
 /** A Redis Cluster of local `redis-server`s (cluster-enabled), private to a test file. */
 export interface RedisClusterHandle {
   readonly nodes: readonly RedisHandle[];
-  /** `redis+cluster://` with every node as a seed. */
+  /** With `proxied`: the proxy in front of each node, by the node's port. */
+  readonly proxies: ReadonlyMap<number, TcpProxy>;
+  /** `redis+cluster://` with every node (its proxy, with `proxied`) as a seed. */
   readonly url: string;
   /** The cluster as `node` sees it. */
   topology(node?: RedisHandle): Promise<ClusterNode[]>;
@@ -110,6 +119,11 @@ export async function startRedisCluster(
     const port = await freeClusterPort();
     if (!ports.includes(port)) ports.push(port);
   }
+  const proxies = new Map<number, TcpProxy>();
+  for (const port of options.proxied === true ? ports : []) {
+    proxies.set(port, await startTcpProxy('127.0.0.1', port));
+  }
+  const announced = (port: number) => proxies.get(port)?.port ?? port;
   const nodes = await Promise.all(
     ports.map((port) =>
       startRedis({
@@ -121,6 +135,10 @@ export async function startRedisCluster(
           '--cluster-node-timeout', String(nodeTimeoutMs),
           // A replica whose primary died takes over however long ago it last heard from it.
           '--cluster-replica-validity-factor', '0',
+          ...(proxies.has(port)
+            ? ['--cluster-announce-port', String(announced(port)),
+               '--cluster-announce-bus-port', String(port + 10_000)]
+            : []),
         ], // prettier-ignore
       }),
     ),
@@ -131,7 +149,18 @@ export async function startRedisCluster(
     '--cluster-replicas', '1',
     '--cluster-yes',
   ]); // prettier-ignore
-  const byPort = new Map(nodes.map((node) => [node.port, node]));
+  const byPort = new Map(nodes.map((node) => [announced(node.port), node]));
+  /** A command on the first node that answers (some may be down). */
+  const anyNode = async (...args: (string | number)[]): Promise<unknown> => {
+    for (const node of nodes) {
+      try {
+        return await nodeCommand(node, ...args);
+      } catch {
+        // down: ask the next one
+      }
+    }
+    throw new Error('no cluster node answers');
+  };
   const nodeOn = (port: number): RedisHandle => {
     const node = byPort.get(port);
     if (node === undefined) throw new Error(`no node of this cluster listens on ${port}`);
@@ -140,19 +169,16 @@ export async function startRedisCluster(
 
   const handle: RedisClusterHandle = {
     nodes,
-    url: `redis+cluster://${ports.map((port) => `127.0.0.1:${port}`).join(',')}`,
+    proxies,
+    url: `redis+cluster://${ports.map((port) => `127.0.0.1:${announced(port)}`).join(',')}`,
     async topology(node) {
-      for (const candidate of node === undefined ? nodes : [node]) {
-        try {
-          return parseClusterNodes(String(await nodeCommand(candidate, 'CLUSTER', 'NODES')));
-        } catch {
-          // down: ask the next one
-        }
-      }
-      throw new Error('no cluster node answers');
+      const reply = await (node === undefined
+        ? anyNode('CLUSTER', 'NODES')
+        : nodeCommand(node, 'CLUSTER', 'NODES'));
+      return parseClusterNodes(String(reply));
     },
     async primaryOf(key) {
-      const slot = Number(await nodeCommand(nodeOn(ports[0] ?? 0), 'CLUSTER', 'KEYSLOT', key));
+      const slot = Number(await anyNode('CLUSTER', 'KEYSLOT', key));
       const serving = (await handle.topology()).find(
         (node) =>
           node.primary &&
@@ -165,7 +191,7 @@ export async function startRedisCluster(
     },
     async replicasOf(primary) {
       const topology = await handle.topology();
-      const id = topology.find((node) => node.port === primary.port)?.id;
+      const id = topology.find((node) => node.port === announced(primary.port))?.id;
       return topology
         .filter((node) => node.primaryId === id && !node.failed)
         .map((node) => nodeOn(node.port));
@@ -182,7 +208,7 @@ export async function startRedisCluster(
           }
           const topology = await handle.topology(running[0]);
           const live = topology.filter(
-            (node) => !node.failed && running.some((r) => r.port === node.port),
+            (node) => !node.failed && running.some((r) => announced(r.port) === node.port),
           );
           const covered = live
             .filter((node) => node.primary)
@@ -202,6 +228,7 @@ export async function startRedisCluster(
     command: nodeCommand,
     async stop() {
       await Promise.all(nodes.map((node) => node.stop()));
+      await Promise.all([...proxies.values()].map((proxy) => proxy.close()));
     },
   };
   await handle.waitHealthy();

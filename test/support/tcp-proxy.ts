@@ -69,10 +69,13 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
     };
     client.on('error', forget).on('close', forget);
     upstream.on('error', forget).on('close', forget);
+    // Armed by a request of this connection: its reply is the one lost (not one of another
+    // connection's, such as a replica's replication stream through the same proxy).
+    let armedHere = false;
     client.on('data', (chunk: Buffer) => {
       if (armOnRequest !== undefined && chunk.toString('latin1').includes(armOnRequest)) {
         armOnRequest = undefined;
-        armed = true;
+        armedHere = true;
       }
       toServer(chunk);
       const request = chunk.toString('latin1');
@@ -84,8 +87,9 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
       }
     });
     upstream.on('data', (chunk) => {
-      if (armed) {
-        armed = false;
+      if (armed || armedHere) {
+        if (armedHere) armedHere = false;
+        else armed = false;
         repliesLost++;
         client.resetAndDestroy();
         upstream.destroy();
