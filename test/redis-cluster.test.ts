@@ -7,6 +7,7 @@ import { shardKeys } from '../src/redis/shard-keys.js';
 import { runTypeScript } from './support/child-process.js';
 import { createDatabase, waitFor } from './support/index.js';
 import { startRedisCluster, type RedisClusterHandle } from './support/redis-cluster.js';
+import { FailoverLoad } from './support/failover-load.js';
 import { startWorker } from './support/tally-process.js';
 import { postgresTotals, tallyOn } from './support/tally-store.js';
 
@@ -152,44 +153,6 @@ describe('on a Redis Cluster of 3 primaries and 3 replicas', () => {
   });
 });
 
-/**
- * Clients that count with keyed increments, each retried with its key until acknowledged:
- * `acknowledged` is what a caller was told was counted. Every other outcome is collected.
- */
-function keyedLoad(tally: Tally, clients: number) {
-  const acknowledged = new Map<string, number>();
-  const failures = new Map<string, number>();
-  let running = true;
-  let issued = 0;
-  const loops = Array.from({ length: clients }, async (_, client) => {
-    for (let seq = 0; running; seq++) {
-      const counter = `f${(client + seq) % 16}`;
-      const key = `${client}-${seq}`;
-      issued++;
-      for (;;) {
-        try {
-          await tally.incr(counter, 1, { idempotencyKey: key });
-          acknowledged.set(counter, (acknowledged.get(counter) ?? 0) + 1);
-          break;
-        } catch (error) {
-          const code = error instanceof TallyError ? error.code : String(error);
-          failures.set(code, (failures.get(code) ?? 0) + 1);
-          await new Promise((resolve) => setTimeout(resolve, 50));
-        }
-      }
-    }
-  });
-  return {
-    acknowledged,
-    failures,
-    issued: () => issued,
-    async stop() {
-      running = false;
-      await Promise.all(loops);
-    },
-  };
-}
-
 describe('failover under load', () => {
   it('kill -9 of a primary while clients count: its replica takes over, Tally follows, keyed retries are exact', async () => {
     const { tally, url, keyPrefix } = await fresh({
@@ -200,29 +163,8 @@ describe('failover under load', () => {
       // the promoted replica holds: the next flush waits out its TTL.
       flushLockTtlMs: 3_000,
     });
-    const load = keyedLoad(tally, 24);
-    // And plain increments of one counter on the victim's shard: never re-sent by Tally or
-    // ioredis, so each is counted once or, when its outcome is unknown, at most once.
-    const plain = { acknowledged: 0, unknown: 0, running: true };
-    const plainLoops = Array.from({ length: 8 }, async () => {
-      while (plain.running) {
-        await tally.incr('plain').then(
-          () => plain.acknowledged++,
-          async (error: unknown) => {
-            if ((error as TallyError).code === 'OUTCOME_UNKNOWN') plain.unknown++;
-            await new Promise((resolve) => setTimeout(resolve, 50));
-          },
-        );
-      }
-    });
-    const flushing = { on: true };
-    const flushes = (async () => {
-      while (flushing.on) {
-        await tally.flush().catch(() => undefined);
-        await new Promise((resolve) => setTimeout(resolve, 200));
-      }
-    })();
-    await waitFor('load to be counted', () => (load.issued() > 500 ? true : undefined));
+    const load = new FailoverLoad(tally);
+    await waitFor('load to be counted', () => (load.issued > 500 ? true : undefined));
     const victim = await cluster.primaryOf(shardKeys(keyPrefix, shardOf('plain', 8)).totals);
     const [replica] = await cluster.replicasOf(victim);
     await victim.kill('SIGKILL');
@@ -231,32 +173,14 @@ describe('failover under load', () => {
     expect((await cluster.primaryOf(shardKeys(keyPrefix, shardOf('plain', 8)).totals)).port).toBe(
       replica?.port,
     );
-    const afterFailover = load.issued();
+    const afterFailover = load.issued;
     // minReplicas 1: the promoted primary has no replica until the old one returns as one.
     await victim.restart();
     await cluster.waitHealthy();
     await waitFor('load to go on after the failover', () =>
-      load.issued() > afterFailover + 500 ? true : undefined,
+      load.issued > afterFailover + 500 ? true : undefined,
     );
-    await load.stop();
-    plain.running = false;
-    await Promise.all(plainLoops);
-    flushing.on = false;
-    await flushes;
-
-    await tally.flush();
-    const totals = await postgresTotals(url);
-    const counters = [...load.acknowledged.keys()].sort();
-    expect(counters.map((counter) => totals.get(counter))).toEqual(
-      counters.map((counter) => load.acknowledged.get(counter)),
-    );
-    expect(await tally.getMany(counters)).toEqual(
-      counters.map((counter) => load.acknowledged.get(counter)),
-    );
-    const plainTotal = await tally.get('plain');
-    expect(plainTotal).toBeGreaterThanOrEqual(plain.acknowledged);
-    expect(plainTotal).toBeLessThanOrEqual(plain.acknowledged + plain.unknown);
-    expect(totals.get('plain')).toBe(plainTotal);
+    await load.stopAndCheck(url);
     // The clients saw the failover, as typed errors only: in flight, OUTCOME_UNKNOWN.
     expect(load.failures.get('OUTCOME_UNKNOWN')).toBeGreaterThan(0);
     expect(

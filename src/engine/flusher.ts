@@ -96,7 +96,7 @@ async function snapshotAndApply(
       );
     }
     await reachFaultPoint('after-snapshot');
-    await keepSnapshot(ctx, keys);
+    await keepSnapshot(ctx, shard, keys);
     const batch = {
       id: snapshot.batchId,
       // The operator's override: a snapshot time no horizon can refuse.
@@ -112,15 +112,39 @@ async function snapshotAndApply(
 }
 
 /**
+ * How long a shard's server may have fewer online replicas than its flushes saw before they
+ * apply batches again. Longer than a failover's window (a Sentinel switch-over, a cluster's node
+ * timeout), shorter than an outage of a replica that nobody replaces.
+ */
+export const replicaFenceMs = 60_000;
+
+/**
  * Makes the snapshot outlive a crash or a failover of Redis before PostgreSQL applies it: Redis
  * fsyncs it (WAITAOF), and every online replica holds it (WAIT; at least `minReplicas`).
  * Otherwise a Redis that forgot it (restarted from an AOF written before it, or a replica
  * promoted before it had it) would hold its deltas in pending again, under no batch id the
  * ledger knows, and they would be applied twice.
+ *
+ * And it fences a primary that was just replaced: between a replica's promotion and the old
+ * primary's demotion the old one still takes writes, its other replicas still acknowledge them,
+ * and a batch it snapshots then is not in the new primary's history, whose pending still holds
+ * those deltas (seen: every shard counted twice after a SENTINEL FAILOVER). The old primary has
+ * lost a replica, the promoted one: a server with fewer online replicas than the shard's flushes
+ * saw within `replicaFenceMs` applies nothing.
  */
-async function keepSnapshot(ctx: EngineContext, keys: ShardKeys): Promise<void> {
+async function keepSnapshot(ctx: EngineContext, shard: number, keys: ShardKeys): Promise<void> {
   const what = 'the flush snapshot; the flush will retry';
   const online = await onlineReplicas(ctx.redis, keys.inflight);
+  const seen = Number((await ctx.redis.get(keys.replicasSeen)) ?? 0);
+  if (online < seen) {
+    throw new TallyError(
+      'UNAVAILABLE',
+      `Shard ${shard}'s Redis has ${online} online replicas where its flushes saw ${seen}: a ` +
+        'failover may be under way, and a batch applied from a replaced primary would count ' +
+        `twice. The flush waits until they are back (or for ${replicaFenceMs / 1000} s).`,
+    );
+  }
+  if (online > 0) await ctx.redis.set(keys.replicasSeen, online, 'PX', replicaFenceMs);
   const replicas = Math.max(ctx.config.minReplicas, online);
   await waitForReplicas(ctx.redis, keys.inflight, replicas, snapshotKeepTimeoutMs, what);
   if (ctx.durability.waitaof) {

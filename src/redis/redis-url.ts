@@ -155,6 +155,10 @@ export function connectRedis(
         sentinels: target.sentinels,
         name: target.primaryName,
         ...target.sentinelCredentials,
+        // Moves to the new primary as soon as the sentinels announce it (+switch-master). Without
+        // it the connection stayed on the replaced primary, which went on taking writes for 5 s
+        // and more after a SENTINEL FAILOVER, every one of them lost when it was demoted.
+        failoverDetector: true,
         ...(target.tls ? { tls: {}, sentinelTLS: {}, enableTLSForSentinelMode: true } : {}),
       });
   }

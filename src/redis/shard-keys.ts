@@ -35,6 +35,11 @@ export interface ShardKeys {
   /** The flush lock: reconcile and flush of one shard never run at once. */
   lock: string;
   /**
+   * String, expiring: the most online replicas a flush of the shard saw lately. A flush that
+   * sees fewer waits (engine/flusher.ts, keepSnapshot): a failover may be under way.
+   */
+  replicasSeen: string;
+  /**
    * Hash: `<startMs>,<endMs>␟<counter>` → the counter's whole usage in that quota period
    * (PostgreSQL's part included), for periodic limits (engine/quota-seeding.ts).
    */
@@ -66,6 +71,7 @@ export function shardKeys(prefix: string, shard: number): ShardKeys {
     inflightMeta: `${base}:inflight-meta`,
     snapshots: `${base}:snapshots`,
     lock: `${base}:lock`,
+    replicasSeen: `${base}:replicas-seen`,
     quotaUsage: `${base}:quota-usage`,
     quotaPeriods: `${base}:quota-periods`,
     quotaSeeding: `${base}:quota-seeding`,

@@ -18,6 +18,11 @@ export function findRedisServer(): string | undefined {
   return onPath('redis-server');
 }
 
+/** Debian ships it apart from redis-server (apt-get install redis-sentinel). */
+export function findRedisSentinel(): string | undefined {
+  return onPath('redis-sentinel');
+}
+
 /** The directory holding `initdb` and `postgres`: PATH first, then the newest Debian install. */
 export function findPostgresBinDir(): string | undefined {
   const initdb = onPath('initdb');

@@ -81,7 +81,7 @@ export function parseClusterNodes(text: string): ClusterNode[] {
 }
 
 export async function nodeCommand(
-  node: RedisHandle,
+  node: { host: string; port: number },
   ...args: (string | number)[]
 ): Promise<unknown> {
   const client = new Redis({
