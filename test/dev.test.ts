@@ -184,4 +184,42 @@ describe('tally dev', () => {
       if (home !== undefined) await rm(home, { recursive: true, force: true });
     }
   }, 120_000);
+
+  it('--redis-cluster starts a local Redis Cluster (3 + 3), counts on it, and finds it again', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'tally-dev-cluster-'));
+    await chmod(dir, 0o755);
+    try {
+      const first = await startDev(['--redis-cluster'], dir);
+      expect(first.redisUrl).toMatch(/^redis\+cluster:\/\/(127\.0\.0\.1:\d+,){5}127\.0\.0\.1:\d+$/);
+      const status = await runTypeScript(cli, ['status', '--json'], {
+        REDIS_URL: first.redisUrl,
+        DATABASE_URL: first.databaseUrl,
+      });
+      expect(status.code, status.stderr).toBe(0);
+      expect(JSON.parse(status.stdout)).toMatchObject({ redis: { servers: 6, durable: true } });
+      for (let i = 0; i < 16; i++) {
+        const counter = `cluster-${i}`;
+        const response = await fetch(`${first.api}/v1/counters/${counter}/increment`, {
+          method: 'POST',
+        });
+        expect(response.status).toBe(200);
+      }
+      process.kill(-first.pid, 'SIGINT');
+      expect((await first.exited)[0]).toBe(0);
+
+      const second = await startDev(['--redis-cluster'], dir);
+      try {
+        expect(second.redisUrl).toBe(first.redisUrl);
+        const read = (await (await fetch(`${second.api}/v1/counters/cluster-7`)).json()) as {
+          value: number;
+        };
+        expect(read.value).toBe(1);
+      } finally {
+        process.kill(-second.pid, 'SIGINT');
+        expect((await second.exited)[0]).toBe(0);
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });

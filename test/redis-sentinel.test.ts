@@ -109,9 +109,8 @@ describe('a flush on a primary that was just replaced', () => {
   it('is fenced: the primary lost a replica its flushes saw, so it applies nothing (else the pending of the promoted replica would count it again)', async () => {
     const [primary, promoted, other] = await startReplicatedRedis();
     onTestFinished(async () => {
-      await Promise.all([primary, promoted, other].map((server) => server?.stop()));
+      await Promise.all([primary, promoted, other].map((server) => server.stop()));
     });
-    if (primary === undefined || promoted === undefined) throw new Error('no servers');
     const url = await createDatabase();
     const options = { shards: 1, keyPrefix: `x${randomBytes(4).toString('hex')}` };
     const { tally } = await freshOn(primary.url, url, options);
@@ -137,7 +136,7 @@ describe('a flush on a primary that was just replaced', () => {
     // The failover's last step: both others follow the promoted replica, which holds the same
     // 7, pending. Flushed from there, it counts once.
     for (const server of [other, primary]) {
-      await nodeCommand(server ?? primary, 'REPLICAOF', '127.0.0.1', promoted.port);
+      await nodeCommand(server, 'REPLICAOF', '127.0.0.1', promoted.port);
     }
     await waitFor('the promoted replica to have both replicas online', async () =>
       /slave1:.*state=online/.test(String(await nodeCommand(promoted, 'INFO', 'replication')))

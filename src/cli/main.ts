@@ -159,14 +159,18 @@ program
   .option('--load <rate>', 'demo increments per second', '0')
   .addOption(new Option('--port <port>', 'API port').env('PORT').default('8080'))
   .option('--data-dir <dir>', 'where the private servers keep their data', '.tally-dev')
-  .action(async (options: { load: string; port: string; dataDir: string }) => {
-    const { runDev } = await import('../dev/dev-command.js');
-    await runDev({
-      load: Number(options.load),
-      port: Number(options.port),
-      dataDir: resolve(options.dataDir),
-    });
-  });
+  .option('--redis-cluster', 'start a local Redis Cluster (3 primaries, 3 replicas), not one Redis')
+  .action(
+    async (options: { load: string; port: string; dataDir: string; redisCluster?: boolean }) => {
+      const { runDev } = await import('../dev/dev-command.js');
+      await runDev({
+        load: Number(options.load),
+        port: Number(options.port),
+        dataDir: resolve(options.dataDir),
+        redisCluster: options.redisCluster === true,
+      });
+    },
+  );
 
 try {
   await program.parseAsync();

@@ -4,7 +4,7 @@ import { storeDefaults } from '../config.js';
 import { parseBuckets } from '../process/env-config.js';
 import { TallyError } from '../errors.js';
 import { createLogger, parseLogFormat, parseLogLevel, redactSecrets } from '../process/logging.js';
-import { claimDataDir, rememberedPort } from './dev-state.js';
+import { claimDataDir, rememberedClusterPorts, rememberedPort } from './dev-state.js';
 import { configFromEnv as workerConfigFromEnv, startFlushWorker } from '../worker/flush-worker.js';
 import { migrate } from '../store/migrator.js';
 import { closeInOrder, exitOnSignals } from '../process/lifecycle.js';
@@ -15,6 +15,7 @@ import {
   startContainerServers,
   startLocalPostgres,
   startLocalRedis,
+  startLocalRedisCluster,
   type LocalServer,
 } from './local-servers.js';
 
@@ -24,6 +25,8 @@ export interface DevOptions {
   port: number;
   /** Where the private servers keep their data (reused by the next run). */
   dataDir: string;
+  /** Start a local Redis Cluster (3 primaries, 3 replicas) instead of one Redis. */
+  redisCluster?: boolean;
 }
 
 const flushIntervalMs = 1_000;
@@ -60,14 +63,19 @@ async function storeServers(options: DevOptions, say: (line: string) => void) {
       : {};
   const redisUrl =
     given('REDIS_URL') ??
-    (await own(
-      async () =>
+    (await own(async () => {
+      if (options.redisCluster === true) {
+        const { ports, fresh } = await rememberedClusterPorts(options.dataDir);
+        return startLocalRedisCluster(join(options.dataDir, 'redis-cluster'), ports, fresh);
+      }
+      return (
         containers.redis ??
         startLocalRedis(
           join(options.dataDir, 'redis'),
           await rememberedPort(options.dataDir, 'redis'),
-        ),
-    ));
+        )
+      );
+    }));
   const databaseUrl =
     given('DATABASE_URL') ??
     (await own(

@@ -93,3 +93,43 @@ export async function rememberedPort(dataDir: string, name: 'redis' | 'postgres'
   await writeFile(file, `${JSON.stringify({ ...ports, [name]: port })}\n`);
   return port;
 }
+
+/** Nodes of the cluster `tally dev --redis-cluster` starts: 3 primaries, a replica each. */
+export const devClusterNodes = 6;
+
+/**
+ * The ports of the dev cluster's nodes: the last run's when all are free (with their cluster bus
+ * ports, port + 10000), else new ones below 55000, remembered. `fresh`: new ones, so the nodes'
+ * saved cluster configuration (which names the old ports) must go.
+ */
+export async function rememberedClusterPorts(
+  dataDir: string,
+): Promise<{ ports: number[]; fresh: boolean }> {
+  const file = join(dataDir, 'ports.json');
+  const saved = JSON.parse(await readFile(file, 'utf8').catch(() => '{}')) as Record<
+    string,
+    unknown
+  >;
+  const usable = async (port: number) => (await isFree(port)) && (await isFree(port + 10_000));
+  const last = saved['redis-cluster'];
+  if (
+    Array.isArray(last) &&
+    last.length === devClusterNodes &&
+    last.every((port) => Number.isSafeInteger(port))
+  ) {
+    let free = true;
+    for (const port of last as number[]) free &&= await usable(port);
+    if (free) return { ports: last as number[], fresh: false };
+  }
+  const ports: number[] = [];
+  while (ports.length < devClusterNodes) {
+    const port = 20_000 + Math.floor(Math.random() * 35_000);
+    if (
+      !ports.some((taken) => Math.abs(taken - port) === 10_000 || taken === port) &&
+      (await usable(port))
+    )
+      ports.push(port);
+  }
+  await writeFile(file, `${JSON.stringify({ ...saved, 'redis-cluster': ports })}\n`);
+  return { ports, fresh: true };
+}

@@ -2,7 +2,7 @@ import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_pr
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { existsSync, readdirSync, realpathSync } from 'node:fs';
-import { chown, mkdir } from 'node:fs/promises';
+import { chown, mkdir, rm } from 'node:fs/promises';
 import { delimiter, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
@@ -75,29 +75,96 @@ async function poll(what: string, probe: () => Promise<boolean>, timeoutMs = 30_
   }
 }
 
+/** One command on the local Redis at `port` (a connection of its own, no retries). */
+async function redisCall(port: number, ...command: [string, ...string[]]): Promise<unknown> {
+  const client = new Redis({
+    port,
+    host: '127.0.0.1',
+    lazyConnect: true,
+    retryStrategy: () => null,
+  });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    return await client.call(...command);
+  } finally {
+    client.disconnect();
+  }
+}
+
+const redisAnswers = async (port: number) => (await redisCall(port, 'PING')) === 'PONG';
+
+/** One redis-server with AOF (fsynced on every write) and no eviction, its data in `dir`. */
+function startRedisProcess(binary: string, dir: string, port: number, extraArgs: string[] = []) {
+  return startProcess(binary, [
+    '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '',
+    '--appendonly', 'yes', '--appendfsync', 'always', '--maxmemory-policy', 'noeviction',
+    ...extraArgs,
+  ]); // prettier-ignore
+}
+
 /** redis-server with AOF, its data in `dir` (reused by the next run). */
 export async function startLocalRedis(dir: string, port: number): Promise<LocalServer> {
   const binary = onPath('redis-server');
   if (binary === undefined) throw missing('redis-server', 'apt-get install redis-server');
   await mkdir(dir, { recursive: true });
-  const { child, exited } = startProcess(binary, [
-    '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '',
-    '--appendonly', 'yes', '--appendfsync', 'always', '--maxmemory-policy', 'noeviction',
-  ]); // prettier-ignore
-  const url = `redis://127.0.0.1:${port}`;
-  await poll('redis-server', async () => {
-    const client = new Redis(url, { lazyConnect: true, retryStrategy: () => null });
-    client.on('error', () => undefined);
-    try {
-      await client.connect();
-      await client.ping();
-      return true;
-    } finally {
-      client.disconnect();
-    }
-  });
+  const { child, exited } = startRedisProcess(binary, dir, port);
+  await poll('redis-server', () => redisAnswers(port));
   // SIGTERM: Redis fsyncs its AOF and exits.
-  return { url, stop: () => stopProcess(child, exited, 'SIGTERM') };
+  return { url: `redis://127.0.0.1:${port}`, stop: () => stopProcess(child, exited, 'SIGTERM') };
+}
+
+/**
+ * A Redis Cluster of `ports.length` nodes (a replica for each primary), each node's data and
+ * cluster configuration in `dir/<port>` (reused by the next run on the same ports; `fresh`
+ * starts over). Created with redis-cli unless the nodes already form one.
+ */
+export async function startLocalRedisCluster(
+  dir: string,
+  ports: readonly number[],
+  fresh: boolean,
+): Promise<LocalServer> {
+  const binary = onPath('redis-server');
+  const cli = onPath('redis-cli');
+  if (binary === undefined || cli === undefined) {
+    throw missing('redis-server and redis-cli', 'apt-get install redis-server');
+  }
+  if (fresh) await rm(dir, { recursive: true, force: true });
+  for (const port of ports) await mkdir(join(dir, String(port)), { recursive: true });
+  const nodes = ports.map(
+    (port) =>
+    startRedisProcess(binary, join(dir, String(port)), port, [
+      '--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf',
+      '--cluster-node-timeout', '5000',
+    ]), // prettier-ignore
+  );
+  const stop = async () => {
+    await Promise.all(nodes.map(({ child, exited }) => stopProcess(child, exited, 'SIGTERM')));
+  };
+  try {
+    for (const port of ports) await poll(`redis-server on ${port}`, () => redisAnswers(port));
+    const info = async (port: number) => String(await redisCall(port, 'CLUSTER', 'INFO'));
+    // Nodes that know each other (a cluster of an earlier run) only need a moment to agree.
+    if ((await info(ports[0] ?? 0)).includes('cluster_known_nodes:1\r\n')) {
+      const created = spawnSync(cli, [
+        '--cluster', 'create', ...ports.map((port) => `127.0.0.1:${port}`),
+        '--cluster-replicas', '1', '--cluster-yes',
+      ], { encoding: 'utf8' }); // prettier-ignore
+      if (created.status !== 0) {
+        throw new TallyError(
+          'UNAVAILABLE',
+          `redis-cli could not create the Redis Cluster: ${created.stdout}${created.stderr}`,
+        );
+      }
+    }
+    for (const port of ports) {
+      await poll('the Redis Cluster', async () => (await info(port)).includes('cluster_state:ok'));
+    }
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { url: `redis+cluster://${ports.map((port) => `127.0.0.1:${port}`).join(',')}`, stop };
 }
 
 /** Whether `user` can enter `dir` (and so every folder above it). */

@@ -78,9 +78,9 @@ async function onlineReplicas(server: RedisHandle): Promise<number | undefined> 
 }
 
 /** A primary and two replicas of it (no sentinels), once both replicas are online. */
-export async function startReplicatedRedis(): Promise<RedisHandle[]> {
+export async function startReplicatedRedis(): Promise<[RedisHandle, RedisHandle, RedisHandle]> {
   const primary = await startRedis({ extraArgs: ['--replica-announce-ip', '127.0.0.1'] });
-  const replicas = await Promise.all(
+  const [first, second] = await Promise.all(
     [0, 1].map(() =>
       startRedis({
         extraArgs: [
@@ -93,7 +93,8 @@ export async function startReplicatedRedis(): Promise<RedisHandle[]> {
   await waitFor('both replicas online', async () =>
     (await onlineReplicas(primary)) === 2 ? true : undefined,
   );
-  return [primary, ...replicas];
+  if (first === undefined || second === undefined) throw new Error('the replicas did not start');
+  return [primary, first, second];
 }
 
 export async function startRedisSentinel(
@@ -101,7 +102,6 @@ export async function startRedisSentinel(
 ): Promise<RedisSentinelHandle> {
   const servers = await startReplicatedRedis();
   const [primary] = servers;
-  if (primary === undefined) throw new Error('no primary was started');
   const dir = await mkdtemp(join(tmpdir(), 'tally-sentinel-'));
   const sentinelPorts = [await freePort(), await freePort(), await freePort()];
   const sentinels = await Promise.all(
