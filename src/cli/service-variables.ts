@@ -3,6 +3,7 @@ import {
   flushLockTtlDefaultMs,
   ledgerRetentionDefaultMs,
   ledgerRetentionMinMs,
+  replicaWaitTimeoutDefaultMs,
   storeDefaults,
 } from '../config.js';
 import { serviceDefaults } from '../process/env-config.js';
@@ -14,7 +15,10 @@ import { serviceDefaults } from '../process/env-config.js';
 type Variables = readonly (readonly [name: string, meaning: string])[];
 
 const store: Variables = [
-  ['REDIS_URL', 'Redis URL, redis:// or rediss:// (required)'],
+  [
+    'REDIS_URL',
+    'Redis: redis://, redis+cluster://h1:p1,h2:p2 or redis+sentinel://s1:p1,s2:p2/name; rediss… for TLS (required)',
+  ],
   ['DATABASE_URL', 'PostgreSQL URL, postgres:// (required)'],
   ['TALLY_SHARDS', `shard count of the store (default ${storeDefaults.shards})`],
   ['TALLY_KEY_PREFIX', `Redis key prefix of the store (default ${storeDefaults.keyPrefix})`],
@@ -33,6 +37,14 @@ const store: Variables = [
   [
     'TALLY_DURABILITY_CHECK_INTERVAL_MS',
     `how often Redis settings are read again (default ${durabilityCheckIntervalDefaultMs})`,
+  ],
+  [
+    'TALLY_MIN_REPLICAS',
+    'replicas that must hold an increment before it is acknowledged, by WAIT (default 0)',
+  ],
+  [
+    'TALLY_REPLICA_WAIT_TIMEOUT_MS',
+    `how long an increment waits for them; fewer: OUTCOME_UNKNOWN (default ${replicaWaitTimeoutDefaultMs})`,
   ],
   ['TALLY_LOG_LEVEL', 'fatal, error, warn, info, debug, trace or silent (default info)'],
   ['TALLY_LOG_FORMAT', 'json or pretty (default: pretty on a terminal, json otherwise)'],
