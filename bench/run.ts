@@ -5,6 +5,7 @@ import { writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
 import { startPostgres, startRedis } from '../test/support/index.js';
+import { clusterIncrements } from './cluster.js';
 import { flush } from './flush.js';
 import { hotPath } from './hot-path.js';
 import { httpIngest } from './http.js';
@@ -26,6 +27,7 @@ const benchmarks: Record<string, (ctx: BenchContext) => Promise<BenchmarkResult>
   'usage-query': usageQuery,
   quota: quotaIncrements,
   retention: retentionPruning,
+  cluster: clusterIncrements,
 };
 
 const { values } = parseArgs({

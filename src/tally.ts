@@ -9,7 +9,7 @@ import {
 import { isGranularity, type Granularity } from './counters/buckets.js';
 import { openRedis, redisFailure } from './redis/connection.js';
 import { openPostgres } from './store/pool.js';
-import { statusSql } from './store/sql.js';
+import { reconcileSql, statusSql } from './store/sql.js';
 import { canonicalName, type CounterRef } from './counters/counter-name.js';
 import { inspectRedisDurability, type RedisDurability } from './redis/durability.js';
 import { FlushError, TallyError, ValidationError } from './errors.js';
@@ -246,6 +246,9 @@ class TallyClient implements Tally {
       ctx.config,
       rebuild,
       new QuotaSeeder(ctx, rebuild),
+      (shard, callsLost) => {
+        this.recordRewind(shard, callsLost);
+      },
     );
     this.preparer = new IncrementPreparer(ctx.config);
   }
@@ -315,6 +318,23 @@ class TallyClient implements Tally {
    * Rebuilds a shard whose Redis totals lack the PostgreSQL base (Redis lost its data), once per
    * process however many callers notice at the same moment.
    */
+  /**
+   * Records that a shard went back in time, for reconcile and status to report: its totals and
+   * pending deltas lack acknowledged increments, which no rebuild brings back.
+   */
+  private recordRewind(shard: number, callsLost: number): void {
+    const { logger } = this.config;
+    logger.error(
+      { shard, callsLost },
+      `Redis shard ${shard} went back in time (a failover to a replica that was behind, or an ` +
+        `AOF restart): at least ${callsLost} acknowledged increment calls are gone from it; ` +
+        'tally reconcile reports it',
+    );
+    this.ctx.pool.query(reconcileSql.recordRewind, [shard, callsLost]).catch((error: unknown) => {
+      logger.error({ err: error, shard, callsLost }, 'could not record the rewind in PostgreSQL');
+    });
+  }
+
   rebuildShard(shard: number): Promise<void> {
     let rebuild = this.rebuilds.get(shard);
     if (rebuild === undefined) {

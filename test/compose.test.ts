@@ -20,6 +20,7 @@ interface Service {
   depends_on?: Record<string, { condition: string }>;
   deploy?: { replicas?: number };
   volumes?: string[];
+  profiles?: string[];
 }
 
 async function compose(): Promise<{
@@ -40,8 +41,14 @@ async function documentedVariables(command: string): Promise<Set<string>> {
 
 describe('docker-compose.yml', () => {
   it('has redis (AOF always, noeviction), postgres, a one-shot migrate, the api and 2 workers', async () => {
-    const { services, volumes } = await compose();
+    const { services: all, volumes } = await compose();
+    const services = Object.fromEntries(
+      Object.entries(all).filter(([, service]) => service.profiles === undefined),
+    );
     expect(Object.keys(services).sort()).toEqual(['api', 'migrate', 'postgres', 'redis', 'worker']);
+    expect(services.api?.environment?.REDIS_URL).toBe(
+      '${TALLY_COMPOSE_REDIS_URL:-redis://redis:6379}',
+    );
     const redisCommand = String(services.redis?.command);
     expect(redisCommand).toContain('--appendonly yes');
     // What serve and worker accept without TALLY_ACCEPT_REDIS_LOSS.
@@ -55,8 +62,36 @@ describe('docker-compose.yml', () => {
     for (const name of ['redis', 'postgres', 'api', 'worker']) {
       expect(services[name]?.healthcheck?.test.length, name).toBeGreaterThan(0);
     }
-    expect(Object.keys(volumes).sort()).toEqual(['postgres-data', 'redis-data']);
+    expect(
+      Object.keys(volumes)
+        .filter((name) => !name.startsWith('redis-node-'))
+        .sort(),
+    ).toEqual(['postgres-data', 'redis-data']);
     expect(services.redis?.volumes).toEqual(['redis-data:/data']);
+  });
+
+  it('has a cluster profile: 6 nodes (AOF always, noeviction) made into 3 primaries + 3 replicas once', async () => {
+    const { services, volumes } = await compose();
+    const profiled = Object.entries(services).filter(([, service]) =>
+      service.profiles?.includes('cluster'),
+    );
+    const nodes = profiled.filter(([name]) => name.startsWith('redis-node-'));
+    expect(nodes.map(([name]) => name)).toEqual([1, 2, 3, 4, 5, 6].map((i) => `redis-node-${i}`));
+    for (const [name, node] of nodes) {
+      const command = String(node.command);
+      for (const setting of ['--cluster-enabled yes', '--appendfsync always', 'noeviction']) {
+        expect(command, name).toContain(setting);
+      }
+      const port = /--port (\d+)/.exec(command)?.[1];
+      expect(node.healthcheck?.test, name).toEqual(['CMD', 'redis-cli', '-p', port, 'ping']);
+      expect(node.volumes, name).toEqual([`${name}:/data`]);
+      expect(volumes, name).toHaveProperty(name);
+    }
+    const init = String((services['redis-cluster-init']?.command as string[])[0]);
+    expect(init).toContain('--cluster-replicas 1');
+    for (const [name, node] of nodes) {
+      expect(init).toContain(`${name}:${/--port (\d+)/.exec(String(node.command))?.[1]}`);
+    }
   });
 
   it('runs commands the CLI has, with the variables each one documents', async () => {

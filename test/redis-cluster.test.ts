@@ -191,6 +191,42 @@ describe('failover under load', () => {
   });
 });
 
+describe('slot migration while counting', () => {
+  it("moves a shard's slot to another primary (SETSLOT MIGRATING / IMPORTING, MIGRATE) under load: exact afterwards", async () => {
+    const { tally, url, keyPrefix } = await fresh({ flushLockTtlMs: 3_000 });
+    const load = new FailoverLoad(tally);
+    await waitFor('load to be counted', () => (load.issued > 500 ? true : undefined));
+    const shardKey = shardKeys(keyPrefix, shardOf('plain', 8)).totals;
+    const source = await cluster.primaryOf(shardKey);
+    const target = (await cluster.primaries()).find((node) => node !== source);
+    if (target === undefined) throw new Error('no other primary');
+    const [sourceId, targetId] = [await cluster.idOf(source), await cluster.idOf(target)];
+    const slot = Number(await cluster.command(source, 'CLUSTER', 'KEYSLOT', shardKey));
+    await cluster.command(target, 'CLUSTER', 'SETSLOT', slot, 'IMPORTING', sourceId);
+    await cluster.command(source, 'CLUSTER', 'SETSLOT', slot, 'MIGRATING', targetId);
+    // In a few MIGRATE calls, so that increments meet the slot half moved (TRYAGAIN, ASK).
+    for (;;) {
+      const keys = (await cluster.command(source, 'CLUSTER', 'GETKEYSINSLOT', slot, 3)) as string[];
+      if (keys.length === 0) break;
+      await cluster.command(
+        source,
+        'MIGRATE', '127.0.0.1', target.port, '', 0, 5_000, 'KEYS', ...keys,
+      ); // prettier-ignore
+    }
+    for (const node of [target, source]) {
+      await cluster.command(node, 'CLUSTER', 'SETSLOT', slot, 'NODE', targetId);
+    }
+    await waitFor('every node to see the slot moved', async () =>
+      (await cluster.primaryOf(shardKey)) === target ? true : undefined,
+    );
+    const after = load.issued;
+    await waitFor('load to go on', () => (load.issued > after + 500 ? true : undefined), {
+      timeoutMs: 20_000,
+    });
+    await load.stopAndCheck(url);
+  });
+});
+
 async function freshOn(databaseUrl: string, keyPrefix: string): Promise<{ tally: Tally }> {
   const tally = await tallyOn(cluster.url, databaseUrl, {
     shards: 8,

@@ -148,6 +148,8 @@ async function summariseReconcile(
     redisLostData,
     // When running processes found a shard's Redis data gone and rebuilt it themselves.
     lossesFoundAt: reports.flatMap((r) => r.lossesFoundAt.map((at) => ({ shard: r.shard, at }))),
+    // When running processes found a shard gone back in time (a failover, an AOF restart).
+    rewinds: reports.flatMap((r) => r.rewinds.map((rewind) => ({ shard: r.shard, ...rewind }))),
     // Batches the flushes refuse (older than the pruned ledger): `tally resolve-batch`.
     refusedBatches: reports.flatMap((r) =>
       r.refusedBatch === null ? [] : [{ shard: r.shard, batchId: r.refusedBatch }],
@@ -170,7 +172,13 @@ function printReconcile(report: ReconcileReport): void {
   for (const { shard, at } of report.lossesFoundAt) {
     print(`  shard ${shard}: found empty and rebuilt by a running process at ${at}`);
   }
-  if (report.lossesFoundAt.length > 0 && report.mode === 'check') {
+  for (const { shard, foundAt, callsLost } of report.rewinds) {
+    print(
+      `  shard ${shard}: went back in time at ${foundAt} (a failover to a replica that was ` +
+        `behind, or an AOF restart): at least ${plural(callsLost, 'acknowledged increment call')} lost`,
+    );
+  }
+  if (report.lossesFoundAt.length + report.rewinds.length > 0 && report.mode === 'check') {
     print('  (reported until a reconcile --repair has reported them)');
   }
   for (const d of drift.slice(0, 50)) {

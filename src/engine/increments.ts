@@ -361,6 +361,8 @@ export class IncrementSender {
   /** Per shard, the increments of this turn; sent together at the end of the turn. */
   private queues = new Map<number, Waiting[]>();
   private readonly keys = new Map<number, { keys: ShardKeys; scriptKeys: readonly string[] }>();
+  /** Per shard, the highest sequence a reply carried (increment.lua). */
+  private readonly sequences = new Map<number, number>();
 
   constructor(
     private readonly redis: RedisConnection,
@@ -369,7 +371,23 @@ export class IncrementSender {
     /** Rebuilds a shard whose totals lack the PostgreSQL base; see Tally.rebuildShard. */
     private readonly rebuildShard: (shard: number) => Promise<void>,
     private readonly seeder: QuotaSeeder,
+    /** Told when a shard went back in time: at least `callsLost` calls are gone. */
+    private readonly onRewind: (shard: number, callsLost: number) => void,
   ) {}
+
+  /**
+   * A shard's sequence only grows, and replies come back in order (one connection per server),
+   * so a value at or below one seen before means the shard went back in time: the calls from
+   * it up to the one seen were acknowledged and are gone (a failover to a replica that was
+   * behind, an AOF restart that lost its last second).
+   */
+  private noteSequence(shard: number, reply: ScriptReply): void {
+    const sequence = Number(reply[reply.length - 1]);
+    if (!(sequence > 0)) return;
+    const seen = this.sequences.get(shard);
+    this.sequences.set(shard, sequence);
+    if (seen !== undefined && sequence <= seen) this.onRewind(shard, seen - sequence + 1);
+  }
 
   send(increment: PreparedIncrement): Promise<IncrementResult> {
     const caller = new Caller(increment);
@@ -453,6 +471,7 @@ export class IncrementSender {
         pending = retryable;
         continue;
       }
+      this.noteSequence(shard, reply);
       const decideAlone: Operation[] = [];
       const needSeed: Operation[] = [];
       // Period usages follow the entries' pairs, one per periodic entry, in order.

@@ -36,6 +36,12 @@ export interface ShardReconcileReport {
    */
   lossesFoundAt: string[];
   /**
+   * When running processes found this shard gone back in time (a failover to a replica that was
+   * behind, an AOF restart), and the least number of increment calls that were lost each time;
+   * since a repair last reported them.
+   */
+  rewinds: { foundAt: string; callsLost: number }[];
+  /**
    * The shard's in-flight batch, when flushes refuse it (snapshotted before the pruned part of
    * the ledger, with no ledger row: it may have been applied already). The shard is then not
    * checked (nothing to compare with until it is settled) nor repaired;
@@ -151,8 +157,14 @@ export async function reconcileShard(
     }
   });
   if (options.reportRecordedLosses) {
-    report.lossesFoundAt = await recordedLosses(ctx.pool, shard, options.repair);
-    if (report.lossesFoundAt.length > 0) report.redisLostData = true;
+    const losses = await recordedLosses(ctx.pool, shard, options.repair);
+    report.lossesFoundAt = losses.flatMap((loss) =>
+      loss.callsLost === null ? [loss.foundAt] : [],
+    );
+    report.rewinds = losses.flatMap(({ foundAt, callsLost }) =>
+      callsLost === null ? [] : [{ foundAt, callsLost }],
+    );
+    if (losses.length > 0) report.redisLostData = true;
   }
   return report;
 }
@@ -162,16 +174,21 @@ async function recordedLosses(
   pool: pg.Pool,
   shard: number,
   markReported: boolean,
-): Promise<string[]> {
+): Promise<{ foundAt: string; callsLost: number | null }[]> {
   const { rows } = await pool
-    .query<{ found_at: Date }>(
+    .query<{ found_at: Date; calls_lost: string | null }>(
       markReported ? reconcileSql.markLossesReported : reconcileSql.unreportedLosses,
       [shard],
     )
     .catch((error: unknown) => {
       throw postgresFailure(error, `the Redis losses recorded for shard ${shard}`);
     });
-  return rows.map((row) => row.found_at.toISOString()).sort();
+  return rows
+    .map((row) => ({
+      foundAt: row.found_at.toISOString(),
+      callsLost: row.calls_lost === null ? null : Number(row.calls_lost),
+    }))
+    .sort((a, b) => a.foundAt.localeCompare(b.foundAt));
 }
 
 /** What a chunk is judged with: the in-flight batch read, whether the ledger has it, the mode. */
@@ -257,6 +274,7 @@ async function reconcileOnce(
       repaired: false,
       redisLostData: false,
       lossesFoundAt: [],
+      rewinds: [],
       refusedBatch: refused,
     };
   }
@@ -301,6 +319,7 @@ async function reconcileOnce(
     repaired: options.repair && (drift.length > 0 || epochMissing),
     redisLostData,
     lossesFoundAt: [],
+    rewinds: [],
     refusedBatch: null,
   };
 }

@@ -116,6 +116,7 @@ export const incrementKeys = (keys: ShardKeys): string[] => [
   keys.quotaUsage,
   keys.quotaPeriods,
   keys.quotaSeeding,
+  keys.sequence,
 ];
 
 export type SnapshotReply =

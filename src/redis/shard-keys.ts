@@ -48,6 +48,8 @@ export interface ShardKeys {
   quotaPeriods: string;
   /** Hash: a `quotaUsage` field being seeded → `<seeder's nonce>|<started, Redis ms>`. */
   quotaSeeding: string;
+  /** String: counts the increment calls that applied something (increment.lua). */
+  sequence: string;
   /** Where an idempotency key of `counter` is remembered. */
   idempotency(counter: string, key: string): string;
 }
@@ -72,6 +74,7 @@ export function shardKeys(prefix: string, shard: number): ShardKeys {
     snapshots: `${base}:snapshots`,
     lock: `${base}:lock`,
     replicasSeen: `${base}:replicas-seen`,
+    sequence: `${base}:sequence`,
     quotaUsage: `${base}:quota-usage`,
     quotaPeriods: `${base}:quota-periods`,
     quotaSeeding: `${base}:quota-seeding`,

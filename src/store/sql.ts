@@ -372,10 +372,12 @@ export const reconcileSql = {
                                 ORDER BY name LIMIT $4) AS page), '[]') AS rows`,
   },
   recordRedisLoss: `INSERT INTO tally.redis_losses (shard) VALUES ($1)`,
-  unreportedLosses: `SELECT detected_at AS found_at FROM tally.redis_losses
+  recordRewind: `INSERT INTO tally.redis_losses (shard, calls_lost) VALUES ($1, $2)`,
+  unreportedLosses: `SELECT detected_at AS found_at, calls_lost FROM tally.redis_losses
                      WHERE shard = $1 AND reported_at IS NULL`,
   markLossesReported: `UPDATE tally.redis_losses SET reported_at = now()
-                       WHERE shard = $1 AND reported_at IS NULL RETURNING detected_at AS found_at`,
+                       WHERE shard = $1 AND reported_at IS NULL
+                       RETURNING detected_at AS found_at, calls_lost`,
 } as const;
 
 /** status() (tally.ts). */

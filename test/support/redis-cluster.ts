@@ -47,6 +47,10 @@ export interface RedisClusterHandle {
   primaryOf(key: string): Promise<RedisHandle>;
   /** The nodes that replicate `primary`. */
   replicasOf(primary: RedisHandle): Promise<RedisHandle[]>;
+  /** The primaries that serve slots now. */
+  primaries(): Promise<RedisHandle[]>;
+  /** The node's cluster id. */
+  idOf(node: RedisHandle): Promise<string>;
   /**
    * Waits until every running node sees the cluster ok, every slot served by a running primary,
    * and (unless told otherwise) every primary with a connected replica.
@@ -135,6 +139,8 @@ export async function startRedisCluster(
           '--cluster-node-timeout', String(nodeTimeoutMs),
           // A replica whose primary died takes over however long ago it last heard from it.
           '--cluster-replica-validity-factor', '0',
+          // A replica's full copy starts at once (Redis waits 5 s by default).
+          '--repl-diskless-sync-delay', '0',
           ...(proxies.has(port)
             ? ['--cluster-announce-port', String(announced(port)),
                '--cluster-announce-bus-port', String(port + 10_000)]
@@ -188,6 +194,16 @@ export async function startRedisCluster(
       const found = serving === undefined ? undefined : byPort.get(serving.port);
       if (found === undefined) throw new Error(`no primary serves slot ${slot}`);
       return found;
+    },
+    async primaries() {
+      return (await handle.topology())
+        .filter((node) => node.primary && !node.failed && node.slots.length > 0)
+        .map((node) => nodeOn(node.port));
+    },
+    async idOf(node) {
+      const id = (await handle.topology()).find((entry) => entry.port === announced(node.port))?.id;
+      if (id === undefined) throw new Error(`no cluster node listens on ${node.port}`);
+      return id;
     },
     async replicasOf(primary) {
       const topology = await handle.topology();

@@ -79,14 +79,14 @@ async function onlineReplicas(server: RedisHandle): Promise<number | undefined> 
 
 /** A primary and two replicas of it (no sentinels), once both replicas are online. */
 export async function startReplicatedRedis(): Promise<[RedisHandle, RedisHandle, RedisHandle]> {
-  const primary = await startRedis({ extraArgs: ['--replica-announce-ip', '127.0.0.1'] });
+  // Any of them may become the primary. A full copy starts at once (Redis waits 5 s by default
+  // for more replicas to share it: a resync after a failover took that long and more).
+  const common = ['--replica-announce-ip', '127.0.0.1', '--repl-diskless-sync-delay', '0'];
+  const primary = await startRedis({ extraArgs: common });
   const [first, second] = await Promise.all(
     [0, 1].map(() =>
       startRedis({
-        extraArgs: [
-          '--replicaof', '127.0.0.1', String(primary.port),
-          '--replica-announce-ip', '127.0.0.1',
-        ], // prettier-ignore
+        extraArgs: ['--replicaof', '127.0.0.1', String(primary.port), ...common],
       }),
     ),
   );

@@ -18,6 +18,8 @@ export interface TcpProxy {
   loseReplyTo(marker: string): void;
   /** Resets every open connection at once, replies in flight included. */
   resetAll(): void;
+  /** New connections go to this port from now on (a failover behind one address). */
+  retarget(port: number): void;
   /** Holds all traffic for `ms` (both ways), then lets it through. */
   stall(ms: number): void;
   /** Holds the server's replies (requests still pass) until the returned function is called. */
@@ -29,7 +31,8 @@ export interface TcpProxy {
   close(): Promise<void>;
 }
 
-export async function startTcpProxy(targetHost: string, targetPort: number): Promise<TcpProxy> {
+export async function startTcpProxy(targetHost: string, initialPort: number): Promise<TcpProxy> {
+  let targetPort = initialPort;
   let armed = false;
   let armOnRequest: string | undefined;
   let stalledUntil = 0;
@@ -112,6 +115,9 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
     },
     resetAll: () => {
       for (const socket of sockets) socket.resetAndDestroy();
+    },
+    retarget: (port) => {
+      targetPort = port;
     },
     stall: (ms) => {
       stalledUntil = Date.now() + ms;

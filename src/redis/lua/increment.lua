@@ -4,7 +4,8 @@
   KEYS[1] epoch marker      KEYS[2] totals            KEYS[3] pending deltas
   KEYS[4] pending tags      KEYS[5] pending-since     KEYS[6] pending new counters
   KEYS[7] quota usage       KEYS[8] quota periods     KEYS[9] quota seeding markers
-  KEYS[10..] idempotency keys, referred to by index from ARGV
+  KEYS[10] sequence
+  KEYS[11..] idempotency keys, referred to by index from ARGV
 
   ARGV[1] idempotency window, ms
   ARGV[2] how long after its end a quota period stays listed, ms (the backdating window)
@@ -30,7 +31,8 @@
 
   Returns {NEEDS_REBUILD} and applies nothing when the epoch marker is missing: the totals
   would lack the PostgreSQL base. Otherwise {OK, status1, total1, status2, total2, ..., then the
-  period usage of each periodic entry, in order ('' for NEEDS_SEED)} with status APPLIED,
+  period usage of each periodic entry, in order ('' for NEEDS_SEED), then the shard's sequence}
+  with status APPLIED,
   ALLOWED (a check that would apply), DUPLICATE, OVER_LIMIT, OVERFLOW, KEY_REUSED (the
   idempotency key was counted with other parameters) or NEEDS_SEED, and the counter's total
   after the increment (unchanged unless APPLIED). A value is an integer reply below 10^15 in
@@ -45,6 +47,12 @@
   counters (once in the counter's life, and again only if its total comes back to 0): usage
   queries look up those and the counters PostgreSQL knows, instead of scanning every pending
   field.
+
+  The sequence counts the calls that applied something, so that a shard that goes back in time
+  (a failover to a replica that was behind, an AOF restart that lost its last second) is
+  noticed by a process that saw a later value (engine/increments.ts); 0 when nothing applied.
+  A new sequence starts at the server's time in ms × 1000, above any earlier one (a wiped
+  shard, already reported by its rebuild, is then not reported again).
 
   Totals stay within ±(2^53−1) and so does each delta: their sum fits Redis's 64-bit integers,
   and as a Lua double it is exact within the range and never rounds back into it from outside,
@@ -218,5 +226,15 @@ if appliedAny then
     redis.call('SET', KEYS[5], serverTimeMs())
   end
 end
+
+local sequence = 0
+if appliedAny then
+  sequence = redis.call('INCR', KEYS[10])
+  if sequence == 1 then
+    sequence = serverTimeMs() * 1000
+    redis.call('SET', KEYS[10], string.format('%d', sequence))
+  end
+end
+result[size + #usages + 1] = sequence
 
 return result
