@@ -65,7 +65,8 @@ describe('a failover to a replica that was behind', () => {
     expect(after.value).toBe(6); // the ten are gone
     const [report] = await tally.reconcile();
     expect(report?.redisLostData).toBe(true);
-    expect(report?.rewinds).toEqual([{ foundAt: expect.any(String), callsLost: 10 }]);
+    expect(report?.rewinds.map((rewind) => rewind.callsLost)).toEqual([10]);
+    expect(Date.parse(report?.rewinds[0]?.foundAt ?? '')).toBeGreaterThan(Date.now() - 60_000);
     expect((await tally.status()).shards[0]?.unreportedRedisLosses).toBe(1);
 
     const check = await runTypeScript(cli, ['reconcile'], { ...process.env, ...env });
