@@ -15,8 +15,22 @@ export async function clusterIncrements(ctx: BenchContext): Promise<BenchmarkRes
   const shards = 16;
   const pick = zipf(counters);
   const cluster = await startRedisCluster({ persistence: 'aof-always' });
+  // Generous timeouts for all: at 10k in flight on two cores a replica's acknowledgement took
+  // over the 2 s command timeout, and the figure is throughput, not whether it fits a timeout.
+  const timeouts = {
+    redisCommandTimeoutMs: 20_000,
+    replicaWaitTimeoutMs: 15_000,
+    incrementTimeoutMs: 30_000,
+  };
   const open = async (redis: string, keyPrefix: string, minReplicas = 0) =>
-    createTally({ redis, postgres: await freshDatabase(ctx), keyPrefix, shards, minReplicas });
+    createTally({
+      redis,
+      postgres: await freshDatabase(ctx),
+      keyPrefix,
+      shards,
+      minReplicas,
+      ...timeouts,
+    });
   const onCluster = await open(cluster.url, 'cluster');
   const replicated = await open(cluster.url, 'replicated', 1);
   const single = await open(ctx.redis.url, 'single');

@@ -7,6 +7,7 @@ import { LimitResolver, type LimitOptions, type PreparedLimit } from '../counter
 import type { QuotaSeeder } from './quota-seeding.js';
 import type { ResolvedConfig } from '../config.js';
 import { inOneWrite, redisFailure } from '../redis/connection.js';
+import { ReplicatedIncrements } from './replicated-increments.js';
 import { forEachLimited } from './concurrency.js';
 import { canonicalName, validateName, type CounterRef } from '../counters/counter-name.js';
 import {
@@ -363,6 +364,7 @@ export class IncrementSender {
   private readonly keys = new Map<number, { keys: ShardKeys; scriptKeys: readonly string[] }>();
   /** Per shard, the highest sequence a reply carried (increment.lua). */
   private readonly sequences = new Map<number, number>();
+  private readonly replicated: ReplicatedIncrements;
 
   constructor(
     private readonly redis: RedisConnection,
@@ -373,7 +375,14 @@ export class IncrementSender {
     private readonly seeder: QuotaSeeder,
     /** Told when a shard went back in time: at least `callsLost` calls are gone. */
     private readonly onRewind: (shard: number, callsLost: number) => void,
-  ) {}
+  ) {
+    this.replicated = new ReplicatedIncrements(
+      redis,
+      scripts,
+      config.minReplicas,
+      config.replicaWaitTimeoutMs,
+    );
+  }
 
   /**
    * A shard's sequence only grows, and replies come back in order (one connection per server),
@@ -581,7 +590,7 @@ export class IncrementSender {
     const call = () =>
       this.config.minReplicas === 0
         ? this.scripts.increment(scriptKeys, args)
-        : this.callReplicated(scriptKeys, args);
+        : this.replicated.call(scriptKeys, args);
     return call().then(async (reply) => {
       if (reply[0] === ScriptStatus.ok) return reply;
       await this.rebuildShard(shard);
@@ -589,36 +598,6 @@ export class IncrementSender {
       if (again[0] === ScriptStatus.ok) return again;
       throw new TallyError('UNAVAILABLE', `Shard ${shard} lost its totals again while rebuilding.`);
     });
-  }
-
-  /**
-   * The script call, acknowledged only once `minReplicas` replicas hold it: WAIT follows it on
-   * the same connection (Redis answers the WAITs of one event-loop turn with one round to the
-   * replicas, so a turn's calls share that wait). Fewer within the timeout: OUTCOME_UNKNOWN.
-   */
-  private async callReplicated(
-    keys: readonly string[],
-    args: readonly (readonly (string | number)[])[],
-  ): Promise<ScriptReply> {
-    const { minReplicas: replicas, replicaWaitTimeoutMs: timeoutMs } = this.config;
-    const { reply, replicas: acknowledged } = await this.scripts.incrementAndWait(keys, args, {
-      replicas,
-      timeoutMs,
-    });
-    // A shard that lost its totals applied nothing: no replica needs to hold it.
-    if (
-      reply[0] !== ScriptStatus.ok ||
-      (typeof acknowledged === 'number' && acknowledged >= replicas)
-    )
-      return reply;
-    const confirmed = typeof acknowledged === 'number' ? `only ${acknowledged}` : 'none';
-    throw new TallyError(
-      'OUTCOME_UNKNOWN',
-      `Redis' primary applied the increment, but ${confirmed} of the ${replicas} replicas ` +
-        `asked for (minReplicas) confirmed it within ${timeoutMs} ms: a failover could lose it. ` +
-        'Retry with the same idempotency key to count it exactly once.',
-      acknowledged instanceof Error ? { cause: acknowledged } : undefined,
-    );
   }
 }
 

@@ -137,14 +137,14 @@ export interface Scripts {
     args: readonly (readonly (string | number)[])[],
   ): Promise<ScriptReply>;
   /**
-   * increment.lua followed, in one pipeline on the same connection, by WAIT for `replicas`:
-   * the script's reply and how many replicas acknowledged it, or the WAIT's failure.
+   * increment.lua calls followed, in one pipeline on one connection, by WAIT for `replicas`:
+   * each call's reply (or its error), and how many replicas acknowledged them all (or the
+   * WAIT's failure). On a cluster the calls must be for slots of one server.
    */
-  incrementAndWait(
-    keys: readonly string[],
-    args: readonly (readonly (string | number)[])[],
+  incrementsAndWait(
+    calls: readonly { keys: readonly string[]; args: readonly (readonly (string | number)[])[] }[],
     wait: { replicas: number; timeoutMs: number },
-  ): Promise<{ reply: ScriptReply; replicas: number | Error }>;
+  ): Promise<{ replies: (ScriptReply | Error)[]; replicas: number | Error }>;
   /** {OK, total...} as decimal strings, or {NEEDS_REBUILD}. */
   readTotals(keys: ShardKeys, counters: readonly string[]): Promise<ScriptReply>;
   /**
@@ -257,21 +257,19 @@ export function defineScripts(redis: RedisConnection): Scripts {
     // The hot path: straight to the command, no wrapper's arrays.
     increment: (keys, args) =>
       commands.increment(keys.length, keys, ...args) as Promise<ScriptReply>,
-    async incrementAndWait(keys, args, wait) {
+    async incrementsAndWait(calls, wait) {
       const pipeline = redis.pipeline();
       // A defined command is a method of a pipeline too (it queues; the pipeline's exec sends).
       type Queue = (...args: Parameters<Invoke>) => unknown;
-      (pipeline as unknown as Record<string, Queue>)[loaded.increment.command]?.(
-        keys.length,
-        keys,
-        ...args,
-      );
-      const [script, waited] =
-        (await pipeline.call('WAIT', wait.replicas, wait.timeoutMs).exec()) ?? [];
-      if (script === undefined || script[0] !== null) {
-        throw script?.[0] ?? new Error('the pipeline returned no script reply');
-      }
-      return { reply: script[1] as ScriptReply, replicas: waited?.[0] ?? Number(waited?.[1]) };
+      const queue = (pipeline as unknown as Record<string, Queue>)[loaded.increment.command];
+      for (const { keys, args } of calls) queue?.call(pipeline, keys.length, keys, ...args);
+      const results = (await pipeline.call('WAIT', wait.replicas, wait.timeoutMs).exec()) ?? [];
+      const replies = calls.map((_, index): ScriptReply | Error => {
+        const [error, reply] = results[index] ?? [new Error('the pipeline returned no reply')];
+        return error ?? (reply as ScriptReply);
+      });
+      const [waitError, acknowledged] = results[calls.length] ?? [new Error('no WAIT reply')];
+      return { replies, replicas: waitError ?? Number(acknowledged) };
     },
     readTotals: (keys, counters) =>
       run('readTotals', [keys.epoch, keys.totals], counters) as Promise<ScriptReply>,
