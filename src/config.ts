@@ -57,8 +57,8 @@ export interface TallyOptions {
   incrementTimeoutMs?: number;
   /**
    * Replicas that must hold an increment before it is acknowledged (default 0, at most 16):
-   * each script call of the group commit is followed, on the same connection, by WAIT for them,
-   * and a WAIT that ends with fewer reports OUTCOME_UNKNOWN (the increment may be on the
+   * a group-commit turn's calls to each server are followed, on the same connection, by one
+   * WAIT for them, and a WAIT that ends with fewer reports OUTCOME_UNKNOWN (the increment may be on the
    * primary only; a keyed retry settles it). Flushes wait for at least as many. Needs replicas:
    * with fewer connected than this, every increment fails.
    */
