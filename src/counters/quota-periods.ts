@@ -75,12 +75,19 @@ function anchorWall(year: number, month: number, anchorDay: number): number {
 
 /** The period holding `atMs`. */
 export function quotaPeriodOf(spec: QuotaPeriodSpec, atMs: number): QuotaPeriod {
-  if (spec.per === 'minute' || spec.per === 'hour') {
-    // The wall clock's hour (or minute), wherever the clock's changes put its ends: around a
+  if (spec.per === 'minute') {
+    // Every zone's offset has been whole minutes since 1972, so its minutes are UTC's. (From the
+    // wall clock, a minute of the half hour Lord Howe repeats mapped to its first occurrence,
+    // half an hour earlier: a period that did not hold its instant.)
+    const startMs = Math.floor(atMs / 60_000) * 60_000;
+    return { startMs, endMs: startMs + 60_000 };
+  }
+  if (spec.per === 'hour') {
+    // The wall clock's hour, wherever the clock's changes put its ends: around a
     // change by part of an hour (Lord Howe's 30 minutes) an hour lasts 30 or 90 minutes, as a
     // day of a whole-hour change lasts 23 or 25 hours. (Windows of usage queries refuse such
     // hours instead: a bucket there would not be whole.)
-    const size = spec.per === 'minute' ? 60_000 : 3_600_000;
+    const size = 3_600_000;
     const startWall = Math.floor(wallClockMs(spec.timeZone, atMs) / size) * size;
     return {
       startMs: instantOfWallClock(spec.timeZone, startWall),

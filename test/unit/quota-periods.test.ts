@@ -106,6 +106,16 @@ describe('quota periods', () => {
     });
   });
 
+  it('keeps the minutes of the half hour Lord Howe repeats (its clock goes back 02:00 to 01:30)', () => {
+    const minutely = resolveQuotaPeriod('minute', 'Australia/Lord_Howe', undefined, 'limit');
+    // 2035-04-01 01:30 (UTC+10:30), the second time: 15:00 UTC (found by the model below).
+    const repeated = Date.UTC(2035, 2, 31, 15);
+    expect(quotaPeriodOf(minutely, repeated)).toEqual({
+      startMs: repeated,
+      endMs: repeated + 60_000,
+    });
+  });
+
   it('model: periods hold their instant, tile the time line, and start where the calendar says', () => {
     fc.assert(
       fc.property(
