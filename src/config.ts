@@ -123,6 +123,28 @@ function integerIn(name: string, value: number, min: number, max: number): numbe
   return value;
 }
 
+/**
+ * `replicaWaitTimeoutMs`, below `redisCommandTimeoutMs`: the client gives up on a WAIT at the
+ * command timeout, so a longer wait would end as a timeout of every call it covers.
+ */
+function replicaWaitTimeout(options: TallyOptions): number {
+  const commandTimeoutMs = options.redisCommandTimeoutMs ?? redisCommandTimeoutDefaultMs;
+  const waitMs = integerIn(
+    'replicaWaitTimeoutMs',
+    options.replicaWaitTimeoutMs ??
+      Math.max(1, Math.min(replicaWaitTimeoutDefaultMs, Math.floor(commandTimeoutMs / 2))),
+    1,
+    60_000,
+  );
+  if ((options.minReplicas ?? 0) > 0 && waitMs >= commandTimeoutMs) {
+    throw new ValidationError(
+      `Option replicaWaitTimeoutMs (${waitMs}) must be below redisCommandTimeoutMs ` +
+        `(${commandTimeoutMs}): the client gives up on a WAIT at the command timeout.`,
+    );
+  }
+  return waitMs;
+}
+
 /** The most shards a store may have. */
 export const maxShards = 16_384;
 
@@ -235,12 +257,7 @@ export function resolveConfig(options: TallyOptions): ResolvedConfig {
       3_600_000,
     ),
     minReplicas: integerIn('minReplicas', options.minReplicas ?? 0, 0, maxMinReplicas),
-    replicaWaitTimeoutMs: integerIn(
-      'replicaWaitTimeoutMs',
-      options.replicaWaitTimeoutMs ?? replicaWaitTimeoutDefaultMs,
-      1,
-      60_000,
-    ),
+    replicaWaitTimeoutMs: replicaWaitTimeout(options),
     flushLockTtlMs: integerIn(
       'flushLockTtlMs',
       options.flushLockTtlMs ?? flushLockTtlDefaultMs,

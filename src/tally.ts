@@ -315,10 +315,6 @@ class TallyClient implements Tally {
   }
 
   /**
-   * Rebuilds a shard whose Redis totals lack the PostgreSQL base (Redis lost its data), once per
-   * process however many callers notice at the same moment.
-   */
-  /**
    * Records that a shard went back in time, for reconcile and status to report: its totals and
    * pending deltas lack acknowledged increments, which no rebuild brings back.
    */
@@ -335,6 +331,10 @@ class TallyClient implements Tally {
     });
   }
 
+  /**
+   * Rebuilds a shard whose Redis totals lack the PostgreSQL base (Redis lost its data), once per
+   * process however many callers notice at the same moment.
+   */
   rebuildShard(shard: number): Promise<void> {
     let rebuild = this.rebuilds.get(shard);
     if (rebuild === undefined) {

@@ -110,6 +110,10 @@ describe('on a Redis Cluster of 3 primaries and 3 replicas', () => {
     expect(results.every((result) => result.status === 'applied')).toBe(true);
     expect(await tally.getMany(['m0', 'm7'])).toEqual([7, 6]);
 
+    // The client gives up on a WAIT at the command timeout: a longer wait is refused.
+    await expect(
+      fresh({ minReplicas: 1, replicaWaitTimeoutMs: 2_000, redisCommandTimeoutMs: 2_000 }),
+    ).rejects.toThrow(/replicaWaitTimeoutMs \(2000\) must be below redisCommandTimeoutMs/);
     const { tally: greedy } = await fresh({ minReplicas: 2, replicaWaitTimeoutMs: 200 });
     const error: unknown = await greedy.incr('g').catch((caught: unknown) => caught);
     expect(error).toBeInstanceOf(TallyError);

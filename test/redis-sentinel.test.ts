@@ -116,8 +116,8 @@ describe('a flush on a primary that was just replaced', () => {
     const url = await createDatabase();
     const options = { shards: 1, keyPrefix: `x${randomBytes(4).toString('hex')}` };
     const { tally } = await freshOn(primary.url, url, options);
-    await tally.incr('c', 5);
-    await tally.flush(); // sees both replicas
+    // A flush with nothing to flush (a worker's tick on an idle shard) sees both replicas too.
+    expect(await tally.flush()).toEqual([]);
     await tally.incr('c', 7);
     const offset = async (server: RedisHandle) =>
       /master_repl_offset:(\d+)/.exec(
@@ -134,7 +134,7 @@ describe('a flush on a primary that was just replaced', () => {
         : undefined,
     );
     await expect(tally.flush()).rejects.toThrow(/1 online replicas where its flushes saw 2/);
-    expect((await postgresTotals(url)).get('c')).toBe(5);
+    expect((await postgresTotals(url)).get('c')).toBeUndefined();
     // The failover's last step: both others follow the promoted replica, which holds the same
     // 7, pending. Flushed from there, it counts once.
     for (const server of [other, primary]) {
@@ -147,7 +147,7 @@ describe('a flush on a primary that was just replaced', () => {
     );
     const { tally: successor } = await freshOn(promoted.url, url, options);
     await successor.flush();
-    expect((await postgresTotals(url)).get('c')).toBe(12);
+    expect((await postgresTotals(url)).get('c')).toBe(7);
   });
 });
 

@@ -235,7 +235,7 @@ describe('a process that cannot start exits at once, with the right code', () =>
       { extra: { REDIS_URL: 'redis+cluster://' }, message: /names no host.*redis\+cluster:/ },
       {
         extra: { REDIS_URL: 'redis+cluster://a:1,b:99999' },
-        message: /"b:99999" is not a host:port/,
+        message: /host 2 of the list is not host:port/,
       },
       {
         extra: { REDIS_URL: 'redis+sentinel://a:26379' },

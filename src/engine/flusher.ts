@@ -9,7 +9,8 @@ import type { EngineContext } from './engine-context.js';
 import { FlushError, TallyError, ValidationError } from '../errors.js';
 import { brokenOnPurpose, reachFaultPoint } from './fault-points.js';
 import { withShardLock } from '../redis/shard-lock.js';
-import { onlineReplicas, waitForLocalAof, waitForReplicas } from '../redis/replication.js';
+import { onlineReplicas } from '../redis/replication.js';
+import type { SnapshotKeeping } from '../redis/scripts.js';
 import { shardKeys, type ShardKeys } from '../redis/shard-keys.js';
 
 /** One batch moved from Redis into PostgreSQL. */
@@ -26,8 +27,12 @@ export interface AppliedBatch {
   alreadyApplied: boolean;
 }
 
-/** How long a flush waits for WAITAOF or WAIT before giving up on this attempt. */
-const snapshotKeepTimeoutMs = 5_000;
+/**
+ * How long a flush waits for WAITAOF or WAIT before giving up on this attempt: 5 s, or less
+ * than the command timeout (the client gives up on the command then).
+ */
+const snapshotKeepTimeoutMs = (ctx: EngineContext) =>
+  Math.max(1, Math.min(5_000, Math.floor(ctx.config.redisCommandTimeoutMs * 0.8)));
 
 export interface FlushShardOptions {
   /** How long to wait for another flush or reconcile of the shard (default: the lock TTL). */
@@ -84,10 +89,11 @@ async function snapshotAndApply(
 ): Promise<AppliedBatch[]> {
   await reachFaultPoint('before-snapshot');
   await options.applyRefused?.check();
+  const keep = await snapshotKeeping(ctx, shard, keys);
   const applied: AppliedBatch[] = [];
   // At most two rounds: a resumed batch, then the deltas that were pending behind it.
   for (let round = 0; round < 2; round++) {
-    const snapshot = await ctx.scripts.snapshot(keys, randomUUID(), lockToken);
+    const snapshot = await ctx.scripts.snapshot(keys, randomUUID(), lockToken, keep);
     if (snapshot.state === 'empty') break;
     const override = options.applyRefused?.batchId;
     if (override !== undefined && snapshot.batchId !== override) {
@@ -96,7 +102,6 @@ async function snapshotAndApply(
       );
     }
     await reachFaultPoint('after-snapshot');
-    await keepSnapshot(ctx, shard, keys);
     const batch = {
       id: snapshot.batchId,
       // The operator's override: a snapshot time no horizon can refuse.
@@ -119,21 +124,25 @@ async function snapshotAndApply(
 export const replicaFenceMs = 60_000;
 
 /**
- * Makes the snapshot outlive a crash or a failover of Redis before PostgreSQL applies it: Redis
- * fsyncs it (WAITAOF), and every online replica holds it (WAIT; at least `minReplicas`).
- * Otherwise a Redis that forgot it (restarted from an AOF written before it, or a replica
- * promoted before it had it) would hold its deltas in pending again, under no batch id the
- * ledger knows, and they would be applied twice.
+ * How many replicas a flush's snapshot must reach before PostgreSQL applies it (WAIT, sent with
+ * the snapshot; and the AOF fsync, WAITAOF), so that it outlives a crash or a failover of Redis:
+ * a Redis that forgot it (restarted from an AOF written before it, or a replica promoted before
+ * it had it) would hold its deltas in pending again, under no batch id the ledger knows, and
+ * they would be applied twice. Every online replica, and at least `minReplicas`.
  *
- * And it fences a primary that was just replaced: between a replica's promotion and the old
- * primary's demotion the old one still takes writes, its other replicas still acknowledge them,
- * and a batch it snapshots then is not in the new primary's history, whose pending still holds
- * those deltas (seen: every shard counted twice after a SENTINEL FAILOVER). The old primary has
- * lost a replica, the promoted one: a server with fewer online replicas than the shard's flushes
- * saw within `replicaFenceMs` applies nothing.
+ * Checked on every flush, with or without anything pending, it also fences a primary that was
+ * just replaced: between a replica's promotion and the old primary's demotion the old one still
+ * takes writes, its other replicas still acknowledge them, and a batch it snapshots then is not
+ * in the new primary's history, whose pending still holds those deltas (seen: every shard counted
+ * twice after a SENTINEL FAILOVER). The old primary has lost a replica, the promoted one: a
+ * server with fewer online replicas than the shard's flushes saw within `replicaFenceMs` applies
+ * nothing.
  */
-async function keepSnapshot(ctx: EngineContext, shard: number, keys: ShardKeys): Promise<void> {
-  const what = 'the flush snapshot; the flush will retry';
+async function snapshotKeeping(
+  ctx: EngineContext,
+  shard: number,
+  keys: ShardKeys,
+): Promise<SnapshotKeeping> {
   const online = await onlineReplicas(ctx.redis, keys.inflight);
   const seen = Number((await ctx.redis.get(keys.replicasSeen)) ?? 0);
   if (online < seen) {
@@ -145,11 +154,11 @@ async function keepSnapshot(ctx: EngineContext, shard: number, keys: ShardKeys):
     );
   }
   if (online > 0) await ctx.redis.set(keys.replicasSeen, online, 'PX', replicaFenceMs);
-  const replicas = Math.max(ctx.config.minReplicas, online);
-  await waitForReplicas(ctx.redis, keys.inflight, replicas, snapshotKeepTimeoutMs, what);
-  if (ctx.durability.waitaof) {
-    await waitForLocalAof(ctx.redis, keys.inflight, snapshotKeepTimeoutMs, what);
-  }
+  return {
+    replicas: Math.max(ctx.config.minReplicas, online),
+    fsync: ctx.durability.waitaof,
+    timeoutMs: snapshotKeepTimeoutMs(ctx),
+  };
 }
 
 async function applyBatch(

@@ -2,6 +2,7 @@ import calculateSlot from 'cluster-key-slot';
 import { Cluster } from 'ioredis';
 import { TallyError } from '../errors.js';
 import {
+  isNoScript,
   ScriptStatus,
   type RedisConnection,
   type ScriptReply,
@@ -52,13 +53,14 @@ export class ReplicatedIncrements {
     if (!(redis instanceof Cluster)) return [turn];
     const groups = new Map<string, Call[]>();
     for (const call of turn) {
-      const server = redis.slots[calculateSlot(call.keys[0] ?? '')]?.[0] ?? '';
+      // The slot's whole node list, as ioredis groups a pipeline's slots.
+      const server = redis.slots[calculateSlot(call.keys[0] ?? '')]?.join(';') ?? '';
       groups.set(server, [...(groups.get(server) ?? []), call]);
     }
     return [...groups.values()];
   }
 
-  private async sendToServer(calls: Call[]): Promise<void> {
+  private async sendToServer(calls: Call[], attempt = 0): Promise<void> {
     let sent: Awaited<ReturnType<Scripts['incrementsAndWait']>>;
     try {
       sent = await this.scripts.incrementsAndWait(calls, {
@@ -71,14 +73,26 @@ export class ReplicatedIncrements {
     }
     const { replies, replicas: acknowledged } = sent;
     const confirmed = typeof acknowledged === 'number' && acknowledged >= this.replicas;
+    // NOSCRIPT: not applied (a restarted or flushed server). Loaded, those calls go again, once.
+    const unloaded = attempt === 0 ? calls.filter((_, i) => isNoScript(replies[i])) : [];
     calls.forEach((call, index) => {
       const reply = replies[index];
-      if (reply === undefined || reply instanceof Error)
+      if (unloaded.includes(call)) return;
+      if (reply === undefined || reply instanceof Error) {
         call.reject(reply ?? new Error('no reply'));
-      // A shard that lost its totals applied nothing: no replica needs to hold it.
-      else if (confirmed || reply[0] !== ScriptStatus.ok) call.resolve(reply);
-      else call.reject(this.unconfirmed(acknowledged));
+      } else if (confirmed || reply[0] !== ScriptStatus.ok) {
+        // (A shard that lost its totals applied nothing: no replica needs to hold it.)
+        call.resolve(reply);
+      } else call.reject(this.unconfirmed(acknowledged));
     });
+    if (unloaded.length === 0) return;
+    try {
+      await this.scripts.loadScriptOn(unloaded[0]?.keys[0] ?? '', 'increment');
+    } catch (error) {
+      for (const call of unloaded) call.reject(error);
+      return;
+    }
+    await this.sendToServer(unloaded, attempt + 1);
   }
 
   private unconfirmed(acknowledged: number | Error): TallyError {

@@ -55,9 +55,15 @@ const pipelining = {
  */
 const clusterSafeOptions = {
   retryDelayOnFailover: 0,
+  // Every command on the primaries: WAIT and INFO go with a read of a shard key (replication.ts)
+  // and must reach the primary that wrote, not a replica a caller's own Cluster reads from.
+  scaleReads: 'master',
+  // A MOVED seen in a pipeline refreshes nothing (ioredis refreshes on its own commands only):
+  // the slot map is read again every 5 s, whatever happened.
+  slotsRefreshInterval: 5_000,
   enableAutoPipelining: true,
   autoPipeliningIgnoredCommands: scriptCommands(),
-};
+} as const;
 
 /**
  * Runs `send`, whose commands then leave in one write rather than a TCP segment each (ioredis

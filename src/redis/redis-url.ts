@@ -57,13 +57,25 @@ function decoded(part: string, name: string): string | undefined {
   }
 }
 
-function address(text: string, topology: 'cluster' | 'sentinel', name: string): RedisAddress {
-  // [v6]:port or host:port; the port may be left out.
-  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+))(?::(\d{1,5}))?$/.exec(text);
+/**
+ * `[v6]:port` or `host:port` (the port may be left out), the host a name or an IPv4 address.
+ * Named by its place in the list, never quoted: a password with an unescaped `@` or `/` lands
+ * here, and must not be echoed.
+ */
+function address(
+  text: string,
+  place: number,
+  topology: 'cluster' | 'sentinel',
+  name: string,
+): RedisAddress {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9._-]+))(?::(\d{1,5}))?$/.exec(text);
   const host = match?.[1] ?? match?.[2];
   const port = match?.[3] === undefined ? defaultPorts[topology] : Number(match[3]);
   if (host === undefined || port < 1 || port > 65535) {
-    throw invalid(name, `${JSON.stringify(text)} is not a host:port`);
+    throw invalid(
+      name,
+      `host ${place} of the list is not host:port (a password with @, / or ? must be %-escaped)`,
+    );
   }
   return { host, port };
 }
@@ -95,9 +107,16 @@ export function parseRedisUrl(raw: string, name = 'REDIS_URL'): RedisTarget {
   const tls = scheme[1]?.toLowerCase() === 'rediss';
   const topology = scheme[2]?.toLowerCase() === 'cluster' ? 'cluster' : 'sentinel';
   const rest = raw.slice(scheme[0].length);
-  const parts = /^(?:([^@/?#]*)@)?([^/?#]*)(?:\/([^?#]*))?(?:\?([^#]*))?$/.exec(rest);
+  // The authority ends at the first / ? or #; in it, the credentials end at the last @ (as
+  // the WHATWG URL parser reads them).
+  const authorityEnd = /[/?#]|$/.exec(rest)?.index ?? rest.length;
+  const authority = rest.slice(0, authorityEnd);
+  const at = authority.lastIndexOf('@');
+  const userinfo = at < 0 ? '' : authority.slice(0, at);
+  const hostList = authority.slice(at + 1);
+  const parts = /^(?:\/([^?#]*))?(?:\?([^#]*))?$/.exec(rest.slice(authorityEnd));
   if (parts === null) throw invalid(name, 'it does not parse');
-  const [, userinfo = '', hostList = '', path = '', query = ''] = parts;
+  const [, path = '', query = ''] = parts;
   const [user = '', ...password] = userinfo.split(':');
   const username = decoded(user, name);
   const secret = decoded(password.join(':'), name);
@@ -106,7 +125,7 @@ export function parseRedisUrl(raw: string, name = 'REDIS_URL'): RedisTarget {
     ...(secret === undefined ? {} : { password: secret }),
   };
   if (hostList === '') throw invalid(name, 'it names no host');
-  const nodes = hostList.split(',').map((text) => address(text, topology, name));
+  const nodes = hostList.split(',').map((text, i) => address(text, i + 1, topology, name));
   const params = new URLSearchParams(query);
   if (topology === 'cluster') {
     if (path !== '') throw invalid(name, 'a cluster has no database or name after the hosts');

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import type { Cluster, Redis } from 'ioredis';
+import type { ChainableCommander, Cluster, Redis } from 'ioredis';
+import { onServerOf } from './replication.js';
 import type { ShardKeys } from './shard-keys.js';
 import { TallyError } from '../errors.js';
 
@@ -81,7 +82,7 @@ const files = {
   extendLock: 'extend-lock.lua',
 } as const;
 
-type ScriptName = keyof typeof files;
+export type ScriptName = keyof typeof files;
 
 /**
  * Each script's resolved source, and the command it runs under: its name and the hash of its
@@ -91,10 +92,10 @@ type ScriptName = keyof typeof files;
 const loaded = Object.fromEntries(
   Object.entries(files).map(([name, file]) => {
     const lua = resolveIncludes(readFileSync(new URL(file, luaDir), 'utf8'));
-    const hash = createHash('sha1').update(lua).digest('hex').slice(0, 12);
-    return [name, { lua, command: `tally_${name}_${hash}` }];
+    const sha = createHash('sha1').update(lua).digest('hex');
+    return [name, { lua, sha, command: `tally_${name}_${sha.slice(0, 12)}` }];
   }),
-) as Record<ScriptName, { lua: string; command: string }>;
+) as Record<ScriptName, { lua: string; sha: string; command: string }>;
 
 /** The command a script runs under on a Tally connection. */
 export const scriptCommand = (name: ScriptName) => loaded[name].command;
@@ -118,6 +119,18 @@ export const incrementKeys = (keys: ShardKeys): string[] => [
   keys.quotaSeeding,
   keys.sequence,
 ];
+
+/**
+ * What a snapshot must reach before it is returned: `replicas` replicas (WAIT) and, with
+ * `fsync`, the AOF on disk (WAITAOF), each within `timeoutMs`. Sent in one pipeline with the
+ * snapshot, so that they count its write: on another connection (one made anew after a
+ * reconnect) they would count nothing and return at once.
+ */
+export interface SnapshotKeeping {
+  replicas: number;
+  fsync: boolean;
+  timeoutMs: number;
+}
 
 export type SnapshotReply =
   { state: 'empty' } | { state: 'created' | 'resumed'; batchId: string; snapshotMs: number };
@@ -145,13 +158,20 @@ export interface Scripts {
     calls: readonly { keys: readonly string[]; args: readonly (readonly (string | number)[])[] }[],
     wait: { replicas: number; timeoutMs: number },
   ): Promise<{ replies: (ScriptReply | Error)[]; replicas: number | Error }>;
+  /** Loads a script on the server of `routeKey` (after a NOSCRIPT reply in a pipeline). */
+  loadScriptOn(routeKey: string, name: ScriptName): Promise<void>;
   /** {OK, total...} as decimal strings, or {NEEDS_REBUILD}. */
   readTotals(keys: ShardKeys, counters: readonly string[]): Promise<ScriptReply>;
   /**
    * Flush step 1: freezes pending into the in-flight batch, or resumes the one there. Only
    * the holder of the shard lock (`lockToken`) freezes new deltas.
    */
-  snapshot(keys: ShardKeys, newBatchId: string, lockToken: string): Promise<SnapshotReply>;
+  snapshot(
+    keys: ShardKeys,
+    newBatchId: string,
+    lockToken: string,
+    keep?: SnapshotKeeping,
+  ): Promise<SnapshotReply>;
   /**
    * Flush step 3: deletes the in-flight batch if it is still `batchId`; whether it did.
    * `inPostgres` false: an operator discarded it (its new counters become orphans).
@@ -237,6 +257,52 @@ const readBucketsKeys = (keys: ShardKeys): string[] => [
   keys.snapshots,
 ];
 
+/**
+ * A script by its SHA in a pipeline, as a plain command: ioredis' own script commands re-send a
+ * call that met NOSCRIPT outside the pipeline, after the WAIT that was to cover it. Here NOSCRIPT
+ * comes back as the call's error (not applied), for the caller to load the script and send the
+ * call again.
+ */
+function evalsha(
+  pipeline: ChainableCommander,
+  name: ScriptName,
+  keys: readonly string[],
+  args: readonly (string | number)[],
+): void {
+  pipeline.call('EVALSHA', loaded[name].sha, keys.length, ...keys, ...args);
+}
+
+export function isNoScript(error: unknown): boolean {
+  return error instanceof Error && error.message.startsWith('NOSCRIPT');
+}
+
+/** Throws UNAVAILABLE unless the snapshot reached what `keep` asks (its WAIT's and WAITAOF's replies). */
+function checkKept(
+  waited: [Error | null, unknown] | undefined,
+  synced: [Error | null, unknown] | undefined,
+  keep: SnapshotKeeping,
+): void {
+  const retry = 'the batch stays in flight and the flush will retry';
+  if (waited?.[0]) throw waited[0];
+  const replicas = Number(waited?.[1]);
+  if (!(replicas >= keep.replicas)) {
+    throw new TallyError(
+      'UNAVAILABLE',
+      `${replicas} of ${keep.replicas} Redis replicas confirmed the flush snapshot within ` +
+        `${keep.timeoutMs} ms; ${retry}.`,
+    );
+  }
+  if (!keep.fsync) return;
+  if (synced?.[0]) throw synced[0];
+  const [local] = (synced?.[1] ?? [0]) as [number];
+  if (local < 1) {
+    throw new TallyError(
+      'UNAVAILABLE',
+      `Redis did not fsync the flush snapshot within ${keep.timeoutMs} ms; ${retry}.`,
+    );
+  }
+}
+
 /** ioredis flattens array arguments into one command, so none is spread into a call here. */
 type Invoke = (...args: (number | readonly (string | number)[])[]) => Promise<unknown>;
 
@@ -248,6 +314,11 @@ export function defineScripts(redis: RedisConnection): Scripts {
     redis.defineCommand(command, { lua });
     commands[name] = (redis as unknown as Record<string, Invoke>)[command]?.bind(redis) as Invoke;
   }
+  const loadScriptOn = async (routeKey: string, name: ScriptName) => {
+    await onServerOf(redis, routeKey, (pipeline) => {
+      pipeline.call('SCRIPT', 'LOAD', loaded[name].lua);
+    });
+  };
   const run = (
     name: ScriptName,
     keys: readonly string[],
@@ -258,12 +329,10 @@ export function defineScripts(redis: RedisConnection): Scripts {
     increment: (keys, args) =>
       commands.increment(keys.length, keys, ...args) as Promise<ScriptReply>,
     async incrementsAndWait(calls, wait) {
-      const pipeline = redis.pipeline();
-      // A defined command is a method of a pipeline too (it queues; the pipeline's exec sends).
-      type Queue = (...args: Parameters<Invoke>) => unknown;
-      const queue = (pipeline as unknown as Record<string, Queue>)[loaded.increment.command];
-      for (const { keys, args } of calls) queue?.call(pipeline, keys.length, keys, ...args);
-      const results = (await pipeline.call('WAIT', wait.replicas, wait.timeoutMs).exec()) ?? [];
+      const results = await onServerOf(redis, calls[0]?.keys[0] ?? '', (pipeline) => {
+        for (const { keys, args } of calls) evalsha(pipeline, 'increment', keys, args.flat());
+        pipeline.call('WAIT', wait.replicas, wait.timeoutMs);
+      });
       const replies = calls.map((_, index): ScriptReply | Error => {
         const [error, reply] = results[index] ?? [new Error('the pipeline returned no reply')];
         return error ?? (reply as ScriptReply);
@@ -271,25 +340,44 @@ export function defineScripts(redis: RedisConnection): Scripts {
       const [waitError, acknowledged] = results[calls.length] ?? [new Error('no WAIT reply')];
       return { replies, replicas: waitError ?? Number(acknowledged) };
     },
+    loadScriptOn,
     readTotals: (keys, counters) =>
       run('readTotals', [keys.epoch, keys.totals], counters) as Promise<ScriptReply>,
-    async snapshot(keys, newBatchId, lockToken) {
-      const [state, batchId, snapshotMs] = (await run(
-        'snapshot',
-        [
-          keys.pending,
-          keys.pendingTags,
-          keys.pendingSince,
-          keys.inflight,
-          keys.inflightTags,
-          keys.inflightMeta,
-          keys.snapshots,
-          keys.pendingNewCounters,
-          keys.inflightNewCounters,
-          keys.lock,
-        ],
-        [newBatchId, lockToken],
-      )) as [string, string?, string?];
+    async snapshot(keys, newBatchId, lockToken, keep) {
+      const snapshotKeys = [
+        keys.pending,
+        keys.pendingTags,
+        keys.pendingSince,
+        keys.inflight,
+        keys.inflightTags,
+        keys.inflightMeta,
+        keys.snapshots,
+        keys.pendingNewCounters,
+        keys.inflightNewCounters,
+        keys.lock,
+      ];
+      const args = [newBatchId, lockToken];
+      let reply: [string, string?, string?];
+      if (keep === undefined) {
+        reply = (await run('snapshot', snapshotKeys, args)) as typeof reply;
+      } else {
+        const send = () =>
+          onServerOf(redis, keys.inflight, (pipeline) => {
+            evalsha(pipeline, 'snapshot', snapshotKeys, args);
+            pipeline.call('WAIT', keep.replicas, keep.timeoutMs);
+            if (keep.fsync) pipeline.call('WAITAOF', 1, 0, keep.timeoutMs);
+          });
+        let results = await send();
+        if (isNoScript(results[0]?.[0])) {
+          await loadScriptOn(keys.inflight, 'snapshot');
+          results = await send();
+        }
+        const [[snapshotError, snapshotReply] = [null, undefined], waited, synced] = results;
+        if (snapshotError) throw snapshotError;
+        reply = snapshotReply as typeof reply;
+        if (reply[0] !== 'empty' && reply[0] !== 'lost-lock') checkKept(waited, synced, keep);
+      }
+      const [state, batchId, snapshotMs] = reply;
       if (state === 'lost-lock') {
         throw new TallyError(
           'BUSY',

@@ -46,8 +46,9 @@ describe('parseRedisUrl', () => {
     ['', /does not parse as a URL/],
     ['http://a:1', /scheme "http"/],
     ['redis+cluster://', /names no host/],
-    ['redis+cluster://a:1,,b:2', /"" is not a host:port/],
-    ['redis+cluster://a:0', /"a:0" is not a host:port/],
+    ['redis+cluster://a:1,,b:2', /host 2 of the list is not host:port/],
+    ['redis+cluster://a:0', /host 1 of the list is not host:port/],
+    ['redis+cluster://a b:1', /host 1 of the list is not host:port/],
     ['redis+cluster://a:1/0', /no database or name/],
     ['redis+cluster://a:1?x=1', /no parameters/],
     ['redis+sentinel://a', /ends with \/<name of the primary>/],
@@ -68,7 +69,16 @@ describe('parseRedisUrl', () => {
     expect((error as Error).message).toMatch(/redis\+cluster:\/\/host1:port1.*redis\+sentinel:/);
   });
 
-  it('never repeats the string (it may hold a password)', () => {
+  it('never repeats the string (it may hold a password), not even a password left unescaped', () => {
+    for (const raw of ['redis+cluster://u:hun/ter2@a:1', 'redis+cluster://u:hun?ter2@a:1']) {
+      expect(() => parseRedisUrl(raw)).toThrow(ValidationError);
+      expect(() => parseRedisUrl(raw)).not.toThrow(/hun|ter2/);
+    }
+    // An unescaped @ in the password: the credentials end at the last @.
+    expect(parseRedisUrl('redis+cluster://u:p@ss@h1:7000')).toMatchObject({
+      credentials: { username: 'u', password: 'p@ss' },
+      seeds: [{ host: 'h1', port: 7000 }],
+    });
     expect(() => parseRedisUrl('redis+cluster://u:hunter2@a:1/x')).toThrow(/no database or name/);
     expect(() => parseRedisUrl('redis+cluster://u:hunter2@a:1/x')).not.toThrow(/hunter2/);
   });
