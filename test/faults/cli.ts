@@ -1,6 +1,7 @@
 // The long fault-injection run:
 //   npm run test:faults -- --duration 30m --seed N [--clients 20] [--batch 100]
 //     [--fault-every 500ms] [--min-faults 1000] [--persistence none]
+//     [--topology cluster --min-replicas 1]
 // Prints the figures as JSON and exits 1 on any violation (the offending history is saved).
 import { parseArgs } from 'node:util';
 import { runScenario } from './scenario.js';
@@ -15,6 +16,9 @@ const { values } = parseArgs({
     /** Keep injecting past the duration until this many faults have struck. */
     'min-faults': { type: 'string', default: '0' },
     persistence: { type: 'string', default: 'aof-always' },
+    /** cluster: a Redis Cluster of 3 + 3 and failovers (primary kill -9, replica kill, pause). */
+    topology: { type: 'string', default: 'single' },
+    'min-replicas': { type: 'string', default: '0' },
   },
 });
 
@@ -36,7 +40,9 @@ const result = await runScenario({
   persistence: values.persistence === 'none' ? 'none' : 'aof-always',
   clients: Number(values.clients),
   batchSize: Number(values.batch),
-  wipeMidRun: values.persistence === 'none',
+  wipeMidRun: values.persistence === 'none' && values.topology !== 'cluster',
+  topology: values.topology === 'cluster' ? 'cluster' : 'single',
+  minReplicas: Number(values['min-replicas']),
   log: (line) => {
     console.error(`${((Date.now() - started) / 1000).toFixed(0)}s ${line}`);
   },

@@ -10,6 +10,7 @@ import {
   type PostgresHandle,
   type RedisHandle,
 } from '../support/index.js';
+import { startRedisCluster, type RedisClusterHandle } from '../support/redis-cluster.js';
 import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy.js';
 import { startTallyProcess, type TallyProcess } from '../support/tally-process.js';
 
@@ -25,6 +26,13 @@ export const idempotencyWindowMs = 180_000;
 
 export interface SystemOptions {
   persistence: 'aof-always' | 'none';
+  /**
+   * 'cluster': a Redis Cluster of 3 primaries and 3 replicas (node timeout 1 s) instead of one
+   * Redis behind a proxy; its faults are failovers (system.failoverPrimary and the others).
+   */
+  topology?: 'single' | 'cluster';
+  /** TALLY_MIN_REPLICAS of every process (cluster runs). */
+  minReplicas?: number;
   /** Extra environment for the workers (a deliberately broken flush, fault points). */
   workerEnv?: Record<string, string>;
 }
@@ -35,9 +43,9 @@ export class FaultySystem {
   readonly workers: TallyProcess[] = [];
   private stopping = false;
   private constructor(
-    readonly redis: RedisHandle,
+    /** One Redis behind `redisProxy`, or a cluster. */
+    private readonly redisServer: { redis: RedisHandle; proxy: TcpProxy } | RedisClusterHandle,
     readonly postgres: PostgresHandle,
-    readonly redisProxy: TcpProxy,
     readonly postgresProxy: TcpProxy,
     /** The database, direct and through the proxy. */
     readonly databaseUrl: string,
@@ -46,18 +54,19 @@ export class FaultySystem {
   ) {}
 
   static async start(options: SystemOptions): Promise<FaultySystem> {
-    const redis = await startRedis({ persistence: options.persistence });
+    const redisServer =
+      options.topology === 'cluster'
+        ? await startRedisCluster({ persistence: options.persistence })
+        : await FaultySystem.proxiedRedis(options.persistence);
     const postgres = await startPostgres();
     const databaseUrl = await postgres.createDatabase();
     await migrate(databaseUrl);
-    const redisProxy = await startTcpProxy(redis.host, redis.port);
     const postgresProxy = await startTcpProxy(postgres.host, postgres.port);
     const proxied = new URL(databaseUrl);
     proxied.port = String(postgresProxy.port);
     const system = new FaultySystem(
-      redis,
+      redisServer,
       postgres,
-      redisProxy,
       postgresProxy,
       databaseUrl,
       proxied.toString(),
@@ -69,10 +78,32 @@ export class FaultySystem {
     return system;
   }
 
+  private static async proxiedRedis(persistence: SystemOptions['persistence']) {
+    const redis = await startRedis({ persistence });
+    return { redis, proxy: await startTcpProxy(redis.host, redis.port) };
+  }
+
+  /** The one Redis (a cluster run has none). */
+  get redis(): RedisHandle {
+    if ('url' in this.redisServer) throw new Error('this run has a Redis Cluster');
+    return this.redisServer.redis;
+  }
+
+  get redisProxy(): TcpProxy {
+    if ('url' in this.redisServer) throw new Error('this run has a Redis Cluster');
+    return this.redisServer.proxy;
+  }
+
+  /** The cluster, in a cluster run. */
+  get cluster(): RedisClusterHandle | undefined {
+    return 'url' in this.redisServer ? this.redisServer : undefined;
+  }
+
   /** What every service of the store reads: Redis and PostgreSQL through the proxies. */
   get env(): Record<string, string> {
     return {
-      REDIS_URL: `redis://127.0.0.1:${this.redisProxy.port}`,
+      REDIS_URL: this.cluster?.url ?? `redis://127.0.0.1:${this.redisProxy.port}`,
+      TALLY_MIN_REPLICAS: String(this.options.minReplicas ?? 0),
       DATABASE_URL: this.proxiedDatabaseUrl,
       TALLY_SHARDS: String(shards),
       TALLY_KEY_PREFIX: this.keyPrefix,
@@ -86,7 +117,11 @@ export class FaultySystem {
 
   /** The store without proxies, for the checks after the run. */
   get directEnv(): Record<string, string> {
-    return { ...this.env, REDIS_URL: this.redis.url, DATABASE_URL: this.databaseUrl };
+    return {
+      ...this.env,
+      REDIS_URL: this.cluster?.url ?? this.redis.url,
+      DATABASE_URL: this.databaseUrl,
+    };
   }
 
   /**
@@ -164,6 +199,51 @@ export class FaultySystem {
     await this.redis.restart();
   }
 
+  /** A cluster's failover: kill -9 of a primary, its replica promoted, the old one back as one. */
+  async failoverPrimary(pick: number): Promise<void> {
+    const cluster = this.requireCluster();
+    const primaries = await cluster.primaries();
+    const victim = primaries[pick % primaries.length];
+    if (victim === undefined) return;
+    await victim.kill('SIGKILL');
+    await cluster.waitHealthy({ replicated: false });
+    await victim.restart();
+    await cluster.waitHealthy();
+  }
+
+  /** kill -9 of a replica, and its restart: no failover, its primary loses its copy a while. */
+  async killReplica(pick: number): Promise<void> {
+    const cluster = this.requireCluster();
+    const primaries = await cluster.primaries();
+    const primary = primaries[pick % primaries.length];
+    const [replica] = primary === undefined ? [] : await cluster.replicasOf(primary);
+    if (replica === undefined) return;
+    await replica.kill('SIGKILL');
+    await replica.restart();
+    await cluster.waitHealthy();
+  }
+
+  /** A primary paused past the node timeout: its replica takes over, it comes back as one. */
+  async pausePrimary(pick: number): Promise<void> {
+    const cluster = this.requireCluster();
+    const primaries = await cluster.primaries();
+    const victim = primaries[pick % primaries.length];
+    if (victim === undefined) return;
+    await victim.kill('SIGSTOP');
+    try {
+      await cluster.waitHealthy({ replicated: false });
+    } finally {
+      await victim.kill('SIGCONT');
+    }
+    await cluster.waitHealthy();
+  }
+
+  private requireCluster(): RedisClusterHandle {
+    const { cluster } = this;
+    if (cluster === undefined) throw new Error('this run has one Redis, not a cluster');
+    return cluster;
+  }
+
   async stopPostgres(ms: number): Promise<void> {
     await this.postgres.stop('immediate');
     await new Promise((resolve) => setTimeout(resolve, ms));
@@ -177,9 +257,12 @@ export class FaultySystem {
       process.kill('SIGKILL');
       await process.exited;
     }
-    await this.redisProxy.close();
     await this.postgresProxy.close();
     await this.postgres.destroy();
-    await this.redis.stop();
+    if ('url' in this.redisServer) await this.redisServer.stop();
+    else {
+      await this.redisServer.proxy.close();
+      await this.redisServer.redis.stop();
+    }
   }
 }
