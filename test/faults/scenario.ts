@@ -84,6 +84,8 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     keyPrefix: system.keyPrefix,
     redisCommandTimeoutMs: 1_000,
     idempotencyWindowMs,
+    // As the services are configured (system.env's TALLY_MIN_REPLICAS).
+    minReplicas: Number(system.env.TALLY_MIN_REPLICAS ?? 0),
   });
   let loadRunning = true;
   /** Set when the clients had their time to settle: what is still unknown stays unknown. */
@@ -189,6 +191,7 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
     libraryClient(),
   ];
 
+  // Failovers weigh most in a cluster run: its point (the issue asks for hundreds of them).
   const kinds = cluster
     ? [
         'kill-api',
@@ -198,8 +201,11 @@ export async function runScenario(options: ScenarioOptions): Promise<ScenarioRes
         'reset-postgres',
         'failover-primary',
         'failover-primary',
-        'kill-replica',
+        'failover-primary',
+        'failover-primary',
         'pause-primary',
+        'pause-primary',
+        'kill-replica',
       ]
     : options.persistence === 'aof-always'
       ? [
