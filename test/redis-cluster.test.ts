@@ -7,7 +7,7 @@ import { shardKeys } from '../src/redis/shard-keys.js';
 import { runTypeScript } from './support/child-process.js';
 import { createDatabase, waitFor } from './support/index.js';
 import { startRedisCluster, type RedisClusterHandle } from './support/redis-cluster.js';
-import { FailoverLoad } from './support/failover-load.js';
+import { FailoverLoad, failoverTimeouts } from './support/failover-load.js';
 import { startWorker } from './support/tally-process.js';
 import { postgresTotals, tallyOn } from './support/tally-store.js';
 
@@ -159,14 +159,7 @@ describe('on a Redis Cluster of 3 primaries and 3 replicas', () => {
 
 describe('failover under load', () => {
   it('kill -9 of a primary while clients count: its replica takes over, Tally follows, keyed retries are exact', async () => {
-    const { tally, url, keyPrefix } = await fresh({
-      minReplicas: 1,
-      redisCommandTimeoutMs: 1_000,
-      incrementTimeoutMs: 3_000,
-      // The flush in progress when its primary died could not release the shard's lock, which
-      // the promoted replica holds: the next flush waits out its TTL.
-      flushLockTtlMs: 3_000,
-    });
+    const { tally, url, keyPrefix } = await fresh({ minReplicas: 1, ...failoverTimeouts });
     const load = new FailoverLoad(tally);
     await waitFor('load to be counted', () => (load.issued > 500 ? true : undefined));
     const victim = await cluster.primaryOf(shardKeys(keyPrefix, shardOf('plain', 8)).totals);

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { createDatabase, waitFor, type RedisHandle } from './support/index.js';
-import { FailoverLoad } from './support/failover-load.js';
+import { FailoverLoad, failoverTimeouts } from './support/failover-load.js';
 import { nodeCommand } from './support/redis-cluster.js';
 import {
   startRedisSentinel,
@@ -84,12 +84,7 @@ describe('on a primary with two replicas under three sentinels', () => {
   });
 
   it('kill -9 of the primary under load: a replica is promoted, Tally follows, keyed retries are exact', async () => {
-    const { tally, url } = await fresh({
-      minReplicas: 1,
-      redisCommandTimeoutMs: 1_000,
-      incrementTimeoutMs: 3_000,
-      flushLockTtlMs: 3_000,
-    });
+    const { tally, url } = await fresh({ minReplicas: 1, ...failoverTimeouts });
     const load = new FailoverLoad(tally);
     await waitFor('load to be counted', () => (load.issued > 300 ? true : undefined));
     const victim = await sentinel.primary();

@@ -199,11 +199,16 @@ export class FaultySystem {
     await this.redis.restart();
   }
 
+  /** The `pick`-th of the cluster's primaries now (modulo their number). */
+  private async primaryAt(pick: number): Promise<RedisHandle | undefined> {
+    const primaries = await this.requireCluster().primaries();
+    return primaries[pick % primaries.length];
+  }
+
   /** A cluster's failover: kill -9 of a primary, its replica promoted, the old one back as one. */
   async failoverPrimary(pick: number): Promise<void> {
     const cluster = this.requireCluster();
-    const primaries = await cluster.primaries();
-    const victim = primaries[pick % primaries.length];
+    const victim = await this.primaryAt(pick);
     if (victim === undefined) return;
     await victim.kill('SIGKILL');
     await cluster.waitHealthy({ replicated: false });
@@ -214,8 +219,7 @@ export class FaultySystem {
   /** kill -9 of a replica, and its restart: no failover, its primary loses its copy a while. */
   async killReplica(pick: number): Promise<void> {
     const cluster = this.requireCluster();
-    const primaries = await cluster.primaries();
-    const primary = primaries[pick % primaries.length];
+    const primary = await this.primaryAt(pick);
     const [replica] = primary === undefined ? [] : await cluster.replicasOf(primary);
     if (replica === undefined) return;
     await replica.kill('SIGKILL');
@@ -226,8 +230,7 @@ export class FaultySystem {
   /** A primary paused past the node timeout: its replica takes over, it comes back as one. */
   async pausePrimary(pick: number): Promise<void> {
     const cluster = this.requireCluster();
-    const primaries = await cluster.primaries();
-    const victim = primaries[pick % primaries.length];
+    const victim = await this.primaryAt(pick);
     if (victim === undefined) return;
     await victim.kill('SIGSTOP');
     try {

@@ -2,6 +2,17 @@ import { expect } from 'vitest';
 import { TallyError, type Tally } from '../../src/index.js';
 import { postgresTotals } from './tally-store.js';
 
+/**
+ * Options of a store counted under failovers: short timeouts, so that callers learn of a dead
+ * primary quickly, and a short lock, which a flush running on a primary when it died leaves held
+ * on the promoted replica until it expires.
+ */
+export const failoverTimeouts = {
+  redisCommandTimeoutMs: 1_000,
+  incrementTimeoutMs: 3_000,
+  flushLockTtlMs: 3_000,
+} as const;
+
 const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
