@@ -109,6 +109,13 @@ describe('on a Redis Cluster of 3 primaries and 3 replicas', () => {
     );
     expect(results.every((result) => result.status === 'applied')).toBe(true);
     expect(await tally.getMany(['m0', 'm7'])).toEqual([7, 6]);
+    // Scripts flushed from every node (a restart, SCRIPT FLUSH): NOSCRIPT in the pipeline, the
+    // script loaded there and the call sent again, covered by a WAIT, counted once.
+    for (const node of cluster.nodes) await cluster.command(node, 'SCRIPT', 'FLUSH');
+    expect((await tally.incr('m0')).value).toBe(8);
+    for (const node of cluster.nodes) await cluster.command(node, 'SCRIPT', 'FLUSH');
+    expect((await tally.flush()).length).toBeGreaterThan(0);
+    expect(await tally.get('m0')).toBe(8);
 
     // The client gives up on a WAIT at the command timeout: a longer wait is refused.
     await expect(
