@@ -191,12 +191,16 @@ describe('tally dev', () => {
     try {
       const first = await startDev(['--redis-cluster'], dir);
       expect(first.redisUrl).toMatch(/^redis\+cluster:\/\/(127\.0\.0\.1:\d+,){5}127\.0\.0\.1:\d+$/);
-      const status = await runTypeScript(cli, ['status', '--json'], {
-        REDIS_URL: first.redisUrl,
-        DATABASE_URL: first.databaseUrl,
+      // Every node's role reaches the others by gossip, a moment after the cluster is made.
+      const status = await waitFor('tally status to read all six servers', async () => {
+        const run = await runTypeScript(cli, ['status', '--json'], {
+          REDIS_URL: first.redisUrl,
+          DATABASE_URL: first.databaseUrl,
+        });
+        const report = JSON.parse(run.stdout) as { redis: { servers: number } };
+        return run.code === 0 && report.redis.servers === 6 ? report : undefined;
       });
-      expect(status.code, status.stderr).toBe(0);
-      expect(JSON.parse(status.stdout)).toMatchObject({ redis: { servers: 6, durable: true } });
+      expect(status).toMatchObject({ redis: { servers: 6, durable: true } });
       for (let i = 0; i < 16; i++) {
         const counter = `cluster-${i}`;
         const response = await fetch(`${first.api}/v1/counters/${counter}/increment`, {
