@@ -316,14 +316,15 @@ class TallyClient implements Tally {
 
   /**
    * Records that a shard went back in time, for reconcile and status to report: its totals and
-   * pending deltas lack acknowledged increments, which no rebuild brings back.
+   * pending deltas lack increments it had applied (acknowledged, unless their reply was lost), which
+   * no rebuild brings back.
    */
   private recordRewind(shard: number, callsLost: number): void {
     const { logger } = this.config;
     logger.error(
       { shard, callsLost },
       `Redis shard ${shard} went back in time (a failover to a replica that was behind, or an ` +
-        `AOF restart): at least ${callsLost} acknowledged increment calls are gone from it; ` +
+        `AOF restart): at least ${callsLost} increment calls it had applied are gone from it; ` +
         'tally reconcile reports it',
     );
     this.ctx.pool.query(reconcileSql.recordRewind, [shard, callsLost]).catch((error: unknown) => {

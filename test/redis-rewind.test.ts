@@ -71,7 +71,7 @@ describe('a failover to a replica that was behind', () => {
 
     const check = await runTypeScript(cli, ['reconcile'], { ...process.env, ...env });
     expect(check.stdout).toMatch(
-      /shard 0: went back in time at .* at least 10 acknowledged increment calls lost/,
+      /shard 0: went back in time at .* at least 10 applied increment calls lost/,
     );
     expect(check.code).toBe(1);
   });

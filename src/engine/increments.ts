@@ -387,7 +387,8 @@ export class IncrementSender {
   /**
    * A shard's sequence only grows, and replies come back in order (one connection per server),
    * so a value at or below one seen before means the shard went back in time: the calls from
-   * it up to the one seen were acknowledged and are gone (a failover to a replica that was
+   * it up to the one seen had been applied (and acknowledged, unless their reply was lost too) and
+   * are gone (a failover to a replica that was
    * behind, an AOF restart that lost its last second).
    */
   private noteSequence(shard: number, reply: ScriptReply): void {
