@@ -7,7 +7,7 @@ import { whereOf } from '../engine/query-spec.js';
 import type { Tally, TallyStatus } from '../tally.js';
 import { ValidationError } from '../errors.js';
 import { ExitCode } from './exit-codes.js';
-import { explainReconcile } from './reconcile-diagnosis.js';
+import { summariseReconcile, type ReconcileSummary } from '../engine/reconcile-summary.js';
 import { cliLogger, openStore, requireOption, type StoreOptions } from './store-options.js';
 
 type Print = (line: string) => void;
@@ -123,47 +123,7 @@ function reconcileProgress(shardCount: number, firstShard: number) {
   };
 }
 
-type ReconcileReport = Awaited<ReturnType<typeof summariseReconcile>>;
-
-/** What `tally reconcile` reports (and prints with --json), from the shards' reports. */
-async function summariseReconcile(
-  tally: Tally,
-  reports: ShardReconcileReport[],
-  repair: boolean,
-  durationMs: number,
-) {
-  const drift = reports.flatMap((report) => report.drift);
-  const redisLostData = reports.filter((r) => r.redisLostData).map((r) => r.shard);
-  return {
-    mode: repair ? 'repair' : 'check',
-    shards: reports.length,
-    countersChecked: reports.reduce((sum, r) => sum + r.countersChecked, 0),
-    drift,
-    // Redis ahead of PostgreSQL + deltas: increments PostgreSQL lacks (explanations say why).
-    redisAheadBy: drift.reduce(
-      (sum, d) => sum + Math.max(0, (d.redisValue ?? 0) - d.expectedValue),
-      0,
-    ),
-    repaired: reports.some((r) => r.repaired),
-    redisLostData,
-    // When running processes found a shard's Redis data gone and rebuilt it themselves.
-    lossesFoundAt: reports.flatMap((r) => r.lossesFoundAt.map((at) => ({ shard: r.shard, at }))),
-    // When running processes found a shard gone back in time (a failover, an AOF restart).
-    rewinds: reports.flatMap((r) => r.rewinds.map((rewind) => ({ shard: r.shard, ...rewind }))),
-    // Batches the flushes refuse (older than the pruned ledger): `tally resolve-batch`.
-    refusedBatches: reports.flatMap((r) =>
-      r.refusedBatch === null ? [] : [{ shard: r.shard, batchId: r.refusedBatch }],
-    ),
-    explanations: explainReconcile({
-      drift,
-      redisLostData,
-      durability: (await tally.status()).redis,
-    }),
-    durationMs,
-  };
-}
-
-function printReconcile(report: ReconcileReport): void {
+function printReconcile(report: ReconcileSummary): void {
   const { drift } = report;
   print(
     `${report.mode}: ${plural(report.shards, 'shard')}, ${plural(report.countersChecked, 'counter')} ` +
@@ -175,7 +135,7 @@ function printReconcile(report: ReconcileReport): void {
   for (const { shard, foundAt, callsLost } of report.rewinds) {
     print(
       `  shard ${shard}: went back in time at ${foundAt} (a failover to a replica that was ` +
-        `behind, or an AOF restart): at least ${plural(callsLost, 'acknowledged increment call')} lost`,
+        `behind, or an AOF restart): at least ${plural(callsLost, 'applied increment call')} lost`,
     );
   }
   if (report.lossesFoundAt.length + report.rewinds.length > 0 && report.mode === 'check') {
@@ -224,7 +184,7 @@ export async function reconcileCommand(options: ReconcileOptions) {
       },
     });
     progress.stop();
-    const report = await summariseReconcile(tally, reports, repair, Date.now() - started);
+    const report = summariseReconcile(tally, reports, repair, Date.now() - started);
     if (options.json === true) print(JSON.stringify(report, null, 2));
     else printReconcile(report);
     const failed =

@@ -1,5 +1,5 @@
 import type { RedisDurability } from '../redis/durability.js';
-import type { Drift } from '../engine/reconciler.js';
+import type { Drift } from './reconciler.js';
 
 /** One explanation of what a reconcile found, for people and for scripts (`--json`). */
 export interface Explanation {
